@@ -1,0 +1,167 @@
+"""``python -m progrpo_core {train,sample,eval,pretrain,score}``.
+
+``train`` with no arguments runs Pro-GRPO on the built-in digits model. Every config field is
+also a flag, ``--section.field VALUE`` (see ``train --help``); ``--config FILE`` reads a TOML
+file first, flags override it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import config as C
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML config file (sections: " + ", ".join(C.SECTIONS) + ")")
+    p.add_argument("--out", help="run folder (= --run.out)")
+    p.add_argument("--method", help="pro-grpo, pro-grpo-flash, ovf or grpo (= --grpo.method)")
+    p.add_argument("--steps", type=int, help="cap on optimizer steps (= --run.max_steps)")
+    p.add_argument("--seed", type=int, help="seed (= --run.seed)")
+    p.add_argument("--model", dest="model_name", help="built-in model (= --model.name)")
+    p.add_argument("--reward", dest="reward_name", help="reward to train on (= --reward.name)")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for section, name, help_, default in C.field_specs():
+        g = groups.setdefault(section, p.add_argument_group(f"[{section}] settings"))
+        flag = f"--{section}.{name}"
+        g.add_argument(flag, dest=f"cfg__{section}__{name}", metavar="V",
+                       help=f"{help_} (default: {default})")
+
+
+def config_from_args(args: argparse.Namespace) -> C.TrainConfig:
+    table = C.load_toml(args.config) if getattr(args, "config", None) else {}
+    over: dict[str, dict] = {}
+    for key, value in vars(args).items():
+        if key.startswith("cfg__") and value is not None:
+            _, section, name = key.split("__", 2)
+            over.setdefault(section, {})[name] = value
+    shorthands = {"out": ("run", "out"), "method": ("grpo", "method"), "steps": ("run", "max_steps"),
+                  "seed": ("run", "seed"), "model_name": ("model", "name"), "reward_name": ("reward", "name")}
+    for attr, (section, name) in shorthands.items():
+        if getattr(args, attr, None) is not None:
+            over.setdefault(section, {})[name] = getattr(args, attr)
+    return C.build_config(C.merge(table, over))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .trainer import Trainer
+
+    cfg = config_from_args(args)
+    Trainer(cfg).run(progress=not args.no_progress)
+    return 0
+
+
+def _model_and_lora(name: str, lora: str | None):
+    from .embedded import load_digits_model
+    from .lora import lora_from_file
+
+    model = load_digits_model(name)
+    if lora:
+        lora_from_file(model, lora)
+    return model
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from . import plots
+    from .trainer import sample_deterministic
+
+    model = _model_and_lora(args.model, args.lora)
+    prompts = args.prompt or list(model.default_prompts)
+    rows = [p for p in prompts for _ in range(args.seeds)]
+    seeds = [args.seed + i for i in range(args.seeds)] * len(prompts)
+    latents = sample_deterministic(model, rows, seeds, args.sample_steps, args.cfg)
+    path = plots.save_grid(model.decode(latents), args.seeds, args.out, scale=args.scale)
+    print(f"wrote {path} ({len(prompts)} prompts x {args.seeds} seeds)")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .rewards import build_reward
+    from .trainer import EVAL_SEED_BASE, sample_deterministic
+
+    model = _model_and_lora(args.model, args.lora)
+    prompts = [p for p in model.default_prompts for _ in range(args.seeds)]
+    seeds = [EVAL_SEED_BASE + i for i in range(len(prompts))]
+    latents = sample_deterministic(model, prompts, seeds, args.sample_steps, args.cfg)
+    images = model.decode(latents)
+    result = {"model": args.model, "lora": args.lora, "images": len(prompts)}
+    for name in args.reward:
+        r = build_reward(name)
+        result[f"reward_{name}"] = round(float(r(images, prompts).mean()), 6)
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .embedded import WEIGHTS_DIR
+    from .embedded.pretrain import pretrain
+
+    out = Path(args.out) if args.out else WEIGHTS_DIR
+    for name, path in pretrain(out, seed=args.seed, iters=args.iters).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m progrpo_core", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="GRPO / Pro-GRPO LoRA training (default: Pro-GRPO on the built-in model)")
+    _add_config_flags(t)
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    def sampling_flags(q):
+        q.add_argument("--model", default="digits-flow", help="built-in model: digits-flow or digits-eps")
+        q.add_argument("--lora", help="LoRA file to apply (as saved by train)")
+        q.add_argument("--sample-steps", type=int, default=10, help="deterministic sampling steps")
+        q.add_argument("--cfg", type=float, default=1.0, help="guidance scale (1 = off)")
+
+    s = sub.add_parser("sample", help="render a grid of deterministic samples, with or without a LoRA")
+    sampling_flags(s)
+    s.add_argument("--prompt", action="append", help="prompt (repeatable; default: the ten digits)")
+    s.add_argument("--seeds", type=int, default=8, help="samples per prompt")
+    s.add_argument("--seed", type=int, default=0, help="first seed")
+    s.add_argument("--scale", type=int, default=4, help="pixel upscale of the grid")
+    s.add_argument("--out", default="samples.png", help="output PNG")
+    s.set_defaults(func=cmd_sample)
+
+    e = sub.add_parser("eval", help="mean reward on fixed prompts and seeds, deterministic sampling")
+    sampling_flags(e)
+    e.add_argument("--reward", action="append", default=None, help="reward name (repeatable; default digit)")
+    e.add_argument("--seeds", type=int, default=8, help="seeds per prompt")
+    e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser("pretrain", help="rebuild the built-in models and reward classifier")
+    r.add_argument("--out", help="output folder (default: the package's weights folder)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--iters", type=int, default=None, help="generator iterations (default: the recipe's)")
+    r.set_defaults(func=cmd_pretrain)
+
+    try:
+        from .rewards.cli import add_score_parser, run_score
+    except ImportError:
+        pass
+    else:
+        add_score_parser(sub)
+        sub.choices["score"].set_defaults(func=run_score)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "command", None) == "eval" and not args.reward:
+        args.reward = ["digit"]
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

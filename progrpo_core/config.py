@@ -1,0 +1,335 @@
+"""Typed configuration, one dataclass per concern, validated on construction.
+
+TOML files use one table per section (``[sampler]``, ``[schedule]``, ``[grpo]``, ``[lora]``,
+``[reward]``, ``[model]``, ``[run]``); the command line derives ``--section.field VALUE`` for every
+field from the same dataclasses (``--sampler.steps 10``, ``--schedule.keep 24,12``).
+Fields left ``None`` take the method's preset (METHOD.md, scaled to the model).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Optional
+
+from . import ovf
+from .grpo import ADV_NORMS
+from .group import PruneSchedule
+from .samplers import FLOW_SAMPLERS, EPS_SAMPLERS
+
+METHODS = ("pro-grpo", "pro-grpo-flash", "ovf", "grpo")
+_ALL_SAMPLERS = tuple(dict.fromkeys(FLOW_SAMPLERS + EPS_SAMPLERS))
+
+
+def _help(text: str, default: Any = None, factory: Any = None) -> Any:
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"help": text})
+    return dataclasses.field(default=default, metadata={"help": text})
+
+
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    name: str = _help("built-in model (digits-flow, digits-eps) to train", "digits-flow")
+    path: Optional[str] = _help("weights file overriding the built-in one")
+    comfyui: Optional[str] = _help("path to a ComfyUI checkout, to train a real checkpoint with its library")
+    checkpoint: Optional[str] = _help("checkpoint file to load through ComfyUI (with --model.comfyui)")
+
+    def __post_init__(self):
+        if self.comfyui is None:
+            from .embedded import MODELS
+            _need(self.name in MODELS, f"model.name={self.name!r} is not a built-in model; expected one of "
+                                       f"{', '.join(MODELS)}, or give --model.comfyui and --model.checkpoint")
+        else:
+            _need(bool(self.checkpoint), "model.comfyui is set but model.checkpoint is not; name the checkpoint file")
+
+
+@dataclasses.dataclass
+class SamplerConfig:
+    sampler: Optional[str] = _help("exploration sampler: flow_sde, cps, dance_sde (flow) or ddim (eps); "
+                                   "default flow_sde / ddim by model family")
+    steps: int = _help("sampling steps T per rollout", 10)
+    noise_level: Optional[float] = _help("SDE noise level a (flow_sde 0.7, cps 0.7, dance_sde 0.3) or DDIM eta (1.0)")
+    cfg: float = _help("classifier-free guidance scale in sampling and training (1 = off)", 1.0)
+    eval_steps: int = _help("deterministic sampling steps for evaluation", 10)
+
+    def __post_init__(self):
+        _need(self.sampler is None or self.sampler in _ALL_SAMPLERS,
+              f"sampler.sampler={self.sampler!r} unknown; expected one of {', '.join(_ALL_SAMPLERS)}")
+        _need(isinstance(self.steps, int) and self.steps >= 2,
+              f"sampler.steps={self.steps!r}: T must be an integer >= 2")
+        _need(isinstance(self.eval_steps, int) and self.eval_steps >= 1,
+              f"sampler.eval_steps={self.eval_steps!r} must be an integer >= 1")
+        _need(self.noise_level is None or (math.isfinite(self.noise_level) and self.noise_level >= 0),
+              f"sampler.noise_level={self.noise_level!r} must be a finite number >= 0")
+        _need(math.isfinite(self.cfg) and self.cfg >= 1.0,
+              f"sampler.cfg={self.cfg!r} must be >= 1 (1 turns guidance off)")
+
+    def resolved(self, family: str) -> "SamplerConfig":
+        sampler = self.sampler or ("flow_sde" if family == "flow" else "ddim")
+        from .samplers import check_sampler
+        check_sampler(family, sampler)
+        default_noise = {"flow_sde": 0.7, "cps": 0.7, "dance_sde": 0.3, "ddim": 1.0, "ode": 0.0}[sampler]
+        noise = self.noise_level if self.noise_level is not None else default_noise
+        return dataclasses.replace(self, sampler=sampler, noise_level=noise)
+
+
+@dataclasses.dataclass
+class ScheduleConfig:
+    group_size: Optional[int] = _help("G_max: trajectories sampled per prompt")
+    checkpoints: Optional[tuple[int, ...]] = _help("pruning steps, each in 1..T-1, increasing (e.g. 5,7)")
+    keep: Optional[tuple[int, ...]] = _help("survivors after each checkpoint, shrinking (e.g. 24,12)")
+    final_keep: Optional[int] = _help("static selection on the final reward: train this many of the group")
+    selector: str = _help("subset rule at checkpoints and final selection: ovf, random, topk, all", "ovf")
+
+    def __post_init__(self):
+        _need(self.selector in ovf.SELECTORS,
+              f"schedule.selector={self.selector!r} unknown; expected one of {', '.join(ovf.SELECTORS)}")
+
+    def resolved(self, method: str, steps: int) -> PruneSchedule:
+        """The method's preset (METHOD.md §5 scaled to T steps) with this config's fields on top."""
+        cps = (round(0.5 * steps), round(0.7 * steps))
+        preset = {
+            "grpo": dict(group_size=24, checkpoints=(), keep=(), final_keep=None),
+            "ovf": dict(group_size=24, checkpoints=(), keep=(), final_keep=12),
+            "pro-grpo": dict(group_size=48, checkpoints=cps, keep=(24, 12), final_keep=None),
+            "pro-grpo-flash": dict(group_size=24, checkpoints=cps, keep=(16, 12), final_keep=None),
+        }[method]
+        for f in ("group_size", "checkpoints", "keep", "final_keep"):
+            if getattr(self, f) is not None:
+                preset[f] = getattr(self, f)
+        if self.checkpoints is not None and self.keep is None and len(preset["keep"]) != len(self.checkpoints):
+            raise ValueError(f"schedule.checkpoints={list(self.checkpoints)} given without schedule.keep; "
+                             "give one survivor count per checkpoint (e.g. --schedule.keep 24,12)")
+        sched = PruneSchedule(selector=self.selector, **preset)
+        sched.validate(steps)
+        return sched
+
+
+@dataclasses.dataclass
+class GRPOConfig:
+    method: str = _help("pro-grpo (expand and prune), pro-grpo-flash, ovf (static), grpo (train all G)", "pro-grpo")
+    prompts_per_epoch: int = _help("B: prompts sampled per epoch (each gets a whole group)", 8)
+    lr: float = _help("AdamW learning rate", 5e-3)
+    weight_decay: float = _help("AdamW weight decay", 1e-4)
+    clip_range: float = _help("PPO ratio clip epsilon", 1e-4)
+    adv_clip: float = _help("advantages are clipped to +-this", 5.0)
+    adv_norm: str = _help("advantage normalisation: group (per prompt) or batch (per-prompt mean, batch std)", "group")
+    kl_beta: float = _help("weight of the KL to the reference policy (0 = off)", 0.0)
+    timestep_fraction: float = _help("fraction of the stochastic steps trained each epoch", 0.9)
+    train_batch_size: int = _help("rows per backward pass", 48)
+    grad_accum: int = _help("backward passes accumulated per optimizer step", 1)
+    grad_clip: float = _help("gradient-norm clip (0 = off)", 1.0)
+    ema: bool = _help("keep an EMA of the LoRA weights for evaluation and saving", True)
+    ema_decay: float = _help("EMA decay per optimizer step", 0.9)
+    separate_reward_norm: bool = _help("normalise each reward's advantages separately before weighting", False)
+
+    def __post_init__(self):
+        _need(self.method in METHODS, f"grpo.method={self.method!r} unknown; expected one of {', '.join(METHODS)}")
+        _need(self.adv_norm in ADV_NORMS, f"grpo.adv_norm={self.adv_norm!r} unknown; expected one of {ADV_NORMS}")
+        _need(self.prompts_per_epoch >= 1, f"grpo.prompts_per_epoch={self.prompts_per_epoch} must be >= 1")
+        for name in ("lr", "clip_range", "adv_clip"):
+            v = getattr(self, name)
+            _need(math.isfinite(v) and v > 0, f"grpo.{name}={v!r} must be a finite number > 0")
+        for name in ("weight_decay", "kl_beta", "grad_clip"):
+            v = getattr(self, name)
+            _need(math.isfinite(v) and v >= 0, f"grpo.{name}={v!r} must be a finite number >= 0")
+        _need(0 < self.timestep_fraction <= 1, f"grpo.timestep_fraction={self.timestep_fraction} must be in (0, 1]")
+        _need(self.train_batch_size >= 1, f"grpo.train_batch_size={self.train_batch_size} must be >= 1")
+        _need(self.grad_accum >= 1, f"grpo.grad_accum={self.grad_accum} must be >= 1")
+        _need(0 <= self.ema_decay < 1, f"grpo.ema_decay={self.ema_decay} must be in [0, 1)")
+
+
+@dataclasses.dataclass
+class LoRAConfig:
+    rank: int = _help("LoRA rank", 8)
+    alpha: float = _help("LoRA alpha (scale = alpha / rank)", 16.0)
+    targets: Optional[tuple[str, ...]] = _help("module-name suffixes to adapt (default: the model's own list)")
+    init_from: Optional[str] = _help("continue training from this LoRA file")
+
+    def __post_init__(self):
+        _need(isinstance(self.rank, int) and self.rank >= 1, f"lora.rank={self.rank!r} must be an integer >= 1")
+        _need(math.isfinite(self.alpha) and self.alpha > 0, f"lora.alpha={self.alpha!r} must be > 0")
+
+
+@dataclasses.dataclass
+class RewardConfig:
+    name: str = _help("reward to train on (digit, stroke, pickscore, hpsv2.1, …, or module:callable)", "digit")
+    path: Optional[str] = _help("weights file or folder of the reward model")
+    gold: Optional[str] = _help("a second reward that is only watched, never trained on (e.g. stroke)")
+    device: str = _help("device for the reward model", "cpu")
+    dtype: str = _help("reward model dtype: float32, float16, bfloat16", "float32")
+
+    def __post_init__(self):
+        from .rewards import available_rewards
+        for label, n in (("reward.name", self.name), ("reward.gold", self.gold)):
+            if n is not None and n not in available_rewards() and ":" not in n and "," not in n and "=" not in n:
+                raise ValueError(f"{label}={n!r} is not a known reward; expected one of "
+                                 f"{', '.join(available_rewards())}, or 'package.module:callable'")
+        _need(self.dtype in ("float32", "float16", "bfloat16"),
+              f"reward.dtype={self.dtype!r}; expected float32, float16 or bfloat16")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    out: str = _help("run folder (LoRA, metrics.jsonl, summary.json, plots)", "runs/latest")
+    seed: int = _help("seed of everything: noise, prompts, LoRA init", 0)
+    epochs: int = _help("sampling rounds (each: sample, score, train)", 100)
+    max_steps: Optional[int] = _help("stop after this many optimizer steps")
+    prompts: Optional[str] = _help("prompt file, one per line (default: the model's own prompt set)")
+    eval_seeds: int = _help("seeds per eval prompt (deterministic sampling)", 8)
+    eval_every: int = _help("evaluate every N epochs (0 = only before and after)", 10)
+    save_every: int = _help("save the LoRA every N epochs (0 = only at the end)", 10)
+    device: str = _help("device for the generator (cpu, cuda, …)", "cpu")
+
+    def __post_init__(self):
+        _need(self.epochs >= 1, f"run.epochs={self.epochs} must be >= 1")
+        _need(self.max_steps is None or self.max_steps >= 1, f"run.max_steps={self.max_steps} must be >= 1")
+        _need(self.eval_seeds >= 1, f"run.eval_seeds={self.eval_seeds} must be >= 1")
+        _need(self.eval_every >= 0 and self.save_every >= 0, "run.eval_every and run.save_every must be >= 0")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
+    lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
+    reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        # Validate the schedule against the step count up front, not at the first checkpoint.
+        self.prune_schedule()
+
+    def prune_schedule(self) -> PruneSchedule:
+        return self.schedule.resolved(self.grpo.method, self.sampler.steps)
+
+    def to_dict(self) -> dict:
+        return {s.name: {k: v for k, v in dataclasses.asdict(getattr(self, s.name)).items() if v is not None}
+                for s in dataclasses.fields(self)}
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "sampler": SamplerConfig, "schedule": ScheduleConfig, "grpo": GRPOConfig,
+            "lora": LoRAConfig, "reward": RewardConfig, "run": RunConfig}
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(underlying type, optional?) of a field annotation."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def parse_value(section: str, name: str, raw: Any) -> Any:
+    """Coerce a TOML value or command-line string to the field's type, with a clear error."""
+    cls = SECTIONS[section]
+    hints = typing.get_type_hints(cls)
+    if name not in hints:
+        raise ValueError(f"unknown setting {section}.{name}; {section} has: {', '.join(hints)}")
+    tp, optional = _base_type(hints[name])
+    label = f"{section}.{name}"
+    if optional and (raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", ""))):
+        return None
+    try:
+        if typing.get_origin(tp) is tuple:
+            elem = typing.get_args(tp)[0]
+            items = raw if isinstance(raw, (list, tuple)) else [s for s in str(raw).split(",") if s.strip()]
+            return tuple(_scalar(elem, v) for v in items)
+        return _scalar(tp, raw)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{label}={raw!r} is not a valid {getattr(tp, '__name__', tp)} ({e})") from None
+
+
+def _scalar(tp: Any, raw: Any) -> Any:
+    if tp is bool:
+        if isinstance(raw, bool):
+            return raw
+        s = str(raw).lower()
+        if s in ("1", "true", "yes", "on"):
+            return True
+        if s in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if tp is int:
+        if isinstance(raw, float) or (isinstance(raw, str) and not raw.strip().lstrip("-").isdigit()):
+            raise ValueError("expected an integer")
+        return int(raw)
+    if tp is float:
+        return float(raw)
+    if tp is str:
+        return str(raw).strip() if isinstance(raw, str) else str(raw)
+    return raw
+
+
+def build_config(table: dict[str, dict[str, Any]] | None = None) -> TrainConfig:
+    """A validated TrainConfig from ``{section: {field: value}}`` (values coerced per field type)."""
+    table = table or {}
+    unknown = set(table) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown config section(s) {sorted(unknown)}; expected {', '.join(SECTIONS)}")
+    parts = {}
+    for section, cls in SECTIONS.items():
+        values = {k.replace("-", "_"): parse_value(section, k.replace("-", "_"), v)
+                  for k, v in table.get(section, {}).items()}
+        parts[section] = cls(**values)
+    return TrainConfig(**parts)
+
+
+def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path} is not valid TOML: {e}") from None
+
+
+def merge(base: dict[str, dict[str, Any]], overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out = {k: dict(v) for k, v in base.items()}
+    for section, values in overrides.items():
+        out.setdefault(section, {}).update(values)
+    return out
+
+
+def to_toml(cfg: TrainConfig) -> str:
+    lines = []
+    for section, values in cfg.to_dict().items():
+        lines.append(f"[{section}]")
+        for k, v in values.items():
+            lines.append(f"{k} = {_toml_value(v)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'
+
+
+def field_specs() -> list[tuple[str, str, str, Any]]:
+    """(section, field, help, default) of every setting, for the command line."""
+    out = []
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            out.append((section, f.name, f.metadata.get("help", ""), default))
+    return out

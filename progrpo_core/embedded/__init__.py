@@ -1,0 +1,129 @@
+"""The built-in ("embedded") models: 8×8 digit generators trained by ``python -m progrpo_core
+pretrain`` on scikit-learn's digits, shipped as safetensors inside the package.
+
+* ``digits-flow``: rectified flow, ``x_σ = (1−σ)x0 + σε``, the network predicts the velocity
+  ``ε − x0`` (ComfyUI's flow convention).
+* ``digits-eps``: VP diffusion with SD's scaled-linear 1000-step ``alphas_cumprod``, the network
+  predicts ε.
+
+Latents are pixels in [-1, 1], shape (1, 8, 8); decoding maps them to [0, 1] grayscale RGB.
+Prompts name a digit ("a handwritten 7"); the null label serves classifier-free guidance.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from ..denoiser import alpha_bar, flow_sigmas, vp_sigmas
+from .data import digit_of
+from .nets import NULL_LABEL, DigitsNet
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+MODELS = {"digits-flow": "digits_flow.safetensors", "digits-eps": "digits_eps.safetensors"}
+CLASSIFIER_FILE = "digit_classifier.safetensors"
+
+
+def scaled_linear_alphas_cumprod(n: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
+    """SD's ``scaled_linear`` schedule: betas linear in sqrt space."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0)
+
+
+def read_header(path: Path) -> dict[str, str]:
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata() or {})
+
+
+class DigitsDenoiser:
+    """A :class:`~progrpo_core.denoiser.Denoiser` over the built-in :class:`DigitsNet`."""
+
+    latent_shape = (1, 8, 8)
+    lora_prefix = "diffusion_model."
+    lora_targets = ("proj_in", "fc1", "fc2", "proj_out")
+    default_prompts = tuple(f"a handwritten {d}" for d in range(10))
+
+    def __init__(self, net: DigitsNet, family: str, name: str = "digits", fingerprint: str = ""):
+        if family not in ("flow", "eps"):
+            raise ValueError(f"family {family!r} unknown; expected 'flow' or 'eps'")
+        self.net = net.eval().requires_grad_(False)
+        self.family = family
+        self.name = name
+        self._fingerprint = fingerprint
+        if family == "eps":
+            self.alphas_cumprod = scaled_linear_alphas_cumprod()
+            s = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
+            self._log_smin, self._log_smax = float(s[0].log()), float(s[-1].log())
+
+    # -- Denoiser protocol --------------------------------------------------------------------
+    def sigmas(self, steps: int) -> torch.Tensor:
+        if steps < 1:
+            raise ValueError(f"steps={steps} must be >= 1")
+        return flow_sigmas(steps) if self.family == "flow" else vp_sigmas(self.alphas_cumprod, steps)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        return torch.tensor([digit_of(p) for p in prompts], dtype=torch.long)
+
+    def select_cond(self, cond: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return cond[index.to(cond.device)]
+
+    def net_time(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The network's time input in [0, 1]: σ for flow, normalised log σ for VP."""
+        if self.family == "flow":
+            return sigma.float()
+        return ((sigma.double().log() - self._log_smin) / (self._log_smax - self._log_smin)).float()
+
+    def x0_from_output(self, x: torch.Tensor, sigma: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        s = sigma.reshape(-1, 1, 1, 1).to(x)
+        if self.family == "flow":
+            return x - s * out
+        ab = alpha_bar(s).to(x)
+        return (x - (1 - ab).sqrt() * out) / ab.sqrt()
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, cfg: float = 1.0) -> torch.Tensor:
+        x = x.float()
+        sigma = sigma.reshape(-1).expand(x.shape[0])
+        if cfg == 1.0:
+            out = self.net(x, self.net_time(sigma), cond)
+        else:
+            null = torch.full_like(cond, NULL_LABEL)
+            both = self.net(torch.cat([x, x]), self.net_time(torch.cat([sigma, sigma])), torch.cat([cond, null]))
+            c, u = both.chunk(2)
+            out = u + cfg * (c - u)
+        return self.x0_from_output(x, sigma, out)
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        return ((x0.float() + 1) / 2).clamp(0, 1).expand(-1, 3, -1, -1)
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+
+def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_digits_model(name: str = "digits-flow", path: str | Path | None = None) -> DigitsDenoiser:
+    """Load a built-in generator (``digits-flow`` or ``digits-eps``), from the package or ``path``."""
+    if name not in MODELS:
+        raise ValueError(f"unknown built-in model {name!r}; expected one of {', '.join(MODELS)}")
+    file = Path(path) if path else WEIGHTS_DIR / MODELS[name]
+    if not file.exists():
+        raise FileNotFoundError(
+            f"built-in model weights not found at {file}; run `python -m progrpo_core pretrain` to rebuild them")
+    header = read_header(file)
+    arch = json.loads(header.get("arch", "{}"))
+    state = load_file(str(file))
+    net = DigitsNet(**arch)
+    net.load_state_dict(state)
+    return DigitsDenoiser(net, header.get("family", "flow" if name.endswith("flow") else "eps"), name,
+                          state_fingerprint(state))

@@ -1,0 +1,206 @@
+"""The expand-and-prune group sampler.
+
+``B`` prompts, ``G = G_max`` trajectories each, ``T`` steps. At each checkpoint step ``c`` the
+model output already computed for that step gives every active latent's one-step x0 projection
+(the *latent proxy*); it is decoded and scored, and each prompt keeps the selector's subset of its
+survivors (OVF by default). Pruned rows leave the batch at once — the next model call is smaller —
+and their stored history is dropped with them. Survivors finish; their per-step latents, means,
+stds and log-probs are returned for training.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import torch
+
+from . import ovf
+from .compute import Compute
+from .denoiser import Denoiser, noise_to_start
+from .samplers import check_sampler, randn_rows, step_from_x0
+
+ScoreFn = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneSchedule:
+    """Funnel ``G_max = K_0 > K_1 > … > K_I`` with checkpoints ``t_1 < … < t_I`` in ``1..T−1``;
+    optional ``final_keep`` selects on the *true* final reward (static OVF)."""
+
+    group_size: int
+    checkpoints: tuple[int, ...] = ()
+    keep: tuple[int, ...] = ()
+    final_keep: int | None = None
+    selector: str = "ovf"
+
+    @property
+    def survivors(self) -> int:
+        """Trajectories per prompt that reach the end of sampling."""
+        return self.keep[-1] if self.keep else self.group_size
+
+    @property
+    def trained(self) -> int:
+        """Trajectories per prompt that are trained on."""
+        return self.final_keep if self.final_keep is not None else self.survivors
+
+    def validate(self, steps: int) -> None:
+        """Raise ``ValueError`` naming the bad value and the fix."""
+        if steps < 2:
+            raise ValueError(f"steps T={steps} is too few; sampling needs T >= 2 steps")
+        if self.group_size < 2:
+            raise ValueError(f"group size G_max={self.group_size} is too small; GRPO needs >= 2 trajectories per prompt")
+        if self.selector not in ovf.SELECTORS:
+            raise ValueError(f"selector {self.selector!r} unknown; expected one of {', '.join(ovf.SELECTORS)}")
+        if len(self.checkpoints) != len(self.keep):
+            raise ValueError(
+                f"{len(self.checkpoints)} checkpoints {list(self.checkpoints)} but {len(self.keep)} survivor "
+                f"counts {list(self.keep)}; give one survivor count per checkpoint")
+        for c in self.checkpoints:
+            if not 1 <= c <= steps - 1:
+                raise ValueError(f"checkpoint step {c} is outside 1..T-1 = 1..{steps - 1}; "
+                                 "pruning needs at least one step before and after it")
+        if list(self.checkpoints) != sorted(set(self.checkpoints)):
+            raise ValueError(f"checkpoints {list(self.checkpoints)} must be strictly increasing")
+        prev = self.group_size
+        for k in self.keep:
+            if k > prev:
+                raise ValueError(f"survivor count K={k} exceeds the {prev} trajectories alive before it "
+                                 f"(G_max={self.group_size}); make each K at most the count before it")
+            if k == prev:
+                raise ValueError(f"the funnel {[self.group_size, *self.keep]} does not shrink at K={k}; "
+                                 "each checkpoint must keep fewer than it had")
+            prev = k
+        if self.survivors < 2:
+            raise ValueError(f"the funnel ends with {self.survivors} survivor(s); GRPO needs >= 2 per prompt")
+        if self.final_keep is not None:
+            if not 2 <= self.final_keep < self.survivors:
+                raise ValueError(f"final_keep={self.final_keep} must be in 2..{self.survivors - 1} "
+                                 f"(fewer than the {self.survivors} finished trajectories, at least 2)")
+
+
+@dataclasses.dataclass
+class Rollout:
+    """Survivors of one expand-and-prune sampling round. ``N = B·K`` rows, grouped by prompt."""
+
+    prompts: list[str]              # (B,)
+    prompt_index: torch.Tensor      # (N,) which prompt each row belongs to
+    row_id: torch.Tensor            # (N,) the row's index 0..G_max-1 in its original group
+    sigmas: torch.Tensor            # (T+1,)
+    latents: torch.Tensor           # (N, T+1, C, H, W): x at every step, the last is the final latent
+    means: torch.Tensor             # (N, T, C, H, W)
+    stds: torch.Tensor              # (N, T)
+    log_probs: torch.Tensor         # (N, T), mean over latent elements
+    cond: Any                       # the survivors' conditioning (rows aligned with N)
+    checkpoints: list[dict]         # per checkpoint: step, proxy rewards (B, K_prev), kept row ids (B, K_next)
+    compute: Compute
+
+    @property
+    def group(self) -> int:
+        return self.latents.shape[0] // len(self.prompts)
+
+
+def row_generators(prompt_seeds: Sequence[int], group_size: int) -> list[torch.Generator]:
+    """One generator per row, seeded from its prompt's seed and its index in the group, so a
+    trajectory's noise does not depend on the batch it is sampled in."""
+    gens = []
+    for s in prompt_seeds:
+        for g in range(group_size):
+            gens.append(torch.Generator().manual_seed((int(s) * 1_000_003 + g * 7_919 + 17) % (2**63 - 1)))
+    return gens
+
+
+def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence[int], steps: int,
+                 schedule: PruneSchedule, sampler: str, noise_level: float, cfg: float = 1.0,
+                 score_fn: ScoreFn | None = None, select_generator: torch.Generator | None = None,
+                 callback: Callable[[dict], None] | None = None) -> Rollout:
+    """Sample ``G_max`` trajectories for each prompt, pruning at the schedule's checkpoints.
+
+    ``score_fn(images, prompts) -> (A,)`` scores the decoded proxies (needed when the schedule has
+    checkpoints). ``callback`` receives ``{"step", "active", "x0"}`` after every model call (for
+    progress bars and live previews)."""
+    schedule.validate(steps)
+    check_sampler(model.family, sampler)
+    if schedule.checkpoints and score_fn is None:
+        raise ValueError("this schedule prunes at checkpoints, which needs a reward (score_fn) for the proxies")
+    if len(prompt_seeds) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(prompt_seeds)} seeds; pass one seed per prompt")
+    B, G, T = len(prompts), schedule.group_size, steps
+    compute = Compute()
+    sigmas = model.sigmas(T)  # (T+1,)
+    gens = row_generators(prompt_seeds, G)
+    row_prompt = torch.arange(B).repeat_interleave(G)  # (B·G,)
+    row_id = torch.arange(G).repeat(B)  # (B·G,)
+    cond = model.encode_prompts([prompts[b] for b in row_prompt.tolist()])
+    x = noise_to_start(randn_rows((B * G, *model.latent_shape), gens), sigmas[0], model.family)
+    device = _device_of(model)
+    x = x.to(device)
+    hist_x: list[torch.Tensor] = []
+    hist_mean: list[torch.Tensor] = []
+    hist_std: list[torch.Tensor] = []
+    hist_logp: list[torch.Tensor] = []
+    checkpoints: list[dict] = []
+    keep_after = dict(zip(schedule.checkpoints, schedule.keep))
+    mult = 1 if cfg == 1.0 else 2
+
+    for i in range(T):
+        a = x.shape[0]
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        with compute.phase("sampling"), torch.no_grad():
+            x0 = model.denoise(x, sigma.expand(a).to(device), cond, cfg).float()  # (A, C, H, W)
+        compute.nfe_sample += a * mult
+        compute.model_calls += mult
+        if callback is not None:
+            callback({"step": i, "active": a, "x0": x0, "row_prompt": row_prompt, "row_id": row_id})
+        if i in keep_after:
+            k = keep_after[i]
+            with compute.phase("proxy"), torch.no_grad():
+                images = model.decode(x0)
+                proxy = score_fn(images, [prompts[b] for b in row_prompt.tolist()]).float().cpu()  # (A,)
+            compute.proxy_decodes += a
+            compute.proxy_rewards += a
+            per_prompt = proxy.view(B, -1)  # (B, K_prev)
+            kept_pos = torch.cat([
+                ovf.select(schedule.selector, per_prompt[b], k, select_generator) + b * per_prompt.shape[1]
+                for b in range(B)])  # positions into the active batch, grouped by prompt
+            checkpoints.append({"step": i, "sigma": float(sigma), "rewards": per_prompt,
+                                "row_id": row_id.view(B, -1).clone(),
+                                "kept": row_id[kept_pos].view(B, k).clone()})
+            # Pruned rows leave now: the latents, conditioning, noise streams and history shrink.
+            x, x0 = x[kept_pos], x0[kept_pos]
+            cond = model.select_cond(cond, kept_pos)
+            gens = [gens[j] for j in kept_pos.tolist()]
+            row_prompt, row_id = row_prompt[kept_pos], row_id[kept_pos]
+            hist_x = [h[kept_pos] for h in hist_x]
+            hist_mean = [h[kept_pos] for h in hist_mean]
+            hist_std = [h[kept_pos] for h in hist_std]
+            hist_logp = [h[kept_pos] for h in hist_logp]
+        with compute.phase("sampling"):
+            prev, mean, std, logp = step_from_x0(model.family, sampler, x, x0, sigma, sigma_next,
+                                                 noise_level, generator=gens)
+        hist_x.append(x)
+        hist_mean.append(mean)
+        hist_std.append(std.flatten(1)[:, 0])
+        hist_logp.append(logp)
+        x = prev
+
+    latents = torch.stack(hist_x + [x], dim=1)  # (N, T+1, C, H, W)
+    return Rollout(
+        prompts=list(prompts), prompt_index=row_prompt, row_id=row_id, sigmas=sigmas, latents=latents,
+        means=torch.stack(hist_mean, 1), stds=torch.stack(hist_std, 1), log_probs=torch.stack(hist_logp, 1),
+        cond=cond, checkpoints=checkpoints, compute=compute)
+
+
+def select_rows(model: Denoiser, rollout: Rollout, index: torch.Tensor) -> Rollout:
+    """The sub-rollout of rows ``index`` (e.g. the static OVF subset), in the given order."""
+    return dataclasses.replace(
+        rollout, prompt_index=rollout.prompt_index[index], row_id=rollout.row_id[index],
+        latents=rollout.latents[index], means=rollout.means[index], stds=rollout.stds[index],
+        log_probs=rollout.log_probs[index],
+        cond=model.select_cond(rollout.cond, index))
+
+
+def _device_of(model: Denoiser) -> torch.device:
+    try:
+        return next(model.net.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")

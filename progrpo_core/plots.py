@@ -1,0 +1,89 @@
+"""Plots and image grids (matplotlib, Agg backend; nothing opens a window)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .io import save_figure
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def reward_curve(epochs: Sequence[int], train_reward: Sequence[float], eval_points: Sequence[tuple[int, float]],
+                 path: str | Path, title: str = "reward", loss: Sequence[float] | None = None) -> Path:
+    plt = _plt()
+    ncols = 2 if loss else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 3.5), squeeze=False)
+    ax = axes[0][0]
+    ax.plot(list(epochs), list(train_reward), label="train (trained trajectories)", alpha=0.8)
+    if eval_points:
+        ex, ey = zip(*eval_points)
+        ax.plot(ex, ey, "o-", label="eval (deterministic, held-out seeds)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("reward")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    if loss:
+        axes[0][1].plot(list(epochs), list(loss), color="tab:red")
+        axes[0][1].set_xlabel("epoch")
+        axes[0][1].set_title("policy loss")
+    fig.tight_layout()
+    out = save_figure(fig, path)
+    plt.close(fig)
+    return out
+
+
+def image_grid(images: torch.Tensor, nrow: int, scale: int = 4) -> torch.Tensor:
+    """Images (N, 3, H, W) in [0, 1] → one grid image (3, H', W'), nearest-upscaled by ``scale``."""
+    n, c, h, w = images.shape
+    ncol = (n + nrow - 1) // nrow
+    pad = torch.ones(nrow * ncol - n, c, h, w)
+    grid = torch.cat([images.float().cpu(), pad]).reshape(ncol, nrow, c, h, w)
+    grid = grid.permute(2, 0, 3, 1, 4).reshape(c, ncol * h, nrow * w)
+    return grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+
+
+def save_grid(images: torch.Tensor, nrow: int, path: str | Path, scale: int = 4) -> Path:
+    from PIL import Image
+
+    from .io import _atomic
+
+    grid = (image_grid(images, nrow, scale).permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype("uint8")
+    return _atomic(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
+
+
+def reward_histogram(rewards: torch.Tensor, kept: torch.Tensor, path: str | Path | None = None,
+                     title: str = "rewards: kept vs dropped"):
+    """The reward-clustering picture: one group's rewards with the kept subset marked.
+    Returns the figure as an image tensor (3, H, W) in [0, 1]; also saved when ``path`` is given."""
+    import numpy as np
+
+    plt = _plt()
+    r = rewards.detach().float().cpu()
+    mask = torch.zeros(len(r), dtype=torch.bool)
+    mask[kept] = True
+    fig, ax = plt.subplots(figsize=(5, 3))
+    bins = np.linspace(float(r.min()) - 1e-6, float(r.max()) + 1e-6, 16)
+    ax.hist([r[~mask].numpy(), r[mask].numpy()], bins=bins, stacked=True, label=["dropped", "kept"],
+            color=["lightgray", "tab:blue"])
+    ax.axvline(float(r.mean()), color="k", ls="--", lw=1, label="group mean")
+    ax.set_xlabel("reward")
+    ax.set_ylabel("trajectories")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    fig.canvas.draw()
+    arr = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return torch.from_numpy(arr).permute(2, 0, 1).float() / 255

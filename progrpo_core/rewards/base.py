@@ -1,0 +1,96 @@
+"""The reward interface every scorer implements.
+
+A reward takes a batch of images, float in [0, 1] laid out ``(N, 3, H, W)`` (channels first,
+the core's layout; ComfyUI's ``(N, H, W, C)`` IMAGE is converted once at the node boundary), and
+the prompt of each image, and returns one float32 score per image, computed without gradients.
+
+``evaluate`` returns every component's score by name (a single reward has one component, its
+own name; a weighted combination has one per part plus ``"total"``), so the trainer can log each
+and normalise them separately.
+"""
+from __future__ import annotations
+
+import abc
+import math
+from typing import Sequence
+
+import torch
+
+
+class RewardInputError(ValueError):
+    """Images or prompts that a reward cannot score as given."""
+
+
+def check_images(images: torch.Tensor, prompts: Sequence[str], who: str = "reward") -> None:
+    """Validate a reward's input: (N, 3, H, W) float in [0, 1], finite, one prompt per image."""
+    if not isinstance(images, torch.Tensor):
+        raise RewardInputError(f"{who}: images must be a torch.Tensor, got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != 3:
+        hint = ""
+        if images.ndim == 4 and images.shape[-1] in (1, 3, 4):
+            hint = " It looks like ComfyUI's (N, H, W, C) IMAGE layout: use images.movedim(-1, 1)."
+        raise RewardInputError(
+            f"{who}: images must have shape (N, 3, H, W), got {tuple(images.shape)}.{hint}")
+    if not images.is_floating_point():
+        raise RewardInputError(
+            f"{who}: images must be float in [0, 1], got dtype {images.dtype}; divide uint8 images by 255")
+    if images.numel() and not torch.isfinite(images).all():
+        raise RewardInputError(f"{who}: images contain NaN or infinite values")
+    if images.numel():
+        lo, hi = float(images.min()), float(images.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise RewardInputError(
+                f"{who}: images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}]; "
+                "map [-1, 1] images with (x + 1) / 2, divide 0..255 images by 255")
+    if isinstance(prompts, str):
+        raise RewardInputError(f"{who}: prompts must be a sequence of strings, one per image, got a single str")
+    if len(prompts) != images.shape[0]:
+        raise RewardInputError(
+            f"{who}: got {images.shape[0]} images but {len(prompts)} prompts; pass one prompt per image")
+
+
+class Reward(abc.ABC):
+    """A scalar reward. Subclasses implement ``score``; callers use ``__call__`` or ``evaluate``."""
+
+    name: str = "reward"
+
+    @abc.abstractmethod
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """Scores of already validated images, shape (N,)."""
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        check_images(images, prompts, self.name)
+        with torch.no_grad():
+            out = self.score(images.clamp(0, 1), list(prompts))
+        out = out.detach().float().cpu().reshape(-1)
+        if out.shape[0] != images.shape[0]:
+            raise RuntimeError(f"reward {self.name!r} returned {out.shape[0]} scores for {images.shape[0]} images")
+        return out
+
+    def evaluate(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Every component's score by name; the value trained on is ``out[self.name]``
+        for a single reward, ``out["total"]`` for a combination (see ``total_key``)."""
+        return {self.name: self(images, prompts)}
+
+    @property
+    def total_key(self) -> str:
+        return self.name
+
+    def components(self) -> list[tuple[str, float]]:
+        """(name, weight) of each part, for separate advantage normalisation."""
+        return [(self.name, 1.0)]
+
+
+def check_scores(scores: torch.Tensor, what: str = "rewards") -> torch.Tensor:
+    """Refuse NaN or infinite scores with a message naming where they are."""
+    bad = ~torch.isfinite(scores)
+    if bad.any():
+        idx = bad.nonzero().flatten().tolist()[:8]
+        raise FloatingPointError(
+            f"{what}: {int(bad.sum())} non-finite value(s) (NaN or inf) at index {idx}; "
+            "check the reward model's weights and dtype (fp16 overflow?) and the images it was given")
+    return scores
+
+
+def is_finite_number(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
