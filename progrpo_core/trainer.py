@@ -112,7 +112,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, model: Denoiser | None = None, reward: Reward | None = None,
                  gold: Reward | None = None, prompts: Sequence[str] | None = None,
-                 log: Callable[[str], None] = print):
+                 adapter: LoraAdapter | None = None, log: Callable[[str], None] = print):
         self.cfg = cfg
         self.log = log
         self.model = model if model is not None else load_model(cfg)
@@ -126,7 +126,9 @@ class Trainer:
         self.prompts = list(prompts) if prompts is not None else load_prompts(cfg.run.prompts, self.model)
         if not self.prompts:
             raise ValueError("the prompt list is empty; give at least one prompt")
-        if cfg.lora.init_from:
+        if adapter is not None:  # e.g. the host's own weight adapters, same interface as LoraAdapter
+            self.adapter = adapter
+        elif cfg.lora.init_from:
             self.adapter = lora_from_file(self.model, cfg.lora.init_from)
         else:
             self.adapter = LoraAdapter(self.model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, seed=cfg.run.seed)
