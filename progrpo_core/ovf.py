@@ -58,6 +58,8 @@ def ovf_select(rewards: torch.Tensor, k: int) -> torch.Tensor:
 
     variances = [var_of(m) for m in range(k + 1)]
     best = max(variances)
+    if k == 1 or sv[0] == sv[-1]:  # every k-subset has variance 0: the first one wins the tie
+        return torch.arange(k)
     # Among optimal m, realise each value multiset with the smallest indices, keep the lexicographic min.
     by_value: dict[float, list[int]] = {}
     for i in range(g):

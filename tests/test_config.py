@@ -1,0 +1,70 @@
+import pytest
+
+from progrpo_core import config as C
+
+
+def test_defaults_resolve_to_the_paper_schedule():
+    cfg = C.build_config()
+    s = cfg.prune_schedule()
+    assert (s.group_size, s.checkpoints, s.keep) == (48, (5, 7), (24, 12))
+    assert cfg.grpo.method == "pro-grpo"
+
+
+@pytest.mark.parametrize("method,expect", [
+    ("grpo", (24, (), (), None)),
+    ("ovf", (24, (), (), 12)),
+    ("pro-grpo-flash", (24, (5, 7), (16, 12), None)),
+])
+def test_method_presets(method, expect):
+    s = C.build_config({"grpo": {"method": method}}).prune_schedule()
+    assert (s.group_size, s.checkpoints, s.keep, s.final_keep) == expect
+
+
+def test_overrides_are_typed_from_strings():
+    cfg = C.build_config({"sampler": {"steps": "12"}, "schedule": {"checkpoints": "6,9", "keep": "24,12"},
+                          "grpo": {"ema": "false", "lr": "1e-3"}})
+    assert cfg.sampler.steps == 12 and cfg.schedule.checkpoints == (6, 9)
+    assert cfg.grpo.ema is False and cfg.grpo.lr == 1e-3
+
+
+@pytest.mark.parametrize("table,match", [
+    ({"schedule": {"group_size": 8, "keep": "10,4"}}, "K=10 exceeds the 8 trajectories"),
+    ({"schedule": {"keep": "24,24"}}, "does not shrink"),
+    ({"schedule": {"checkpoints": "5,10"}}, "checkpoint step 10 is outside 1..T-1 = 1..9"),
+    ({"sampler": {"steps": 1}}, "sampler.steps=1: T must be an integer >= 2"),
+    ({"grpo": {"method": "grpo"}, "schedule": {"group_size": 1}}, "G_max=1 is too small"),
+    ({"grpo": {"method": "dpo"}}, "grpo.method='dpo' unknown; expected one of pro-grpo"),
+    ({"reward": {"name": "beauty"}}, "reward.name='beauty' is not a known reward"),
+    ({"grpo": {"lr": "nan"}}, "grpo.lr=nan must be a finite number > 0"),
+    ({"sampler": {"steps": "ten"}}, "sampler.steps='ten' is not a valid int"),
+    ({"sampler": {"sampler": "euler"}}, "sampler.sampler='euler' unknown"),
+    ({"schedule": {"selector": "best"}}, "schedule.selector='best' unknown"),
+    ({"lora": {"rank": 0}}, "lora.rank=0 must be an integer >= 1"),
+    ({"model": {"name": "sdxl"}}, "model.name='sdxl' is not a built-in model"),
+    ({"grpo": {"batch": 3}}, "unknown setting grpo.batch"),
+    ({"optim": {"lr": 1}}, "unknown config section"),
+    ({"schedule": {"checkpoints": "3"}}, "give one survivor count per checkpoint"),
+])
+def test_bad_values_get_their_message(table, match):
+    with pytest.raises(ValueError, match=match):
+        C.build_config(table)
+
+
+def test_toml_round_trip(tmp_path):
+    cfg = C.build_config({"grpo": {"method": "ovf", "lr": 0.002}, "schedule": {"group_size": 16, "final_keep": 8}})
+    (tmp_path / "c.toml").write_text(C.to_toml(cfg))
+    again = C.build_config(C.load_toml(tmp_path / "c.toml"))
+    assert again == cfg
+
+
+def test_bad_toml_file(tmp_path):
+    (tmp_path / "bad.toml").write_text("[grpo\nlr = ")
+    with pytest.raises(ValueError, match="is not valid TOML"):
+        C.load_toml(tmp_path / "bad.toml")
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        C.load_toml(tmp_path / "missing.toml")
+
+
+def test_every_field_has_help():
+    for section, name, help_, _ in C.field_specs():
+        assert help_, f"{section}.{name} has no help"

@@ -1,0 +1,110 @@
+import pytest
+import torch
+
+from progrpo_core import ovf
+from progrpo_core.group import PruneSchedule, sample_group
+
+PROMPTS = ["a handwritten 3", "a handwritten 8"]
+
+
+class Counting:
+    """Wraps a denoiser and records the batch size of every model call."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls = []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def denoise(self, x, sigma, cond, cfg=1.0):
+        self.calls.append(x.shape[0])
+        return self.inner.denoise(x, sigma, cond, cfg)
+
+
+def _run(model, schedule, reward, seeds=(11, 12), steps=10, sampler="flow_sde", noise=0.7):
+    return sample_group(model, PROMPTS, list(seeds), steps, schedule, sampler, noise, 1.0, score_fn=reward)
+
+
+def test_pruned_trajectories_make_no_further_model_calls(flow_model, digit_reward):
+    m = Counting(flow_model)
+    sched = PruneSchedule(group_size=8, checkpoints=(3, 6), keep=(5, 3))
+    ro = _run(m, sched, digit_reward)
+    B = len(PROMPTS)
+    assert m.calls == [B * 8] * 4 + [B * 5] * 3 + [B * 3] * 3  # steps 0-3, 4-6, 7-9
+    assert ro.compute.nfe_sample == sum(m.calls) == B * (8 * 4 + 5 * 3 + 3 * 3)
+    assert ro.compute.proxy_decodes == B * (8 + 5) and ro.compute.proxy_rewards == B * (8 + 5)
+    assert ro.latents.shape == (B * 3, 11, 1, 8, 8)
+    assert ro.log_probs.shape == (B * 3, 10) and ro.means.shape == (B * 3, 10, 1, 8, 8)
+
+
+def test_survivors_follow_the_same_trajectory_as_without_pruning(flow_model, digit_reward):
+    pruned = _run(flow_model, PruneSchedule(group_size=8, checkpoints=(4,), keep=(3,)), digit_reward)
+    full = _run(flow_model, PruneSchedule(group_size=8), digit_reward)
+    for i in range(pruned.latents.shape[0]):
+        j = int(pruned.prompt_index[i]) * 8 + int(pruned.row_id[i])
+        assert torch.equal(pruned.latents[i], full.latents[j])
+        assert torch.equal(pruned.log_probs[i], full.log_probs[j])
+
+
+def test_kept_rows_are_the_ovf_subset_of_proxy_rewards(flow_model, digit_reward):
+    ro = _run(flow_model, PruneSchedule(group_size=8, checkpoints=(5,), keep=(4,)), digit_reward)
+    cp = ro.checkpoints[0]
+    for b in range(len(PROMPTS)):
+        expect = ovf.ovf_select(cp["rewards"][b], 4)
+        assert cp["kept"][b].tolist() == cp["row_id"][b][expect].tolist()
+        assert ro.row_id.view(2, 4)[b].tolist() == cp["kept"][b].tolist()
+
+
+def test_proxy_is_the_one_step_projection_of_that_step(flow_model):
+    seen = {}
+
+    def score(images, prompts):
+        seen["images"] = images.clone()
+        return images.mean(dim=(1, 2, 3))
+
+    ro = sample_group(flow_model, PROMPTS[:1], [5], 6, PruneSchedule(group_size=4, checkpoints=(3,), keep=(2,)),
+                      "flow_sde", 0.7, 1.0, score_fn=score)
+    full = sample_group(flow_model, PROMPTS[:1], [5], 6, PruneSchedule(group_size=4), "flow_sde", 0.7, 1.0)
+    x3, sigma = full.latents[:, 3], full.sigmas[3]
+    x0 = flow_model.denoise(x3, sigma.expand(4), flow_model.encode_prompts(PROMPTS[:1] * 4))
+    torch.testing.assert_close(seen["images"], flow_model.decode(x0))
+    assert ro.compute.nfe_sample == 4 * 4 + 2 * 2  # no extra forward for the proxy
+
+
+def test_same_seed_same_trajectories_and_pruning(eps_model, digit_reward):
+    sched = PruneSchedule(group_size=6, checkpoints=(4, 7), keep=(4, 2))
+    a = _run(eps_model, sched, digit_reward, sampler="ddim", noise=1.0)
+    b = _run(eps_model, sched, digit_reward, sampler="ddim", noise=1.0)
+    assert torch.equal(a.latents, b.latents) and torch.equal(a.log_probs, b.log_probs)
+    assert [c["kept"].tolist() for c in a.checkpoints] == [c["kept"].tolist() for c in b.checkpoints]
+    c = _run(eps_model, sched, digit_reward, seeds=(13, 14), sampler="ddim", noise=1.0)
+    assert not torch.equal(a.latents, c.latents)
+
+
+def test_ddim_last_step_is_deterministic(eps_model):
+    ro = sample_group(eps_model, PROMPTS, [1, 2], 5, PruneSchedule(group_size=3), "ddim", 1.0)
+    assert (ro.stds[:, :-1] > 0).all() and (ro.stds[:, -1] == 0).all()
+
+
+@pytest.mark.parametrize("kwargs,steps,match", [
+    (dict(group_size=8, checkpoints=(5,), keep=(10,)), 10, "K=10 exceeds the 8 trajectories"),
+    (dict(group_size=8, checkpoints=(3, 5), keep=(4, 4)), 10, "does not shrink at K=4"),
+    (dict(group_size=8, checkpoints=(10,), keep=(4,)), 10, r"checkpoint step 10 is outside 1..T-1 = 1..9"),
+    (dict(group_size=8, checkpoints=(0,), keep=(4,)), 10, "checkpoint step 0 is outside"),
+    (dict(group_size=8), 1, "T=1 is too few"),
+    (dict(group_size=1), 10, "G_max=1 is too small"),
+    (dict(group_size=8, checkpoints=(5,), keep=(1,)), 10, "ends with 1 survivor"),
+    (dict(group_size=8, checkpoints=(5, 3), keep=(4, 2)), 10, "strictly increasing"),
+    (dict(group_size=8, checkpoints=(5,), keep=()), 10, "one survivor count per checkpoint"),
+    (dict(group_size=8, final_keep=8), 10, "final_keep=8 must be in 2..7"),
+])
+def test_schedule_validation_messages(kwargs, steps, match):
+    with pytest.raises(ValueError, match=match):
+        PruneSchedule(**kwargs).validate(steps)
+
+
+def test_pruning_needs_a_reward(flow_model):
+    with pytest.raises(ValueError, match="needs a reward"):
+        sample_group(flow_model, PROMPTS, [1, 2], 10, PruneSchedule(group_size=4, checkpoints=(5,), keep=(2,)),
+                     "flow_sde", 0.7)
