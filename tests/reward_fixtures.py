@@ -140,6 +140,19 @@ def build_hps(file: Path, seed: int = 0) -> Path:
     return file
 
 
+def hps_resize_max_size(img, size: int = 224):
+    """HPSv2's ResizeMaxSize + Normalize, written from its definition with torchvision ops."""
+    import torchvision.transforms.functional as TF
+    h, w = img.shape[1:]
+    scale = size / float(max(h, w))
+    if scale != 1.0:
+        new = tuple(round(d * scale) for d in (h, w))
+        img = TF.resize(img, list(new), TF.InterpolationMode.BICUBIC)
+        ph, pw = size - new[0], size - new[1]
+        img = TF.pad(img, padding=[pw // 2, ph // 2, pw - pw // 2, ph - ph // 2], fill=0)
+    return TF.normalize(img, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+
+
 # ---------------------------------------------------------------------------------------------
 # ImageReward layout (BLIP key names)
 

@@ -74,19 +74,6 @@ def test_crop_rounding_rules_differ_where_the_references_do():
     assert centre_crop_offset(225, 224, "round") == 0 and centre_crop_offset(229, 224, "round") == 2
 
 
-def hps_resize_max_size(img, size: int = 224):
-    """HPSv2's ResizeMaxSize + Normalize, written from its definition with torchvision ops."""
-    import torchvision.transforms.functional as TF
-    h, w = img.shape[1:]
-    scale = size / float(max(h, w))
-    if scale != 1.0:
-        new = tuple(round(d * scale) for d in (h, w))
-        img = TF.resize(img, list(new), TF.InterpolationMode.BICUBIC)
-        ph, pw = size - new[0], size - new[1]
-        img = TF.pad(img, padding=[pw // 2, ph // 2, pw - pw // 2, ph - ph // 2], fill=0)
-    return TF.normalize(img, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
-
-
 @pytest.mark.parametrize("hw", SIZES + [(100, 224), (224, 100), (225, 100)])
 def test_hps_resize_longest_and_pad_matches_reference(hw):
     import torchvision.transforms.functional as TF
@@ -98,7 +85,7 @@ def test_hps_resize_longest_and_pad_matches_reference(hw):
         ref = TF.normalize(TF.pad(x, [(224 - hw[1]) // 2, (224 - hw[0]) // 2, 224 - hw[1] - (224 - hw[1]) // 2,
                                       224 - hw[0] - (224 - hw[0]) // 2], fill=0), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
     else:
-        ref = torch.stack([hps_resize_max_size(TF.to_tensor(rf.to_pil(i))) for i in x])
+        ref = torch.stack([rf.hps_resize_max_size(TF.to_tensor(rf.to_pil(i))) for i in x])
     assert ours.shape == ref.shape == (2, 3, 224, 224)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
     # padding is black before normalisation
