@@ -87,3 +87,28 @@ def test_cli_bad_value_is_a_clear_error(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert "grpo.method='dpo' unknown" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_shipped_weights_record_their_recipe_and_pretraining_is_deterministic():
+    from safetensors.torch import load_file
+
+    from progrpo_core.embedded import MODELS, WEIGHTS_DIR, read_header, state_fingerprint
+    from progrpo_core.embedded.pretrain import GeneratorRecipe, train_generator
+
+    for name, file in MODELS.items():
+        h = read_header(WEIGHTS_DIR / file)
+        assert json.loads(h["recipe"])["family"] == h["family"]
+        assert h["fingerprint"] == state_fingerprint(load_file(str(WEIGHTS_DIR / file)))
+    a, _ = train_generator(GeneratorRecipe(family="eps", iters=15, batch=32))
+    b, _ = train_generator(GeneratorRecipe(family="eps", iters=15, batch=32))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_kl_to_reference_policy_is_measured_after_the_first_update(tmp_path):
+    cfg = _cfg(tmp_path, run={"epochs": 2}, grpo={"kl_beta": 0.05, "prompts_per_epoch": 2, "lr": 1e-2},
+               schedule={"group_size": 6, "keep": "4,3"})
+    t = Trainer(cfg, log=lambda s: None)
+    first = t.train_on(t.sample_epoch(0), 0)
+    second = t.train_on(t.sample_epoch(1), 1)
+    assert first["kl"] >= 0 and second["kl"] > 0
+    assert t.compute.nfe_train_fwd == 2 * t.compute.nfe_train_bwd  # the reference forward is counted
