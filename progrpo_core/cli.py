@@ -46,11 +46,52 @@ def config_from_args(args: argparse.Namespace) -> C.TrainConfig:
     return C.build_config(C.merge(table, over))
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .trainer import Trainer
+def _single_thread_for_builtin(builtin: bool) -> None:
+    """The built-in digits nets multiply matrices of a few hundred rows: one thread is as fast as
+    several, and immune to the stalls a busy machine causes in multi-threaded BLAS."""
+    if builtin:
+        import torch
 
+        torch.set_num_threads(1)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .trainer import Trainer, TrainingStopped
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.toml").is_file():
+            raise FileNotFoundError(f"--resume {run_dir}: no config.toml there; give the folder of a run "
+                                    "started by `train` (its --run.out)")
+        if args.config:
+            raise ValueError("--resume reads the run's own config.toml; give changes as flags "
+                             "(e.g. --run.epochs 200), not --config")
+        other = args.out or getattr(args, "cfg__run__out", None)
+        if other and Path(other).resolve() != run_dir.resolve():
+            raise ValueError(f"--resume {run_dir} continues that run in its own folder; drop --out/--run.out {other}")
+        args.config, args.out = str(run_dir / "config.toml"), str(run_dir)
     cfg = config_from_args(args)
-    Trainer(cfg).run(progress=not args.no_progress)
+    _single_thread_for_builtin(cfg.model.comfyui is None)
+
+    def terminate(signum, frame):  # a scheduler's or torchrun's SIGTERM saves a checkpoint like Ctrl-C
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, terminate)
+    trainer = Trainer(cfg)
+    try:
+        trainer.run(progress=not args.no_progress, resume=bool(args.resume))
+    except TrainingStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        trainer.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 
@@ -58,6 +99,7 @@ def _model_and_lora(name: str, lora: str | None):
     from .embedded import load_digits_model
     from .lora import lora_from_file
 
+    _single_thread_for_builtin(True)
     model = load_digits_model(name)
     if lora:
         lora_from_file(model, lora)
@@ -113,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="GRPO / Pro-GRPO LoRA training (default: Pro-GRPO on the built-in model)")
     _add_config_flags(t)
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its newest checkpoint, with its config.toml "
+                        "(flags may change run length and output settings, e.g. --run.epochs)")
     t.set_defaults(func=cmd_train)
 
     def sampling_flags(q):

@@ -187,6 +187,12 @@ class RunConfig:
     eval_seeds: int = _help("seeds per eval prompt (deterministic sampling)", 8)
     eval_every: int = _help("evaluate every N epochs (0 = only before and after)", 10)
     save_every: int = _help("save the LoRA every N epochs (0 = only at the end)", 10)
+    checkpoint_every: int = _help("write a resumable checkpoint to RUN/checkpoints every N epochs and at the end "
+                                  "(0 = only when interrupted)", 10)
+    keep_checkpoints: int = _help("checkpoints kept in RUN/checkpoints, newest first", 2)
+    max_bad_updates: int = _help("stop after this many skipped updates in a row (non-finite reward, loss or "
+                                 "gradient; 0 = never stop)", 10)
+    check_disk: bool = _help("before training, check that the run folder is writable and has room for the run", True)
     device: str = _help("device for the generator (cpu, cuda, …)", "cpu")
 
     def __post_init__(self):
@@ -194,6 +200,9 @@ class RunConfig:
         _need(self.max_steps is None or self.max_steps >= 1, f"run.max_steps={self.max_steps} must be >= 1")
         _need(self.eval_seeds >= 1, f"run.eval_seeds={self.eval_seeds} must be >= 1")
         _need(self.eval_every >= 0 and self.save_every >= 0, "run.eval_every and run.save_every must be >= 0")
+        _need(self.checkpoint_every >= 0, f"run.checkpoint_every={self.checkpoint_every} must be >= 0 (0 = only on interrupt)")
+        _need(self.keep_checkpoints >= 1, f"run.keep_checkpoints={self.keep_checkpoints} must be >= 1")
+        _need(self.max_bad_updates >= 0, f"run.max_bad_updates={self.max_bad_updates} must be >= 0 (0 = never stop)")
 
 
 @dataclasses.dataclass
