@@ -213,3 +213,16 @@ def test_bfloat16(models, reward):
     assert next(low.model.mlp.parameters()).dtype == torch.float32  # the head runs in float32, as the reference
     x = rf.images(3, 64, 64, seed=2)
     torch.testing.assert_close(low(x, rf.PROMPTS[:3]), reward(x, rf.PROMPTS[:3]), atol=0.1, rtol=0)
+
+
+def test_unused_blip_entries_are_ignored_but_foreign_encoder_keys_are_not(models, tmp_path):
+    folder = tmp_path / "ImageReward"
+    folder.mkdir()
+    for f in ("med_config.json", "vocab.txt"):
+        shutil.copy(models["imagereward"].parent / f, folder / f)
+    sd = torch.load(models["imagereward"], weights_only=True)
+    torch.save({**sd, "blip.itm_head.weight": torch.zeros(2, 32)}, folder / "ImageReward.pt")
+    build_reward("imagereward", path=folder)  # like the reference's strict=False load
+    torch.save({**sd, "blip.text_encoder.pooler.dense.weight": torch.zeros(32, 32)}, folder / "ImageReward.pt")
+    with pytest.raises(CheckpointMismatchError, match="1 of its .* weights are unexpected .*pooler"):
+        build_reward("imagereward", path=folder)

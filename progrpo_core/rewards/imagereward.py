@@ -60,16 +60,18 @@ _VIT_RENAMES = [  # (pattern on the part after blip.visual_encoder., replacement
     (r"^blocks\.(\d+)\.mlp\.(fc1|fc2)\.", r"encoder.layers.\1.mlp.\2."),
     (r"^norm\.(weight|bias)$", r"post_layernorm.\1"),
 ]
-# in the checkpoint but not used to score (BLIP's contrastive projections, a buffer)
-IGNORED_KEYS = ("blip.vision_proj.", "blip.text_proj.", "blip.text_encoder.embeddings.position_ids")
+# the parts of the checkpoint that score; other "blip." entries (BLIP's contrastive projections
+# vision_proj/text_proj) are unused, and the reference's load_state_dict(strict=False) ignores them too
+SCORING_PREFIXES = ("blip.visual_encoder.", "blip.text_encoder.", "mlp.")
+IGNORED_KEYS = ("blip.text_encoder.embeddings.position_ids",)   # a buffer transformers recomputes
 
 
 def map_imagereward_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """ImageReward.pt keys -> :class:`ImageRewardModel` keys; unknown keys are kept as they are
-    (and then reported as unexpected), ignored ones dropped."""
+    """ImageReward.pt keys -> :class:`ImageRewardModel` keys. Unused BLIP entries are dropped;
+    keys that are not ImageReward's at all are kept as they are, to be reported as unexpected."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        if key.startswith(IGNORED_KEYS):
+        if key.startswith(IGNORED_KEYS) or (key.startswith("blip.") and not key.startswith(SCORING_PREFIXES)):
             continue
         new = key
         if key.startswith(_VIT):
