@@ -167,13 +167,12 @@ class HFClipReward(Reward):
 
     def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
         """Unit-norm text embeddings (N, D), each distinct prompt encoded once."""
-        unique = list(dict.fromkeys(prompts))                                     # U prompts
-        tokens = self.tokenizer(unique, padding=True, truncation=True, max_length=self.max_length,
+        row = {p: i for i, p in enumerate(dict.fromkeys(prompts))}                # U distinct prompts
+        tokens = self.tokenizer(list(row), padding=True, truncation=True, max_length=self.max_length,
                                 return_tensors="pt").to(self.device)
         emb = _unit(_features(self.model.get_text_features(
             input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])))  # (U, D)
-        index = torch.tensor([unique.index(p) for p in prompts], device=emb.device)
-        return emb[index]                                                          # (N, D)
+        return emb[torch.tensor([row[p] for p in prompts], device=emb.device)]    # (N, D)
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         cos = (self.image_embeddings(images) * self.text_embeddings(prompts)).sum(-1)   # (N,)

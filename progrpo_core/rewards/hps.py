@@ -59,10 +59,10 @@ class HPSReward(Reward):
         return torch.nn.functional.normalize(self.model.encode_image(pixels).float(), dim=-1)  # (N, D)
 
     def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
-        unique = list(dict.fromkeys(prompts))                                     # U prompts
-        tokens = self.tokenizer(unique).to(self.device)                           # (U, 77)
+        row = {p: i for i, p in enumerate(dict.fromkeys(prompts))}                # U distinct prompts
+        tokens = self.tokenizer(list(row)).to(self.device)                        # (U, 77)
         emb = torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)  # (U, D)
-        return emb[torch.tensor([unique.index(p) for p in prompts], device=emb.device)]     # (N, D)
+        return emb[torch.tensor([row[p] for p in prompts], device=emb.device)]    # (N, D)
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         return (self.image_embeddings(images) * self.text_embeddings(prompts)).sum(-1)     # (N,)

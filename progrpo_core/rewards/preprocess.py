@@ -62,7 +62,7 @@ class ImagePrep:
     interpolation: str = "bicubic"        # "bicubic" | "bilinear"
     antialias: bool = True
     crop_rounding: str = "floor"          # "floor" (transformers) | "round" (torchvision CenterCrop)
-    clamp: bool = True                    # clamp after resizing, as 8-bit (PIL/uint8) resizing does
+    clamp: bool = True                    # PIL's two passes, each clipped to [0, 1] (8-bit references)
     fill: float = 0.0                     # pad value in [0, 1] pixel units, before normalisation
     mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
     std: tuple[float, float, float] = OPENAI_CLIP_STD
@@ -76,12 +76,6 @@ class ImagePrep:
             raise ValueError(f"ImagePrep.crop_rounding must be 'floor' or 'round', got {self.crop_rounding!r}")
         if self.size <= 0:
             raise ValueError(f"ImagePrep.size must be positive, got {self.size}")
-
-    @property
-    def output_size(self) -> tuple[int, int]:
-        if self.mode == "longest" or (self.mode == "squash" and self.crop is None):
-            return (self.size, self.size)
-        return self.crop if self.crop is not None else (-1, -1)
 
     def resize(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         """Resize (N, 3, H, W) to ``hw``. With ``clamp`` this is PIL's two-pass resampling: the

@@ -52,10 +52,11 @@ class WeightSource:
     download: str            # what to fetch, as a sentence fragment
     command: str = ""        # a download command with {dest} for the destination
     marker: str = ""         # for folders: a file that must exist inside (e.g. config.json)
+    suggest: str = ""        # the name to download to, if not names[0] (which may be a conversion)
 
     @property
     def default_name(self) -> str:
-        return self.names[0]
+        return self.suggest or self.names[0]
 
 
 _HF = "hf download {repo} --local-dir {dest}"
@@ -70,12 +71,12 @@ WEIGHT_SOURCES: dict[str, WeightSource] = {
     "hpsv2": WeightSource(
         ("HPS_v2_compressed.safetensors", "HPS_v2_compressed.pt",
          "HPSv2/HPS_v2_compressed.safetensors", "HPSv2/HPS_v2_compressed.pt"), folder=False,
-        download="HPS_v2_compressed.pt from the Hugging Face repo xswu/HPSv2",
+        download="HPS_v2_compressed.pt from the Hugging Face repo xswu/HPSv2", suggest="HPS_v2_compressed.pt",
         command="hf download xswu/HPSv2 HPS_v2_compressed.pt --local-dir {parent}"),
     "hpsv2.1": WeightSource(
         ("HPS_v2.1_compressed.safetensors", "HPS_v2.1_compressed.pt",
          "HPSv2/HPS_v2.1_compressed.safetensors", "HPSv2/HPS_v2.1_compressed.pt"), folder=False,
-        download="HPS_v2.1_compressed.pt from the Hugging Face repo xswu/HPSv2",
+        download="HPS_v2.1_compressed.pt from the Hugging Face repo xswu/HPSv2", suggest="HPS_v2.1_compressed.pt",
         command="hf download xswu/HPSv2 HPS_v2.1_compressed.pt --local-dir {parent}"),
     "clip": WeightSource(
         ("clip-vit-large-patch14", "CLIP-ViT-H-14-laion2B-s32B-b79K", "clip-vit-base-patch32"),
@@ -85,7 +86,7 @@ WEIGHT_SOURCES: dict[str, WeightSource] = {
     "aesthetic": WeightSource(
         ("sac+logos+ava1-l14-linearMSE.safetensors", "sac+logos+ava1-l14-linearMSE.pth",
          "aesthetic/sac+logos+ava1-l14-linearMSE.safetensors", "aesthetic/sac+logos+ava1-l14-linearMSE.pth"),
-        folder=False,
+        folder=False, suggest="sac+logos+ava1-l14-linearMSE.pth",
         download="sac+logos+ava1-l14-linearMSE.pth from github.com/christophschuhmann/improved-aesthetic-predictor "
                  "(it also needs the CLIP ViT-L/14 folder 'clip-vit-large-patch14')",
         command="curl -L -o {dest} https://github.com/christophschuhmann/improved-aesthetic-predictor/"
@@ -96,10 +97,10 @@ WEIGHT_SOURCES: dict[str, WeightSource] = {
         command=_HF.format(repo="openai/clip-vit-large-patch14", dest="{dest}")),
     "imagereward": WeightSource(
         ("ImageReward/ImageReward.safetensors", "ImageReward/ImageReward.pt",
-         "ImageReward.safetensors", "ImageReward.pt"), folder=False,
-        download="ImageReward.pt and med_config.json from the Hugging Face repo THUDM/ImageReward, into a folder "
-                 "'ImageReward' (it also needs bert-base-uncased's vocab.txt, see 'bert-base-uncased')",
-        command="hf download THUDM/ImageReward ImageReward.pt med_config.json --local-dir {parent}"),
+         "ImageReward.safetensors", "ImageReward.pt"), folder=False, suggest="ImageReward",
+        download="ImageReward.pt and med_config.json from the Hugging Face repo THUDM/ImageReward (it also needs "
+                 "bert-base-uncased's vocab.txt, see 'bert-base-uncased')",
+        command="hf download THUDM/ImageReward ImageReward.pt med_config.json --local-dir {dest}"),
     "bert-base-uncased": WeightSource(
         ("bert-base-uncased",), folder=True, marker="vocab.txt",
         download="the tokenizer files of the Hugging Face repo google-bert/bert-base-uncased "
@@ -182,9 +183,10 @@ def _not_found_message(name: str, src: WeightSource, tried: Sequence[tuple[Path,
         env = os.environ.get(ENV_VAR)
         lines.append(f"{ENV_VAR} is {'set to ' + repr(env) if env else 'not set'}"
                      + ("" if tried else " and no search folder was given"))
-    if given is not None:
-        dest = given if (src.folder and not given.is_file()) or (not src.folder and not given.is_dir()) \
-            else given / src.default_name
+    if given is not None and src.folder:
+        dest = given.parent if given.is_file() else given
+    elif given is not None:
+        dest = given / src.default_name if given.is_dir() else given
     elif dest_dir is not None:
         dest = dest_dir / src.default_name
     else:
