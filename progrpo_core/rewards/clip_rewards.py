@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -71,6 +72,13 @@ def check_hf_clip_folder(folder: Path, what: str, download: str) -> dict:
     return cfg
 
 
+def _dtype_kwarg(dtype: torch.dtype) -> dict:
+    """``from_pretrained``'s precision argument: ``dtype`` since transformers 4.56, ``torch_dtype`` before."""
+    import transformers
+    major, minor = (int(v) for v in re.findall(r"\d+", transformers.__version__)[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
 @contextlib.contextmanager
 def _quiet_transformers():
     """Silence transformers' load report while loading; mismatches are reported by us instead."""
@@ -92,8 +100,8 @@ def load_hf_pretrained(cls, folder: Path, what: str, dtype: torch.dtype, downloa
     """``cls.from_pretrained(folder)`` offline, with wrong or unsafe checkpoints reported clearly."""
     try:
         with _quiet_transformers():
-            model, info = cls.from_pretrained(str(folder), dtype=dtype, local_files_only=True,
-                                              output_loading_info=True, **({"config": config} if config else {}))
+            model, info = cls.from_pretrained(str(folder), local_files_only=True, output_loading_info=True,
+                                              **_dtype_kwarg(dtype), **({"config": config} if config else {}))
     except Exception as e:  # transformers raises OSError/ValueError/RuntimeError for bad folders
         text = str(e)
         if "weights_only" in text or "Weights only load failed" in text:
