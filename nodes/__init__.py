@@ -1,0 +1,34 @@
+"""The ComfyUI node pack: plain V1 node classes (see docs/NODES.md for why).
+
+Importing this package needs no ComfyUI: node definitions are checkable anywhere, and only
+:mod:`.host` talks to ComfyUI, lazily, when a node runs. Node IDs are frozen once shipped.
+"""
+from __future__ import annotations
+
+from .rewarding import OVFPruner, RewardModelLoader, RewardScorer
+from .sampling import ExpandedGroupSampler, LatentProxyProjector
+from .train import GRPOLoraTrainer, PromptList, SaveLoRA
+
+NODE_CLASS_MAPPINGS = {
+    "ProGRPOExpandedGroupSampler": ExpandedGroupSampler,
+    "ProGRPOLatentProxyProjector": LatentProxyProjector,
+    "ProGRPOOVFPruner": OVFPruner,
+    "ProGRPORewardModelLoader": RewardModelLoader,
+    "ProGRPORewardScorer": RewardScorer,
+    "ProGRPOLoraTrainer": GRPOLoraTrainer,
+    "ProGRPOPromptList": PromptList,
+    "ProGRPOSaveLoRA": SaveLoRA,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "ProGRPOExpandedGroupSampler": "ProGRPO Expanded Group Sampler",
+    "ProGRPOLatentProxyProjector": "ProGRPO Latent Proxy Projector",
+    "ProGRPOOVFPruner": "ProGRPO OVF Pruner",
+    "ProGRPORewardModelLoader": "ProGRPO Reward Model Loader",
+    "ProGRPORewardScorer": "ProGRPO Reward Scorer",
+    "ProGRPOLoraTrainer": "ProGRPO GRPO LoRA Trainer",
+    "ProGRPOPromptList": "ProGRPO Prompt List",
+    "ProGRPOSaveLoRA": "ProGRPO Save LoRA",
+}
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -1,0 +1,163 @@
+"""GRPO LoRA Trainer, Prompt List and Save LoRA."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from progrpo_core.config import METHODS
+
+from . import host, training
+from .rewarding import check_reward
+from .sampling import _NOISE_TIP, _SAMPLER_TIP, CATEGORY, SEED_MAX
+from .trace import LORA, PROMPTS, REWARD, save_lora_tensors
+
+_PRESETS = ("presets (METHOD.md, scaled to T steps): pro-grpo G 48, prune at 0.5T, 0.7T to 24, 12; "
+            "pro-grpo-flash G 24 → 16 → 12; ovf G 24, train the 12 of largest variance; grpo G 24, train all")
+
+
+class PromptList:
+    DESCRIPTION = "A list of prompts for training: one per line (lines starting with # are ignored), or from a file."
+    CATEGORY = CATEGORY
+    FUNCTION = "build"
+    RETURN_TYPES = (PROMPTS, "INT")
+    RETURN_NAMES = ("prompts", "count")
+    OUTPUT_TOOLTIPS = ("the prompts", "how many")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "text": ("STRING", {"default": "a photo of a cat\na watercolor painting of a lighthouse",
+                                    "multiline": True, "tooltip": "one prompt per line"}),
+                "file": ("STRING", {"default": "", "tooltip":
+                         "optional text file of prompts, one per line (relative paths: ComfyUI's input folder); "
+                         "its prompts follow the ones above"}),
+            },
+        }
+
+    def build(self, text, file):
+        prompts = training.parse_prompt_text(text)
+        if file.strip():
+            path = Path(file.strip()).expanduser()
+            if not path.is_absolute() and host.input_dir() is not None:
+                path = host.input_dir() / path
+            if not path.is_file():
+                raise ValueError(f"prompt file not found: {path}")
+            prompts += training.parse_prompt_text(path.read_text(encoding="utf-8"))
+        return (training.check_prompts(prompts), len(prompts))
+
+
+class GRPOLoraTrainer:
+    DESCRIPTION = ("Trains a LoRA of MODEL with GRPO against a reward model, with Pro-GRPO's expand-and-prune "
+                   "sampling. The progress bar previews each epoch (top: the expanded group, pruned trajectories "
+                   "dimmed; bottom: the trained survivors). Interrupting keeps the LoRA trained so far in "
+                   "models/loras/progrpo/autosave/<run_name> (turn 'resume' on to continue). The MODEL given is "
+                   "never changed: training runs on a copy.")
+    CATEGORY = CATEGORY
+    FUNCTION = "train"
+    RETURN_TYPES = ("MODEL", LORA, "IMAGE")
+    RETURN_NAMES = ("model", "lora", "curves")
+    OUTPUT_TOOLTIPS = ("MODEL with the trained LoRA applied", "the trained LoRA (for ProGRPO Save LoRA)",
+                       "reward and policy-loss curves per epoch")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "the model to train a LoRA for (SD3.x, Flux, SD1.x, SDXL)"}),
+                "vae": ("VAE", {"tooltip": "the model's VAE (decodes images for the reward)"}),
+                "reward": (REWARD, {"tooltip": "the reward model to maximise"}),
+                "prompts": (PROMPTS, {"tooltip": "training prompts from the ProGRPO Prompt List"}),
+                "latent": ("LATENT", {"tooltip": "an empty latent of the training resolution; only its size is used"}),
+                "method": (list(METHODS), {"default": "pro-grpo", "tooltip":
+                           "pro-grpo: expand and prune while sampling; pro-grpo-flash: smaller expansion; ovf: "
+                           "sample G, train the maximum-variance subset; grpo: train all G"}),
+                "epochs": ("INT", {"default": 10, "min": 1, "max": 100000,
+                                   "tooltip": "sampling rounds (each: sample, score, prune, train)"}),
+                "prompts_per_epoch": ("INT", {"default": 1, "min": 1, "max": 256,
+                                              "tooltip": "B: prompts per epoch, each with a whole group"}),
+                "steps": ("INT", {"default": 10, "min": 2, "max": 1000, "tooltip": "sampling steps T per trajectory"}),
+                "group_size": ("INT", {"default": 0, "min": 0, "max": 512,
+                                       "tooltip": "G_max per prompt; 0 = the method's preset. " + _PRESETS}),
+                "checkpoints": ("STRING", {"default": "", "tooltip":
+                                "pruning steps (e.g. '5,7'), each in 1..T-1; empty = the method's preset"}),
+                "keep": ("STRING", {"default": "", "tooltip":
+                         "survivors after each checkpoint (e.g. '24,12'); empty = the method's preset"}),
+                "sampler": (list(training.SAMPLER_CHOICES), {"default": "auto", "tooltip": _SAMPLER_TIP}),
+                "noise_level": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 10.0, "step": 0.01,
+                                          "tooltip": _NOISE_TIP}),
+                "cfg": ("FLOAT", {"default": 4.5, "min": 1.0, "max": 100.0, "step": 0.1,
+                                  "tooltip": "guidance scale in sampling and training (1 = off; Flux: 1)"}),
+                "learning_rate": ("FLOAT", {"default": 0.0003, "min": 0.0000001, "max": 1.0, "step": 0.0000001,
+                                            "tooltip": "AdamW learning rate of the LoRA"}),
+                "rank": ("INT", {"default": 8, "min": 1, "max": 512, "tooltip": "LoRA rank"}),
+                "alpha": ("FLOAT", {"default": 16.0, "min": 0.01, "max": 4096.0, "step": 0.01,
+                                    "tooltip": "LoRA alpha (scale = alpha / rank)"}),
+                "targets": (list(host.TARGET_PRESETS), {"default": "attention", "tooltip":
+                            "layers that get a LoRA: attention projections, or every linear layer"}),
+                "kl_beta": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.001, "tooltip":
+                            "weight of the KL penalty to the model without LoRA (0 = off; costs one more forward)"}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX,
+                                 "tooltip": "seed of the noise, prompt order and LoRA initialisation"}),
+                "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip":
+                                           "recompute activations in backward: less memory, more time "
+                                           "(needed for Flux, whose blocks work in place)"}),
+                "run_name": ("STRING", {"default": "progrpo", "tooltip":
+                             "name of the autosave file models/loras/progrpo/autosave/<run_name>.safetensors"}),
+                "resume": ("BOOLEAN", {"default": False, "tooltip":
+                           "continue from the autosave of this run name (its LoRA and epoch count)"}),
+                "save_every": ("INT", {"default": 1, "min": 0, "max": 100000, "tooltip":
+                               "autosave every N epochs (0 = only at the end or when stopped)"}),
+            },
+            "optional": {
+                "clip": ("CLIP", {"tooltip": "the model's text encoder, to encode the prompt list"}),
+                "positive": ("CONDITIONING", {"tooltip": "instead of a CLIP: the conditioning of the (single) prompt"}),
+                "negative": ("CONDITIONING", {"tooltip": "negative conditioning (default: the empty prompt)"}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def train(self, model, vae, reward, prompts, latent, method, epochs, prompts_per_epoch, steps, group_size,
+              checkpoints, keep, sampler, noise_level, cfg, learning_rate, rank, alpha, targets, kl_beta, seed,
+              gradient_checkpointing, run_name, resume, save_every, clip=None, positive=None, negative=None,
+              unique_id=None):
+        handle = check_reward(reward)
+        prompts = training.check_prompts(prompts)
+        config = training.build_train_config(
+            method=method, epochs=epochs, prompts_per_epoch=prompts_per_epoch, steps=steps, group_size=group_size,
+            checkpoints=checkpoints, keep=keep, sampler=sampler, noise_level=noise_level, cfg=cfg,
+            learning_rate=learning_rate, rank=rank, alpha=alpha, kl_beta=kl_beta, seed=seed, reward_spec=handle.spec,
+            model_name=type(getattr(model, "model", model)).__name__)
+        out_model, lora, curves, summary = host.train_lora(
+            model, vae, clip, positive, negative, latent, prompts, config, handle, targets=targets,
+            gradient_checkpointing=gradient_checkpointing, run_name=run_name, resume=resume, save_every=save_every,
+            node_id=unique_id)
+        return {"ui": {"text": [summary]}, "result": (out_model, lora, curves)}
+
+
+class SaveLoRA:
+    DESCRIPTION = ("Saves a LoRA into models/loras (with its training settings in the file header). The stock "
+                   "LoraLoader / LoraLoaderModelOnly load it.")
+    CATEGORY = CATEGORY
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("lora_name",)
+    OUTPUT_TOOLTIPS = ("the saved file's name inside models/loras",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "lora": (LORA, {"tooltip": "the LoRA from the GRPO LoRA Trainer"}),
+                "filename": ("STRING", {"default": "progrpo/progrpo_lora", "tooltip":
+                             "file name inside models/loras, without extension; subfolders allowed"}),
+                "overwrite": ("BOOLEAN", {"default": True, "tooltip":
+                              "replace an existing file of that name; off = add a number (_00001_, _00002_ …)"}),
+            },
+        }
+
+    def save(self, lora, filename, overwrite):
+        base = host.loras_dir()
+        path = save_lora_tensors(lora, base, filename, overwrite)
+        name = path.relative_to(base).as_posix()
+        return {"ui": {"text": [f"saved models/loras/{name}"]}, "result": (name,)}

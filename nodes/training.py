@@ -1,0 +1,250 @@
+"""The GRPO LoRA Trainer node's work that needs no ComfyUI: its config, the epoch loop around the
+core's :class:`~progrpo_core.trainer.Trainer`, the live preview and the curves.
+
+The host side (cloning the MODEL, adapters, the guider session) is in :mod:`host`; the CI tests
+run these functions on the built-in digits model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch.nn import functional as F
+
+from progrpo_core.config import METHODS, TrainConfig, build_config
+from progrpo_core.rewards import Reward
+from progrpo_core.samplers import FLOW_SAMPLERS, EPS_SAMPLERS
+
+SAMPLER_CHOICES = ("auto",) + tuple(dict.fromkeys(FLOW_SAMPLERS + EPS_SAMPLERS))
+TILE_PX = 96
+
+
+def build_train_config(*, method: str, epochs: int, prompts_per_epoch: int, steps: int, group_size: int,
+                       checkpoints: str, keep: str, sampler: str, noise_level: float, cfg: float,
+                       learning_rate: float, rank: int, alpha: float, kl_beta: float, seed: int,
+                       reward_spec: str, model_name: str = "ComfyUI MODEL") -> TrainConfig:
+    """A validated TrainConfig from the trainer node's widgets. ``group_size`` 0 and empty
+    ``checkpoints``/``keep`` take the method's preset; ``noise_level`` < 0 the sampler's default."""
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} unknown; expected one of {', '.join(METHODS)}")
+    table = {
+        "model": {"comfyui": "(inside ComfyUI)", "checkpoint": model_name},
+        "sampler": {"sampler": None if sampler == "auto" else sampler, "steps": int(steps),
+                    "noise_level": None if noise_level < 0 else float(noise_level), "cfg": float(cfg)},
+        "schedule": {"group_size": int(group_size) if group_size > 0 else None,
+                     "checkpoints": checkpoints.strip() or None, "keep": keep.strip() or None},
+        "grpo": {"method": method, "prompts_per_epoch": int(prompts_per_epoch), "lr": float(learning_rate),
+                 "kl_beta": float(kl_beta)},
+        "lora": {"rank": int(rank), "alpha": float(alpha)},
+        "reward": {"name": reward_spec},
+        "run": {"seed": int(seed), "epochs": int(epochs), "eval_every": 0, "save_every": 0},
+    }
+    return build_config(table)
+
+
+def check_prompts(prompts: Any) -> list[str]:
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    out = [str(p).strip() for p in (prompts or []) if str(p).strip()]
+    if not out:
+        raise ValueError("the prompt list is empty; write at least one prompt (one per line) in the ProGRPO Prompt List")
+    return out
+
+
+def parse_prompt_text(text: str) -> list[str]:
+    """One prompt per non-empty line; lines starting with ``#`` are comments."""
+    return [ln.strip() for ln in str(text).splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+class LoraTensors(dict):
+    """A ComfyUI ``LORA_MODEL`` (dict of tensors) that also carries its file header."""
+
+    metadata: dict[str, str]
+
+    def __init__(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None):
+        super().__init__(tensors)
+        self.metadata = dict(metadata or {})
+
+
+def lora_header(adapter, metadata: dict[str, Any]) -> dict[str, str]:
+    """The safetensors header :meth:`LoraAdapter.save` writes (values as strings)."""
+    import json
+
+    meta = {"progrpo.format": "comfyui-lora", "progrpo.rank": str(adapter.rank), "progrpo.alpha": str(adapter.alpha),
+            "progrpo.targets": json.dumps(adapter.targets),
+            "progrpo.base_model_hash": adapter.denoiser.fingerprint()}
+    for k, v in metadata.items():
+        meta[f"progrpo.{k}"] = v if isinstance(v, str) else json.dumps(v)
+    return meta
+
+
+def trained_lora(trainer) -> LoraTensors:
+    """The trainer's LoRA as saved (the EMA weights when EMA is on)."""
+    if trainer.ema is not None:
+        trainer.ema.swap()
+    try:
+        return LoraTensors(trainer.adapter.comfy_state_dict(), lora_header(trainer.adapter, trainer.lora_metadata()))
+    finally:
+        if trainer.ema is not None:
+            trainer.ema.swap()
+
+
+# ---- a reward that remembers what it saw (for the live preview, at no extra decode) ---------------
+
+class RecordingReward(Reward):
+    """Passes every call to ``inner`` and keeps small copies of the first and the latest batch of
+    images of an epoch: the first is the whole expanded group (proxies at the first checkpoint, or
+    the finished images when nothing is pruned while sampling), the latest the finished images."""
+
+    def __init__(self, inner: Reward, tile_px: int = TILE_PX):
+        self.inner = inner
+        self.name = inner.name
+        self.tile_px = tile_px
+        self.first: torch.Tensor | None = None
+        self.last: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        self.first = self.last = None
+
+    def _small(self, images: torch.Tensor) -> torch.Tensor:
+        h, w = images.shape[-2:]
+        s = min(1.0, self.tile_px / max(h, w))
+        small = images.detach().float()
+        if s < 1.0:
+            small = F.interpolate(small, size=(max(1, round(h * s)), max(1, round(w * s))), mode="area")
+        return small.cpu()
+
+    def evaluate(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        small = self._small(images)
+        if self.first is None:
+            self.first = small
+        self.last = small
+        return self.inner.evaluate(images, prompts)
+
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        return self.inner.score(images, prompts)
+
+    @property
+    def total_key(self) -> str:
+        return self.inner.total_key
+
+    def components(self) -> list[tuple[str, float]]:
+        return self.inner.components()
+
+
+def preview_grid(recorder: RecordingReward, result, group_size: int, prompts_per_epoch: int) -> torch.Tensor | None:
+    """(3, H, W): top row the first prompt's expanded group, pruned trajectories dimmed; bottom row
+    its trained survivors' final images. None when nothing was recorded."""
+    if recorder.first is None or recorder.last is None:
+        return None
+    ro = result.rollout
+    survivors = ro.row_id[ro.prompt_index == 0].tolist()  # row ids of prompt 0's trained rows
+    top = recorder.first[:group_size].clone()
+    dropped = [i for i in range(top.shape[0]) if i not in survivors]
+    top[dropped] = top[dropped] * 0.3 + torch.tensor([0.5, 0.0, 0.0]).view(1, 3, 1, 1) * 0.4
+    last = recorder.last
+    if last.shape[0] == prompts_per_epoch * group_size:  # finished rows of the whole group (no pruning)
+        bottom = last[:group_size][survivors]
+    else:  # the survivors, prompt-major
+        bottom = last[(ro.prompt_index == 0).cpu()][: len(survivors)]
+    return _two_rows(top, bottom)
+
+
+def _two_rows(top: torch.Tensor, bottom: torch.Tensor, gap: int = 4) -> torch.Tensor:
+    c, h, w = top.shape[1:]
+    ncol = max(top.shape[0], bottom.shape[0])
+    canvas = torch.ones(c, 2 * h + gap, ncol * (w + gap) - gap)
+    for r, row in enumerate((top, bottom)):
+        for i, img in enumerate(row):
+            img = F.interpolate(img[None], size=(h, w), mode="nearest")[0] if img.shape[-2:] != (h, w) else img
+            y, x = r * (h + gap), i * (w + gap)
+            canvas[:, y:y + h, x:x + w] = img
+    return canvas.clamp(0, 1)
+
+
+# ---- the epoch loop ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class EpochRow:
+    epoch: int
+    reward_mean: float
+    reward_std: float
+    loss: float
+    clustered_trained: float
+    optimizer_steps: int
+    nfe: int
+
+    def text(self, epochs_total: int) -> str:
+        return (f"epoch {self.epoch}/{epochs_total}: reward {self.reward_mean:.4f} ± {self.reward_std:.4f}, "
+                f"loss {self.loss:.4g}, {self.optimizer_steps} optimizer steps")
+
+
+def train_epochs(trainer, epochs: int, start_epoch: int = 0,
+                 on_step: Callable[[int, int], None] | None = None,
+                 on_epoch: Callable[[EpochRow, Any], None] | None = None) -> list[EpochRow]:
+    """Run ``epochs`` epochs (sample → score → prune/select → train) from ``start_epoch``.
+
+    ``on_step(done, total)`` is called after every sampling step and after each epoch's training
+    (``total = epochs·(T+1)``); ``on_epoch(row, epoch_result)`` after each epoch."""
+    T = trainer.sampler.steps
+    total = epochs * (T + 1)
+    recorder = trainer.reward if isinstance(trainer.reward, RecordingReward) else None
+    history: list[EpochRow] = []
+    for k, epoch in enumerate(range(start_epoch, start_epoch + epochs)):
+        trainer.epoch = epoch + 1
+        if recorder is not None:
+            recorder.reset()
+
+        def callback(info: dict, base=k * (T + 1)) -> None:
+            if on_step is not None:
+                on_step(base + info["step"] + 1, total)
+
+        res = trainer.sample_epoch(epoch, callback=callback)
+        trainer.compute.add(res.rollout.compute)
+        stats = trainer.train_on(res, epoch)
+        m = res.metrics
+        row = EpochRow(epoch=epoch + 1, reward_mean=_num(m.get("reward_mean")), reward_std=_num(m.get("reward_std")),
+                       loss=_num(stats.get("loss")), clustered_trained=_num(m.get("clustered_trained")),
+                       optimizer_steps=trainer.optimizer_steps, nfe=trainer.compute.nfe_sample)
+        history.append(row)
+        if on_step is not None:
+            on_step((k + 1) * (T + 1), total)
+        if on_epoch is not None:
+            on_epoch(row, res)
+    return history
+
+
+def _num(v: Any) -> float:
+    """A metric as a float; None (e.g. an epoch whose rewards were not finite) becomes NaN."""
+    return float("nan") if v is None else float(v)
+
+
+def rows_history(rows: Sequence[dict]) -> list[EpochRow]:
+    """EpochRows from metrics dicts (``epoch``, ``reward_mean``, ``loss``, ``optimizer_step``)."""
+    return [EpochRow(epoch=int(r["epoch"]), reward_mean=_num(r.get("reward_mean")), reward_std=_num(r.get("reward_std")),
+                     loss=_num(r.get("loss")), clustered_trained=_num(r.get("clustered_trained")),
+                     optimizer_steps=int(r.get("optimizer_step") or 0), nfe=int(r.get("nfe") or 0)) for r in rows]
+
+
+def curves_image(history: Sequence[EpochRow], title: str) -> torch.Tensor:
+    """Reward and loss per epoch as a ComfyUI IMAGE (1, H, W, 3)."""
+    import numpy as np
+    from PIL import Image
+
+    from progrpo_core import plots
+
+    if history:
+        epochs = [r.epoch for r in history]
+        rewards = [r.reward_mean for r in history]
+        losses = [r.loss if math.isfinite(r.loss) else float("nan") for r in history]
+    else:
+        epochs, rewards, losses = [0], [float("nan")], [float("nan")]
+    with tempfile.TemporaryDirectory() as d:
+        path = plots.reward_curve(epochs, rewards, [], Path(d) / "curves.png", title=title, loss=losses)
+        with Image.open(path) as im:
+            arr = torch.from_numpy(np.asarray(im.convert("RGB")).copy())
+    return (arr.float() / 255)[None]
