@@ -335,6 +335,9 @@ class ComfyDenoiser:
             h = hashlib.sha256()
             with torch.no_grad():
                 for name, t in sorted(self.net.state_dict().items()):
+                    if ".lora_" in name:  # adapters injected in place (peft) are not the base model
+                        continue
+                    name = name.replace(".base_layer.", ".")
                     h.update(f"{name}{tuple(t.shape)}".encode())
                     if t.numel() and t.is_floating_point():
                         h.update(t.flatten()[:16].float().cpu().numpy().tobytes())
