@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 @dataclasses.dataclass
@@ -48,7 +48,50 @@ class Compute:
                 + decode_cost * (self.proxy_decodes + self.final_decodes)
                 + reward_cost * (self.proxy_rewards + self.final_rewards))
 
+    def flops(self, costs: "FlopCosts") -> dict[str, float]:
+        """A FLOPs estimate from the counts, broken down as the paper's Table 4 (sampling, training
+        forward, training backward, decodes, reward calls, total)."""
+        out = {
+            "sampling": self.nfe_sample * costs.model_fwd,
+            "train_fwd": self.nfe_train_fwd * costs.model_fwd,
+            "train_bwd": self.nfe_train_bwd * costs.backward_weight * costs.model_fwd,
+            "decode": (self.proxy_decodes + self.final_decodes) * costs.decode,
+            "reward": (self.proxy_rewards + self.final_rewards) * costs.reward,
+        }
+        out["total"] = sum(out.values())
+        return out
+
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["wall"] = {k: round(v, 4) for k, v in self.wall.items()}
         return d
+
+
+@dataclasses.dataclass(frozen=True)
+class FlopCosts:
+    """Atomic costs in FLOPs: one model evaluation of one row, one decode and one reward call of one
+    image; a backward row costs ``backward_weight`` forward rows. For SD3.5-M the paper gives
+    decode 2.49e12 and reward 0.34e12 (METHOD.md §7)."""
+
+    model_fwd: float
+    decode: float = 0.0
+    reward: float = 0.0
+    backward_weight: float = 2.0
+
+    def unit_kw(self) -> dict[str, float]:
+        """Keyword arguments of :meth:`Compute.units` expressing decodes and rewards in model rows."""
+        if self.model_fwd <= 0:
+            raise ValueError(f"model_fwd={self.model_fwd} FLOPs must be > 0 to express costs in model rows")
+        return {"backward_weight": self.backward_weight, "decode_cost": self.decode / self.model_fwd,
+                "reward_cost": self.reward / self.model_fwd}
+
+
+def count_flops(fn: Callable[[], object]) -> float:
+    """FLOPs of one call of ``fn`` as counted by ``torch.utils.flop_counter`` (matmuls and
+    convolutions; element-wise work is not counted)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
