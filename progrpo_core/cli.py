@@ -194,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_score_parser(sub)
         sub.choices["score"].set_defaults(func=run_score)
+    from .bench import add_bench_parser
+    add_bench_parser(sub)
     return p
 
 

@@ -1,0 +1,505 @@
+"""``python -m progrpo_core bench``: does Pro-GRPO buy more reward per unit of compute?
+
+Runs, on the built-in digits models, the paper's comparisons scaled to them — the same prompts,
+seeds and compute budget for every method — and measures:
+
+1. held-out eval reward (deterministic sampling, fixed prompts and seeds) against compute and
+   against wall-clock, mean ± std over seeds;
+2. the compute each method needs to reach the GRPO baseline's final eval reward;
+3. reward clustering (|A| ≤ 0.5) before and after selection;
+4. proxy fidelity: within-group Spearman ρ between the proxy at each step and the final reward,
+   on the base model and on the policy as it trains;
+5. ablations: G_max and checkpoint position;
+6. implementation efficiency: sampling wall-clock against NFE on a wide denoiser whose arithmetic
+   dominates, and the share of time spent scoring proxies;
+
+plus the paper's Table 4 (FLOPs per epoch) recomputed with the same counting rules, and a held-out
+"gold" reward so reward hacking shows. Writes ``results.json``, PNG plots and ``report.md`` to
+``--out``. The pieces: :mod:`.bench_runs` (budgeted runs), :mod:`.bench_probe` (fidelity and
+clustering), :mod:`.bench_auto` (the fidelity-chosen schedule), :mod:`.bench_efficiency`
+(timing), :mod:`.bench_report` (tables and plots).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing
+import os
+import platform
+import shlex
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bench_runs import MethodSpec, compute_to_reach, mean_std, pro_table, run_method
+
+GROUPS = ("main", "eps", "ablation", "gold")
+FLOW_T = 10
+EPS_T = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchPlan:
+    """Sizes of one bench invocation."""
+
+    seeds: int = 3
+    budget_flow: float = 300_000.0     # compute units per run (model-row equivalents)
+    budget_eps: float = 300_000.0
+    budget_gold: float = 150_000.0
+    n_evals: int = 10                  # eval points per run (plus the start)
+    eval_seeds: int = 32               # eval samples per prompt (10 prompts)
+    probe_prompts: int = 20            # base-model fidelity probe: groups of 48
+    probe_at: tuple[float, ...] = (0.0, 1 / 3, 2 / 3, 1.0)  # live-policy probes of the baseline's first seed
+    efficiency_repeats: int = 5
+    efficiency_hidden: int = 1024
+    jobs: int = 2
+
+
+QUICK = BenchPlan(seeds=2, budget_flow=150_000.0, budget_eps=150_000.0, budget_gold=75_000.0, n_evals=6,
+                  eval_seeds=16, probe_prompts=10, probe_at=(0.0, 1.0), efficiency_repeats=3,
+                  efficiency_hidden=768, jobs=2)
+
+
+def method_specs(quick: bool = False) -> list[MethodSpec]:
+    """Every benchmarked configuration (METHOD.md §5 scaled to T = 10 steps)."""
+    T, E = FLOW_T, EPS_T
+    gold = {"reward": {"gold": "stroke"}}
+    flow = [
+        MethodSpec("grpo", "digits-flow", {"grpo": {"method": "grpo"}, "sampler": {"steps": T}, **gold},
+                   note="Flow-GRPO baseline: G = 24, all trained"),
+        MethodSpec("ovf", "digits-flow", {"grpo": {"method": "ovf"}, "sampler": {"steps": T},
+                                          "schedule": {"group_size": 24, "final_keep": 12}, **gold},
+                   note="static OVF: sample 24, train the max-variance 12 (true rewards)"),
+        MethodSpec("pro-grpo", "digits-flow", pro_table(T, 48, (24, 12), (0.5, 0.7), **gold),
+                   note="48 -> 24 -> 12, pruning after 50 % and 70 % of the steps"),
+        MethodSpec("pro-grpo-flash", "digits-flow", pro_table(T, 24, (16, 12), (0.5, 0.7), **gold),
+                   note="24 -> 16 -> 12 at 50 % / 70 %"),
+        MethodSpec("pro-grpo-random", "digits-flow", pro_table(T, 48, (24, 12), (0.5, 0.7), selector="random", **gold),
+                   note="ablation: 48 -> 24 -> 12 at 50 % / 70 %, uniform random subsets instead of OVF"),
+        MethodSpec("pro-grpo-auto", "digits-flow", pro_table(T, 48, (24, 12), (0.5, 0.7), **gold),
+                   auto={"group": 48, "keep": (24, 12), "prompts": 6, "efficiency": 0.9,
+                         "reprobe": (0.0, 0.25, 0.5, 0.75)},
+                   note="ours: 48 -> 24 -> 12, checkpoints re-chosen from fidelity probes at 0/25/50/75 % "
+                        "of the budget (probes paid from the budget)"),
+        MethodSpec("pro-grpo-hybrid", "digits-flow",
+                   pro_table(T, 48, (24,), (0.5,), schedule={"final_keep": 12}, **gold),
+                   note="ours: 48 -> 24 on the proxy at 50 %, then OVF 12 of the 24 on the true final reward"),
+        MethodSpec("pro-grpo-auto-rho", "digits-flow", pro_table(T, 48, (24, 12), (0.5, 0.7), **gold),
+                   auto={"group": 48, "keep": (24, 12), "prompts": 6, "criterion": "rho", "rho": (0.9, 0.95),
+                         "reprobe": (0.0, 0.25, 0.5, 0.75)},
+                   note="ours: 48 -> 24 -> 12, checkpoint i at the first step with probe Spearman >= 0.9 / 0.95"),
+    ]
+    eps = [
+        MethodSpec("grpo-16", "digits-eps", {"grpo": {"method": "grpo"}, "sampler": {"steps": E},
+                                             "schedule": {"group_size": 16}, **gold}, group="eps",
+                   note="DanceGRPO-style baseline: G = 16, all trained"),
+        MethodSpec("ovf-16", "digits-eps", {"grpo": {"method": "ovf"}, "sampler": {"steps": E},
+                                            "schedule": {"group_size": 16, "final_keep": 8}, **gold}, group="eps",
+                   note="static OVF: sample 16, train 8"),
+        MethodSpec("pro-grpo-eps", "digits-eps", pro_table(E, 48, (32, 8), (0.6, 0.8), **gold), group="eps",
+                   note="48 -> 32 -> 8, pruning after 60 % and 80 % of the steps"),
+    ]
+    ablation = [
+        MethodSpec("pro-grpo-g64", "digits-flow", pro_table(T, 64, (32, 12), (0.5, 0.7), **gold), group="ablation",
+                   note="G_max ablation: 64 -> 32 -> 12 (24 = flash, 48 = pro-grpo)"),
+        MethodSpec("pro-grpo-early", "digits-flow", pro_table(T, 48, (24, 12), (0.2, 0.4), **gold), group="ablation",
+                   note="checkpoint ablation: after 20 % / 40 % of the steps"),
+        MethodSpec("pro-grpo-middle", "digits-flow", pro_table(T, 48, (24, 12), (0.4, 0.6), **gold), group="ablation",
+                   note="checkpoint ablation: after 40 % / 60 %"),
+        MethodSpec("pro-grpo-late", "digits-flow", pro_table(T, 48, (24, 12), (0.6, 0.8), **gold), group="ablation",
+                   note="checkpoint ablation: after 60 % / 80 %"),
+    ]
+    stroke = {"reward": {"name": "stroke", "gold": "digit"}}
+    gold_runs = [
+        MethodSpec("grpo-stroke", "digits-flow", {"grpo": {"method": "grpo"}, "sampler": {"steps": T}, **stroke},
+                   group="gold", note="trained on stroke (ink), digit watched as gold"),
+        MethodSpec("pro-grpo-stroke", "digits-flow", pro_table(T, 48, (24, 12), (0.5, 0.7), **stroke), group="gold",
+                   note="pro-grpo trained on stroke (ink), digit watched as gold"),
+    ]
+    if quick:
+        return flow[:6] + [eps[0], eps[2]]
+    return flow + eps + ablation + gold_runs
+
+
+BASELINES = {"main": "grpo", "ablation": "grpo", "eps": "grpo-16", "gold": "grpo-stroke"}
+
+
+def budget_for(spec: MethodSpec, plan: BenchPlan) -> float:
+    return {"eps": plan.budget_eps, "gold": plan.budget_gold}.get(spec.group, plan.budget_flow)
+
+
+# -- running ------------------------------------------------------------------------------------
+
+def _job(spec: MethodSpec, seed: int, budget: float, plan: BenchPlan, probe: bool) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    out = run_method(spec, seed, budget, n_evals=plan.n_evals, eval_seeds=plan.eval_seeds,
+                     probe_at=plan.probe_at if probe else ())
+    out["job_wall_s"] = time.perf_counter() - t0
+    return out
+
+
+def run_all(specs: list[MethodSpec], plan: BenchPlan, log) -> list[dict]:
+    jobs = []
+    for spec in specs:
+        for seed in range(plan.seeds):
+            probe = spec.name in ("grpo", "pro-grpo") and seed == 0
+            jobs.append((spec, seed, budget_for(spec, plan), plan, probe))
+    # Longest first (the baselines and wide funnels), so the pool drains evenly.
+    jobs.sort(key=lambda j: -j[2])
+    results = []
+    t0 = time.perf_counter()
+    if plan.jobs <= 1:
+        for j in jobs:
+            results.append(_job(*j))
+            _log_done(results[-1], len(results), len(jobs), t0, log)
+        return results
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=plan.jobs, mp_context=ctx) as pool:
+        futures = [pool.submit(_job, *j) for j in jobs]
+        for f in as_completed(futures):
+            results.append(f.result())
+            _log_done(results[-1], len(results), len(jobs), t0, log)
+    return results
+
+
+def _log_done(r: dict, i: int, n: int, t0: float, log) -> None:
+    log(f"[{i}/{n}] {r['method']} seed {r['seed']}: eval {r['final']['reward']:.3f} after {r['units']:.0f} units, "
+        f"{r['epochs']} epochs, {r['job_wall_s']:.0f}s (bench {time.perf_counter() - t0:.0f}s)")
+
+
+# -- aggregation --------------------------------------------------------------------------------
+
+def aggregate(specs: list[MethodSpec], runs: list[dict]) -> dict[str, Any]:
+    """Per method: final eval (and gold) reward, compute, compute to reach the baseline, clustering."""
+    by = {s.name: [r for r in runs if r["method"] == s.name] for s in specs}
+    by = {k: sorted(v, key=lambda r: r["seed"]) for k, v in by.items() if v}
+    out: dict[str, Any] = {}
+    for spec in specs:
+        rs = by.get(spec.name)
+        if not rs:
+            continue
+        epochs = [r["epochs"] for r in rs]
+        flops_epoch = {k: float(np.mean([r["flops"][k] / max(r["epochs"], 1) for r in rs])) for k in rs[0]["flops"]}
+        walls = {k: float(np.mean([r["compute"]["wall"].get(k, 0.0) for r in rs]))
+                 for k in ("sampling", "proxy", "final_scoring", "training")}
+        total_wall = sum(walls.values())
+        ce = [np.mean([e["clustered_trained"] for e in r["epoch_metrics"]]) for r in rs]
+        cf = [np.mean([e["clustered_finished"] for e in r["epoch_metrics"]]) for r in rs]
+        out[spec.name] = {
+            "model": spec.model, "group": spec.group, "note": spec.note, "seeds": [r["seed"] for r in rs],
+            "schedule": rs[0]["schedule"],
+            "final_eval": mean_std([r["final"]["reward"] for r in rs]),
+            "final_gold": mean_std([r["final"]["gold"] for r in rs]),
+            "start_eval": mean_std([r["curve"][0]["reward"] for r in rs]),
+            "start_gold": mean_std([r["curve"][0]["gold"] for r in rs]),
+            "best_eval": mean_std([max(p["reward"] for p in r["curve"]) for r in rs]),
+            "total_compute": mean_std([r["units"] for r in rs]),
+            "budget": rs[0]["budget"],
+            "epochs": mean_std(epochs),
+            "epoch_units": mean_std([r["epoch_units"] for r in rs]),
+            "optimizer_steps": mean_std([r["optimizer_steps"] for r in rs]),
+            "flops_per_epoch": flops_epoch,
+            "wall_train_s": mean_std([r["final"]["wall"] for r in rs]),
+            "wall_phases_s": walls,
+            "proxy_share": walls["proxy"] / total_wall if total_wall else 0.0,
+            "clustered_trained": mean_std(ce),
+            "clustered_finished": mean_std(cf),
+            "auto_checkpoints": [[a["checkpoints"] for a in r["auto"]] for r in rs] if rs[0].get("auto") else None,
+        }
+    for spec in specs:
+        if spec.name not in out:
+            continue
+        base = BASELINES.get(spec.group)
+        if base not in out:
+            continue
+        target = out[base]["final_eval"]["mean"]
+        rs, brs = by[spec.name], by[base]
+        m = out[spec.name]
+        per_seed = [compute_to_reach(r["curve"], target) for r in rs]
+        per_seed_wall = [compute_to_reach(r["curve"], target, key="wall") for r in rs]
+        mc = mean_curve(rs)
+        bmc = mean_curve(brs)
+        m["baseline"] = base
+        m["baseline_target"] = target
+        m["compute_to_baseline"] = compute_to_reach(mc, target)  # on the seed-mean curve; None = never
+        m["compute_to_baseline_per_seed"] = mean_std(per_seed)
+        m["wall_to_baseline_per_seed"] = mean_std(per_seed_wall)
+        bt = bmc[-1]["units"]
+        m["compute_to_baseline_ratio"] = (m["compute_to_baseline"] / bt) if m["compute_to_baseline"] is not None else None
+        bw = compute_to_reach(bmc, target, key="wall")
+        mw = compute_to_reach(mc, target, key="wall")
+        m["wall_to_baseline_ratio"] = (mw / bw) if (mw is not None and bw) else None
+        # reward at equal compute: both seed-mean curves at the smaller of the two final compute values
+        x = min(mc[-1]["units"], bmc[-1]["units"])
+        m["eval_at_equal_compute"] = {"units": x, "method": _at(mc, x), "baseline": _at(bmc, x)}
+    return out
+
+
+def mean_curve(runs: list[dict]) -> list[dict]:
+    """The seed-mean eval curve (eval points align across seeds: epoch costs are deterministic)."""
+    n = min(len(r["curve"]) for r in runs)
+    out = []
+    for i in range(n):
+        pts = [r["curve"][i] for r in runs]
+        golds = [p["gold"] for p in pts if p["gold"] is not None]
+        out.append({"units": float(np.mean([p["units"] for p in pts])), "wall": float(np.mean([p["wall"] for p in pts])),
+                    "reward": float(np.mean([p["reward"] for p in pts])),
+                    "reward_std": float(np.std([p["reward"] for p in pts])),
+                    "gold": float(np.mean(golds)) if golds else None, "epoch": pts[0]["epoch"]})
+    return out
+
+
+def _at(curve: list[dict], x: float) -> float:
+    xs = [p["units"] for p in curve]
+    ys = [p["reward"] for p in curve]
+    return float(np.interp(x, xs, ys))
+
+
+# -- fidelity and clustering --------------------------------------------------------------------
+
+def base_probes(plan: BenchPlan, log) -> dict[str, Any]:
+    """Fidelity probes of the two base models with groups of 48, no pruning."""
+    import torch
+
+    from . import bench_probe as P
+    from .embedded import load_digits_model
+    from .rewards import build_reward
+
+    torch.set_num_threads(1)
+    reward = build_reward("digit")
+    out = {}
+    for name, steps, sampler, noise in (("digits-flow", FLOW_T, "flow_sde", 0.7), ("digits-eps", EPS_T, "ddim", 1.0)):
+        model = load_digits_model(name)
+        prompts = [model.default_prompts[i % len(model.default_prompts)] for i in range(plan.probe_prompts)]
+        seeds = [700_000 + i for i in range(plan.probe_prompts)]
+        t0 = time.perf_counter()
+        probe = P.record_probe(model, reward, prompts, seeds, steps, 48, sampler, noise)
+        out[name] = {"probe": probe, "fidelity": P.fidelity(probe)}
+        log(f"fidelity probe {name}: {plan.probe_prompts} groups of 48 in {time.perf_counter() - t0:.1f}s")
+    return out
+
+
+def selection_summary(probe, steps: int) -> dict[str, Any]:
+    """Clustering and final-reward spread of what each selection rule keeps from the probe's groups."""
+    from . import bench_probe as P
+    from .group import PruneSchedule
+
+    c = lambda f: max(1, round(f * steps)) - 1  # noqa: E731  paper convention → core index
+    rules = {
+        "full 24 (grpo)": PruneSchedule(24),
+        "full 48": PruneSchedule(48),
+        "ovf 24 -> 12 (true reward)": PruneSchedule(24, final_keep=12),
+        "oracle ovf 48 -> 12 (true reward)": PruneSchedule(48, final_keep=12),
+        "random 48 -> 24 -> 12": PruneSchedule(48, (c(0.5), c(0.7)), (24, 12), selector="random"),
+        "pro-grpo 48 -> 24 -> 12 (20/40 %)": PruneSchedule(48, (c(0.2), c(0.4)), (24, 12)),
+        "pro-grpo 48 -> 24 -> 12 (50/70 %)": PruneSchedule(48, (c(0.5), c(0.7)), (24, 12)),
+        "pro-grpo 48 -> 24 -> 12 (60/80 %)": PruneSchedule(48, (c(0.6), c(0.8)), (24, 12)),
+        "flash 24 -> 16 -> 12 (50/70 %)": PruneSchedule(24, (c(0.5), c(0.7)), (16, 12)),
+        "hybrid 48 -> 24 (50 %) -> ovf 12": PruneSchedule(48, (c(0.5),), (24,), final_keep=12),
+    }
+    out = {}
+    for name, s in rules.items():
+        kept = P.replay_funnel(probe, s)
+        st = P.selection_stats(probe, kept)
+        st["nfe_per_prompt"] = P.funnel_nfe(s, steps)
+        out[name] = st
+    return out
+
+
+def clustering_hist(probe, steps: int) -> dict[str, list[float]]:
+    """Advantages before selection (full group of 24) and after (OVF on true reward, the pro-grpo funnel)."""
+    from . import bench_probe as P
+    from .group import PruneSchedule
+
+    c = lambda f: max(1, round(f * steps)) - 1  # noqa: E731
+    full = P.advantage_sample(probe, np.tile(np.arange(24), (probe.final.shape[0], 1)))
+    ovf = P.advantage_sample(probe, P.replay_funnel(probe, PruneSchedule(24, final_keep=12)))
+    pro = P.advantage_sample(probe, P.replay_funnel(probe, PruneSchedule(48, (c(0.5), c(0.7)), (24, 12))))
+    return {"before: full group of 24": full.tolist(), "after: ovf 12 of 24": ovf.tolist(),
+            "after: pro-grpo 48->24->12": pro.tolist()}
+
+
+# -- the paper's Table 4 with our counting rules --------------------------------------------------
+
+def paper_flops_table(model_fwd_tflops: float = 5.0) -> dict[str, Any]:
+    """FLOPs per prompt-epoch of the paper's SD3.5-M settings under this bench's counting rules:
+    T = 10, CFG (2 rows per evaluation), 9 of 10 steps trained, backward = 2 forwards, the paper's
+    atomic decode (2.49 T) and reward (0.34 T) costs, one model row ≈ ``model_fwd_tflops`` T (an
+    estimate: 2 · 2.5e9 parameters · ~1000 tokens at 512 px)."""
+    from . import bench_probe as P
+    from .compute import Compute, FlopCosts
+    from .group import PruneSchedule
+
+    T, trained_steps, cfg_rows = 10, 9, 2
+    costs = FlopCosts(model_fwd=model_fwd_tflops * 1e12, decode=2.49e12, reward=0.34e12)
+    settings = {"Flow-GRPO (G = 24)": PruneSchedule(24),
+                "Pro-GRPO (48 -> 24 -> 12 @ 5, 7)": PruneSchedule(48, (4, 6), (24, 12)),
+                "Pro-GRPO-Flash (24 -> 16 -> 12 @ 5, 7)": PruneSchedule(24, (4, 6), (16, 12))}
+    paper = {"Flow-GRPO (G = 24)": 453_474, "Pro-GRPO (48 -> 24 -> 12 @ 5, 7)": 335_627,
+             "Pro-GRPO-Flash (24 -> 16 -> 12 @ 5, 7)": 267_366}
+    rows = {}
+    for name, s in settings.items():
+        proxies = sum([s.group_size, *s.keep[:-1]]) if s.keep else 0
+        k = s.trained
+        comp = Compute(nfe_sample=cfg_rows * P.funnel_nfe(s, T), nfe_train_fwd=cfg_rows * k * trained_steps,
+                       nfe_train_bwd=cfg_rows * k * trained_steps, proxy_decodes=proxies, proxy_rewards=proxies,
+                       final_decodes=s.survivors, final_rewards=s.survivors)
+        fl = comp.flops(costs)
+        rows[name] = {"tflops_per_prompt": {k2: v / 1e12 for k2, v in fl.items()}, "paper_tflops_per_epoch": paper[name]}
+    base = rows["Flow-GRPO (G = 24)"]
+    for r in rows.values():
+        r["ratio_ours"] = r["tflops_per_prompt"]["total"] / base["tflops_per_prompt"]["total"]
+        r["ratio_paper"] = r["paper_tflops_per_epoch"] / base["paper_tflops_per_epoch"]
+    return {"model_fwd_tflops": model_fwd_tflops, "rows": rows}
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+def add_bench_parser(subparsers) -> argparse.ArgumentParser:
+    b = subparsers.add_parser(
+        "bench", help="benchmark grpo / ovf / pro-grpo at equal compute on the built-in models",
+        description=__doc__.split("\n\n")[0])
+    b.add_argument("--quick", action="store_true", help="a smaller bench (2 seeds, fewer methods, ~5 min)")
+    b.add_argument("--out", default="bench_out", help="output folder (results.json, PNGs, report.md)")
+    b.add_argument("--seeds", type=int, help="seeds per method (default 3; 2 with --quick)")
+    b.add_argument("--budget", type=float, help="compute units per run for every method group "
+                                                "(default 300k flow/eps, 150k gold; a third with --quick)")
+    b.add_argument("--methods", help="comma-separated method names to run (default: all of the plan)")
+    b.add_argument("--groups", help=f"comma-separated method groups ({', '.join(GROUPS)})")
+    b.add_argument("--jobs", type=int, help="parallel training processes (default 2)")
+    b.add_argument("--evals", type=int, help="eval points per run")
+    b.add_argument("--eval-seeds", type=int, help="eval samples per prompt")
+    b.add_argument("--skip", default="", help="comma-separated parts to skip: fidelity, efficiency")
+    b.add_argument("--copy-plots", metavar="DIR", help="also copy the PNGs into DIR (e.g. docs/bench)")
+    b.set_defaults(func=run_bench)
+    return b
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "loadavg_at_start": load}
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from . import bench_report as R
+
+    plan = QUICK if args.quick else BenchPlan()
+    over: dict[str, Any] = {}
+    if args.seeds is not None:
+        over["seeds"] = args.seeds
+    if args.budget is not None:
+        over.update(budget_flow=args.budget, budget_eps=args.budget, budget_gold=args.budget)
+    if args.jobs is not None:
+        over["jobs"] = args.jobs
+    if args.evals is not None:
+        over["n_evals"] = args.evals
+    if args.eval_seeds is not None:
+        over["eval_seeds"] = args.eval_seeds
+    plan = dataclasses.replace(plan, **over)
+    if plan.seeds < 1 or plan.budget_flow <= 0 or plan.jobs < 1 or plan.n_evals < 1:
+        raise ValueError(f"bench needs seeds >= 1, budget > 0, jobs >= 1 and evals >= 1; got {plan}")
+    specs = method_specs(args.quick)
+    if args.groups:
+        groups = [g.strip() for g in args.groups.split(",") if g.strip()]
+        bad = sorted(set(groups) - set(GROUPS))
+        if bad:
+            raise ValueError(f"--groups {bad} unknown; expected some of {', '.join(GROUPS)}")
+        specs = [s for s in specs if s.group in groups]
+    if args.methods:
+        names = [m.strip() for m in args.methods.split(",") if m.strip()]
+        known = {s.name for s in method_specs(False)}
+        bad = sorted(set(names) - known)
+        if bad:
+            raise ValueError(f"--methods {bad} unknown; expected some of {', '.join(sorted(known))}")
+        specs = [s for s in method_specs(False) if s.name in names]
+    if not specs:
+        raise ValueError("no method left to run; check --methods / --groups")
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    bad = sorted(skip - {"fidelity", "efficiency"})
+    if bad:
+        raise ValueError(f"--skip {bad} unknown; expected fidelity and/or efficiency")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    command = "python -m progrpo_core " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if "bench" in sys.argv[1:2] \
+        else "python -m progrpo_core bench " + ("--quick" if args.quick else "")
+    t0 = time.perf_counter()
+    machine = machine_info()
+    log(f"bench: {len(specs)} methods x {plan.seeds} seeds, budget {plan.budget_flow:.0f} units, "
+        f"{plan.jobs} job(s), out {out}")
+
+    efficiency = None
+    if "efficiency" not in skip:  # first, while no training job competes for the cores
+        from .bench_efficiency import measure_efficiency
+
+        efficiency = measure_efficiency(hidden=plan.efficiency_hidden, repeats=plan.efficiency_repeats, log=log)
+    probes = base_probes(plan, log) if "fidelity" not in skip else {}
+    runs = run_all(specs, plan, log)
+    methods = aggregate(specs, runs)
+
+    fidelity: dict[str, Any] = {}
+    selection: dict[str, Any] = {}
+    hist = None
+    for name, p in probes.items():
+        fidelity[f"{name} (base)"] = p["fidelity"]
+        selection[f"{name} (base)"] = selection_summary(p["probe"], FLOW_T if name == "digits-flow" else EPS_T)
+    for r in runs:
+        if not r["probes"]:
+            continue
+        for pr in r["probes"]:
+            label = f"{r['model']} ({r['method']} policy, {pr['units'] / r['budget']:.0%} of budget, seed {r['seed']})"
+            fidelity[label] = pr["fidelity"]
+            selection[label] = selection_summary(pr["probe"], FLOW_T)
+            if r["method"] == "grpo" and hist is None and pr["units"] >= r["budget"] * 0.5:
+                hist = {"label": label, "advantages": clustering_hist(pr["probe"], FLOW_T)}
+    results = {
+        "command": command.strip(), "machine": machine, "plan": dataclasses.asdict(plan),
+        "unit": "compute units = model-row evaluations: sampling + training forward + 2 x training backward "
+                "+ reward calls x (reward FLOPs / model-row FLOPs); decodes cost 0 (pixel-space model)",
+        "methods": methods, "baselines": BASELINES, "fidelity": fidelity, "selection": selection,
+        "efficiency": efficiency, "paper_flops": paper_flops_table(),
+        "runs": [_compact(r) for r in runs], "bench_wall_s": time.perf_counter() - t0,
+    }
+    R.write_plots(results, runs, hist, out)
+    R.write_json(results, out / "results.json")
+    (out / "report.md").write_text(R.report_markdown(results))
+    if args.copy_plots:
+        dest = Path(args.copy_plots)
+        dest.mkdir(parents=True, exist_ok=True)
+        for png in sorted(out.glob("*.png")):
+            (dest / png.name).write_bytes(png.read_bytes())
+    log(f"bench done in {time.perf_counter() - t0:.0f}s: {out / 'results.json'}, {out / 'report.md'}")
+    log(R.headline(results))
+    return 0
+
+
+def _compact(r: dict) -> dict:
+    """A run without the probes' raw arrays (kept small enough for results.json)."""
+    keep = {k: v for k, v in r.items() if k not in ("probes", "epoch_metrics")}
+    keep["probes"] = [{"units": p["units"], "epoch": p["epoch"], "fidelity": p["fidelity"]} for p in r["probes"]]
+    keep["clustered_trained_by_epoch"] = [[round(e["units"]), round(e["clustered_trained"], 4)] for e in r["epoch_metrics"]]
+    if r.get("auto"):
+        keep["auto"] = [{k: v for k, v in a.items() if k != "table"} for a in r["auto"]]
+    return keep

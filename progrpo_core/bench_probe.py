@@ -1,0 +1,158 @@
+"""Measurements the bench takes on full, unpruned groups: proxy fidelity, reward clustering, and
+what a pruning funnel would have kept.
+
+A *probe* samples ``B`` prompts × ``G`` trajectories with the exploration sampler and no pruning,
+and records, for every step ``i``, the reward of the one-step x0 projection (the latent proxy of
+METHOD.md §4, exactly what a checkpoint at step ``i`` would score) and the final reward of every
+trajectory. Everything else here is a pure function of those two arrays:
+
+* proxy fidelity: Spearman ρ, within each group, between the proxy at step ``i`` and the final
+  reward;
+* a funnel replay: which trajectories a schedule (checkpoints, survivor counts, selector) would
+  have kept, and how spread out (how informative for GRPO) their final rewards are;
+* reward clustering: the fraction of trajectories with ``|A| ≤ δ`` before and after selection.
+
+Step indices are the core's (``group.sample_group``): a checkpoint at step ``i`` scores the x0 of
+the ``(i+1)``-th model call, so trajectories pruned there have cost ``i+1`` evaluations.
+Shapes: ``S`` steps recorded, ``B`` groups, ``G`` trajectories per group.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import grpo, ovf
+from .denoiser import Denoiser
+from .group import PruneSchedule, sample_group
+from .rewards import Reward
+
+
+@dataclasses.dataclass
+class Probe:
+    """Full groups with the proxy reward at every step."""
+
+    proxy: np.ndarray     # (T, B, G) reward of the one-step x0 projection after model call i+1
+    final: np.ndarray     # (B, G) reward of the finished sample
+    sigmas: np.ndarray    # (T+1,)
+    nfe: int              # model evaluations the probe cost (rows)
+
+    @property
+    def steps(self) -> int:
+        return self.proxy.shape[0]
+
+
+def record_probe(model: Denoiser, reward: Reward, prompts: Sequence[str], seeds: Sequence[int], steps: int,
+                 group: int, sampler: str, noise_level: float, cfg: float = 1.0) -> Probe:
+    """Sample ``group`` trajectories per prompt without pruning; score the proxy at every step."""
+    proxies: dict[int, torch.Tensor] = {}
+    B = len(prompts)
+
+    def record(info: dict) -> None:
+        images = model.decode(info["x0"])
+        rows = [prompts[b] for b in info["row_prompt"].tolist()]
+        proxies[info["step"]] = reward.evaluate(images, rows)[reward.total_key].view(B, -1)
+
+    with torch.no_grad():
+        ro = sample_group(model, prompts, seeds, steps, PruneSchedule(group), sampler, noise_level, cfg,
+                          callback=record)
+        rows = [prompts[b] for b in ro.prompt_index.tolist()]
+        final = reward.evaluate(model.decode(ro.latents[:, -1]), rows)[reward.total_key].view(B, -1)
+    proxy = torch.stack([proxies[i] for i in range(steps)])  # (T, B, G)
+    return Probe(proxy.double().numpy(), final.double().numpy(), ro.sigmas.double().numpy(),
+                 ro.compute.nfe_sample)
+
+
+# -- rank correlation ---------------------------------------------------------------------------
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank (as scipy.stats.rankdata 'average')."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="mergesort")
+    sx = x[order]
+    ranks = np.empty(len(x), dtype=np.float64)
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and sx[j + 1] == sx[i]:
+            j += 1
+        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1.0
+        i = j + 1
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's ρ: Pearson correlation of average ranks; NaN when either side is constant."""
+    ra, rb = _ranks(np.asarray(a)), _ranks(np.asarray(b))
+    if len(ra) != len(rb):
+        raise ValueError(f"spearman needs equal lengths, got {len(ra)} and {len(rb)}")
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / den) if den > 0 else float("nan")
+
+
+def fidelity(probe: Probe) -> list[dict]:
+    """Per step: mean, std and count (over groups with non-constant rewards) of the within-group ρ."""
+    out = []
+    for i in range(probe.steps):
+        rhos = np.array([spearman(probe.proxy[i, b], probe.final[b]) for b in range(probe.final.shape[0])])
+        ok = rhos[np.isfinite(rhos)]
+        out.append({"step": i, "calls": i + 1, "frac": (i + 1) / probe.steps, "sigma": float(probe.sigmas[i]),
+                    "rho_mean": float(ok.mean()) if len(ok) else None,
+                    "rho_std": float(ok.std()) if len(ok) else None, "groups": int(len(ok))})
+    return out
+
+
+# -- funnel replay and clustering ---------------------------------------------------------------
+
+def replay_funnel(probe: Probe, schedule: PruneSchedule, seed: int = 0) -> np.ndarray:
+    """Indices (B, K) of the trajectories ``schedule`` keeps from the probe's groups, choosing on the
+    recorded proxy at each checkpoint and, for ``final_keep``, on the final reward — the same
+    decisions ``sample_group`` and the trainer would take. Uses the first ``G_max`` of each group."""
+    gen = torch.Generator().manual_seed(seed)
+    G = schedule.group_size
+    if G > probe.final.shape[1]:
+        raise ValueError(f"schedule G_max={G} exceeds the probe's group of {probe.final.shape[1]}")
+    kept = []
+    for b in range(probe.final.shape[0]):
+        alive = np.arange(G)
+        for c, k in zip(schedule.checkpoints, schedule.keep):
+            sel = ovf.select(schedule.selector, torch.from_numpy(probe.proxy[c, b, alive]), k, gen).numpy()
+            alive = alive[sel]
+        if schedule.final_keep is not None:
+            sel = ovf.select(schedule.selector, torch.from_numpy(probe.final[b, alive]), schedule.final_keep,
+                             gen).numpy()
+            alive = alive[sel]
+        kept.append(alive)
+    return np.stack(kept)
+
+
+def group_advantages(rewards: np.ndarray) -> np.ndarray:
+    """GRPO group advantages of (B, K) rewards (``grpo.advantages``, norm="group")."""
+    return grpo.advantages(torch.from_numpy(np.asarray(rewards, dtype=np.float64))).double().numpy()
+
+
+def selection_stats(probe: Probe, kept: np.ndarray, delta: float = 0.5) -> dict:
+    """How informative the kept subset is: the std of its final rewards, the clustered fraction of its
+    advantages, and its mean reward, averaged over groups."""
+    r = np.take_along_axis(probe.final, kept, axis=1)  # (B, K)
+    adv = group_advantages(r)
+    return {"std": float(r.std(axis=1).mean()), "mean": float(r.mean()),
+            "clustered": float((np.abs(adv) <= delta).mean()), "k": int(kept.shape[1])}
+
+
+def funnel_nfe(schedule: PruneSchedule, steps: int) -> int:
+    """Model evaluations (rows) one prompt's group costs in sampling under ``schedule``."""
+    alive, last, total = schedule.group_size, 0, 0
+    for c, k in zip(schedule.checkpoints, schedule.keep):
+        total += alive * (c + 1 - last)
+        alive, last = k, c + 1
+    return total + alive * (steps - last)
+
+
+def advantage_sample(probe: Probe, kept: np.ndarray | None = None) -> np.ndarray:
+    """All advantages (flattened) of the full groups, or of the kept subsets, for the histogram."""
+    r = probe.final if kept is None else np.take_along_axis(probe.final, kept, axis=1)
+    return group_advantages(r).reshape(-1)

@@ -1,0 +1,213 @@
+"""Budgeted training runs for the bench: every method gets the same prompts, seeds and compute.
+
+A run trains one method on one built-in model with one seed until it has spent ``budget`` compute
+units (model-evaluation equivalents, :meth:`Compute.units`), evaluating the held-out reward
+(deterministic sampling, fixed prompts and seeds: ``Trainer.evaluate``) at compute milestones.
+An epoch is never cut short: the run stops before the epoch that would cross the budget, so no
+method spends more than the budget.
+
+Methods are :class:`MethodSpec` values: a name, the model, and the config table handed to
+``config.build_config``. Checkpoints are written in the paper's convention — "prune after ``c`` of
+the ``T`` steps" — and converted here to the core's step index ``c − 1`` (``sample_group`` scores
+the x0 of model call ``i+1`` at step index ``i``), so a funnel ``G → K1 → K2`` at ``c1, c2`` costs
+exactly ``G·c1 + K1·(c2−c1) + K2·(T−c2)`` sampling evaluations per prompt, the paper's count.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .compute import Compute, FlopCosts
+
+ProgressFn = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """One benchmarked configuration."""
+
+    name: str                       # label in tables and plots
+    model: str                      # digits-flow or digits-eps
+    table: dict                     # config.build_config sections (grpo, schedule, sampler, reward …)
+    group: str = "main"             # main, eps, ablation-gmax, ablation-ckpt, gold
+    note: str = ""                  # one line for the docs
+    auto: dict | None = None        # choose checkpoints from fidelity probes: bench_auto.choose_schedule
+                                    # options, plus "reprobe": budget fractions at which to re-probe
+
+    def config_table(self, seed: int, eval_seeds: int) -> dict:
+        t = copy.deepcopy(self.table)
+        t.setdefault("model", {})["name"] = self.model
+        run = t.setdefault("run", {})
+        run.update({"seed": seed, "eval_seeds": eval_seeds, "eval_every": 0, "save_every": 0,
+                    "epochs": 1_000_000})
+        return t
+
+
+def paper_checkpoints(steps: int, fractions: tuple[float, ...]) -> list[int]:
+    """Core step indices for "prune after round(f·T) steps" (the paper's convention)."""
+    return [max(1, round(f * steps)) - 1 for f in fractions]
+
+
+def pro_table(steps: int, group: int, keep: tuple[int, ...], fractions: tuple[float, ...],
+              selector: str = "ovf", **sections: dict) -> dict:
+    t = {"grpo": {"method": "pro-grpo"}, "sampler": {"steps": steps},
+         "schedule": {"group_size": group, "keep": list(keep), "checkpoints": paper_checkpoints(steps, fractions),
+                      "selector": selector}}
+    for k, v in sections.items():
+        t.setdefault(k, {}).update(v)
+    return t
+
+
+def default_flop_costs(model, reward, backward_weight: float = 2.0) -> FlopCosts:
+    """FLOPs of one denoiser row and one reward call on this model, counted by torch's FlopCounterMode."""
+    from .compute import count_flops
+
+    x = torch.zeros(4, *model.latent_shape)
+    sigma = model.sigmas(10)[3].expand(4)
+    prompts = list(getattr(model, "default_prompts", ["a prompt"]))[:1] * 4
+    cond = model.encode_prompts(prompts)
+    fwd = count_flops(lambda: model.denoise(x, sigma, cond)) / 4
+    dec = count_flops(lambda: model.decode(x)) / 4
+    images = model.decode(x)
+    rew = count_flops(lambda: reward.evaluate(images, prompts)) / 4
+    return FlopCosts(model_fwd=fwd, decode=dec, reward=rew, backward_weight=backward_weight)
+
+
+def run_method(spec: MethodSpec, seed: int, budget: float, n_evals: int = 10, eval_seeds: int = 32,
+               probe_at: tuple[float, ...] = (), probe_kw: dict | None = None,
+               progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Train ``spec`` with ``seed`` until the next epoch would exceed ``budget`` units.
+
+    Returns the eval curve (reward, gold, units, wall-clock of the training phases), the run's
+    exact compute counts, per-epoch clustering metrics, and — at the fractions ``probe_at`` of the
+    budget — fidelity probes of the live policy (``bench_probe.record_probe``)."""
+    from . import bench_probe as P
+    from .config import build_config
+    from .trainer import Trainer
+
+    cfg = build_config(spec.config_table(seed, eval_seeds))
+    tr = Trainer(cfg, log=lambda s: None)
+    costs = default_flop_costs(tr.model, tr.reward)
+    unit_kw = costs.unit_kw()
+    auto_log: list[dict] = []
+    reprobe = sorted((spec.auto or {}).get("reprobe", (0.0,))) if spec.auto is not None else []
+
+    def auto_step(spent: float) -> None:
+        from .bench_auto import choose_schedule
+
+        opts = {k: v for k, v in spec.auto.items() if k != "reprobe"}
+        info = choose_schedule(tr, seed=seed, tag=len(auto_log), **opts)
+        tr.schedule = info["schedule"]
+        tr.compute.add(info["compute"])  # the probe is paid from the budget
+        auto_log.append({"units": spent, "checkpoints": list(info["schedule"].checkpoints),
+                         "choice": info["choice"], "probe_units": info["compute"].units(**unit_kw),
+                         "table": info["table"],
+                         "fidelity": [round(f["rho_mean"], 4) if f["rho_mean"] is not None else None
+                                      for f in info["fidelity"]]})
+
+    t_run = time.perf_counter()
+
+    def wall() -> float:
+        w = tr.compute.wall
+        return sum(w.get(k, 0.0) for k in ("sampling", "proxy", "final_scoring", "training"))
+
+    def eval_point(epoch: int) -> dict:
+        ev = tr.evaluate()
+        return {"epoch": epoch, "units": tr.compute.units(**unit_kw), "wall": wall(),
+                "reward": ev["reward"], "gold": ev.get("gold")}
+
+    curve = [eval_point(0)]
+    next_eval = 1  # evaluate once spent >= budget·next_eval/n_evals
+    probes, probe_left = [], sorted(probe_at)
+    epochs: list[dict] = []
+    epoch_units = None
+    epoch = 0
+    while True:
+        spent = tr.compute.units(**unit_kw)
+        if reprobe and spent >= reprobe[0] * budget:
+            while reprobe and spent >= reprobe[0] * budget:
+                reprobe.pop(0)
+            auto_step(spent)
+            spent = tr.compute.units(**unit_kw)
+        if probe_left and spent >= probe_left[0] * budget:
+            probe_left.pop(0)
+            probes.append(_probe_live(tr, spent, epoch, **(probe_kw or {})))
+        if epoch_units is not None and spent + epoch_units > budget * (1 + 1e-9):
+            break
+        before = spent
+        res = tr.sample_epoch(epoch)
+        tr.compute.add(res.rollout.compute)
+        tr.train_on(res, epoch)
+        epoch += 1
+        tr.epoch = epoch
+        spent = tr.compute.units(**unit_kw)
+        epoch_units = spent - before
+        m = res.metrics
+        epochs.append({"epoch": epoch, "units": spent, "reward_mean": m["reward_mean"],
+                       "clustered_trained": m["clustered_trained"], "clustered_finished": m["clustered_finished"],
+                       "clustered_expanded": m.get("clustered_expanded")})
+        if spent >= budget * next_eval / n_evals - 1e-9:
+            curve.append(eval_point(epoch))
+            while next_eval <= n_evals and spent >= budget * next_eval / n_evals - 1e-9:
+                next_eval += 1
+        if progress is not None and epoch % 20 == 0:
+            progress(f"{spec.name} seed {seed}: epoch {epoch}, {spent / budget:.0%} of budget, "
+                     f"eval {curve[-1]['reward']:.3f}")
+    if curve[-1]["epoch"] != epoch:
+        curve.append(eval_point(epoch))
+    comp = tr.compute
+    return {
+        "method": spec.name, "model": spec.model, "seed": seed, "budget": budget,
+        "schedule": dataclasses.asdict(tr.schedule), "epochs": epoch, "optimizer_steps": tr.optimizer_steps,
+        "curve": curve, "final": curve[-1], "units": comp.units(**unit_kw), "epoch_units": epoch_units,
+        "compute": comp.as_dict(), "flops": comp.flops(costs), "flop_costs": dataclasses.asdict(costs),
+        "epoch_metrics": epochs, "probes": probes, "auto": auto_log or None,
+        "run_wall_s": time.perf_counter() - t_run,
+    }
+
+
+def _probe_live(tr, spent: float, epoch: int, prompts: int = 10, group: int = 48, seeds_base: int = 500_000) -> dict:
+    """A fidelity probe of the policy being trained (live weights, the sampling policy); not charged
+    to the run's compute, it is a measurement."""
+    from . import bench_probe as P
+
+    names = list(tr.prompts)[:prompts] if len(tr.prompts) >= prompts else list(tr.prompts) * (prompts // len(tr.prompts) + 1)
+    names = names[:prompts]
+    seeds = [seeds_base + 1000 * tr.cfg.run.seed + epoch * 97 + i for i in range(prompts)]
+    s = tr.sampler
+    pr = P.record_probe(tr.model, tr.reward, names, seeds, s.steps, group, s.sampler, s.noise_level, s.cfg)
+    return {"units": spent, "epoch": epoch, "fidelity": P.fidelity(pr), "probe": pr}
+
+
+def interp_curve(curve: list[dict], grid: np.ndarray, key: str = "units", value: str = "reward") -> np.ndarray:
+    """The curve's ``value`` at ``grid`` points of ``key`` (linear; NaN beyond the last point)."""
+    xs = np.array([p[key] for p in curve], dtype=float)
+    ys = np.array([np.nan if p[value] is None else p[value] for p in curve], dtype=float)
+    out = np.interp(grid, xs, ys)
+    out[grid > xs[-1] + 1e-9] = np.nan
+    return out
+
+
+def compute_to_reach(curve: list[dict], target: float, key: str = "units") -> float | None:
+    """First ``key`` (compute or wall) at which the eval curve reaches ``target``, linearly
+    interpolated between eval points; None if it never does."""
+    prev = None
+    for p in curve:
+        if p["reward"] >= target:
+            if prev is None:
+                return float(p[key])
+            x0, y0, x1, y1 = prev[key], prev["reward"], p[key], p["reward"]
+            return float(x0 + (target - y0) / (y1 - y0) * (x1 - x0)) if y1 != y0 else float(x1)
+        prev = p
+    return None
+
+
+def mean_std(values: list[float | None]) -> dict:
+    v = [x for x in values if x is not None and np.isfinite(x)]
+    return {"mean": float(np.mean(v)) if v else None, "std": float(np.std(v)) if v else None,
+            "n": len(v), "of": len(values)}
