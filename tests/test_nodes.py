@@ -1,0 +1,297 @@
+"""The node pack without ComfyUI: it imports, every node's declaration is valid, and the nodes
+that need no ComfyUI object run on the built-in digits model's outputs."""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import nodes  # noqa: E402
+from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, host, trace, training  # noqa: E402
+from progrpo_core import ovf  # noqa: E402
+from progrpo_core.embedded import load_digits_model  # noqa: E402
+
+WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+CUSTOM = {trace.GROUP, trace.REWARD, trace.SCORES, trace.PROMPTS}
+STOCK_SOCKETS = {"MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", trace.LORA}
+HIDDEN = {"UNIQUE_ID", "PROMPT", "EXTRA_PNGINFO", "DYNPROMPT"}
+
+
+# ---- the pack imports without ComfyUI -----------------------------------------------------------
+
+def test_pack_and_nodes_import_without_comfyui():
+    code = f"""
+import importlib.util, sys
+sys.path.insert(0, {str(ROOT)!r})
+spec = importlib.util.spec_from_file_location("pack", {str(ROOT / '__init__.py')!r},
+                                              submodule_search_locations=[{str(ROOT)!r}])
+pack = importlib.util.module_from_spec(spec); spec.loader.exec_module(pack)
+assert not hasattr(pack, "NODE_CLASS_MAPPINGS"), "the pack registered nodes without ComfyUI"
+import nodes, nodes.headless
+assert len(nodes.NODE_CLASS_MAPPINGS) == 8
+bad = [m for m in ("comfy", "folder_paths", "server", "comfy_api") if m in sys.modules]
+assert not bad, bad
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+# ---- declarations -------------------------------------------------------------------------------
+
+def _inputs(cls):
+    spec = cls.INPUT_TYPES()
+    assert set(spec) <= {"required", "optional", "hidden"}, spec.keys()
+    for section in ("required", "optional"):
+        for name, s in (spec.get(section) or {}).items():
+            yield section, name, s
+    for name, kind in (spec.get("hidden") or {}).items():
+        assert kind in HIDDEN, (cls, name, kind)
+
+
+@pytest.mark.parametrize("node_id", sorted(NODE_CLASS_MAPPINGS))
+def test_node_declaration_is_valid(node_id):
+    cls = NODE_CLASS_MAPPINGS[node_id]
+    assert node_id.startswith("ProGRPO") and NODE_DISPLAY_NAME_MAPPINGS[node_id].startswith("ProGRPO ")
+    assert cls.CATEGORY == "ProGRPO" and cls.DESCRIPTION.strip()
+    assert callable(getattr(cls, cls.FUNCTION))
+    rt = cls.RETURN_TYPES
+    assert isinstance(rt, tuple) and all(isinstance(t, str) and t for t in rt)
+    assert len(cls.RETURN_NAMES) == len(rt) == len(cls.OUTPUT_TOOLTIPS)
+    assert all(t in CUSTOM | STOCK_SOCKETS | {"STRING", "FLOAT", "INT"} for t in rt), rt
+    params = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
+    spec = cls.INPUT_TYPES()
+    for section, name, s in _inputs(cls):
+        kind, opts = s[0], (s[1] if len(s) > 1 else {})
+        assert opts.get("tooltip", "").strip(), f"{node_id}.{name} has no tooltip"
+        assert name in params, f"{node_id}.{cls.FUNCTION} does not take {name}"
+        if section == "optional":
+            assert params[name].default is not inspect.Parameter.empty, f"optional {name} needs a default"
+        else:
+            assert params[name].default is inspect.Parameter.empty, f"required {name} must not have a default"
+        if isinstance(kind, list):
+            assert kind and all(isinstance(c, str) for c in kind)
+            assert opts["default"] in kind, (node_id, name)
+        elif kind in ("INT", "FLOAT"):
+            t = int if kind == "INT" else (int, float)
+            for k in ("default", "min", "max"):
+                assert isinstance(opts[k], t) and not isinstance(opts[k], bool), (node_id, name, k)
+            assert opts["min"] <= opts["default"] <= opts["max"], (node_id, name)
+        elif kind == "BOOLEAN":
+            assert isinstance(opts["default"], bool)
+        elif kind == "STRING":
+            assert isinstance(opts["default"], str)
+        else:
+            assert kind in CUSTOM | STOCK_SOCKETS, (node_id, name, kind)
+    for hidden in (spec.get("hidden") or {}):
+        assert hidden in params and params[hidden].default is None
+    extra = [p for p in params if p != "self" and p not in {n for _, n, _ in _inputs(cls)} | set(spec.get("hidden") or {})]
+    assert not extra, f"{node_id}.{cls.FUNCTION} takes undeclared {extra}"
+
+
+def test_ids_are_the_frozen_set():
+    assert sorted(NODE_CLASS_MAPPINGS) == sorted([
+        "ProGRPOExpandedGroupSampler", "ProGRPOLatentProxyProjector", "ProGRPOOVFPruner", "ProGRPORewardModelLoader",
+        "ProGRPORewardScorer", "ProGRPOLoraTrainer", "ProGRPOPromptList", "ProGRPOSaveLoRA"])
+
+
+# ---- nodes that need no ComfyUI, on the digits model ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits_model("digits-flow")
+
+
+@pytest.fixture(scope="module")
+def reward():
+    return NODE_CLASS_MAPPINGS["ProGRPORewardModelLoader"]().load("digit", "", "cpu", "float32")[0]
+
+
+@pytest.fixture(scope="module")
+def group(digits, reward):
+    sched = trace.prune_schedule(8, 6, "3,4", "6,4")
+
+    def score(images, prompts):
+        return reward.total(images, prompts)[reward.reward.total_key]
+
+    return trace.record_group(digits, "a handwritten 3", 5, 6, sched, "flow_sde", 0.7, 1.0, score)
+
+
+def _image_batch(digits, group):
+    x0 = group.latents[:, -1]
+    return host.core_to_image(digits.decode(x0))  # IMAGE (N, H, W, 3)
+
+
+def test_prompt_list(tmp_path):
+    node = NODE_CLASS_MAPPINGS["ProGRPOPromptList"]()
+    f = tmp_path / "more.txt"
+    f.write_text("# comment\na handwritten 7\n\n")
+    prompts, n = node.build("a handwritten 1\n  \na handwritten 2", str(f))
+    assert prompts == ["a handwritten 1", "a handwritten 2", "a handwritten 7"] and n == 3
+    with pytest.raises(ValueError, match="prompt list is empty"):
+        node.build("\n# only a comment\n", "")
+    with pytest.raises(ValueError, match="prompt file not found"):
+        node.build("x", str(tmp_path / "missing.txt"))
+
+
+def test_reward_loader_errors_are_clear():
+    node = NODE_CLASS_MAPPINGS["ProGRPORewardModelLoader"]()
+    with pytest.raises(ValueError, match="weighted.*spec"):
+        node.load("weighted", "", "cpu", "float32")
+    with pytest.raises(ValueError, match="stroke reward has no weights"):
+        node.load("stroke", "/some/file", "cpu", "float32")
+    handle = node.load("weighted", "digit*0.7,stroke*0.3", "cpu", "float32")[0]
+    assert handle.reward.components() == [("digit", 0.7), ("stroke", 0.3)]
+
+
+def test_group_record_and_projector(digits, group):
+    assert group.survivors.shape == (4,) and group.latents.shape == (4, 7, 1, 8, 8)
+    assert [len(r) for r in group.proxy_rows] == [8, 8, 8, 8, 6, 4]
+    assert [c["step"] for c in group.checkpoints] == [3, 4]
+    # the first checkpoint kept the OVF subset of the proxies' rewards
+    first = group.checkpoints[0]
+    assert first["kept"].tolist() == first["row_id"][ovf.ovf_select(first["rewards"], 6)].tolist()
+    node = NODE_CLASS_MAPPINGS["ProGRPOLatentProxyProjector"]()
+    latent, rows = node.project(3, group=group)
+    assert latent["samples"].shape == (8, 1, 8, 8) and json.loads(rows) == list(range(8))
+    latent, rows = node.project(5, group=group)
+    assert json.loads(rows) == group.survivors.tolist()
+    with pytest.raises(ValueError, match="outside the group's 0..5"):
+        node.project(6, group=group)
+    with pytest.raises(ValueError, match="connect a GROUP, or all of model"):
+        node.project(0)
+
+
+def test_scorer_and_pruner(digits, group, reward):
+    images = _image_batch(digits, group)
+    scorer = NODE_CLASS_MAPPINGS["ProGRPORewardScorer"]()
+    out = scorer.score(reward, images, "a handwritten 3")
+    scores, mean = out["result"]
+    expected = reward.reward(host.image_to_core(images), ["a handwritten 3"] * 4)
+    assert torch.allclose(scores.values, expected) and mean == pytest.approx(float(expected.mean()))
+    assert "digit: mean" in out["ui"]["text"][0]
+    with pytest.raises(ValueError, match="not a loaded reward model"):
+        scorer.score(None, images, "a handwritten 3")
+
+    pruner = NODE_CLASS_MAPPINGS["ProGRPOOVFPruner"]()
+    latent = {"samples": group.latents[:, -1]}
+    kept_images, kept_latent, kept, hist = pruner.prune(scores, "2", "ovf", 0, images=images, latent=latent)
+    idx = ovf.ovf_select(scores.values, 2)
+    assert json.loads(kept) == idx.tolist()
+    assert torch.equal(kept_images, images[idx]) and torch.equal(kept_latent["samples"], latent["samples"][idx])
+    assert hist.ndim == 4 and hist.shape[0] == 1 and hist.shape[-1] == 3 and 0 <= float(hist.min()) <= 1
+    # two rounds: OVF of 3, then OVF of 2 among them
+    _, _, kept2, _ = pruner.prune(scores, "3,2", "ovf", 0)
+    first = ovf.ovf_select(scores.values, 3)
+    assert json.loads(kept2) == sorted(first[ovf.ovf_select(scores.values[first], 2)].tolist())
+    with pytest.raises(ValueError, match="cannot keep more than it has"):
+        pruner.prune(scores, "5", "ovf", 0)
+    with pytest.raises(ValueError, match="4 scores but 3 images"):
+        pruner.prune(scores, "2", "ovf", 0, images=images[:3])
+
+
+def test_bad_schedules_name_the_fix():
+    with pytest.raises(ValueError, match=r"checkpoint step 10 is outside 1..T-1"):
+        trace.prune_schedule(8, 10, "5,10", "6,4")
+    with pytest.raises(ValueError, match="one survivor count per checkpoint"):
+        trace.prune_schedule(8, 10, "5,7", "4")
+    with pytest.raises(ValueError, match="whole numbers"):
+        trace.prune_schedule(8, 10, "5;x", "4")
+    with pytest.raises(ValueError, match="outside 1..T-1"):
+        training.build_train_config(**_train_widgets(steps=4, checkpoints="5", keep="4"))
+
+
+def _train_widgets(**over):
+    w = dict(method="pro-grpo", epochs=2, prompts_per_epoch=2, steps=4, group_size=6, checkpoints="2", keep="4",
+             sampler="auto", noise_level=-1.0, cfg=1.0, learning_rate=0.01, rank=4, alpha=4.0, kl_beta=0.0, seed=0,
+             reward_spec="digit", model_name="digits")
+    w.update(over)
+    return w
+
+
+def test_training_loop_preview_and_curves(digits, tmp_path):
+    from progrpo_core.rewards import build_reward
+    from progrpo_core.trainer import Trainer
+
+    cfg = training.build_train_config(**_train_widgets())
+    cfg.run.out = str(tmp_path)
+    recorder = training.RecordingReward(build_reward("digit"))
+    model = load_digits_model("digits-flow")
+    trainer = Trainer(cfg, model=model, reward=recorder, prompts=["a handwritten 1", "a handwritten 4"],
+                      log=lambda s: None)
+    steps_seen, previews = [], []
+
+    def on_epoch(row, res):
+        previews.append(training.preview_grid(recorder, res, 6, 2))
+
+    history = training.train_epochs(trainer, 2, on_step=lambda d, t: steps_seen.append((d, t)), on_epoch=on_epoch)
+    assert [r.epoch for r in history] == [1, 2] and trainer.optimizer_steps == history[-1].optimizer_steps > 0
+    assert steps_seen[-1] == (10, 10)  # 2 epochs × (4 sampling steps + 1 training phase)
+    grid = previews[-1]
+    assert grid.shape[0] == 3 and grid.shape[2] >= 6 * 8  # 6 proxies on top, 4 survivors below
+    curves = training.curves_image(history, "test")
+    assert curves.ndim == 4 and curves.shape[-1] == 3
+    lora = training.trained_lora(trainer)
+    assert lora and all(k.startswith("diffusion_model.") for k in lora)
+    assert lora.metadata["progrpo.method"] == "pro-grpo" and lora.metadata["progrpo.epochs"] == "2"
+
+
+def test_trainer_node_refuses_bad_input_before_any_work(reward):
+    node = NODE_CLASS_MAPPINGS["ProGRPOLoraTrainer"]()
+    w = _train_widgets()
+    del w["reward_spec"], w["model_name"]
+    w.update(targets="attention", gradient_checkpointing=True, run_name="x", resume=False, save_every=1)
+    with pytest.raises(ValueError, match="prompt list is empty"):
+        node.train(object(), object(), reward, [], {"samples": torch.zeros(1, 16, 8, 8)}, **w)
+    with pytest.raises(ValueError, match="not a loaded reward model"):
+        node.train(object(), object(), None, ["a"], {"samples": torch.zeros(1, 16, 8, 8)}, **w)
+    w.update(checkpoints="7")
+    with pytest.raises(ValueError, match="outside 1..T-1"):
+        node.train(object(), object(), reward, ["a"], {"samples": torch.zeros(1, 16, 8, 8)}, **w)
+
+
+def test_save_lora_tensors(tmp_path):
+    lora = training.LoraTensors({"diffusion_model.a.lora_down.weight": torch.ones(2, 3)}, {"progrpo.rank": "2"})
+    p = trace.save_lora_tensors(lora, tmp_path, "progrpo/x", True)
+    assert p == tmp_path / "progrpo" / "x.safetensors"
+    from progrpo_core.lora import read_lora_file
+
+    tensors, meta = read_lora_file(p)
+    assert meta == {"progrpo.rank": "2"} and torch.equal(tensors["diffusion_model.a.lora_down.weight"], torch.ones(2, 3))
+    assert trace.save_lora_tensors(lora, tmp_path, "progrpo/x", False).name == "x_00001_.safetensors"
+    assert trace.save_lora_tensors(lora, tmp_path, "progrpo/x.safetensors", False).name == "x_00002_.safetensors"
+    for bad in ("../x", "/abs/x", "a/../../b", "", "bad|name"):
+        with pytest.raises(ValueError):
+            trace.save_lora_tensors(lora, tmp_path, bad, True)
+    with pytest.raises(ValueError, match="LoRA is empty"):
+        trace.save_lora_tensors({}, tmp_path, "x", True)
+
+
+def test_image_layout_conversion_happens_once():
+    image = torch.rand(2, 5, 7, 3)  # ComfyUI IMAGE (B, H, W, C)
+    core = host.image_to_core(image)
+    assert core.shape == (2, 3, 5, 7) and torch.equal(host.core_to_image(core), image)
+    assert host.image_to_core(torch.rand(1, 4, 4, 4)).shape == (1, 3, 4, 4)  # RGBA: alpha dropped
+    with pytest.raises(ValueError, match=r"expected an IMAGE batch \(B, H, W, C\)"):
+        host.image_to_core(torch.rand(3, 4, 4))
+    with pytest.raises(ValueError, match="LATENT"):
+        host.latent_samples({"x": 1})
+
+
+def test_lora_targets_presets():
+    net = torch.nn.ModuleDict({"blocks": torch.nn.ModuleList([torch.nn.ModuleDict({
+        "attn": torch.nn.ModuleDict({"qkv": torch.nn.Linear(4, 12), "proj": torch.nn.Linear(4, 4)}),
+        "mlp": torch.nn.Linear(4, 4), "norm": torch.nn.LayerNorm(4)})])})
+    assert host.target_modules(net, "attention") == ["blocks.0.attn.qkv", "blocks.0.attn.proj"]
+    assert host.target_modules(net, "all linear") == ["blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp"]
+    with pytest.raises(ValueError, match="unknown"):
+        host.target_modules(net, "everything")

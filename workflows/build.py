@@ -1,0 +1,347 @@
+"""Writes the example workflows in this folder (UI format, as the ComfyUI frontend saves them).
+
+    python workflows/build.py          # rewrite the .json files
+    python workflows/build.py --check  # exit 1 if a file differs from what this script writes
+
+The workflows are generated so that their links, slot indices and widget values always match
+the nodes' declared inputs (``nodes/``) and the stock nodes' signatures (:data:`STOCK`); the CI
+test ``tests/test_workflows.py`` checks them against its own copy of the stock signatures, and the
+host tests run them in a real ComfyUI. ComfyUI 0.33 serves the ``.json`` files of a pack's
+``workflows/`` folder as templates (Workflow → Browse Templates → this pack).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+# Stock nodes used here: inputs in declaration order as (name, type, is_widget), outputs as (name, type).
+STOCK: dict[str, tuple[list[tuple[str, str, bool]], list[tuple[str, str]]]] = {
+    "CheckpointLoaderSimple": ([("ckpt_name", "COMBO", True)], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
+    "TripleCLIPLoader": ([("clip_name1", "COMBO", True), ("clip_name2", "COMBO", True), ("clip_name3", "COMBO", True)],
+                         [("CLIP", "CLIP")]),
+    "CLIPTextEncode": ([("text", "STRING", True), ("clip", "CLIP", False)], [("CONDITIONING", "CONDITIONING")]),
+    "EmptySD3LatentImage": ([("width", "INT", True), ("height", "INT", True), ("batch_size", "INT", True)],
+                            [("LATENT", "LATENT")]),
+    "KSampler": ([("model", "MODEL", False), ("seed", "INT", True), ("steps", "INT", True), ("cfg", "FLOAT", True),
+                  ("sampler_name", "COMBO", True), ("scheduler", "COMBO", True), ("positive", "CONDITIONING", False),
+                  ("negative", "CONDITIONING", False), ("latent_image", "LATENT", False), ("denoise", "FLOAT", True)],
+                 [("LATENT", "LATENT")]),
+    "VAEDecode": ([("samples", "LATENT", False), ("vae", "VAE", False)], [("IMAGE", "IMAGE")]),
+    "SaveImage": ([("images", "IMAGE", False), ("filename_prefix", "STRING", True)], []),
+    "PreviewImage": ([("images", "IMAGE", False)], []),
+    "LoraLoaderModelOnly": ([("model", "MODEL", False), ("lora_name", "COMBO", True), ("strength_model", "FLOAT", True)],
+                            [("MODEL", "MODEL")]),
+    "PrimitiveStringMultiline": ([("value", "STRING", True)], [("STRING", "STRING")]),
+}
+SEEDED = {("KSampler", "seed")}  # INT widgets the frontend follows with a "control after generate" value
+NOTE = "MarkdownNote"
+
+SD35_FILES = {
+    "checkpoint": ("sd3.5_medium.safetensors", "checkpoints",
+                   "https://huggingface.co/stabilityai/stable-diffusion-3.5-medium/resolve/main/sd3.5_medium.safetensors"),
+    "clip_l": ("clip_l.safetensors", "text_encoders",
+               "https://huggingface.co/stabilityai/stable-diffusion-3.5-medium/resolve/main/text_encoders/clip_l.safetensors"),
+    "clip_g": ("clip_g.safetensors", "text_encoders",
+               "https://huggingface.co/stabilityai/stable-diffusion-3.5-medium/resolve/main/text_encoders/clip_g.safetensors"),
+    "t5": ("t5xxl_fp8_e4m3fn.safetensors", "text_encoders",
+           "https://huggingface.co/stabilityai/stable-diffusion-3.5-medium/resolve/main/text_encoders/t5xxl_fp8_e4m3fn.safetensors"),
+}
+TRAINED_LORA = "progrpo/sd35m_pickscore"
+PROMPT = "a photo of a red fox sitting in a snowy forest, golden hour"
+
+MODEL_NOTE = """### Model files this workflow expects
+- `models/checkpoints/sd3.5_medium.safetensors` (stabilityai/stable-diffusion-3.5-medium)
+- `models/text_encoders/clip_l.safetensors`, `clip_g.safetensors`, `t5xxl_fp8_e4m3fn.safetensors`
+  (the `text_encoders/` folder of the same repository)
+- `models/reward_models/PickScore_v1/` — the Hugging Face repo yuvalkirstain/PickScore_v1
+  (`hf download yuvalkirstain/PickScore_v1 --local-dir models/reward_models/PickScore_v1`)
+
+Other models work too: SD3.x and Flux (flow) or SD1.x/SDXL (eps/v). Swap the loaders and the empty
+latent node (EmptyLatentImage for SD1.x/SDXL); use cfg 1 for Flux."""
+
+
+def node_signature(kind: str):
+    """(inputs [(name, type, is_widget, options)], outputs [(name, type)]) of a stock or ProGRPO node."""
+    if kind in STOCK:
+        ins, outs = STOCK[kind]
+        return [(n, t, w, {}) for n, t, w in ins], outs
+    from nodes import NODE_CLASS_MAPPINGS
+
+    cls = NODE_CLASS_MAPPINGS[kind]
+    spec = cls.INPUT_TYPES()
+    ins = []
+    for section in ("required", "optional"):
+        for name, s in (spec.get(section) or {}).items():
+            t = s[0]
+            opts = s[1] if len(s) > 1 else {}
+            widget = isinstance(t, list) or t in ("INT", "FLOAT", "STRING", "BOOLEAN")
+            ins.append((name, "COMBO" if isinstance(t, list) else t, widget, opts))
+    names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
+    return ins, list(zip(names, cls.RETURN_TYPES))
+
+
+class Graph:
+    def __init__(self, uid: str):
+        self.uid = uid
+        self.nodes: list[dict] = []
+        self.links: list[list] = []
+
+    def add(self, kind: str, pos: tuple[int, int], widgets: dict | None = None, title: str | None = None,
+            size: tuple[int, int] = (320, 160), models: list[tuple[str, str, str]] | None = None) -> dict:
+        nid = len(self.nodes) + 1
+        node = {"id": nid, "type": kind, "pos": list(pos), "size": list(size), "flags": {}, "order": 0, "mode": 0}
+        if kind == NOTE:
+            node.update(inputs=[], outputs=[], properties={}, widgets_values=[widgets["text"]])
+            self.nodes.append(node)
+            return node
+        ins, outs = node_signature(kind)
+        widgets = dict(widgets or {})
+        sockets = [{"name": n, "type": t, "link": None} for n, t, w, _ in ins if not w]
+        wins = [{"name": n, "type": t, "widget": {"name": n}, "link": None} for n, t, w, _ in ins if w]
+        values = []
+        for n, t, w, opts in ins:
+            if not w:
+                continue
+            if n not in widgets and "default" not in opts:
+                raise KeyError(f"{kind}: no value for widget {n!r}")
+            values.append(widgets.pop(n, opts.get("default")))
+            if (kind, n) in SEEDED or (kind not in STOCK and t == "INT" and n == "seed"):
+                values.append("fixed")
+        if widgets:
+            raise KeyError(f"{kind}: unknown widget(s) {sorted(widgets)}")
+        props = {"Node name for S&R": kind,
+                 "cnr_id": "comfy-core" if kind in STOCK else "comfyui-progrpo",
+                 "ver": "0.33.0" if kind in STOCK else "0.1.0"}
+        if models:
+            props["models"] = [{"name": n, "url": u, "directory": d} for n, d, u in models]
+        node.update(inputs=sockets + wins,
+                    outputs=[{"name": n, "type": t, "links": [], "slot_index": i} for i, (n, t) in enumerate(outs)],
+                    properties=props, widgets_values=values)
+        if title:
+            node["title"] = title
+        self.nodes.append(node)
+        return node
+
+    def connect(self, src: dict, slot: int, dst: dict, name: str) -> None:
+        lid = len(self.links) + 1
+        out = src["outputs"][slot]
+        to_slot = next(i for i, x in enumerate(dst["inputs"]) if x["name"] == name)
+        dst["inputs"][to_slot]["link"] = lid
+        out["links"].append(lid)
+        self.links.append([lid, src["id"], slot, dst["id"], to_slot, out["type"]])
+
+    def to_json(self) -> dict:
+        # execution order as the frontend computes it: a topological order of the linked nodes
+        deps = {n["id"]: {l[1] for l in self.links if l[3] == n["id"]} for n in self.nodes}
+        order, done = [], set()
+        while len(order) < len(self.nodes):
+            ready = [i for i in sorted(deps) if i not in done and deps[i] <= done]
+            order += ready
+            done |= set(ready)
+        for n in self.nodes:
+            n["order"] = order.index(n["id"])
+            for o in n.get("outputs", []):
+                if not o["links"]:
+                    o["links"] = None
+        return {"id": self.uid, "revision": 0, "last_node_id": len(self.nodes), "last_link_id": len(self.links),
+                "nodes": self.nodes, "links": self.links, "groups": [], "config": {},
+                "extra": {"ds": {"scale": 0.75, "offset": [0, 0]}}, "version": 0.4}
+
+
+def sd35_loaders(g: Graph, x: int = 0, y: int = 0) -> tuple[dict, dict]:
+    ckpt = g.add("CheckpointLoaderSimple", (x, y), {"ckpt_name": SD35_FILES["checkpoint"][0]},
+                 models=[SD35_FILES["checkpoint"]], size=(320, 100))
+    clip = g.add("TripleCLIPLoader", (x, y + 150),
+                 {"clip_name1": SD35_FILES["clip_l"][0], "clip_name2": SD35_FILES["clip_g"][0],
+                  "clip_name3": SD35_FILES["t5"][0]},
+                 models=[SD35_FILES["clip_l"], SD35_FILES["clip_g"], SD35_FILES["t5"]], size=(320, 130))
+    return ckpt, clip
+
+
+def reward_loader(g: Graph, pos) -> dict:
+    return g.add("ProGRPORewardModelLoader", pos, {"reward": "pickscore", "path": "", "device": "auto",
+                                                    "dtype": "float32"}, size=(320, 130))
+
+
+def training() -> dict:
+    """(a) checkpoint → prompts → GRPO LoRA Trainer → Save LoRA → before/after sample."""
+    g = Graph("7b0e7c52-7f0a-4d3e-9a51-000000000001")
+    g.add(NOTE, (0, -330), {"text": "## ProGRPO: train a LoRA with Pro-GRPO\n"
+                            "The trainer samples an expanded group per prompt, prunes it at the checkpoints with "
+                            "OVF on the reward of one-step proxies, and trains the LoRA on the survivors (GRPO). "
+                            "Its progress bar previews every epoch; interrupting keeps the LoRA trained so far in "
+                            "`models/loras/progrpo/autosave/` (set *resume* to continue). The LoRA is saved to "
+                            f"`models/loras/{TRAINED_LORA}.safetensors`; below, the same seed without and with it.\n\n"
+                            + MODEL_NOTE}, size=(620, 300))
+    ckpt, clip = sd35_loaders(g)
+    prompts = g.add("ProGRPOPromptList", (0, 330), {"text": "\n".join([
+        PROMPT, "a cozy cabin by a lake at dawn, highly detailed", "a bowl of ramen on a wooden table, studio light",
+        "portrait of an astronaut in a sunflower field"]), "file": ""}, size=(320, 180))
+    reward = reward_loader(g, (0, 560))
+    latent = g.add("EmptySD3LatentImage", (0, 730), {"width": 512, "height": 512, "batch_size": 1}, size=(320, 110))
+    trainer = g.add("ProGRPOLoraTrainer", (400, 0), {
+        "method": "pro-grpo", "epochs": 100, "prompts_per_epoch": 1, "steps": 10, "group_size": 48,
+        "checkpoints": "5,7", "keep": "24,12", "sampler": "auto", "noise_level": -1.0, "cfg": 4.5,
+        "learning_rate": 0.0003, "rank": 32, "alpha": 64.0, "targets": "attention", "kl_beta": 0.0, "seed": 0,
+        "gradient_checkpointing": True, "run_name": "sd35m_pickscore", "resume": False, "save_every": 5},
+        size=(360, 700))
+    for slot, (src, s, name) in enumerate([(ckpt, 0, "model"), (ckpt, 2, "vae"), (reward, 0, "reward"),
+                                           (prompts, 0, "prompts"), (latent, 0, "latent"), (clip, 0, "clip")]):
+        g.connect(src, s, trainer, name)
+    save = g.add("ProGRPOSaveLoRA", (820, 0), {"filename": TRAINED_LORA, "overwrite": True}, size=(320, 110))
+    g.connect(trainer, 1, save, "lora")
+    curves = g.add("PreviewImage", (820, 150), title="reward and loss curves", size=(420, 300))
+    g.connect(trainer, 2, curves, "images")
+    pos = g.add("CLIPTextEncode", (400, 760), {"text": PROMPT}, size=(360, 120))
+    neg = g.add("CLIPTextEncode", (400, 910), {"text": ""}, title="negative", size=(360, 100))
+    for node in (pos, neg):
+        g.connect(clip, 0, node, "clip")
+    sample_widgets = {"seed": 42, "steps": 20, "cfg": 4.5, "sampler_name": "euler", "scheduler": "simple",
+                      "denoise": 1.0}
+    for i, (model_src, title, prefix) in enumerate([(ckpt, "before: base model", "progrpo/before"),
+                                                   (trainer, "after: with the trained LoRA", "progrpo/after")]):
+        ks = g.add("KSampler", (820, 500 + 300 * i), sample_widgets, title=title, size=(320, 262))
+        g.connect(model_src, 0, ks, "model")
+        g.connect(pos, 0, ks, "positive")
+        g.connect(neg, 0, ks, "negative")
+        g.connect(latent, 0, ks, "latent_image")
+        dec = g.add("VAEDecode", (1180, 500 + 300 * i), size=(200, 50))
+        g.connect(ks, 0, dec, "samples")
+        g.connect(ckpt, 2, dec, "vae")
+        img = g.add("SaveImage", (1420, 500 + 300 * i), {"filename_prefix": prefix}, title=title, size=(300, 280))
+        g.connect(dec, 0, img, "images")
+    return g.to_json()
+
+
+def inspection() -> dict:
+    """(b) one prompt, an expanded group, proxy previews at the checkpoints, reward histogram with
+    the OVF selection, final survivors."""
+    g = Graph("7b0e7c52-7f0a-4d3e-9a51-000000000002")
+    g.add(NOTE, (0, -330), {"text": "## ProGRPO: look inside expand-and-prune\n"
+                            "One prompt, G_max = 16 trajectories, pruned to 8 at step 5 and to 4 at step 7 by OVF on "
+                            "the reward of one-step x0 proxies. The projectors show every trajectory's proxy at the "
+                            "two checkpoints; the scorer and the OVF Pruner re-run the first selection on those "
+                            "proxies and plot it (kept vs dropped); the last preview shows the 4 survivors' final "
+                            "images. The prompt node feeds the text encoder, the sampler and the scorer.\n\n"
+                            + MODEL_NOTE}, size=(620, 300))
+    ckpt, clip = sd35_loaders(g)
+    text = g.add("PrimitiveStringMultiline", (0, 330), {"value": PROMPT}, title="prompt", size=(320, 120))
+    reward = reward_loader(g, (0, 500))
+    latent = g.add("EmptySD3LatentImage", (0, 680), {"width": 512, "height": 512, "batch_size": 1}, size=(320, 110))
+    pos = g.add("CLIPTextEncode", (380, 0), {"text": PROMPT}, size=(320, 100))
+    neg = g.add("CLIPTextEncode", (380, 150), {"text": ""}, title="negative", size=(320, 100))
+    g.connect(clip, 0, pos, "clip")
+    g.connect(text, 0, pos, "text")
+    g.connect(clip, 0, neg, "clip")
+    sampler = g.add("ProGRPOExpandedGroupSampler", (380, 300), {
+        "group_size": 16, "steps": 10, "sampler": "auto", "noise_level": -1.0, "cfg": 4.5, "seed": 7,
+        "checkpoints": "5,7", "keep": "8,4", "selector": "ovf", "prompt": PROMPT}, size=(340, 470))
+    for src, s, name in [(ckpt, 0, "model"), (pos, 0, "positive"), (neg, 0, "negative"), (latent, 0, "latent"),
+                         (reward, 0, "reward"), (ckpt, 2, "vae"), (text, 0, "prompt")]:
+        g.connect(src, s, sampler, name)
+    decoded = []
+    for i, step in enumerate((5, 7)):
+        proj = g.add("ProGRPOLatentProxyProjector", (780, 320 * i), {"step": step}, title=f"proxies at step {step}",
+                     size=(300, 230))
+        g.connect(sampler, 1, proj, "group")
+        dec = g.add("VAEDecode", (1120, 320 * i), size=(200, 50))
+        g.connect(proj, 0, dec, "samples")
+        g.connect(ckpt, 2, dec, "vae")
+        prev = g.add("PreviewImage", (1360, 320 * i), title=f"proxies at checkpoint step {step}", size=(360, 280))
+        g.connect(dec, 0, prev, "images")
+        decoded.append(dec)
+    scorer = g.add("ProGRPORewardScorer", (780, 680), {"prompt": PROMPT}, title="reward of the step-5 proxies",
+                   size=(320, 160))
+    g.connect(reward, 0, scorer, "reward")
+    g.connect(decoded[0], 0, scorer, "images")
+    g.connect(text, 0, scorer, "prompt")
+    pruner = g.add("ProGRPOOVFPruner", (1120, 680), {"keep": "8", "selector": "ovf", "seed": 0}, size=(300, 190))
+    g.connect(scorer, 0, pruner, "scores")
+    g.connect(decoded[0], 0, pruner, "images")
+    hist = g.add("PreviewImage", (1460, 680), title="reward histogram: kept vs dropped", size=(400, 300))
+    g.connect(pruner, 3, hist, "images")
+    kept = g.add("PreviewImage", (1460, 1010), title="kept proxies (OVF)", size=(400, 280))
+    g.connect(pruner, 0, kept, "images")
+    dec = g.add("VAEDecode", (780, 920), size=(200, 50))
+    g.connect(sampler, 0, dec, "samples")
+    g.connect(ckpt, 2, dec, "vae")
+    final = g.add("PreviewImage", (1120, 1010), title="final survivors", size=(300, 280))
+    g.connect(dec, 0, final, "images")
+    return g.to_json()
+
+
+def comparison() -> dict:
+    """(c) base vs trained LoRA on fixed seeds, with their rewards."""
+    g = Graph("7b0e7c52-7f0a-4d3e-9a51-000000000003")
+    g.add(NOTE, (0, -330), {"text": "## ProGRPO: base vs trained LoRA\n"
+                            "The same prompt and seeds (a batch of 4) with and without the LoRA trained by the "
+                            f"training workflow (`models/loras/{TRAINED_LORA}.safetensors`, loaded with the stock "
+                            "LoraLoaderModelOnly), each scored by the reward model.\n\n" + MODEL_NOTE},
+          size=(620, 300))
+    ckpt, clip = sd35_loaders(g)
+    reward = reward_loader(g, (0, 330))
+    latent = g.add("EmptySD3LatentImage", (0, 510), {"width": 512, "height": 512, "batch_size": 4}, size=(320, 110))
+    text = g.add("PrimitiveStringMultiline", (0, 660), {"value": PROMPT}, title="prompt", size=(320, 120))
+    lora = g.add("LoraLoaderModelOnly", (380, 0), {"lora_name": f"{TRAINED_LORA}.safetensors", "strength_model": 1.0},
+                 size=(320, 90))
+    g.connect(ckpt, 0, lora, "model")
+    pos = g.add("CLIPTextEncode", (380, 140), {"text": PROMPT}, size=(320, 100))
+    neg = g.add("CLIPTextEncode", (380, 290), {"text": ""}, title="negative", size=(320, 100))
+    g.connect(clip, 0, pos, "clip")
+    g.connect(text, 0, pos, "text")
+    g.connect(clip, 0, neg, "clip")
+    for i, (model_src, title, prefix) in enumerate([(ckpt, "base", "progrpo/compare_base"),
+                                                   (lora, "with the LoRA", "progrpo/compare_lora")]):
+        y = 420 * i
+        ks = g.add("KSampler", (760, y), {"seed": 1234, "steps": 28, "cfg": 4.5, "sampler_name": "euler",
+                                         "scheduler": "simple", "denoise": 1.0}, title=title, size=(320, 262))
+        g.connect(model_src, 0, ks, "model")
+        g.connect(pos, 0, ks, "positive")
+        g.connect(neg, 0, ks, "negative")
+        g.connect(latent, 0, ks, "latent_image")
+        dec = g.add("VAEDecode", (1120, y), size=(200, 50))
+        g.connect(ks, 0, dec, "samples")
+        g.connect(ckpt, 2, dec, "vae")
+        save = g.add("SaveImage", (1360, y), {"filename_prefix": prefix}, title=title, size=(360, 300))
+        g.connect(dec, 0, save, "images")
+        scorer = g.add("ProGRPORewardScorer", (1120, y + 120), {"prompt": PROMPT}, title=f"reward: {title}",
+                       size=(220, 160))
+        g.connect(reward, 0, scorer, "reward")
+        g.connect(dec, 0, scorer, "images")
+        g.connect(text, 0, scorer, "prompt")
+    return g.to_json()
+
+
+WORKFLOWS = {
+    "progrpo_train_lora.json": training,
+    "progrpo_inspect_group.json": inspection,
+    "progrpo_compare_lora.json": comparison,
+}
+
+
+def render() -> dict[str, str]:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return {name: json.dumps(make(), indent=1) + "\n" for name, make in WORKFLOWS.items()}
+
+
+def main(argv: list[str]) -> int:
+    files = render()
+    if "--check" in argv:
+        stale = [n for n, text in files.items() if not (HERE / n).is_file() or (HERE / n).read_text() != text]
+        if stale:
+            print("out of date (run python workflows/build.py):", ", ".join(stale))
+            return 1
+        return 0
+    for name, text in files.items():
+        (HERE / name).write_text(text)
+        print(f"wrote {HERE / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
