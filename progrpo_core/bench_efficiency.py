@@ -10,7 +10,8 @@ one batched forward takes tens of milliseconds, and we compare, per schedule:
 * one whole epoch (sample, score, train) through the :class:`Trainer`, wall-clock against units.
 
 Timings take the median of interleaved repeats in one thread; the machine may be shared, so the
-spread is reported too.
+spread is reported too, and so is the process CPU time (``time.process_time``), which other jobs on
+the machine inflate far less than wall-clock.
 """
 from __future__ import annotations
 
@@ -45,13 +46,16 @@ def _sampling_times(model, reward, prompts: int, steps: int, repeats: int) -> di
     def score(images, rows):
         return reward.evaluate(images, rows)[reward.total_key]
 
-    rec: dict[str, dict[str, list[float]]] = {k: {"sampling": [], "proxy": [], "total": []} for k in SCHEDULES}
+    rec: dict[str, dict[str, list[float]]] = {k: {"sampling": [], "proxy": [], "total": [], "cpu": []}
+                                              for k in SCHEDULES}
     nfe: dict[str, int] = {}
     for r in range(repeats):
         order = list(SCHEDULES) if r % 2 == 0 else list(reversed(SCHEDULES))
         for name in order:
+            c0 = time.process_time()
             ro = sample_group(model, names, list(range(prompts)), steps, SCHEDULES[name], "flow_sde", 0.7,
                               score_fn=score)
+            rec[name]["cpu"].append(time.process_time() - c0)
             w = ro.compute.wall
             rec[name]["sampling"].append(w.get("sampling", 0.0))
             rec[name]["proxy"].append(w.get("proxy", 0.0))
@@ -64,7 +68,7 @@ def _sampling_times(model, reward, prompts: int, steps: int, repeats: int) -> di
         spread = {k: (max(v) - min(v)) / statistics.median(v) if statistics.median(v) > 0 else 0.0
                   for k, v in rec[name].items()}
         out[name] = {"nfe": nfe[name], "wall_sampling_s": med["sampling"], "wall_proxy_s": med["proxy"],
-                     "wall_total_s": med["total"], "relative_spread": spread,
+                     "wall_total_s": med["total"], "cpu_s": med["cpu"], "relative_spread": spread,
                      "proxy_share": med["proxy"] / med["total"] if med["total"] else 0.0}
     b = out[base]
     for name, o in out.items():
@@ -72,6 +76,8 @@ def _sampling_times(model, reward, prompts: int, steps: int, repeats: int) -> di
         o["wall_ratio"] = o["wall_sampling_s"] / b["wall_sampling_s"]
         o["wall_total_ratio"] = o["wall_total_s"] / b["wall_total_s"]
         o["wall_vs_nfe"] = o["wall_ratio"] / o["nfe_ratio"]
+        o["cpu_ratio"] = o["cpu_s"] / b["cpu_s"]
+        o["cpu_vs_nfe"] = o["cpu_ratio"] / o["nfe_ratio"]
     return out
 
 
@@ -100,25 +106,31 @@ def _epoch_times(model_fn: Callable[[], Any], repeats: int) -> dict[str, Any]:
               "pro-grpo-flash": pro_table(10, 24, (16, 12), (0.5, 0.7))}
     out: dict[str, Any] = {}
     walls: dict[str, list[float]] = {k: [] for k in tables}
+    cpus: dict[str, list[float]] = {k: [] for k in tables}
     for r in range(repeats):
         for name in (tables if r % 2 == 0 else list(reversed(tables))):
             t = dict(tables[name])
             t["run"] = {"eval_seeds": 1}
             tr = Trainer(build_config(t), model=model_fn(), log=lambda s: None)
             kw = default_flop_costs(tr.model, tr.reward).unit_kw()
+            c0 = time.process_time()
             res = tr.sample_epoch(0)
             tr.compute.add(res.rollout.compute)
             tr.train_on(res, 0)
+            cpus[name].append(time.process_time() - c0)
             w = tr.compute.wall
             walls[name].append(sum(w.get(k, 0.0) for k in ("sampling", "proxy", "final_scoring", "training")))
             out[name] = {"units": tr.compute.units(**kw), "phases_s": dict(w)}
     for name in tables:
         out[name]["wall_s"] = statistics.median(walls[name])
+        out[name]["cpu_s"] = statistics.median(cpus[name])
     b = out["grpo"]
     for o in out.values():
         o["units_ratio"] = o["units"] / b["units"]
         o["wall_ratio"] = o["wall_s"] / b["wall_s"]
         o["wall_vs_units"] = o["wall_ratio"] / o["units_ratio"]
+        o["cpu_ratio"] = o["cpu_s"] / b["cpu_s"]
+        o["cpu_vs_units"] = o["cpu_ratio"] / o["units_ratio"]
     return out
 
 

@@ -37,7 +37,9 @@ class Probe:
     proxy: np.ndarray     # (T, B, G) reward of the one-step x0 projection after model call i+1
     final: np.ndarray     # (B, G) reward of the finished sample
     sigmas: np.ndarray    # (T+1,)
-    nfe: int              # model evaluations the probe cost (rows)
+    nfe: int              # model evaluations the probe cost (rows), lookahead excluded
+    lookahead: np.ndarray | None = None  # (T, B, G) reward of a k-step deterministic ODE from x_i (step 0 unused)
+    lookahead_steps: int = 0
 
     @property
     def steps(self) -> int:
@@ -45,8 +47,13 @@ class Probe:
 
 
 def record_probe(model: Denoiser, reward: Reward, prompts: Sequence[str], seeds: Sequence[int], steps: int,
-                 group: int, sampler: str, noise_level: float, cfg: float = 1.0) -> Probe:
-    """Sample ``group`` trajectories per prompt without pruning; score the proxy at every step."""
+                 group: int, sampler: str, noise_level: float, cfg: float = 1.0, lookahead: int = 0) -> Probe:
+    """Sample ``group`` trajectories per prompt without pruning; score the proxy at every step.
+
+    With ``lookahead = k > 0`` also score a costlier candidate proxy: from each step's latent
+    ``x_i``, ``k`` deterministic ODE steps to σ = 0 on the rollout's own remaining sigmas. The first
+    of them is the sampling step's own model call, so it costs ``k − 1`` extra evaluations per row
+    and checkpoint; ``k = 1`` is the one-step proxy again."""
     proxies: dict[int, torch.Tensor] = {}
     B = len(prompts)
 
@@ -60,9 +67,19 @@ def record_probe(model: Denoiser, reward: Reward, prompts: Sequence[str], seeds:
                           callback=record)
         rows = [prompts[b] for b in ro.prompt_index.tolist()]
         final = reward.evaluate(model.decode(ro.latents[:, -1]), rows)[reward.total_key].view(B, -1)
+        look = None
+        if lookahead > 0:
+            from .samplers import sample_ode
+
+            look = torch.full((steps, B, group), float("nan"), dtype=torch.float64)
+            for i in range(1, steps):
+                rest = ro.sigmas[i:]  # (T−i+1,) ending in 0
+                idx = torch.linspace(0, len(rest) - 1, min(lookahead, len(rest) - 1) + 1).round().long().unique()
+                x_end = sample_ode(model, ro.latents[:, i], rest[idx], {"cond": ro.cond, "cfg": cfg})
+                look[i] = reward.evaluate(model.decode(x_end), rows)[reward.total_key].view(B, -1).double()
     proxy = torch.stack([proxies[i] for i in range(steps)])  # (T, B, G)
     return Probe(proxy.double().numpy(), final.double().numpy(), ro.sigmas.double().numpy(),
-                 ro.compute.nfe_sample)
+                 ro.compute.nfe_sample, None if look is None else look.numpy(), lookahead)
 
 
 # -- rank correlation ---------------------------------------------------------------------------
@@ -93,11 +110,16 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float((ra * rb).sum() / den) if den > 0 else float("nan")
 
 
-def fidelity(probe: Probe) -> list[dict]:
-    """Per step: mean, std and count (over groups with non-constant rewards) of the within-group ρ."""
+def fidelity(probe: Probe, which: str = "proxy") -> list[dict]:
+    """Per step: mean, std and count (over groups with non-constant rewards) of the within-group ρ
+    between the ``which`` proxy (``"proxy"``: one-step x0; ``"lookahead"``) and the final reward."""
+    arr = probe.proxy if which == "proxy" else probe.lookahead
+    if arr is None:
+        raise ValueError(f"the probe has no {which!r} record; sample it with lookahead > 0")
     out = []
     for i in range(probe.steps):
-        rhos = np.array([spearman(probe.proxy[i, b], probe.final[b]) for b in range(probe.final.shape[0])])
+        rhos = np.array([spearman(arr[i, b], probe.final[b]) if np.isfinite(arr[i, b]).all() else np.nan
+                         for b in range(probe.final.shape[0])])
         ok = rhos[np.isfinite(rhos)]
         out.append({"step": i, "calls": i + 1, "frac": (i + 1) / probe.steps, "sigma": float(probe.sigmas[i]),
                     "rho_mean": float(ok.mean()) if len(ok) else None,

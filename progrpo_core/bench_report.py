@@ -136,16 +136,21 @@ def plot_clustering(hist: dict | None, runs: list[dict], methods: dict, path: Pa
     return out
 
 
-def plot_fidelity(fidelity: dict, path: Path) -> Path | None:
+def plot_fidelity(fidelity: dict, path: Path, lookahead: dict | None = None) -> Path | None:
     if not fidelity:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for label, rows in fidelity.items():
+    series = list(fidelity.items())
+    for label, rows in (lookahead or {}).items():
+        if "base" in label or "100%" in label or "99%" in label:
+            series.append((f"{label}, 2-step lookahead proxy", rows))
+    for label, rows in series:
         xs = [r["calls"] / len(rows) for r in rows if r["rho_mean"] is not None]
         ys = [r["rho_mean"] for r in rows if r["rho_mean"] is not None]
         ss = [r["rho_std"] for r in rows if r["rho_mean"] is not None]
-        line, = ax.plot(xs, ys, marker="o", ms=3, label=label, ls="--" if "eps" in label else "-")
+        ls = ":" if "lookahead" in label else "--" if "eps" in label else "-"
+        line, = ax.plot(xs, ys, marker="o", ms=3, label=label, ls=ls)
         ax.fill_between(xs, np.array(ys) - ss, np.array(ys) + ss, color=line.get_color(), alpha=0.08)
     for f in (0.5, 0.7):
         ax.axvline(f, color="k", lw=0.8, ls=":")
@@ -225,7 +230,7 @@ def write_plots(results: dict, runs: list[dict], hist: dict | None, out: Path) -
         plot_curves(compact, methods, out / "reward_vs_wall.png", key="wall"),
         plot_curves(compact, methods, out / "gold_vs_compute.png", value="gold"),
         plot_clustering(hist, compact, methods, out / "clustering.png"),
-        plot_fidelity(results["fidelity"], out / "proxy_fidelity.png"),
+        plot_fidelity(results["fidelity"], out / "proxy_fidelity.png", results.get("fidelity_lookahead")),
         plot_efficiency(results["efficiency"], out / "efficiency.png"),
         plot_ablations(methods, out / "ablations.png"),
     ]
@@ -246,9 +251,10 @@ def _sched(s: dict) -> str:
 
 
 def results_table(methods: dict) -> str:
-    lines = ["| method | model | funnel @ prune after step | final eval reward | gold (stroke) | compute spent | "
-             "to reach baseline final (seed-mean curve) | per seed | eval at equal compute (method / baseline) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | model | funnel @ prune after step | final eval reward | gold | compute spent | "
+             "to reach baseline final (seed-mean curve) | per seed | epochs to reach (units / epoch) | "
+             "eval at equal compute (method / baseline) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in methods.items():
         ratio = m.get("compute_to_baseline_ratio")
         reach = _k(m.get("compute_to_baseline")) + (f" ({ratio:.0%} of baseline)" if ratio is not None else "")
@@ -256,8 +262,10 @@ def results_table(methods: dict) -> str:
         eqs = f"{eq['method']:.3f} / {eq['baseline']:.3f}" if eq else "—"
         per = m.get("compute_to_baseline_per_seed")
         pers = "—" if not per or per["mean"] is None else f"{per['mean'] / 1000:.0f}k ± {per['std'] / 1000:.0f}k ({per['n']}/{per['of']})"
+        ep = m.get("epochs_to_baseline")
+        eps = f"{'never' if ep is None else f'{ep:.1f}'} ({m['epoch_units']['mean']:.0f})"
         lines.append(f"| {name} | {m['model']} | {_sched(m['schedule'])} | {_fmt(m['final_eval'])} | "
-                     f"{_fmt(m['final_gold'])} | {_k(m['total_compute']['mean'])} | {reach} | {pers} | {eqs} |")
+                     f"{_fmt(m['final_gold'])} | {_k(m['total_compute']['mean'])} | {reach} | {pers} | {eps} | {eqs} |")
     return "\n".join(lines)
 
 
@@ -320,18 +328,20 @@ def efficiency_table(eff: dict | None) -> str:
         return "(not measured)"
     lines = [f"One batched forward of 384 rows: wide net {eff['forward_ms_384_rows']['wide']:.1f} ms, built-in net "
              f"{eff['forward_ms_384_rows']['builtin']:.2f} ms (1 thread).", "",
-             "| model | schedule | NFE | NFE ratio | sampling wall (s) | wall ratio | wall/NFE ratio | proxy share of sampling |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | schedule | NFE | NFE ratio | sampling wall (s) | wall ratio | wall/NFE ratio | CPU ratio | "
+             "CPU/NFE ratio | proxy share of sampling | repeat spread |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, lab in (("sampling_wide", f"wide ({eff['hidden']})"), ("sampling_builtin", "built-in (192)")):
         for name, o in eff[key].items():
             lines.append(f"| {lab} | {name} | {o['nfe']} | {o['nfe_ratio']:.3f} | {o['wall_sampling_s']:.3f} | "
-                         f"{o['wall_ratio']:.3f} | {o['wall_vs_nfe']:.3f} | {o['proxy_share']:.1%} |")
+                         f"{o['wall_ratio']:.3f} | {o['wall_vs_nfe']:.3f} | {o['cpu_ratio']:.3f} | {o['cpu_vs_nfe']:.3f} | "
+                         f"{o['proxy_share']:.1%} | {o['relative_spread']['sampling']:.0%} |")
     if eff.get("epoch_wide"):
-        lines += ["", "| whole epoch, wide net | units | units ratio | wall (s) | wall ratio | wall/units |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "| whole epoch, wide net | units | units ratio | wall (s) | wall ratio | wall/units | CPU ratio | CPU/units |",
+                  "|---|---|---|---|---|---|---|---|"]
         for name, o in eff["epoch_wide"].items():
             lines.append(f"| {name} | {o['units']:.0f} | {o['units_ratio']:.3f} | {o['wall_s']:.2f} | "
-                         f"{o['wall_ratio']:.3f} | {o['wall_vs_units']:.3f} |")
+                         f"{o['wall_ratio']:.3f} | {o['wall_vs_units']:.3f} | {o['cpu_ratio']:.3f} | {o['cpu_vs_units']:.3f} |")
     return "\n".join(lines)
 
 
@@ -385,6 +395,8 @@ def report_markdown(results: dict) -> str:
         "## FLOPs per epoch (Table 4 form; GFLOPs, our digits models)", "", flops_table(m), "",
         "## The paper's Table 4 recomputed with our counting rules", "", paper_table(results["paper_flops"]), "",
         "## Proxy fidelity (within-group Spearman ρ, mean ± std over groups)", "", fidelity_table(results["fidelity"]), "",
+        "## A costlier proxy: 2-step ODE lookahead (one extra model evaluation per row and checkpoint)", "",
+        fidelity_table(results.get("fidelity_lookahead") or {}), "",
         "## What each selection rule keeps (final-reward std / clustered fraction |A| ≤ 0.5)", "",
         selection_table(results["selection"]), "",
         "## Auto schedule choices", "", auto_table(m, results["runs"]), "",

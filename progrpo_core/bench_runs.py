@@ -129,7 +129,11 @@ def run_method(spec: MethodSpec, seed: int, budget: float, n_evals: int = 10, ev
     epoch = 0
     while True:
         spent = tr.compute.units(**unit_kw)
-        if reprobe and spent >= reprobe[0] * budget:
+        due = bool(reprobe) and spent >= reprobe[0] * budget
+        next_cost = (epoch_units or 0.0) + (auto_log[-1]["probe_units"] if due and auto_log else 0.0)
+        if epoch_units is not None and spent + next_cost > budget * (1 + 1e-9):
+            break
+        if due:
             while reprobe and spent >= reprobe[0] * budget:
                 reprobe.pop(0)
             auto_step(spent)
@@ -137,8 +141,6 @@ def run_method(spec: MethodSpec, seed: int, budget: float, n_evals: int = 10, ev
         if probe_left and spent >= probe_left[0] * budget:
             probe_left.pop(0)
             probes.append(_probe_live(tr, spent, epoch, **(probe_kw or {})))
-        if epoch_units is not None and spent + epoch_units > budget * (1 + 1e-9):
-            break
         before = spent
         res = tr.sample_epoch(epoch)
         tr.compute.add(res.rollout.compute)
@@ -160,6 +162,9 @@ def run_method(spec: MethodSpec, seed: int, budget: float, n_evals: int = 10, ev
                      f"eval {curve[-1]['reward']:.3f}")
     if curve[-1]["epoch"] != epoch:
         curve.append(eval_point(epoch))
+    for _ in probe_left:  # fractions the stopped run never reached (e.g. 1.0): probe the final policy
+        probes.append(_probe_live(tr, tr.compute.units(**unit_kw), epoch, **(probe_kw or {})))
+        break
     comp = tr.compute
     return {
         "method": spec.name, "model": spec.model, "seed": seed, "budget": budget,
@@ -171,7 +176,8 @@ def run_method(spec: MethodSpec, seed: int, budget: float, n_evals: int = 10, ev
     }
 
 
-def _probe_live(tr, spent: float, epoch: int, prompts: int = 10, group: int = 48, seeds_base: int = 500_000) -> dict:
+def _probe_live(tr, spent: float, epoch: int, prompts: int = 10, group: int = 48, seeds_base: int = 500_000,
+                lookahead: int = 2) -> dict:
     """A fidelity probe of the policy being trained (live weights, the sampling policy); not charged
     to the run's compute, it is a measurement."""
     from . import bench_probe as P
@@ -180,8 +186,10 @@ def _probe_live(tr, spent: float, epoch: int, prompts: int = 10, group: int = 48
     names = names[:prompts]
     seeds = [seeds_base + 1000 * tr.cfg.run.seed + epoch * 97 + i for i in range(prompts)]
     s = tr.sampler
-    pr = P.record_probe(tr.model, tr.reward, names, seeds, s.steps, group, s.sampler, s.noise_level, s.cfg)
-    return {"units": spent, "epoch": epoch, "fidelity": P.fidelity(pr), "probe": pr}
+    pr = P.record_probe(tr.model, tr.reward, names, seeds, s.steps, group, s.sampler, s.noise_level, s.cfg,
+                        lookahead=lookahead)
+    return {"units": spent, "epoch": epoch, "fidelity": P.fidelity(pr),
+            "fidelity_lookahead": P.fidelity(pr, "lookahead") if lookahead else None, "probe": pr}
 
 
 def interp_curve(curve: list[dict], grid: np.ndarray, key: str = "units", value: str = "reward") -> np.ndarray:
