@@ -154,6 +154,11 @@ class Trainer:
         self.model = model if model is not None else load_model(cfg)
         self.sampler = cfg.sampler.resolved(self.model.family)
         self.schedule = cfg.prune_schedule()
+        if self.world.enabled and self.schedule.selector == "random" and self.schedule.checkpoints:
+            warnings.warn("schedule.selector=random prunes with one random stream per process, so its draws "
+                          f"depend on the number of processes ({self.world.world_size} here): the run is "
+                          "reproducible for that number but not identical to a one-process run", RuntimeWarning,
+                          stacklevel=2)
         self.reward = reward if reward is not None else build_reward(
             cfg.reward.name, cfg.reward.path, device=cfg.reward.device, dtype=cfg.reward.dtype)
         if gold is None and cfg.reward.gold:

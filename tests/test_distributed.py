@@ -12,8 +12,10 @@ to ``lr``: the LoRA agrees to ~1e-5 absolute, far below what training moves it."
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,6 +116,34 @@ def test_a_two_process_checkpoint_resumes_on_one_process(runs, tmp_path):
     compare(rows(two), rows(run))
     a, b = load_file(two / "lora.safetensors"), load_file(run / "lora.safetensors")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 5e-4
+
+
+def test_ctrl_c_under_torchrun_saves_a_checkpoint(tmp_path):
+    """SIGINT to torchrun: it signals the workers, rank 0 saves the last completed epoch."""
+    run = tmp_path / "run"
+    settings = {k: dict(v) for k, v in SETTINGS.items()}
+    settings["run"].update(epochs=50, checkpoint_every=0, eval_every=0)  # the only checkpoint: the interrupt's
+    flags = [x for sec, kv in settings.items() for k, v in kv.items() for x in (f"--{sec}.{k}", str(v))]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "progrpo_core", "train", "--out", str(run), "--no-progress", *flags]
+    p = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    try:
+        while not (run / "metrics.jsonl").exists() or len(rows(run)) < 2:
+            assert p.poll() is None, p.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "no training after 300 s"
+            time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode != 0
+    [(epoch, path)] = ckpt.list_checkpoints(run)
+    assert f"stopped: saved {path} (epoch {epoch})" in out
+    assert ckpt.load_checkpoint(path)["metrics"].count("\n") == epoch >= 2
+    assert not (run / "summary.json").exists()
 
 
 def test_the_global_batch_must_split_evenly(tmp_path, monkeypatch):
