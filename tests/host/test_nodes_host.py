@@ -1,0 +1,383 @@
+"""The pack inside a real ComfyUI server, on tiny random-weight checkpoints.
+
+Every bundled workflow runs through the HTTP API (converted with ``ui_to_api``) with its model
+files swapped for the tiny ones and its sizes shrunk; the trained LoRA must load in the stock
+LoraLoaderModelOnly with no unloaded key and change its output; the sampler and trainer also run
+on Flux and SD1.5; bad inputs fail with a clear message from the pack and leave the MODEL as it
+was; an interrupted training keeps its LoRA and resumes. Skipped unless PROGRPO_COMFYUI is set.
+"""
+from __future__ import annotations
+
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+for p in (HERE, REPO / "tests"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+import tiny_models  # noqa: E402
+from client import PromptFailed, PromptInterrupted, ui_to_api  # noqa: E402
+from launcher import PACK_NAME  # noqa: E402
+from test_workflows import STOCK  # noqa: E402
+
+WORKFLOWS = REPO / "workflows"
+UNLOADED = ("lora key not loaded", "NOT LOADED")
+OURS = ("ProGRPOExpandedGroupSampler", "ProGRPOLatentProxyProjector", "ProGRPOOVFPruner", "ProGRPORewardModelLoader",
+        "ProGRPORewardScorer", "ProGRPOLoraTrainer", "ProGRPOPromptList", "ProGRPOSaveLoRA")
+
+
+def name(key: str) -> str:
+    return tiny_models.FILES[key].split("/", 1)[1]
+
+
+def pixels(client, ref: dict):
+    from PIL import Image
+    import numpy as np
+
+    return np.asarray(Image.open(io.BytesIO(client.view(ref))).convert("RGB")).astype("int16")
+
+
+def run(client, prompt: dict, timeout: float = 600) -> tuple[dict, float]:
+    t = time.perf_counter()
+    entry = client.run(prompt, timeout=timeout)
+    return entry, time.perf_counter() - t
+
+
+def by_type(api: dict, kind: str) -> list[str]:
+    return [i for i, n in api.items() if n["class_type"] == kind]
+
+
+def tiny(api: dict, **trainer) -> dict:
+    """The API prompt of an SD3.5 workflow, on the tiny SD3 and small sizes."""
+    api = json.loads(json.dumps(api))
+    for nid in by_type(api, "CheckpointLoaderSimple"):  # → tiny MMDiT + a separate 16-channel TAESD
+        api[nid] = {"class_type": "UNETLoader", "inputs": {"unet_name": name("sd3"), "weight_dtype": "default"}}
+        api[nid + "vae"] = {"class_type": "VAELoader", "inputs": {"vae_name": name("vae16")}}
+        for node in api.values():
+            for k, v in node["inputs"].items():
+                if v == [nid, 2]:
+                    node["inputs"][k] = [nid + "vae", 0]
+                assert v != [nid, 1], "the CLIP of the checkpoint is not used by the workflows"
+    for nid in by_type(api, "TripleCLIPLoader"):
+        api[nid] = {"class_type": "CLIPLoader", "inputs": {"clip_name": name("clip_l"), "type": "sd3",
+                                                            "device": "default"}}
+    for nid in by_type(api, "ProGRPORewardModelLoader"):
+        api[nid]["inputs"].update(reward="stroke", path="", device="cpu")
+    for nid in by_type(api, "EmptySD3LatentImage"):
+        api[nid]["inputs"].update(width=64, height=64)
+    for nid in by_type(api, "KSampler"):
+        api[nid]["inputs"].update(steps=3)
+    for nid in by_type(api, "ProGRPOLoraTrainer"):
+        api[nid]["inputs"].update(epochs=2, steps=4, group_size=4, checkpoints="2", keep="3", rank=4, alpha=4.0,
+                                  learning_rate=0.05, save_every=1, **trainer)
+    for nid in by_type(api, "ProGRPOExpandedGroupSampler"):
+        api[nid]["inputs"].update(group_size=6, steps=6, checkpoints="3,4", keep="4,3")
+    for i, nid in enumerate(by_type(api, "ProGRPOLatentProxyProjector")):
+        api[nid]["inputs"].update(step=(3, 4)[i])
+    for nid in by_type(api, "ProGRPOOVFPruner"):
+        api[nid]["inputs"].update(keep="4")
+    return api
+
+
+def workflow_prompt(client, file: str, **trainer) -> dict:
+    ui = json.loads((WORKFLOWS / file).read_text())
+    return tiny(ui_to_api(ui, client.object_info()), **trainer)
+
+
+def texts(entry: dict, nid: str) -> str:
+    return " ".join(entry["outputs"].get(nid, {}).get("text", []))
+
+
+# ---- what the server sees ---------------------------------------------------------------------
+
+def test_stock_signatures_used_by_the_workflows_match_this_comfyui(comfy_server):
+    info = comfy_server.object_info()
+    for kind, sig in STOCK.items():
+        assert kind in info, f"stock node {kind} missing from this ComfyUI"
+        entry = info[kind]
+        order = entry.get("input_order", {}).get("required") or list(entry["input"]["required"])
+        assert order == [n for n, _, _ in sig["required"]], (kind, order)
+        for n, t, _ in sig["required"]:
+            real = entry["input"]["required"][n][0]
+            if t is None or isinstance(t, list):
+                assert real == "COMBO" or isinstance(real, list), (kind, n, real)
+                options = real if isinstance(real, list) else entry["input"]["required"][n][1].get("options", [])
+                assert t is None or set(t) <= set(options), (kind, n, set(t) - set(options))
+            else:
+                assert real == t, (kind, n, real, t)
+        assert entry["output"] == sig["outputs"], (kind, entry["output"])
+
+
+def test_pack_nodes_and_workflow_templates_are_served(comfy_server):
+    info = comfy_server.object_info()
+    for kind in OURS:
+        assert info[kind]["python_module"] == f"custom_nodes.{PACK_NAME}", kind
+        assert info[kind]["category"] == "ProGRPO"
+    templates = comfy_server.get("/workflow_templates")
+    assert sorted(templates.get(PACK_NAME, [])) == ["progrpo_compare_lora", "progrpo_inspect_group",
+                                                    "progrpo_train_lora"], templates
+
+
+# ---- the bundled workflows ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(comfy_server):
+    """Workflow (a), training on the tiny SD3: its history entry and API prompt."""
+    api = workflow_prompt(comfy_server, "progrpo_train_lora.json", run_name="host_train")
+    entry, seconds = run(comfy_server, api)
+    print(f"training workflow: {seconds:.1f} s")
+    return entry, api
+
+
+def test_training_workflow(comfy_server, trained):
+    entry, api = trained
+    server = comfy_server.server
+    (tid,) = by_type(api, "ProGRPOLoraTrainer")
+    (sid,) = by_type(api, "ProGRPOSaveLoRA")
+    print("trainer:", texts(entry, tid))
+    assert "epochs 1..2 of 2" in texts(entry, tid)
+    assert texts(entry, sid) == "saved models/loras/progrpo/sd35m_pickscore.safetensors"
+    lora = server.models_dir / "loras" / "progrpo" / "sd35m_pickscore.safetensors"
+    assert lora.is_file() and (server.models_dir / "loras/progrpo/autosave/host_train.safetensors").is_file()
+    assert sorted(p.name for p in (server.output_dir / "progrpo/host_train/checkpoints").iterdir()) == [
+        "epoch-000001.pt", "epoch-000002.pt"]
+    header = json.loads(lora.read_bytes()[8:8 + int.from_bytes(lora.read_bytes()[:8], "little")])
+    meta = header["__metadata__"]
+    assert meta["progrpo.method"] == "pro-grpo" and meta["progrpo.reward"] == "stroke"
+    keys = [k for k in header if k != "__metadata__"]
+    assert keys and all(k.startswith("diffusion_model.") for k in keys)
+    assert {k.rsplit(".", 2)[-2] if k.endswith(".weight") else "alpha" for k in keys} == {"lora_down", "lora_up", "alpha"}
+    saved = {api[n]["_meta"]["title"]: comfy_server.images(entry, n)[0] for n in by_type(api, "SaveImage")}
+    before, after = saved["before: base model"], saved["after: with the trained LoRA"]
+    assert abs(pixels(comfy_server, before) - pixels(comfy_server, after)).max() > 0, "the trained MODEL changed nothing"
+    curves = [comfy_server.images(entry, nid) for nid in by_type(api, "PreviewImage")]
+    assert curves and curves[0], "no curves image"
+
+
+def test_comparison_workflow_loads_the_lora_in_the_stock_loader(comfy_server, trained):
+    api = workflow_prompt(comfy_server, "progrpo_compare_lora.json")
+    comfy_server.server.mark_log()
+    entry, seconds = run(comfy_server, api)
+    log = comfy_server.server.log_since_mark()
+    print(f"comparison workflow: {seconds:.1f} s")
+    assert not [ln for ln in log.splitlines() if any(u in ln for u in UNLOADED)], log
+    base, lora = by_type(api, "SaveImage")
+    a, b = pixels(comfy_server, comfy_server.images(entry, base)[0]), pixels(comfy_server, comfy_server.images(entry, lora)[0])
+    print("mean |base - lora| pixel difference:", float(abs(a - b).mean()))
+    assert abs(a - b).max() > 0, "the LoRA loaded by LoraLoaderModelOnly did not change the output"
+    for nid in by_type(api, "ProGRPORewardScorer"):
+        print("scorer:", texts(entry, nid).splitlines()[0])
+        assert texts(entry, nid).startswith("stroke: mean")
+
+
+def test_inspection_workflow(comfy_server):
+    api = workflow_prompt(comfy_server, "progrpo_inspect_group.json")
+    entry, seconds = run(comfy_server, api)
+    print(f"inspection workflow: {seconds:.1f} s")
+    (gid,) = by_type(api, "ProGRPOExpandedGroupSampler")
+    print("sampler:", texts(entry, gid))
+    assert "funnel [6, 4, 3] at steps [3, 4]" in texts(entry, gid)
+    previews = {api[n]["_meta"]["title"]: comfy_server.images(entry, n) for n in by_type(api, "PreviewImage")}
+    counts = {t: len(v) for t, v in previews.items()}
+    print("previews:", counts)
+    assert counts == {"proxies at checkpoint step 5": 6, "proxies at checkpoint step 7": 4,
+                      "reward histogram: kept vs dropped": 1, "kept proxies (OVF)": 4, "final survivors": 3}
+
+
+# ---- other model families -------------------------------------------------------------------------
+
+def flux_or_sd15(kind: str) -> dict:
+    if kind == "flux":
+        g = {"unet": {"class_type": "UNETLoader", "inputs": {"unet_name": name("flux"), "weight_dtype": "default"}},
+             "clip": {"class_type": "CLIPLoader", "inputs": {"clip_name": name("clip_l"), "type": "stable_diffusion",
+                                                             "device": "default"}},
+             "vae": {"class_type": "VAELoader", "inputs": {"vae_name": name("vae16")}},
+             "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}}
+        model, clip, vae = ["unet", 0], ["clip", 0], ["vae", 0]
+    else:
+        g = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": name("sd15")}},
+             "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}}
+        model, clip, vae = ["ckpt", 0], ["ckpt", 1], ["ckpt", 2]
+    g["pos"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a red apple", "clip": clip}}
+    g["neg"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["pos", 0]}}
+    g["reward"] = {"class_type": "ProGRPORewardModelLoader", "inputs": {"reward": "stroke", "path": "",
+                                                                        "device": "cpu", "dtype": "float32"}}
+    g["prompts"] = {"class_type": "ProGRPOPromptList", "inputs": {"text": "a red apple", "file": ""}}
+    return {"nodes": g, "model": model, "clip": clip, "vae": vae}
+
+
+def sampler_node(b: dict, **over) -> dict:
+    inputs = {"model": b["model"], "positive": ["pos", 0], "negative": ["neg", 0], "latent": ["latent", 0],
+              "group_size": 4, "steps": 4, "sampler": "auto", "noise_level": -1.0, "cfg": 1.0, "seed": 3,
+              "checkpoints": "2", "keep": "3", "selector": "ovf", "prompt": "a red apple",
+              "reward": ["reward", 0], "vae": b["vae"]}
+    inputs.update(over)
+    return {"class_type": "ProGRPOExpandedGroupSampler", "inputs": inputs}
+
+
+def trainer_node(b: dict, **over) -> dict:
+    inputs = {"model": b["model"], "vae": b["vae"], "reward": ["reward", 0], "prompts": ["prompts", 0],
+              "latent": ["latent", 0], "clip": b["clip"], "method": "pro-grpo", "epochs": 1, "prompts_per_epoch": 1,
+              "steps": 4, "group_size": 4, "checkpoints": "2", "keep": "3", "sampler": "auto", "noise_level": -1.0,
+              "cfg": 1.0, "learning_rate": 0.05, "rank": 4, "alpha": 4.0, "targets": "attention", "kl_beta": 0.0,
+              "seed": 0, "gradient_checkpointing": True, "run_name": "host", "resume": False, "save_every": 1}
+    inputs.update(over)
+    return {"class_type": "ProGRPOLoraTrainer", "inputs": inputs}
+
+
+def decode_save(g: dict, latent, vae, prefix: str, nid: str) -> None:
+    g[nid + "_dec"] = {"class_type": "VAEDecode", "inputs": {"samples": latent, "vae": vae}}
+    g[nid] = {"class_type": "SaveImage", "inputs": {"images": [nid + "_dec", 0], "filename_prefix": prefix}}
+
+
+@pytest.mark.parametrize("kind", ["flux", "sd15"])
+def test_sampler_and_trainer_on_other_families(comfy_server, kind):
+    b = flux_or_sd15(kind)
+    g = dict(b["nodes"])
+    small = {"group_size": 3, "steps": 3, "checkpoints": "", "keep": ""} if kind == "sd15" else {}
+    g["group"] = sampler_node(b, **small)
+    decode_save(g, ["group", 0], b["vae"], f"host_{kind}_group", "save_group")
+    train_small = {"method": "grpo", "group_size": 3, "steps": 3, "checkpoints": "", "keep": ""} if kind == "sd15" else {}
+    g["train"] = trainer_node(b, run_name=f"host_{kind}", **train_small)
+    g["savelora"] = {"class_type": "ProGRPOSaveLoRA", "inputs": {"lora": ["train", 1], "filename": f"host/{kind}",
+                                                                 "overwrite": True}}
+    entry, seconds = run(comfy_server, g, timeout=900)
+    print(f"{kind}: sampler + trainer {seconds:.1f} s; {texts(entry, 'group')}; {texts(entry, 'train')}")
+    assert len(comfy_server.images(entry, "save_group")) == (3 if kind == "sd15" else 3)
+    # the saved LoRA in the stock loader: no unloaded key, a different image
+    g2 = dict(b["nodes"])
+    g2["lora"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": b["model"], "lora_name": f"host/{kind}.safetensors",
+                                                                  "strength_model": 1.0}}
+    for nid, model in (("base", b["model"]), ("with_lora", ["lora", 0])):
+        g2[nid + "_ks"] = {"class_type": "KSampler", "inputs": {
+            "seed": 5, "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0,
+            "model": model, "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0]}}
+        decode_save(g2, [nid + "_ks", 0], b["vae"], f"host_{kind}_{nid}", nid)
+    comfy_server.server.mark_log()
+    entry2, _ = run(comfy_server, g2, timeout=900)
+    log = comfy_server.server.log_since_mark()
+    assert not [ln for ln in log.splitlines() if any(u in ln for u in UNLOADED)], log
+    a = pixels(comfy_server, comfy_server.images(entry2, "base")[0])
+    c = pixels(comfy_server, comfy_server.images(entry2, "with_lora")[0])
+    assert abs(a - c).max() > 0, f"{kind}: the LoRA changed nothing"
+
+
+# ---- bad input ------------------------------------------------------------------------------------
+
+def sd3_base() -> dict:
+    g = {"unet": {"class_type": "UNETLoader", "inputs": {"unet_name": name("sd3"), "weight_dtype": "default"}},
+         "clip": {"class_type": "CLIPLoader", "inputs": {"clip_name": name("clip_l"), "type": "sd3", "device": "default"}},
+         "vae": {"class_type": "VAELoader", "inputs": {"vae_name": name("vae16")}},
+         "vae4": {"class_type": "VAELoader", "inputs": {"vae_name": name("vae4")}},
+         "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+         "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red apple", "clip": ["clip", 0]}},
+         "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["clip", 0]}},
+         "reward": {"class_type": "ProGRPORewardModelLoader", "inputs": {"reward": "stroke", "path": "",
+                                                                         "device": "cpu", "dtype": "float32"}},
+         "prompts": {"class_type": "ProGRPOPromptList", "inputs": {"text": "a red apple", "file": ""}}}
+    return {"nodes": g, "model": ["unet", 0], "clip": ["clip", 0], "vae": ["vae", 0]}
+
+
+BAD = {
+    "sampler that does not fit the family": ("sampler", {"sampler": "ddim"}, "sampler 'ddim' does not fit a 'flow' model"),
+    "empty prompt list": ("trainer", {"prompts": ["empty", 0]}, "the prompt list is empty"),
+    "schedule inconsistent with the steps": ("sampler", {"checkpoints": "5", "keep": "3"},
+                                             "checkpoint step 5 is outside 1..T-1 = 1..3"),
+    "trainer schedule inconsistent with the steps": ("trainer", {"checkpoints": "4,6", "keep": "3,2"},
+                                                     "checkpoint step 4 is outside 1..T-1 = 1..3"),
+    "no reward model to prune with": ("sampler", {"reward": None}, "none is connected"),
+    "VAE that does not match the latent channels": ("trainer", {"vae": ["vae4", 0]},
+                                                    "the VAE works on 4-channel latents"),
+    "sampler VAE that does not match": ("sampler", {"vae": ["vae4", 0]}, "the VAE works on 4-channel latents"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_fails_with_a_clear_message(comfy_server, case):
+    node, over, message = BAD[case]
+    b = sd3_base()
+    g = dict(b["nodes"])
+    g["empty"] = {"class_type": "ProGRPOPromptList", "inputs": {"text": "# nothing here", "file": ""}}
+    make = sampler_node if node == "sampler" else trainer_node
+    n = make(b)
+    for k, v in over.items():
+        if v is None:
+            n["inputs"].pop(k)
+        else:
+            n["inputs"][k] = v
+    g["bad"] = n
+    g["out"] = ({"class_type": "ProGRPOSaveLoRA", "inputs": {"lora": ["bad", 1], "filename": "host/bad", "overwrite": True}}
+                if node == "trainer" else {"class_type": "PreviewImage", "inputs": {"images": ["bad_dec", 0]}})
+    if node == "sampler":
+        g["bad_dec"] = {"class_type": "VAEDecode", "inputs": {"samples": ["bad", 0], "vae": ["vae", 0]}}
+    with pytest.raises(PromptFailed) as err:
+        comfy_server.run(g, timeout=300)
+    messages = dict((m[0], m[1]) for m in err.value.entry["status"]["messages"] if len(m) == 2)
+    e = messages["execution_error"]
+    print(f"{case}: {e['exception_type']}: {e['exception_message'].splitlines()[0]}")
+    assert message in e["exception_message"], e["exception_message"]
+    assert e["exception_type"] in ("ValueError", "RuntimeError") or e["exception_type"].endswith("Error")
+    assert e["node_type"] in ("ProGRPOExpandedGroupSampler", "ProGRPOLoraTrainer", "ProGRPOPromptList")
+    deepest = e["traceback"][-1] if e["traceback"] else ""
+    assert "site-packages/torch" not in deepest and "/comfy/" not in deepest, deepest
+
+
+def test_the_models_given_are_unchanged_after_training_and_bad_input(comfy_server):
+    """The MODEL every test above used comes from the cached UNETLoader output; sample with it,
+    then with the same weights loaded afresh from disk (another file name): same pixels."""
+    fresh = comfy_server.server.models_dir / "diffusion_models" / "fresh_copy_of_tiny_sd3.safetensors"
+    if not fresh.exists():
+        fresh.symlink_to((comfy_server.server.models_dir / tiny_models.FILES["sd3"]).resolve())
+    images = []
+    for unet in (name("sd3"), fresh.name):
+        b = sd3_base()
+        g = dict(b["nodes"])
+        g["unet"] = {"class_type": "UNETLoader", "inputs": {"unet_name": unet, "weight_dtype": "default"}}
+        g["ks"] = {"class_type": "KSampler", "inputs": {
+            "seed": 987, "steps": 3, "cfg": 4.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0,
+            "model": ["unet", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0]}}
+        decode_save(g, ["ks", 0], ["vae", 0], "host_unchanged", "save")
+        entry, _ = run(comfy_server, g)
+        images.append(pixels(comfy_server, comfy_server.images(entry, "save")[0]))
+    assert abs(images[0] - images[1]).max() == 0, "the cached MODEL was modified by a ProGRPO node"
+
+
+# ---- interrupt and resume -------------------------------------------------------------------------
+
+def test_interrupt_keeps_the_lora_and_resume_continues(comfy_server):
+    b = sd3_base()
+    g = dict(b["nodes"])
+    g["train"] = trainer_node(b, epochs=1000, run_name="host_interrupt", save_every=1, cfg=1.0)
+    g["save"] = {"class_type": "ProGRPOSaveLoRA", "inputs": {"lora": ["train", 1], "filename": "host/interrupt",
+                                                             "overwrite": True}}
+    server = comfy_server.server
+    ckdir = server.output_dir / "progrpo" / "host_interrupt" / "checkpoints"
+    server.mark_log()
+    pid = comfy_server.queue(g)
+    try:
+        deadline = time.monotonic() + 300
+        while not (ckdir.is_dir() and any(ckdir.iterdir())):
+            assert time.monotonic() < deadline, "no epoch finished"
+            time.sleep(0.2)
+        t = time.perf_counter()
+        comfy_server.interrupt(pid)
+        with pytest.raises(PromptInterrupted):
+            comfy_server.wait(pid, timeout=120)
+        print(f"interrupted after {time.perf_counter() - t:.1f} s")
+    finally:
+        if comfy_server.queue_state()["queue_running"]:
+            comfy_server.interrupt()
+    assert (server.models_dir / "loras/progrpo/autosave/host_interrupt.safetensors").is_file()
+    assert "training stopped in epoch" in server.log_since_mark()
+    done = max(int(p.name[6:12]) for p in ckdir.iterdir() if p.name.startswith("epoch-"))
+    g["train"]["inputs"].update(epochs=done + 1, resume=True)
+    entry, _ = run(comfy_server, g)
+    print("resumed:", texts(entry, "train"))
+    assert f"epochs {done + 1}..{done + 1} of {done + 1}" in texts(entry, "train")
