@@ -317,7 +317,7 @@ class ComfyDenoiser:
         finally:
             model_wrap.conds = all_conds
             model_wrap.cfg = old_cfg
-        return out  # x0 is the same in both spaces
+        return out.to(x.device)  # x0 is the same in both spaces; on the caller's device
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         if self.vae is None:

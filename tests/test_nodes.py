@@ -16,7 +16,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import nodes  # noqa: E402
 from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, host, trace, training  # noqa: E402
 from progrpo_core import ovf  # noqa: E402
 from progrpo_core.embedded import load_digits_model  # noqa: E402

@@ -381,3 +381,86 @@ def test_interrupt_keeps_the_lora_and_resume_continues(comfy_server):
     entry, _ = run(comfy_server, g)
     print("resumed:", texts(entry, "train"))
     assert f"epochs {done + 1}..{done + 1} of {done + 1}" in texts(entry, "train")
+
+
+# ---- what the UI sees while training ------------------------------------------------------------
+
+def _ws_frames(client, timeout: float):
+    """A minimal websocket reader (standard library) on ``/ws?clientId=<client's id>``: yields
+    ``(opcode, payload)`` frames until ``timeout``."""
+    import base64
+    import os
+    import socket
+    import urllib.parse
+
+    url = urllib.parse.urlparse(client.base_url)
+    sock = socket.create_connection((url.hostname, url.port), timeout=timeout)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET /ws?clientId={client.client_id} HTTP/1.1\r\nHost: {url.netloc}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += sock.recv(4096)
+    head, buf = buf.split(b"\r\n\r\n", 1)
+    assert b" 101 " in head.split(b"\r\n")[0], head
+
+    def read(n):
+        nonlocal buf
+        while len(buf) < n:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("websocket closed")
+            buf += chunk
+        out, buf = buf[:n], buf[n:]
+        return out
+
+    def frames():
+        try:
+            while True:
+                b0, b1 = read(2)
+                n = b1 & 0x7F
+                if n == 126:
+                    n = int.from_bytes(read(2), "big")
+                elif n == 127:
+                    n = int.from_bytes(read(8), "big")
+                yield b0 & 0x0F, read(n)
+        finally:
+            sock.close()
+
+    return frames()
+
+
+def test_trainer_streams_progress_preview_and_reward_text(comfy_server):
+    b = sd3_base()
+    g = dict(b["nodes"])
+    g["train"] = trainer_node(b, epochs=2, run_name="host_ws", save_every=0)
+    g["save"] = {"class_type": "ProGRPOSaveLoRA", "inputs": {"lora": ["train", 1], "filename": "host/ws",
+                                                             "overwrite": True}}
+    frames = _ws_frames(comfy_server, timeout=300)
+    pid = comfy_server.queue(g)
+    progress, previews, status = [], [], []
+    for opcode, payload in frames:
+        if opcode == 1:
+            msg = json.loads(payload)
+            data = msg.get("data", {})
+            if msg["type"] == "progress" and data.get("node") == "train":
+                progress.append((data["value"], data["max"]))
+            if msg["type"] in ("execution_success", "execution_error") and data.get("prompt_id") == pid:
+                assert msg["type"] == "execution_success", data
+                break
+        elif opcode == 2:
+            event = int.from_bytes(payload[:4], "big")
+            if event == 1:  # PREVIEW_IMAGE: format (1 JPEG, 2 PNG), then the image
+                previews.append(payload[8:])
+            elif event == 3:  # TEXT: node id length, node id, text
+                n = int.from_bytes(payload[4:8], "big")
+                status.append((payload[8:8 + n].decode(), payload[8 + n:].decode()))
+    print(f"{len(progress)} progress messages, last {progress[-1] if progress else None}; "
+          f"{len(previews)} previews; status: {[t for _, t in status]}")
+    assert progress and progress[-1] == (10, 10)  # 2 epochs × (4 sampling steps + training)
+    assert len(previews) >= 2 and all(p[:2] == b"\xff\xd8" for p in previews), "no JPEG preview per epoch"
+    from PIL import Image
+
+    w, h = Image.open(io.BytesIO(previews[-1])).size
+    assert w > h > 0  # the group above its survivors
+    assert [t for n, t in status if n == "train"][-1].startswith("epoch 2/2: reward ")
