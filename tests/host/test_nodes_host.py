@@ -244,8 +244,12 @@ def test_sampler_and_trainer_on_other_families(comfy_server, kind):
     small = {"group_size": 3, "steps": 3, "checkpoints": "", "keep": ""} if kind == "sd15" else {}
     g["group"] = sampler_node(b, **small)
     decode_save(g, ["group", 0], b["vae"], f"host_{kind}_group", "save_group")
-    train_small = {"method": "grpo", "group_size": 3, "steps": 3, "checkpoints": "", "keep": ""} if kind == "sd15" else {}
-    g["train"] = trainer_node(b, run_name=f"host_{kind}", **train_small)
+    if kind == "sd15":
+        g["train"] = trainer_node(b, run_name="host_sd15", method="grpo", group_size=3, steps=3, checkpoints="",
+                                  keep="")
+    else:  # Flux: one prompt's CONDITIONING instead of a CLIP, and the KL to the reference policy
+        g["train"] = trainer_node(b, run_name="host_flux", kl_beta=0.01, positive=["pos", 0], negative=["neg", 0])
+        del g["train"]["inputs"]["clip"]
     g["savelora"] = {"class_type": "ProGRPOSaveLoRA", "inputs": {"lora": ["train", 1], "filename": f"host/{kind}",
                                                                  "overwrite": True}}
     entry, seconds = run(comfy_server, g, timeout=900)
@@ -464,3 +468,43 @@ def test_trainer_streams_progress_preview_and_reward_text(comfy_server):
     w, h = Image.open(io.BytesIO(previews[-1])).size
     assert w > h > 0  # the group above its survivors
     assert [t for n, t in status if n == "train"][-1].startswith("epoch 2/2: reward ")
+
+
+# ---- headless ---------------------------------------------------------------------------------------
+
+def test_headless_training_of_a_checkpoint(comfy_env, comfy_models, comfy_server, tmp_path):
+    """``python -m progrpo_core train --model.comfyui`` on the tiny SD1.5 checkpoint (ComfyUI's
+    library, no server); its LoRA then loads in the server's stock loader without unloaded keys."""
+    import os
+    import subprocess
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red apple\na blue car\n")
+    out = tmp_path / "run"
+    cmd = [comfy_env.python, "-m", "progrpo_core", "train", "--model.comfyui", str(comfy_env.comfyui),
+           "--model.checkpoint", str(comfy_models / tiny_models.FILES["sd15"]), "--run.prompts", str(prompts),
+           "--reward.name", "stroke", "--run.epochs", "1", "--run.eval_seeds", "1", "--sampler.eval_steps", "1",
+           "--sampler.steps", "3", "--schedule.group_size", "3", "--grpo.method", "grpo", "--lora.rank", "2",
+           "--grpo.prompts_per_epoch", "1", "--run.out", str(out), "--no-progress"]
+    t = time.perf_counter()
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PROGRPO_RESOLUTION": "64"})
+    print(f"headless: {time.perf_counter() - t:.1f} s; {done.stdout.strip().splitlines()[-1] if done.stdout else ''}")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["optimizer_steps"] == 1
+    dest = comfy_server.server.models_dir / "loras" / "host" / "headless.safetensors"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes((out / "lora.safetensors").read_bytes())
+    b = flux_or_sd15("sd15")
+    g = dict(b["nodes"])
+    g["lora"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": b["model"], "lora_name": "host/headless.safetensors",
+                                                                 "strength_model": 1.0}}
+    g["ks"] = {"class_type": "KSampler", "inputs": {
+        "seed": 5, "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0,
+        "model": ["lora", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0]}}
+    decode_save(g, ["ks", 0], b["vae"], "host_headless", "save")
+    comfy_server.server.mark_log()
+    run(comfy_server, g)
+    log = comfy_server.server.log_since_mark()
+    assert not [ln for ln in log.splitlines() if any(u in ln for u in UNLOADED)], log
