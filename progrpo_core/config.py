@@ -242,6 +242,8 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
 
 def parse_value(section: str, name: str, raw: Any) -> Any:
     """Coerce a TOML value or command-line string to the field's type, with a clear error."""
+    if section not in SECTIONS:
+        raise ValueError(f"unknown config section {section!r}; expected one of {', '.join(SECTIONS)}")
     cls = SECTIONS[section]
     hints = typing.get_type_hints(cls)
     if name not in hints:
@@ -270,6 +272,8 @@ def _scalar(tp: Any, raw: Any) -> Any:
         if s in ("0", "false", "no", "off"):
             return False
         raise ValueError("expected true or false")
+    if tp in (int, float) and isinstance(raw, bool):
+        raise ValueError("expected a number, got a boolean")
     if tp is int:
         if isinstance(raw, float) or (isinstance(raw, str) and not raw.strip().lstrip("-").isdigit()):
             raise ValueError("expected an integer")
@@ -289,6 +293,9 @@ def build_config(table: dict[str, dict[str, Any]] | None = None) -> TrainConfig:
         raise ValueError(f"unknown config section(s) {sorted(unknown)}; expected {', '.join(SECTIONS)}")
     parts = {}
     for section, cls in SECTIONS.items():
+        if not isinstance(table.get(section, {}), dict):
+            raise ValueError(f"config section [{section}] must be a table of settings, got "
+                             f"{table[section]!r}; write it as [{section}] followed by name = value lines")
         values = {k.replace("-", "_"): parse_value(section, k.replace("-", "_"), v)
                   for k, v in table.get(section, {}).items()}
         parts[section] = cls(**values)

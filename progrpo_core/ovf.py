@@ -45,11 +45,14 @@ def ovf_select(rewards: torch.Tensor, k: int) -> torch.Tensor:
     vals = r.tolist()
     order = sorted(range(g), key=lambda i: (vals[i], i))  # ascending by value, then index
     sv = [vals[i] for i in order]
+    # Prefix sums of rewards shifted by the minimum: variance ignores a common offset, and without
+    # the shift a large one would cancel it in s2/k - (s/k)^2.
     pre = [0.0]
     pre2 = [0.0]
     for v in sv:
-        pre.append(pre[-1] + v)
-        pre2.append(pre2[-1] + v * v)
+        d = v - sv[0]
+        pre.append(pre[-1] + d)
+        pre2.append(pre2[-1] + d * d)
 
     def var_of(m: int) -> float:  # m lowest + (k-m) highest, by value
         s = pre[m] + pre[g] - pre[g - (k - m)]
