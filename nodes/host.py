@@ -595,15 +595,22 @@ class Progress:
         self.bar.update_absolute(value, total, preview=("JPEG", preview, max_px) if preview is not None else None)
 
     def text(self, message: str) -> None:
-        """Short status text on the node (when the server supports it)."""
-        try:
-            from server import PromptServer
+        show_text(self.node_id, message)
 
-            server = getattr(PromptServer, "instance", None)
-            if server is not None and hasattr(server, "send_progress_text") and self.node_id is not None:
-                server.send_progress_text(message, self.node_id)
-        except Exception as e:  # a status line must never break training
-            log.debug("ProGRPO: no progress text (%s)", e)
+
+def show_text(node_id: str | None, message: str) -> None:
+    """Text shown on a running node in the UI (``send_progress_text``; the frontend displays it
+    under the node). A no-op without a server or node id, and never an error."""
+    if node_id is None:
+        return
+    try:
+        from server import PromptServer
+
+        server = getattr(PromptServer, "instance", None)
+        if server is not None and hasattr(server, "send_progress_text"):
+            server.send_progress_text(message, node_id)
+    except Exception as e:  # a status line must never break a node
+        log.debug("ProGRPO: no progress text (%s)", e)
 
 
 def is_interrupt(exc: BaseException) -> bool:

@@ -76,12 +76,14 @@ class RewardScorer:
             "optional": {
                 "prompts": (PROMPTS, {"tooltip": "instead of 'prompt': one prompt per image (or one for all)"}),
             },
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def score(self, reward, images, prompt, prompts=None):
+    def score(self, reward, images, prompt, prompts=None, unique_id=None):
         handle = check_reward(reward)
         batch = host.image_to_core(images, "images")
         scores = score_images(handle, batch, list(prompts) if prompts else [prompt])
+        host.show_text(unique_id, scores.summary())
         return {"ui": {"text": [scores.summary()]}, "result": (scores, float(scores.values.mean()))}
 
 

@@ -76,6 +76,7 @@ class ExpandedGroupSampler:
         survivors, trace = host.sample_expanded_group(
             model, positive, negative, latent, prompt=prompt, seed=seed, steps=steps, schedule=schedule,
             sampler=sampler, noise_level=noise_level, cfg=cfg, reward=reward, vae=vae, node_id=unique_id)
+        host.show_text(unique_id, trace.describe())
         return {"ui": {"text": [trace.describe()]}, "result": (survivors, trace)}
 
 

@@ -131,6 +131,7 @@ class GRPOLoraTrainer:
             model, vae, clip, positive, negative, latent, prompts, config, handle, targets=targets,
             gradient_checkpointing=gradient_checkpointing, run_name=run_name, resume=resume, save_every=save_every,
             node_id=unique_id)
+        host.show_text(unique_id, summary)
         return {"ui": {"text": [summary]}, "result": (out_model, lora, curves)}
 
 
@@ -154,10 +155,12 @@ class SaveLoRA:
                 "overwrite": ("BOOLEAN", {"default": True, "tooltip":
                               "replace an existing file of that name; off = add a number (_00001_, _00002_ …)"}),
             },
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def save(self, lora, filename, overwrite):
+    def save(self, lora, filename, overwrite, unique_id=None):
         base = host.loras_dir()
         path = save_lora_tensors(lora, base, filename, overwrite)
         name = path.relative_to(base).as_posix()
+        host.show_text(unique_id, f"saved models/loras/{name}")
         return {"ui": {"text": [f"saved models/loras/{name}"]}, "result": (name,)}
