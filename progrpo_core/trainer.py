@@ -184,6 +184,7 @@ class Trainer:
         self.bad_in_row = 0       # skipped updates since the last good one
         self._rng = torch.Generator().manual_seed(cfg.run.seed * 7 + 3)
         self._rows: list[dict[str, Any]] = []    # metrics rows so far (one per epoch)
+        self._rows_json: list[str] = []          # their JSON lines, serialised once
         self._before: dict[str, Any] | None = None  # the evaluation before training
         self._last_checkpoint = -1
 
@@ -525,12 +526,18 @@ class Trainer:
             "ema": [s.detach().cpu().clone() for s in self.ema.shadow] if self.ema is not None else None,
             "rng": ckpt.rng_state({"trainer": self._rng}),
             "compute": {f.name: ckpt.to_cpu(getattr(self.compute, f.name)) for f in dataclasses.fields(Compute)},
-            "metrics": "".join(json.dumps(_jsonable(r)) + "\n" for r in self._rows),
+            "metrics": self._metrics_text(),
             "before": {k: v for k, v in (self._before or {}).items() if k != "latents"},
             "config": self.cfg.to_dict(),
             "world_size": self.world.world_size,
             "wall_s": float(wall_s),
         }
+
+    def _metrics_text(self) -> str:
+        """The metrics rows as JSON lines (rows are never changed once appended)."""
+        del self._rows_json[len(self._rows):]
+        self._rows_json.extend(json.dumps(_jsonable(r)) + "\n" for r in self._rows[len(self._rows_json):])
+        return "".join(self._rows_json)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (the same settings are required, see ``RESUMABLE_CHANGES``)."""
@@ -562,6 +569,7 @@ class Trainer:
                                   for k, v in comp.items()})
         ckpt.set_rng_state(state["rng"], {"trainer": self._rng})
         self._rows = [json.loads(line) for line in state["metrics"].splitlines() if line.strip()]
+        self._rows_json = []
         self._before = dict(state["before"]) or None
         self._last_checkpoint = self.epoch
 
