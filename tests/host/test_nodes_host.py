@@ -510,3 +510,21 @@ def test_headless_training_of_a_checkpoint(comfy_env, comfy_models, comfy_server
     run(comfy_server, g)
     log = comfy_server.server.log_since_mark()
     assert not [ln for ln in log.splitlines() if any(u in ln for u in UNLOADED)], log
+
+
+def test_projector_on_a_latent_at_a_sigma(comfy_server):
+    b = sd3_base()
+    g = dict(b["nodes"])
+    g["noisy"] = {"class_type": "KSamplerAdvanced", "inputs": {
+        "model": b["model"], "add_noise": "enable", "noise_seed": 3, "steps": 4, "cfg": 4.0, "sampler_name": "euler",
+        "scheduler": "simple", "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
+        "start_at_step": 0, "end_at_step": 2, "return_with_leftover_noise": "enable"}}
+    g["proj"] = {"class_type": "ProGRPOLatentProxyProjector", "inputs": {
+        "step": 0, "model": b["model"], "positive": ["pos", 0], "negative": ["neg", 0], "latent": ["noisy", 0],
+        "sigma": 0.6, "cfg": 4.0}}
+    decode_save(g, ["proj", 0], b["vae"], "host_projected", "save")
+    entry, _ = run(comfy_server, g)
+    assert len(comfy_server.images(entry, "save")) == 1
+    g["proj"]["inputs"]["sigma"] = 2.0
+    with pytest.raises(PromptFailed, match=r"sigma 2.0 is outside this model's range \(0, 1\]"):
+        comfy_server.run(g)
