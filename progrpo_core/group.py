@@ -99,6 +99,12 @@ class Rollout:
         return self.latents.shape[0] // len(self.prompts)
 
 
+def _prompt_generator(prompt_seed: int, step: int) -> torch.Generator:
+    """The random selector's stream for one prompt at one checkpoint: like the rows' noise, it
+    depends on the prompt's seed only, not on which prompts share the batch (or the process)."""
+    return torch.Generator().manual_seed((int(prompt_seed) * 999_983 + step * 104_729 + 5) % (2**63 - 1))
+
+
 def row_generators(prompt_seeds: Sequence[int], group_size: int) -> list[torch.Generator]:
     """One generator per row, seeded from its prompt's seed and its index in the group, so a
     trajectory's noise does not depend on the batch it is sampled in."""
@@ -116,7 +122,8 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
     """Sample ``G_max`` trajectories for each prompt, pruning at the schedule's checkpoints.
 
     ``score_fn(images, prompts) -> (A,)`` scores the decoded proxies (needed when the schedule has
-    checkpoints). ``callback`` receives ``{"step", "active", "x0"}`` after every model call (for
+    checkpoints). The ``random`` selector draws from ``select_generator`` if given, else from a
+    stream per prompt seeded from its seed. ``callback`` receives ``{"step", "active", "x0"}`` after every model call (for
     progress bars and live previews)."""
     schedule.validate(steps)
     check_sampler(model.family, sampler)
@@ -160,7 +167,8 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
             compute.proxy_rewards += a
             per_prompt = proxy.view(B, -1)  # (B, K_prev)
             kept_pos = torch.cat([
-                ovf.select(schedule.selector, per_prompt[b], k, select_generator) + b * per_prompt.shape[1]
+                ovf.select(schedule.selector, per_prompt[b], k,
+                           select_generator or _prompt_generator(prompt_seeds[b], i)) + b * per_prompt.shape[1]
                 for b in range(B)])  # positions into the active batch, grouped by prompt
             checkpoints.append({"step": i, "sigma": float(sigma), "rewards": per_prompt,
                                 "row_id": row_id.view(B, -1).clone(),

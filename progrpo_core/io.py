@@ -19,8 +19,8 @@ def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     umask = os.umask(0)
     os.umask(umask)
     try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp (and some writers) make 0600; use the usual permissions
         with open(tmp, "rb+") as f:
             f.flush()
             os.fsync(f.fileno())

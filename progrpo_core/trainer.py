@@ -154,11 +154,6 @@ class Trainer:
         self.model = model if model is not None else load_model(cfg)
         self.sampler = cfg.sampler.resolved(self.model.family)
         self.schedule = cfg.prune_schedule()
-        if self.world.enabled and self.schedule.selector == "random" and self.schedule.checkpoints:
-            warnings.warn("schedule.selector=random prunes with one random stream per process, so its draws "
-                          f"depend on the number of processes ({self.world.world_size} here): the run is "
-                          "reproducible for that number but not identical to a one-process run", RuntimeWarning,
-                          stacklevel=2)
         self.reward = reward if reward is not None else build_reward(
             cfg.reward.name, cfg.reward.path, device=cfg.reward.device, dtype=cfg.reward.dtype)
         if gold is None and cfg.reward.gold:
@@ -235,8 +230,8 @@ class Trainer:
             return scores
 
         rollout = sample_group(self.model, prompts[lo:hi], seeds[lo:hi], s.steps, self.schedule, s.sampler,
-                               s.noise_level, s.cfg, score_fn=proxy_score, select_generator=sel_gen,
-                               callback=callback)
+                               s.noise_level, s.cfg, score_fn=proxy_score, callback=callback)
+        # (a random selector at checkpoints draws per prompt from its seed: the same on any number of processes)
         comp = rollout.compute
         row_prompts = [rollout.prompts[b] for b in rollout.prompt_index.tolist()]
         local = self.score(reward, rollout.latents[:, -1], row_prompts, comp, check=False)

@@ -108,3 +108,11 @@ def test_pruning_needs_a_reward(flow_model):
     with pytest.raises(ValueError, match="needs a reward"):
         sample_group(flow_model, PROMPTS, [1, 2], 10, PruneSchedule(group_size=4, checkpoints=(5,), keep=(2,)),
                      "flow_sde", 0.7)
+
+
+def test_random_pruning_of_a_prompt_does_not_depend_on_its_batch(flow_model, digit_reward):
+    sched = PruneSchedule(group_size=8, checkpoints=(4,), keep=(3,), selector="random")
+    both = sample_group(flow_model, PROMPTS, [21, 22], 8, sched, "flow_sde", 0.7, score_fn=digit_reward)
+    alone = sample_group(flow_model, PROMPTS[1:], [22], 8, sched, "flow_sde", 0.7, score_fn=digit_reward)
+    assert both.checkpoints[0]["kept"][1].tolist() == alone.checkpoints[0]["kept"][0].tolist()
+    assert torch.equal(both.latents[3:], alone.latents)
