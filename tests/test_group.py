@@ -115,4 +115,4 @@ def test_random_pruning_of_a_prompt_does_not_depend_on_its_batch(flow_model, dig
     both = sample_group(flow_model, PROMPTS, [21, 22], 8, sched, "flow_sde", 0.7, score_fn=digit_reward)
     alone = sample_group(flow_model, PROMPTS[1:], [22], 8, sched, "flow_sde", 0.7, score_fn=digit_reward)
     assert both.checkpoints[0]["kept"][1].tolist() == alone.checkpoints[0]["kept"][0].tolist()
-    assert torch.equal(both.latents[3:], alone.latents)
+    torch.testing.assert_close(both.latents[3:], alone.latents)  # same rows; batch size changes only rounding
