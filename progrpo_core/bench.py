@@ -92,6 +92,9 @@ def method_specs(quick: bool = False) -> list[MethodSpec]:
                    note="ours: 48 -> 24 -> 12, checkpoint i at the first step whose probed Spearman reaches "
                         "0.85 / 0.95 (the paper's schedule on the base model), re-probed at 0/25/50/75 % of the "
                         "budget, probes paid from the budget"),
+        MethodSpec("pro-grpo-flash-hybrid", "digits-flow",
+                   pro_table(T, 24, (16,), (0.5,), schedule={"final_keep": 12}, **gold),
+                   note="ours: 24 -> 16 on the proxy at 50 %, then OVF 12 of the 16 on the true final reward"),
         MethodSpec("pro-grpo-hybrid", "digits-flow",
                    pro_table(T, 48, (24,), (0.5,), schedule={"final_keep": 12}, **gold),
                    note="ours: 48 -> 24 on the proxy at 50 %, then OVF 12 of the 24 on the true final reward"),
@@ -213,6 +216,8 @@ def aggregate(specs: list[MethodSpec], runs: list[dict]) -> dict[str, Any]:
             "optimizer_steps": mean_std([r["optimizer_steps"] for r in rs]),
             "flops_per_epoch": flops_epoch,
             "wall_train_s": mean_std([r["final"]["wall"] for r in rs]),
+            "cpu_train_s": mean_std([r["final"]["cpu"] for r in rs]),
+            "cpu_phases_s": {k: float(np.mean([r["cpu_s"][k] for r in rs])) for k in ("sampling", "training")},
             "wall_phases_s": walls,
             "proxy_share": walls["proxy"] / total_wall if total_wall else 0.0,
             "clustered_trained": mean_std(ce),
@@ -230,6 +235,7 @@ def aggregate(specs: list[MethodSpec], runs: list[dict]) -> dict[str, Any]:
         m = out[spec.name]
         per_seed = [compute_to_reach(r["curve"], target) for r in rs]
         per_seed_wall = [compute_to_reach(r["curve"], target, key="wall") for r in rs]
+        per_seed_cpu = [compute_to_reach(r["curve"], target, key="cpu") for r in rs]
         mc = mean_curve(rs)
         bmc = mean_curve(brs)
         m["baseline"] = base
@@ -237,6 +243,7 @@ def aggregate(specs: list[MethodSpec], runs: list[dict]) -> dict[str, Any]:
         m["compute_to_baseline"] = compute_to_reach(mc, target)  # on the seed-mean curve; None = never
         m["compute_to_baseline_per_seed"] = mean_std(per_seed)
         m["wall_to_baseline_per_seed"] = mean_std(per_seed_wall)
+        m["cpu_to_baseline_per_seed"] = mean_std(per_seed_cpu)
         bt = bmc[-1]["units"]
         m["compute_to_baseline_ratio"] = (m["compute_to_baseline"] / bt) if m["compute_to_baseline"] is not None else None
         # learning per epoch vs cost per epoch: epochs needed = compute needed / compute per epoch
@@ -245,6 +252,10 @@ def aggregate(specs: list[MethodSpec], runs: list[dict]) -> dict[str, Any]:
         bw = compute_to_reach(bmc, target, key="wall")
         mw = compute_to_reach(mc, target, key="wall")
         m["wall_to_baseline_ratio"] = (mw / bw) if (mw is not None and bw) else None
+        bc = compute_to_reach(bmc, target, key="cpu")
+        mcpu = compute_to_reach(mc, target, key="cpu")
+        m["cpu_to_baseline"] = mcpu
+        m["cpu_to_baseline_ratio"] = (mcpu / bc) if (mcpu is not None and bc) else None
         # reward at equal compute: both seed-mean curves at the smaller of the two final compute values
         x = min(mc[-1]["units"], bmc[-1]["units"])
         m["eval_at_equal_compute"] = {"units": x, "method": _at(mc, x), "baseline": _at(bmc, x)}
@@ -259,6 +270,7 @@ def mean_curve(runs: list[dict]) -> list[dict]:
         pts = [r["curve"][i] for r in runs]
         golds = [p["gold"] for p in pts if p["gold"] is not None]
         out.append({"units": float(np.mean([p["units"] for p in pts])), "wall": float(np.mean([p["wall"] for p in pts])),
+                    "cpu": float(np.mean([p["cpu"] for p in pts])),
                     "reward": float(np.mean([p["reward"] for p in pts])),
                     "reward_std": float(np.std([p["reward"] for p in pts])),
                     "gold": float(np.mean(golds)) if golds else None, "epoch": pts[0]["epoch"]})
@@ -380,7 +392,7 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--out", default="bench_out", help="output folder (results.json, PNGs, report.md)")
     b.add_argument("--seeds", type=int, help="seeds per method (default 3; 2 with --quick)")
     b.add_argument("--budget", type=float, help="compute units per run for every method group "
-                                                "(default 300k flow/eps, 150k gold; a third with --quick)")
+                                                "(default 300k flow/eps, 150k gold; half with --quick)")
     b.add_argument("--methods", help="comma-separated method names to run (default: all of the plan)")
     b.add_argument("--groups", help=f"comma-separated method groups ({', '.join(GROUPS)})")
     b.add_argument("--jobs", type=int, help="parallel training processes (default 2)")

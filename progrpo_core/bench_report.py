@@ -10,7 +10,8 @@ import numpy as np
 
 from .io import save_figure, write_text
 
-MAIN_ORDER = ("grpo", "ovf", "pro-grpo", "pro-grpo-flash", "pro-grpo-random", "pro-grpo-auto", "pro-grpo-hybrid")
+MAIN_ORDER = ("grpo", "ovf", "pro-grpo", "pro-grpo-flash", "pro-grpo-random", "pro-grpo-auto", "pro-grpo-flash-hybrid",
+              "pro-grpo-hybrid")
 PANELS = {
     "flow: paper methods and ours": ("main", None),
     "eps: DanceGRPO-style": ("eps", None),
@@ -87,7 +88,9 @@ def plot_curves(runs: list[dict], methods: dict, path: Path, key: str = "units",
             if rs:
                 style = {"ls": "--"} if name == methods.get(name, {}).get("baseline") or name.startswith("grpo") else {}
                 _band(ax, rs, key, value, name, **style)
-        ax.set_xlabel("compute (thousand model-row evaluations)" if key == "units" else "wall-clock of training phases (s)")
+        ax.set_xlabel({"units": "compute (thousand model-row evaluations)",
+                       "wall": "wall-clock of the training phases (s; shared machine)",
+                       "cpu": "CPU time of the training phases (s, 1 thread)"}[key])
         ax.set_ylabel("eval reward (held-out, deterministic)" if value == "reward" else "gold reward (not trained on)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
@@ -228,6 +231,7 @@ def write_plots(results: dict, runs: list[dict], hist: dict | None, out: Path) -
     paths = [
         plot_curves(compact, methods, out / "reward_vs_compute.png"),
         plot_curves(compact, methods, out / "reward_vs_wall.png", key="wall"),
+        plot_curves(compact, methods, out / "reward_vs_cpu.png", key="cpu"),
         plot_curves(compact, methods, out / "gold_vs_compute.png", value="gold"),
         plot_clustering(hist, compact, methods, out / "clustering.png"),
         plot_fidelity(results["fidelity"], out / "proxy_fidelity.png", results.get("fidelity_lookahead")),
@@ -346,13 +350,15 @@ def efficiency_table(eff: dict | None) -> str:
 
 
 def wall_table(methods: dict) -> str:
-    lines = ["| method | sampling s | proxy s | final scoring s | training s | proxy share | wall to baseline target |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| method | sampling wall s | proxy wall s | final scoring wall s | training wall s | proxy share | "
+             "CPU s sampling / training | wall to baseline target | CPU to baseline target |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, m in methods.items():
-        w = m["wall_phases_s"]
-        r = m.get("wall_to_baseline_ratio")
+        w, c = m["wall_phases_s"], m["cpu_phases_s"]
+        r, rc = m.get("wall_to_baseline_ratio"), m.get("cpu_to_baseline_ratio")
         lines.append(f"| {name} | {w['sampling']:.1f} | {w['proxy']:.2f} | {w['final_scoring']:.2f} | {w['training']:.1f} | "
-                     f"{m['proxy_share']:.1%} | {'—' if r is None else f'{r:.0%} of baseline'} |")
+                     f"{m['proxy_share']:.1%} | {c['sampling']:.1f} / {c['training']:.1f} | "
+                     f"{'—' if r is None else f'{r:.0%}'} | {'—' if rc is None else f'{rc:.0%}'} |")
     return "\n".join(lines)
 
 
@@ -400,7 +406,7 @@ def report_markdown(results: dict) -> str:
         "## What each selection rule keeps (final-reward std / clustered fraction |A| ≤ 0.5)", "",
         selection_table(results["selection"]), "",
         "## Auto schedule choices", "", auto_table(m, results["runs"]), "",
-        "## Wall-clock per phase (mean per run, s)", "", wall_table(m), "",
+        "## Time per phase (mean per run; wall-clock on a shared machine, and process CPU time)", "", wall_table(m), "",
         "## Implementation efficiency", "", efficiency_table(results["efficiency"]), "",
     ]
     return "\n".join(parts)

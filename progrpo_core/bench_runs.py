@@ -83,7 +83,8 @@ def run_method(spec: MethodSpec, seed: int, budget: float, n_evals: int = 10, ev
                progress: ProgressFn | None = None) -> dict[str, Any]:
     """Train ``spec`` with ``seed`` until the next epoch would exceed ``budget`` units.
 
-    Returns the eval curve (reward, gold, units, wall-clock of the training phases), the run's
+    Returns the eval curve (reward, gold, units, wall-clock and process CPU time of the training
+    phases — sampling, scoring, updates; not evaluation or probes), the run's
     exact compute counts, per-epoch clustering metrics, and — at the fractions ``probe_at`` of the
     budget — fidelity probes of the live policy (``bench_probe.record_probe``)."""
     from . import bench_probe as P
@@ -101,11 +102,14 @@ def run_method(spec: MethodSpec, seed: int, budget: float, n_evals: int = 10, ev
         from .bench_auto import choose_schedule
 
         opts = {k: v for k, v in spec.auto.items() if k != "reprobe"}
+        c0 = time.process_time()
         info = choose_schedule(tr, seed=seed, tag=len(auto_log), **opts)
+        probe_cpu = time.process_time() - c0
         tr.schedule = info["schedule"]
         tr.compute.add(info["compute"])  # the probe is paid from the budget
         auto_log.append({"units": spent, "checkpoints": list(info["schedule"].checkpoints),
                          "choice": info["choice"], "probe_units": info["compute"].units(**unit_kw),
+                         "probe_cpu": probe_cpu,
                          "table": info["table"],
                          "fidelity": [round(f["rho_mean"], 4) if f["rho_mean"] is not None else None
                                       for f in info["fidelity"]]})
@@ -118,9 +122,12 @@ def run_method(spec: MethodSpec, seed: int, budget: float, n_evals: int = 10, ev
 
     def eval_point(epoch: int) -> dict:
         ev = tr.evaluate()
-        return {"epoch": epoch, "units": tr.compute.units(**unit_kw), "wall": wall(),
+        return {"epoch": epoch, "units": tr.compute.units(**unit_kw), "wall": wall(), "cpu": sum(cpu.values()),
                 "reward": ev["reward"], "gold": ev.get("gold")}
 
+    # Process CPU time (one thread per run) is what other jobs on a shared machine inflate least;
+    # wall-clock of runs executed at different times is not comparable there.
+    cpu = {"sampling": 0.0, "training": 0.0}
     curve = [eval_point(0)]
     next_eval = 1  # evaluate once spent >= budget·next_eval/n_evals
     probes, probe_left = [], sorted(probe_at)
@@ -137,14 +144,19 @@ def run_method(spec: MethodSpec, seed: int, budget: float, n_evals: int = 10, ev
             while reprobe and spent >= reprobe[0] * budget:
                 reprobe.pop(0)
             auto_step(spent)
+            cpu["sampling"] += auto_log[-1]["probe_cpu"]  # probes cost time as well as compute
             spent = tr.compute.units(**unit_kw)
         if probe_left and spent >= probe_left[0] * budget:
             probe_left.pop(0)
             probes.append(_probe_live(tr, spent, epoch, **(probe_kw or {})))
         before = spent
+        c0 = time.process_time()
         res = tr.sample_epoch(epoch)
         tr.compute.add(res.rollout.compute)
+        c1 = time.process_time()
         tr.train_on(res, epoch)
+        cpu["sampling"] += c1 - c0
+        cpu["training"] += time.process_time() - c1
         epoch += 1
         tr.epoch = epoch
         spent = tr.compute.units(**unit_kw)
@@ -170,7 +182,7 @@ def run_method(spec: MethodSpec, seed: int, budget: float, n_evals: int = 10, ev
         "method": spec.name, "model": spec.model, "seed": seed, "budget": budget,
         "schedule": dataclasses.asdict(tr.schedule), "epochs": epoch, "optimizer_steps": tr.optimizer_steps,
         "curve": curve, "final": curve[-1], "units": comp.units(**unit_kw), "epoch_units": epoch_units,
-        "compute": comp.as_dict(), "flops": comp.flops(costs), "flop_costs": dataclasses.asdict(costs),
+        "compute": comp.as_dict(), "cpu_s": dict(cpu), "flops": comp.flops(costs), "flop_costs": dataclasses.asdict(costs),
         "epoch_metrics": epochs, "probes": probes, "auto": auto_log or None,
         "run_wall_s": time.perf_counter() - t_run,
     }
