@@ -10,9 +10,9 @@ use. Prompts are encoded with the checkpoint's CLIP as they are needed. Run it f
 folder (the one holding ``progrpo_core/`` and ``nodes/``), with a python that has ComfyUI's
 requirements.
 
-The training resolution is ``PROGRPO_RESOLUTION`` (pixels, default 512 for SD1.x, 1024
-otherwise); a checkpoint without text encoder or VAE takes them from ``PROGRPO_CLIP`` (a
-text-encoder file, with ``PROGRPO_CLIP_TYPE``, e.g. ``sd3``) and ``PROGRPO_VAE``.
+The training resolution is ``--model.resolution`` (pixels, default 512 for SD1.x, 1024
+otherwise); a checkpoint without text encoder or VAE takes them from ``--model.clip`` (a
+text-encoder file, with ``--model.clip_type``, e.g. ``sd3``) and ``--model.vae``.
 """
 from __future__ import annotations
 
@@ -50,7 +50,9 @@ def import_comfyui(comfyui_path: str | os.PathLike, device: str = "cpu") -> None
 
 
 def load_comfy_denoiser(comfyui_path: str | os.PathLike, checkpoint: str | os.PathLike, device: str = "cpu",
-                        resolution: int | None = None, gradient_checkpointing: bool = True) -> ComfyDenoiser:
+                        resolution: int | None = None, gradient_checkpointing: bool = True,
+                        clip: str | None = None, clip_type: str = "stable_diffusion",
+                        vae: str | None = None) -> ComfyDenoiser:
     """The checkpoint as the core's Denoiser (with its CLIP and VAE), ready for the core Trainer."""
     import torch
 
@@ -62,22 +64,26 @@ def load_comfy_denoiser(comfyui_path: str | os.PathLike, checkpoint: str | os.Pa
     path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"model.checkpoint={str(checkpoint)!r}: file not found")
+    clip_file, vae_file = clip, vae
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True)
     if model is None:
         raise ValueError(f"{path} holds no diffusion model ComfyUI recognises")
-    if clip is None and os.environ.get("PROGRPO_CLIP"):
-        kind = os.environ.get("PROGRPO_CLIP_TYPE", "stable_diffusion").upper()
-        clip = comfy.sd.load_clip([os.environ["PROGRPO_CLIP"]], clip_type=getattr(comfy.sd.CLIPType, kind))
-    if vae is None and os.environ.get("PROGRPO_VAE"):
-        vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(os.environ["PROGRPO_VAE"]))
+    if clip is None and clip_file:
+        kind = getattr(comfy.sd.CLIPType, clip_type.upper(), None)
+        if kind is None:
+            raise ValueError(f"model.clip_type={clip_type!r} is not a ComfyUI CLIP type; expected one of "
+                             f"{', '.join(t.name.lower() for t in comfy.sd.CLIPType)}")
+        clip = comfy.sd.load_clip([_existing(clip_file, "model.clip")], clip_type=kind)
+    if vae is None and vae_file:
+        vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(_existing(vae_file, "model.vae")))
     if clip is None:
-        raise ValueError(f"{path} has no text encoder; set PROGRPO_CLIP (and PROGRPO_CLIP_TYPE) to one")
+        raise ValueError(f"{path} has no text encoder; give one with --model.clip FILE (and --model.clip_type)")
     if vae is None:
-        raise ValueError(f"{path} has no VAE; set PROGRPO_VAE to the model's VAE file")
+        raise ValueError(f"{path} has no VAE; give the model's VAE file with --model.vae FILE")
     fmt = model.model.latent_format
     if resolution is None:
         default = 512 if type(model.model).__name__ == "BaseModel" else 1024
-        resolution = int(os.environ.get("PROGRPO_RESOLUTION", default))
+        resolution = default
     ratio = int(getattr(fmt, "spacial_downscale_ratio", 8))
     if resolution % ratio:
         raise ValueError(f"resolution {resolution} must be a multiple of the VAE's downscale factor {ratio}")
@@ -88,3 +94,10 @@ def load_comfy_denoiser(comfyui_path: str | os.PathLike, checkpoint: str | os.Pa
         _checkpoint_blocks(den.net)
     mm.in_training = True  # this process trains: ops without autograd formulas (fused RoPE) are avoided
     return den
+
+
+def _existing(file: str, label: str) -> str:
+    p = Path(file).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"{label}={file!r}: file not found")
+    return str(p)

@@ -41,6 +41,10 @@ class ModelConfig:
     path: Optional[str] = _help("weights file overriding the built-in one")
     comfyui: Optional[str] = _help("path to a ComfyUI checkout, to train a real checkpoint with its library")
     checkpoint: Optional[str] = _help("checkpoint file to load through ComfyUI (with --model.comfyui)")
+    clip: Optional[str] = _help("text-encoder file, for a checkpoint that has none (with --model.comfyui)")
+    clip_type: str = _help("ComfyUI CLIP type of model.clip: stable_diffusion, sd3, flux, …", "stable_diffusion")
+    vae: Optional[str] = _help("VAE file, for a checkpoint that has none (with --model.comfyui)")
+    resolution: Optional[int] = _help("training image size in pixels (default 512 for SD1.x, 1024 otherwise)")
 
     def __post_init__(self):
         if self.comfyui is None:
@@ -49,6 +53,8 @@ class ModelConfig:
                                        f"{', '.join(MODELS)}, or give --model.comfyui and --model.checkpoint")
         else:
             _need(bool(self.checkpoint), "model.comfyui is set but model.checkpoint is not; name the checkpoint file")
+        _need(self.resolution is None or self.resolution >= 8,
+              f"model.resolution={self.resolution} must be a number of pixels >= 8")
 
 
 @dataclasses.dataclass

@@ -46,7 +46,9 @@ def load_model(cfg: TrainConfig) -> Denoiser:
             raise RuntimeError(
                 "training a ComfyUI checkpoint needs the pack's host adapter (nodes/headless.py) on the "
                 f"Python path: run from the pack's folder ({e})") from e
-        return load_comfy_denoiser(cfg.model.comfyui, cfg.model.checkpoint, device=cfg.run.device)
+        m = cfg.model
+        return load_comfy_denoiser(m.comfyui, m.checkpoint, device=cfg.run.device, resolution=m.resolution,
+                                   clip=m.clip, clip_type=m.clip_type, vae=m.vae)
     from .embedded import load_digits_model
 
     model = load_digits_model(cfg.model.name, cfg.model.path)

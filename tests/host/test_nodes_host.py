@@ -487,10 +487,9 @@ def test_headless_training_of_a_checkpoint(comfy_env, comfy_models, comfy_server
            "--model.checkpoint", str(comfy_models / tiny_models.FILES["sd15"]), "--run.prompts", str(prompts),
            "--reward.name", "stroke", "--run.epochs", "1", "--run.eval_seeds", "1", "--sampler.eval_steps", "1",
            "--sampler.steps", "3", "--schedule.group_size", "3", "--grpo.method", "grpo", "--lora.rank", "2",
-           "--grpo.prompts_per_epoch", "1", "--run.out", str(out), "--no-progress"]
+           "--grpo.prompts_per_epoch", "1", "--model.resolution", "64", "--run.out", str(out), "--no-progress"]
     t = time.perf_counter()
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PROGRPO_RESOLUTION": "64"})
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     print(f"headless: {time.perf_counter() - t:.1f} s; {done.stdout.strip().splitlines()[-1] if done.stdout else ''}")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
