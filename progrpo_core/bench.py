@@ -400,6 +400,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--eval-seeds", type=int, help="eval samples per prompt")
     b.add_argument("--skip", default="", help="comma-separated parts to skip: fidelity, efficiency")
     b.add_argument("--copy-plots", metavar="DIR", help="also copy the PNGs into DIR (e.g. docs/bench)")
+    b.add_argument("--replot", action="store_true",
+                   help="only redraw the plots and report.md from --out/results.json (no training)")
     b.set_defaults(func=run_bench)
     return b
 
@@ -426,6 +428,8 @@ def machine_info() -> dict[str, Any]:
 def run_bench(args: argparse.Namespace) -> int:
     from . import bench_report as R
 
+    if args.replot:
+        return _replot(Path(args.out), args.copy_plots)
     plan = QUICK if args.quick else BenchPlan()
     over: dict[str, Any] = {}
     if args.seeds is not None:
@@ -505,16 +509,13 @@ def run_bench(args: argparse.Namespace) -> int:
                 "+ reward calls x (reward FLOPs / model-row FLOPs); decodes cost 0 (pixel-space model)",
         "methods": methods, "baselines": BASELINES, "fidelity": fidelity, "fidelity_lookahead": fidelity_lookahead, "selection": selection,
         "efficiency": efficiency, "paper_flops": paper_flops_table(),
-        "runs": [_compact(r) for r in runs], "bench_wall_s": time.perf_counter() - t0,
+        "clustering_hist": hist, "runs": [_compact(r) for r in runs], "bench_wall_s": time.perf_counter() - t0,
     }
     R.write_plots(results, runs, hist, out)
     R.write_json(results, out / "results.json")
     (out / "report.md").write_text(R.report_markdown(results))
     if args.copy_plots:
-        dest = Path(args.copy_plots)
-        dest.mkdir(parents=True, exist_ok=True)
-        for png in sorted(out.glob("*.png")):
-            (dest / png.name).write_bytes(png.read_bytes())
+        _copy_plots(out, Path(args.copy_plots))
     log(f"bench done in {time.perf_counter() - t0:.0f}s: {out / 'results.json'}, {out / 'report.md'}")
     log(R.headline(results))
     return 0
@@ -529,3 +530,25 @@ def _compact(r: dict) -> dict:
     if r.get("auto"):
         keep["auto"] = [{k: v for k, v in a.items() if k != "table"} for a in r["auto"]]
     return keep
+
+
+def _copy_plots(out: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for png in sorted(out.glob("*.png")):
+        (dest / png.name).write_bytes(png.read_bytes())
+
+
+def _replot(out: Path, copy_to: str | None) -> int:
+    """Redraw plots and report.md from a finished bench's results.json."""
+    from . import bench_report as R
+
+    path = out / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"--replot needs {path}; run the bench with --out {out} first")
+    results = json.loads(path.read_text())
+    R.write_plots(results, results["runs"], results.get("clustering_hist"), out, keep_existing=True)
+    (out / "report.md").write_text(R.report_markdown(results))
+    if copy_to:
+        _copy_plots(out, Path(copy_to))
+    print(f"redrew the plots and {out / 'report.md'} from {path}")
+    return 0

@@ -140,29 +140,40 @@ def plot_clustering(hist: dict | None, runs: list[dict], methods: dict, path: Pa
 
 
 def plot_fidelity(fidelity: dict, path: Path, lookahead: dict | None = None) -> Path | None:
+    """Left: the one-step proxy on the base models and on the GRPO policy as it trains. Right: the
+    Pro-GRPO policy as it trains, and the 2-step lookahead proxy against the one-step one."""
     if not fidelity:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    series = list(fidelity.items())
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
+
+    def draw(ax, label, rows, **kw):
+        pts = [(r["calls"] / len(rows), r["rho_mean"], r["rho_std"]) for r in rows if r["rho_mean"] is not None]
+        xs, ys, ss = (np.array(v) for v in zip(*pts))
+        line, = ax.plot(xs, ys, marker="o", ms=3, label=label, **kw)
+        ax.fill_between(xs, ys - ss, ys + ss, color=line.get_color(), alpha=0.08)
+
+    left = {k: v for k, v in fidelity.items() if "pro-grpo policy" not in k and "0% of budget" not in k}
+    right = {k: v for k, v in fidelity.items() if "pro-grpo policy" in k and "0% of budget" not in k}
+    for label, rows in left.items():
+        draw(axes[0], label, rows, ls="--" if "eps" in label else "-")
+    for label, rows in right.items():
+        draw(axes[1], label, rows)
     for label, rows in (lookahead or {}).items():
-        if "base" in label or "100%" in label or "99%" in label:
-            series.append((f"{label}, 2-step lookahead proxy", rows))
-    for label, rows in series:
-        xs = [r["calls"] / len(rows) for r in rows if r["rho_mean"] is not None]
-        ys = [r["rho_mean"] for r in rows if r["rho_mean"] is not None]
-        ss = [r["rho_std"] for r in rows if r["rho_mean"] is not None]
-        ls = ":" if "lookahead" in label else "--" if "eps" in label else "-"
-        line, = ax.plot(xs, ys, marker="o", ms=3, label=label, ls=ls)
-        ax.fill_between(xs, np.array(ys) - ss, np.array(ys) + ss, color=line.get_color(), alpha=0.08)
-    for f in (0.5, 0.7):
-        ax.axvline(f, color="k", lw=0.8, ls=":")
-    ax.set_xlabel("fraction of the T steps done when the proxy is scored (paper: prune at 0.5, 0.7)")
-    ax.set_ylabel("within-group Spearman ρ(proxy, final reward)")
-    ax.set_title("proxy fidelity by step", fontsize=10)
-    ax.set_ylim(-0.1, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
+        if label.startswith("digits-flow (base)") or ("grpo policy" in label and "100%" in label):
+            draw(axes[1], f"{label}: 2-step lookahead", rows, ls=":")
+            draw(axes[1], f"{label}: one-step", fidelity[label], ls="-", alpha=0.5)
+    for ax, title in zip(axes, ("one-step x0 proxy: base models and the GRPO policy during training",
+                                "Pro-GRPO policy during training; lookahead vs one-step proxy")):
+        for f in (0.5, 0.7):
+            ax.axvline(f, color="k", lw=0.8, ls=":")
+        ax.set_xlabel("fraction of the T = 10 steps done when the proxy is scored (paper: 0.5, 0.7)")
+        ax.set_title(title, fontsize=9)
+        ax.set_ylim(-0.1, 1.02)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=6)
+    axes[0].set_ylabel("within-group Spearman ρ(proxy, final reward)")
     fig.tight_layout()
     out = save_figure(fig, path)
     plt.close(fig)
@@ -225,15 +236,19 @@ def plot_ablations(methods: dict, path: Path) -> Path | None:
     return out
 
 
-def write_plots(results: dict, runs: list[dict], hist: dict | None, out: Path) -> list[Path]:
+def write_plots(results: dict, runs: list[dict], hist: dict | None, out: Path,
+                keep_existing: bool = False) -> list[Path]:
+    """Every plot; with ``keep_existing``, a plot whose data is missing (an older results.json
+    without the clustering histogram) leaves the existing PNG alone."""
     methods = results["methods"]
     compact = results["runs"]
+    skip_clustering = keep_existing and hist is None and (out / "clustering.png").exists()
     paths = [
         plot_curves(compact, methods, out / "reward_vs_compute.png"),
         plot_curves(compact, methods, out / "reward_vs_wall.png", key="wall"),
         plot_curves(compact, methods, out / "reward_vs_cpu.png", key="cpu"),
         plot_curves(compact, methods, out / "gold_vs_compute.png", value="gold"),
-        plot_clustering(hist, compact, methods, out / "clustering.png"),
+        None if skip_clustering else plot_clustering(hist, compact, methods, out / "clustering.png"),
         plot_fidelity(results["fidelity"], out / "proxy_fidelity.png", results.get("fidelity_lookahead")),
         plot_efficiency(results["efficiency"], out / "efficiency.png"),
         plot_ablations(methods, out / "ablations.png"),

@@ -148,6 +148,12 @@ def test_micro_bench_writes_results_and_plots(tmp_path):
     for png in ("reward_vs_compute.png", "reward_vs_wall.png", "clustering.png", "proxy_fidelity.png"):
         assert (out / png).stat().st_size > 1000
     assert "Results per method" in (out / "report.md").read_text()
+    for p in res["runs"]:  # the time axes: CPU time of the training phases grows along the curve
+        cpus = [pt["cpu"] for pt in p["curve"]]
+        assert cpus == sorted(cpus) and cpus[-1] > 0
+    (out / "report.md").unlink()
+    assert main(["bench", "--replot", "--out", str(out)]) == 0
+    assert "Results per method" in (out / "report.md").read_text()
 
 
 def test_bench_rejects_unknown_method(tmp_path):
