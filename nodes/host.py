@@ -809,7 +809,7 @@ def train_lora(model, vae, clip, positive, negative, latent, prompts: list[str],
         start = trainer.epoch
         epochs = max(0, cfg.run.epochs - start)
         G = trainer.schedule.group_size
-        rows = getattr(trainer, "_rows", [])  # the trainer's metrics rows: kept in its checkpoints
+        rows = trainer.metrics_rows  # kept in the trainer's checkpoints
 
         def save():
             trainer.save_lora(lora_path)
@@ -831,10 +831,14 @@ def train_lora(model, vae, clip, positive, negative, latent, prompts: list[str],
                         sigmas=den.sigmas(T), max_rows=G * cfg.grpo.prompts_per_epoch)
         except BaseException as e:
             if trainer.optimizer_steps > 0:
-                trainer.save_lora(lora_path)
-                log.warning("ProGRPO: training stopped in epoch %d (%s); the LoRA trained so far is in %s; "
-                            "resume continues from the last checkpoint in %s", trainer.epoch, type(e).__name__,
-                            lora_path, run_dir)
+                try:
+                    trainer.save_lora(lora_path)
+                    log.warning("ProGRPO: training stopped in epoch %d (%s); the LoRA trained so far is in %s; "
+                                "resume continues from the last checkpoint in %s", trainer.epoch,
+                                type(e).__name__, lora_path, run_dir)
+                except Exception as save_error:  # never hide the error that stopped training
+                    log.error("ProGRPO: training stopped (%s) and the LoRA trained so far could not be saved: %s",
+                              type(e).__name__, save_error)
             if isinstance(e, RuntimeError) and "modified by an inplace operation" in str(e) and not gradient_checkpointing:
                 raise RuntimeError(f"{type(model.model).__name__} updates activations in place inside its blocks "
                                    "(Flux does), which plain backpropagation cannot handle: turn "

@@ -185,6 +185,12 @@ class Trainer:
         self._before: dict[str, Any] | None = None  # the evaluation before training
         self._last_checkpoint = -1
 
+    @property
+    def metrics_rows(self) -> list[dict[str, Any]]:
+        """The metrics rows so far, one per epoch; kept in checkpoints (callers driving their own
+        epoch loop, like the ComfyUI node, append theirs here)."""
+        return self._rows
+
     def close(self) -> None:
         """Leave the process group this trainer joined (no-op on one process)."""
         distributed.shutdown(self.world)
