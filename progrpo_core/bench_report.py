@@ -153,8 +153,8 @@ def plot_fidelity(fidelity: dict, path: Path, lookahead: dict | None = None) -> 
         line, = ax.plot(xs, ys, marker="o", ms=3, label=label, **kw)
         ax.fill_between(xs, ys - ss, ys + ss, color=line.get_color(), alpha=0.08)
 
-    left = {k: v for k, v in fidelity.items() if "pro-grpo policy" not in k and "0% of budget" not in k}
-    right = {k: v for k, v in fidelity.items() if "pro-grpo policy" in k and "0% of budget" not in k}
+    left = {k: v for k, v in fidelity.items() if "pro-grpo policy" not in k and ", 0% of budget" not in k}
+    right = {k: v for k, v in fidelity.items() if "pro-grpo policy" in k and ", 0% of budget" not in k}
     for label, rows in left.items():
         draw(axes[0], label, rows, ls="--" if "eps" in label else "-")
     for label, rows in right.items():
