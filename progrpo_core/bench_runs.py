@@ -177,6 +177,8 @@ def run_method(spec: MethodSpec, seed: int, budget: float, n_evals: int = 10, ev
     for _ in probe_left:  # fractions the stopped run never reached (e.g. 1.0): probe the final policy
         probes.append(_probe_live(tr, tr.compute.units(**unit_kw), epoch, **(probe_kw or {})))
         break
+    if hasattr(tr, "close"):  # leaves a process group if the trainer joined one; no-op otherwise
+        tr.close()
     comp = tr.compute
     return {
         "method": spec.name, "model": spec.model, "seed": seed, "budget": budget,
