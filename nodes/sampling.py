@@ -54,8 +54,8 @@ class ExpandedGroupSampler:
                 "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX,
                                  "tooltip": "seed of the group's noise (each trajectory gets its own stream)"}),
                 "checkpoints": ("STRING", {"default": "", "tooltip":
-                                "prune at these step indices, comma-separated, each in 1..T-1 and increasing "
-                                "(e.g. '5,7' for T=10); empty = no pruning"}),
+                                "prune after this many steps, comma-separated, each in 1..T-1 and increasing "
+                                "(e.g. '5,7' for T=10, as the paper); empty = no pruning"}),
                 "keep": ("STRING", {"default": "", "tooltip":
                          "survivors after each checkpoint, shrinking (e.g. '24,12'); one number per checkpoint"}),
                 "selector": (list(SELECTORS), {"default": "ovf", "tooltip":
@@ -97,7 +97,8 @@ class LatentProxyProjector:
         return {
             "required": {
                 "step": ("INT", {"default": 5, "min": 0, "max": 1000, "tooltip":
-                         "with a GROUP: the sampling step (0..T-1) whose proxies to return, e.g. a pruning checkpoint"}),
+                         "with a GROUP: the sampling step (0..T-1) whose proxies to return; a pruning "
+                         "checkpoint c scored the proxies of step c-1"}),
             },
             "optional": {
                 "group": (GROUP, {"tooltip": "a group from the Expanded Group Sampler"}),

@@ -79,7 +79,7 @@ class GRPOLoraTrainer:
                 "group_size": ("INT", {"default": 0, "min": 0, "max": 512,
                                        "tooltip": "G_max per prompt; 0 = the method's preset. " + _PRESETS}),
                 "checkpoints": ("STRING", {"default": "", "tooltip":
-                                "pruning steps (e.g. '5,7'), each in 1..T-1; empty = the method's preset"}),
+                                "prune after this many steps (e.g. '5,7' of T=10), each in 1..T-1; empty = the method's preset"}),
                 "keep": ("STRING", {"default": "", "tooltip":
                          "survivors after each checkpoint (e.g. '24,12'); empty = the method's preset"}),
                 "sampler": (list(training.SAMPLER_CHOICES), {"default": "auto", "tooltip": _SAMPLER_TIP}),

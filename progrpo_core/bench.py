@@ -362,8 +362,8 @@ def paper_flops_table(model_fwd_tflops: float = 5.0) -> dict[str, Any]:
     T, trained_steps, cfg_rows = 10, 9, 2
     costs = FlopCosts(model_fwd=model_fwd_tflops * 1e12, decode=2.49e12, reward=0.34e12)
     settings = {"Flow-GRPO (G = 24)": PruneSchedule(24),
-                "Pro-GRPO (48 -> 24 -> 12 @ 5, 7)": PruneSchedule(48, (4, 6), (24, 12)),
-                "Pro-GRPO-Flash (24 -> 16 -> 12 @ 5, 7)": PruneSchedule(24, (4, 6), (16, 12))}
+                "Pro-GRPO (48 -> 24 -> 12 @ 5, 7)": PruneSchedule(48, (5, 7), (24, 12)),
+                "Pro-GRPO-Flash (24 -> 16 -> 12 @ 5, 7)": PruneSchedule(24, (5, 7), (16, 12))}
     paper = {"Flow-GRPO (G = 24)": 453_474, "Pro-GRPO (48 -> 24 -> 12 @ 5, 7)": 335_627,
              "Pro-GRPO-Flash (24 -> 16 -> 12 @ 5, 7)": 267_366}
     rows = {}

@@ -69,13 +69,13 @@ def pick(rows: list[dict], efficiency: float) -> dict:
 
 
 def pick_by_rho(fid: list[dict], thresholds: tuple[float, ...], steps: int) -> list[int]:
-    """Core step indices: checkpoint ``i`` at the first step (after the previous one) with ρ ≥ ``thresholds[i]``;
-    the latest admissible step if none reaches it."""
+    """Checkpoints (prune after ``c`` model calls): checkpoint ``i`` after the first call count (past the
+    previous checkpoint) whose proxy has ρ ≥ ``thresholds[i]``; the latest admissible one if none does."""
     out: list[int] = []
     for i, th in enumerate(thresholds):
         lo = (out[-1] + 1) if out else 1
         hi = steps - (len(thresholds) - i)  # leave room for the later checkpoints
-        pick = next((r["step"] for r in fid if lo <= r["step"] <= hi and r["rho_mean"] is not None
+        pick = next((r["calls"] for r in fid if lo <= r["calls"] <= hi and r["rho_mean"] is not None
                      and r["rho_mean"] >= th), hi)
         out.append(pick)
     return out

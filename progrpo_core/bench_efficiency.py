@@ -34,9 +34,9 @@ def wide_model(hidden: int, family: str = "flow", seed: int = 0):
 
 SCHEDULES = {
     "grpo (24)": PruneSchedule(24),
-    "pro-grpo (48->24->12 @ 5,7)": PruneSchedule(48, (4, 6), (24, 12)),
-    "pro-grpo-flash (24->16->12 @ 5,7)": PruneSchedule(24, (4, 6), (16, 12)),
-    "pro-grpo-late (48->24->12 @ 6,8)": PruneSchedule(48, (5, 7), (24, 12)),
+    "pro-grpo (48->24->12 @ 5,7)": PruneSchedule(48, (5, 7), (24, 12)),
+    "pro-grpo-flash (24->16->12 @ 5,7)": PruneSchedule(24, (5, 7), (16, 12)),
+    "pro-grpo-late (48->24->12 @ 6,8)": PruneSchedule(48, (6, 8), (24, 12)),
 }
 
 

@@ -12,8 +12,9 @@ trajectory. Everything else here is a pure function of those two arrays:
   have kept, and how spread out (how informative for GRPO) their final rewards are;
 * reward clustering: the fraction of trajectories with ``|A| ≤ δ`` before and after selection.
 
-Step indices are the core's (``group.sample_group``): a checkpoint at step ``i`` scores the x0 of
-the ``(i+1)``-th model call, so trajectories pruned there have cost ``i+1`` evaluations.
+Recorded proxies are indexed by step ``i``: the x0 of the ``(i+1)``-th model call. A checkpoint ``c``
+of ``group.sample_group`` prunes after ``c`` calls, on the proxy recorded at ``i = c − 1``, so
+trajectories pruned there have cost ``c`` evaluations.
 Shapes: ``S`` steps recorded, ``B`` groups, ``G`` trajectories per group.
 """
 from __future__ import annotations
@@ -141,7 +142,7 @@ def replay_funnel(probe: Probe, schedule: PruneSchedule, seed: int = 0) -> np.nd
     for b in range(probe.final.shape[0]):
         alive = np.arange(G)
         for c, k in zip(schedule.checkpoints, schedule.keep):
-            sel = ovf.select(schedule.selector, torch.from_numpy(probe.proxy[c, b, alive]), k, gen).numpy()
+            sel = ovf.select(schedule.selector, torch.from_numpy(probe.proxy[c - 1, b, alive]), k, gen).numpy()
             alive = alive[sel]
         if schedule.final_keep is not None:
             sel = ovf.select(schedule.selector, torch.from_numpy(probe.final[b, alive]), schedule.final_keep,
@@ -169,8 +170,8 @@ def funnel_nfe(schedule: PruneSchedule, steps: int) -> int:
     """Model evaluations (rows) one prompt's group costs in sampling under ``schedule``."""
     alive, last, total = schedule.group_size, 0, 0
     for c, k in zip(schedule.checkpoints, schedule.keep):
-        total += alive * (c + 1 - last)
-        alive, last = k, c + 1
+        total += alive * (c - last)
+        alive, last = k, c
     return total + alive * (steps - last)
 
 

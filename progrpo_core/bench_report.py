@@ -260,7 +260,7 @@ def write_plots(results: dict, runs: list[dict], hist: dict | None, out: Path,
 
 def _sched(s: dict) -> str:
     funnel = " → ".join(str(x) for x in [s["group_size"], *s["keep"]])
-    cps = ",".join(str(c + 1) for c in s["checkpoints"])
+    cps = ",".join(str(c) for c in s["checkpoints"])
     txt = funnel + (f" @ {cps}" if cps else "")
     if s.get("final_keep"):
         txt += f" → ovf {s['final_keep']}"
@@ -385,7 +385,7 @@ def auto_table(methods: dict, runs: list[dict]) -> str:
              "|---|---|---|---|---|"]
     for r in sorted(rs, key=lambda r: (r["method"], r["seed"])):
         for a in r["auto"]:
-            lines.append(f"| {r['method']} s{r['seed']} | {a['units'] / 1000:.0f}k | {', '.join(str(c + 1) for c in a['checkpoints'])} | "
+            lines.append(f"| {r['method']} s{r['seed']} | {a['units'] / 1000:.0f}k | {', '.join(str(c) for c in a['checkpoints'])} | "
                          f"{a['choice']['efficiency']:.2f} | {a['probe_units']:.0f} |")
     return "\n".join(lines)
 

@@ -50,7 +50,7 @@ class MethodSpec:
 
 def paper_checkpoints(steps: int, fractions: tuple[float, ...]) -> list[int]:
     """Core step indices for "prune after round(f·T) steps" (the paper's convention)."""
-    return [max(1, round(f * steps)) - 1 for f in fractions]
+    return [max(1, round(f * steps)) for f in fractions]
 
 
 def pro_table(steps: int, group: int, keep: tuple[int, ...], fractions: tuple[float, ...],

@@ -1,8 +1,9 @@
 """The expand-and-prune group sampler.
 
-``B`` prompts, ``G = G_max`` trajectories each, ``T`` steps. At each checkpoint step ``c`` the
-model output already computed for that step gives every active latent's one-step x0 projection
-(the *latent proxy*); it is decoded and scored, and each prompt keeps the selector's subset of its
+``B`` prompts, ``G = G_max`` trajectories each, ``T`` steps. A checkpoint ``c`` (in ``1..T−1``)
+prunes after ``c`` model evaluations, as the paper's "steps 5 and 7 of 10": the output of the
+``c``-th evaluation (at ``σ_{c−1}``), which the survivors then use for their next step, gives every
+active latent's one-step x0 projection (the *latent proxy*); it is decoded and scored, and each prompt keeps the selector's subset of its
 survivors (OVF by default). Pruned rows leave the batch at once — the next model call is smaller —
 and their stored history is dropped with them. Survivors finish; their per-step latents, means,
 stds and log-probs are returned for training.
@@ -91,7 +92,7 @@ class Rollout:
     stds: torch.Tensor              # (N, T)
     log_probs: torch.Tensor         # (N, T), mean over latent elements
     cond: Any                       # the survivors' conditioning (rows aligned with N)
-    checkpoints: list[dict]         # per checkpoint: step, proxy rewards (B, K_prev), kept row ids (B, K_next)
+    checkpoints: list[dict]         # per checkpoint: step c, sigma, proxy rewards (B, K_prev), kept row ids (B, K_next)
     compute: Compute
 
     @property
@@ -146,7 +147,7 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
     hist_std: list[torch.Tensor] = []
     hist_logp: list[torch.Tensor] = []
     checkpoints: list[dict] = []
-    keep_after = dict(zip(schedule.checkpoints, schedule.keep))
+    keep_after = {c - 1: k for c, k in zip(schedule.checkpoints, schedule.keep)}  # step index → K
     mult = 1 if cfg == 1.0 else 2
 
     for i in range(T):
@@ -170,7 +171,7 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
                 ovf.select(schedule.selector, per_prompt[b], k,
                            select_generator or _prompt_generator(prompt_seeds[b], i)) + b * per_prompt.shape[1]
                 for b in range(B)])  # positions into the active batch, grouped by prompt
-            checkpoints.append({"step": i, "sigma": float(sigma), "rewards": per_prompt,
+            checkpoints.append({"step": i + 1, "sigma": float(sigma), "rewards": per_prompt,
                                 "row_id": row_id.view(B, -1).clone(),
                                 "kept": row_id[kept_pos].view(B, k).clone()})
             # Pruned rows leave now: the latents, conditioning, noise streams and history shrink.

@@ -49,10 +49,10 @@ def test_spearman_constant_side_is_nan():
 
 @pytest.mark.parametrize("G,K1,K2,c1,c2,T", [(8, 4, 2, 5, 7, 10), (6, 4, 3, 2, 3, 5), (5, 3, 2, 2, 4, 6)])
 def test_pruned_rollout_compute_equals_hand_count(flow, digit, G, K1, K2, c1, c2, T):
-    """Pruning after c1 and c2 of T steps (core step indices c−1) costs G·c1 + K1·(c2−c1) + K2·(T−c2) rows."""
+    """Pruning after c1 and c2 of T steps (checkpoints c1, c2) costs G·c1 + K1·(c2−c1) + K2·(T−c2) rows."""
     prompts = ["a handwritten 3", "a handwritten 8"]
     cps = paper_checkpoints(T, (c1 / T, c2 / T))
-    assert cps == [c1 - 1, c2 - 1]
+    assert cps == [c1, c2]
     sched = PruneSchedule(G, tuple(cps), (K1, K2))
     ro = sample_group(flow, prompts, [1, 2], T, sched, "flow_sde", 0.7,
                       score_fn=lambda im, p: digit.evaluate(im, p)["digit"])
@@ -88,7 +88,7 @@ def test_replay_keeps_what_the_pruned_sampler_kept(flow, digit):
     assert probe.proxy.shape == (T, 3, 10) and probe.nfe == 3 * 10 * T
     kept = P.replay_funnel(probe, sched)
     np.testing.assert_array_equal(np.sort(kept, axis=1), ro.checkpoints[-1]["kept"].sort(dim=1).values.numpy())
-    np.testing.assert_allclose(probe.proxy[2], ro.checkpoints[0]["rewards"].double().numpy(), atol=1e-6)
+    np.testing.assert_allclose(probe.proxy[1], ro.checkpoints[0]["rewards"].double().numpy(), atol=1e-6)
 
 
 def test_selection_stats_and_clustering():
@@ -117,8 +117,8 @@ def test_auto_picks():
             {"checkpoints": [3, 4], "nfe": 140, "efficiency": 0.99}]
     assert pick(rows, 0.9)["checkpoints"] == [2, 3]
     assert pick(rows, 0.995)["checkpoints"] == [3, 4]  # none reaches it: the most efficient
-    fid = [{"step": i, "rho_mean": r} for i, r in enumerate([0.1, 0.5, 0.8, 0.91, 0.93, 0.97, 0.99])]
-    assert pick_by_rho(fid, (0.9, 0.95), 8) == [3, 5]
+    fid = [{"step": i, "calls": i + 1, "rho_mean": r} for i, r in enumerate([0.1, 0.5, 0.8, 0.91, 0.93, 0.97, 0.99])]
+    assert pick_by_rho(fid, (0.9, 0.95), 8) == [4, 6]  # checkpoints count model calls
     assert pick_by_rho(fid, (0.999, 0.9999), 8) == [6, 7]
 
 

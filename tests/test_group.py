@@ -31,8 +31,8 @@ def test_pruned_trajectories_make_no_further_model_calls(flow_model, digit_rewar
     sched = PruneSchedule(group_size=8, checkpoints=(3, 6), keep=(5, 3))
     ro = _run(m, sched, digit_reward)
     B = len(PROMPTS)
-    assert m.calls == [B * 8] * 4 + [B * 5] * 3 + [B * 3] * 3  # steps 0-3, 4-6, 7-9
-    assert ro.compute.nfe_sample == sum(m.calls) == B * (8 * 4 + 5 * 3 + 3 * 3)
+    assert m.calls == [B * 8] * 3 + [B * 5] * 3 + [B * 3] * 4  # pruned after 3 and after 6 model calls
+    assert ro.compute.nfe_sample == sum(m.calls) == B * (8 * 3 + 5 * (6 - 3) + 3 * (10 - 6))
     assert ro.compute.proxy_decodes == B * (8 + 5) and ro.compute.proxy_rewards == B * (8 + 5)
     assert ro.latents.shape == (B * 3, 11, 1, 8, 8)
     assert ro.log_probs.shape == (B * 3, 10) and ro.means.shape == (B * 3, 10, 1, 8, 8)
@@ -66,10 +66,11 @@ def test_proxy_is_the_one_step_projection_of_that_step(flow_model):
     ro = sample_group(flow_model, PROMPTS[:1], [5], 6, PruneSchedule(group_size=4, checkpoints=(3,), keep=(2,)),
                       "flow_sde", 0.7, 1.0, score_fn=score)
     full = sample_group(flow_model, PROMPTS[:1], [5], 6, PruneSchedule(group_size=4), "flow_sde", 0.7, 1.0)
-    x3, sigma = full.latents[:, 3], full.sigmas[3]
-    x0 = flow_model.denoise(x3, sigma.expand(4), flow_model.encode_prompts(PROMPTS[:1] * 4))
+    x, sigma = full.latents[:, 2], full.sigmas[2]  # checkpoint 3: the output of the 3rd model call
+    x0 = flow_model.denoise(x, sigma.expand(4), flow_model.encode_prompts(PROMPTS[:1] * 4))
     torch.testing.assert_close(seen["images"], flow_model.decode(x0))
-    assert ro.compute.nfe_sample == 4 * 4 + 2 * 2  # no extra forward for the proxy
+    assert ro.checkpoints[0]["step"] == 3 and ro.checkpoints[0]["sigma"] == float(full.sigmas[2])
+    assert ro.compute.nfe_sample == 4 * 3 + 2 * 3  # no extra forward for the proxy
 
 
 def test_same_seed_same_trajectories_and_pruning(eps_model, digit_reward):

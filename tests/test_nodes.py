@@ -154,13 +154,13 @@ def test_reward_loader_errors_are_clear():
 
 def test_group_record_and_projector(digits, group):
     assert group.survivors.shape == (4,) and group.latents.shape == (4, 7, 1, 8, 8)
-    assert [len(r) for r in group.proxy_rows] == [8, 8, 8, 8, 6, 4]
+    assert [len(r) for r in group.proxy_rows] == [8, 8, 8, 6, 4, 4]  # pruned after 3 and 4 model calls
     assert [c["step"] for c in group.checkpoints] == [3, 4]
     # the first checkpoint kept the OVF subset of the proxies' rewards
     first = group.checkpoints[0]
     assert first["kept"].tolist() == first["row_id"][ovf.ovf_select(first["rewards"], 6)].tolist()
     node = NODE_CLASS_MAPPINGS["ProGRPOLatentProxyProjector"]()
-    latent, rows = node.project(3, group=group)
+    latent, rows = node.project(2, group=group)
     assert latent["samples"].shape == (8, 1, 8, 8) and json.loads(rows) == list(range(8))
     latent, rows = node.project(5, group=group)
     assert json.loads(rows) == group.survivors.tolist()
