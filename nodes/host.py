@@ -36,7 +36,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from progrpo_core.lora import SUFFIX_ALPHA, SUFFIX_DOWN, SUFFIX_UP, LoraAdapter, LoraFileError, read_lora_file
+from progrpo_core.lora import (SUFFIX_ALPHA, SUFFIX_DOWN, SUFFIX_UP, LoraAdapter, LoraFileError, check_rank_alpha,
+                               read_lora_file)
 
 log = logging.getLogger("progrpo")
 
@@ -418,12 +419,8 @@ class ComfyLoraAdapter:
 
     def __init__(self, denoiser: ComfyDenoiser, rank: int, alpha: float, targets: Sequence[str] | None = None,
                  seed: int = 0, copy_other_weights: bool = False):
-        if rank < 1:
-            raise ValueError(f"LoRA rank={rank} must be >= 1")
-        if alpha <= 0:
-            raise ValueError(f"LoRA alpha={alpha} must be > 0")
         self.denoiser = denoiser
-        self.rank, self.alpha = int(rank), float(alpha)
+        self.rank, self.alpha = check_rank_alpha(rank, alpha)
         self.targets = list(targets or denoiser.lora_targets)
         modules = dict(denoiser.net.named_modules())
         gen = torch.Generator().manual_seed(int(seed))

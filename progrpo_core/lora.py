@@ -31,6 +31,15 @@ class LoraFileError(ValueError):
     """A LoRA file that does not fit the model it is applied to."""
 
 
+def check_rank_alpha(rank: int, alpha: float) -> tuple[int, float]:
+    """Validated ``(rank, alpha)`` of a LoRA (scale = alpha / rank)."""
+    if rank < 1:
+        raise ValueError(f"LoRA rank={rank} must be >= 1")
+    if alpha <= 0:
+        raise ValueError(f"LoRA alpha={alpha} must be > 0")
+    return int(rank), float(alpha)
+
+
 class LoraAdapter:
     """Trainable LoRA layers on a denoiser's network."""
 
@@ -38,12 +47,8 @@ class LoraAdapter:
                  seed: int = 0):
         from peft import LoraConfig, inject_adapter_in_model
 
-        if rank < 1:
-            raise ValueError(f"LoRA rank={rank} must be >= 1")
-        if alpha <= 0:
-            raise ValueError(f"LoRA alpha={alpha} must be > 0")
         self.denoiser = denoiser
-        self.rank, self.alpha = int(rank), float(alpha)
+        self.rank, self.alpha = check_rank_alpha(rank, alpha)
         self.targets = list(targets or denoiser.lora_targets)
         config = LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=self.targets,
                             lora_dropout=0.0, bias="none")
