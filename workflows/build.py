@@ -222,7 +222,7 @@ def inspection() -> dict:
     the OVF selection, final survivors."""
     g = Graph("7b0e7c52-7f0a-4d3e-9a51-000000000002")
     g.add(NOTE, (0, -330), {"text": "## ProGRPO: look inside expand-and-prune\n"
-                            "One prompt, G_max = 16 trajectories, pruned to 8 at step 5 and to 4 at step 7 by OVF on "
+                            "One prompt, G_max = 16 trajectories, pruned to 8 after step 5 and to 4 after step 7 by OVF on "
                             "the reward of one-step x0 proxies. The projectors show every trajectory's proxy at the "
                             "two checkpoints; the scorer and the OVF Pruner re-run the first selection on those "
                             "proxies and plot it (kept vs dropped); the last preview shows the 4 survivors' final "
@@ -244,17 +244,17 @@ def inspection() -> dict:
                          (reward, 0, "reward"), (ckpt, 2, "vae"), (text, 0, "prompt")]:
         g.connect(src, s, sampler, name)
     decoded = []
-    for i, step in enumerate((5, 7)):
-        proj = g.add("ProGRPOLatentProxyProjector", (780, 320 * i), {"step": step}, title=f"proxies at step {step}",
-                     size=(300, 230))
+    for i, cp in enumerate((5, 7)):  # checkpoint c scores the proxies of step c - 1 (its c-th model call)
+        proj = g.add("ProGRPOLatentProxyProjector", (780, 320 * i), {"step": cp - 1},
+                     title=f"proxies at checkpoint {cp} (step {cp - 1})", size=(300, 230))
         g.connect(sampler, 1, proj, "group")
         dec = g.add("VAEDecode", (1120, 320 * i), size=(200, 50))
         g.connect(proj, 0, dec, "samples")
         g.connect(ckpt, 2, dec, "vae")
-        prev = g.add("PreviewImage", (1360, 320 * i), title=f"proxies at checkpoint step {step}", size=(360, 280))
+        prev = g.add("PreviewImage", (1360, 320 * i), title=f"proxies at checkpoint {cp}", size=(360, 280))
         g.connect(dec, 0, prev, "images")
         decoded.append(dec)
-    scorer = g.add("ProGRPORewardScorer", (780, 680), {"prompt": PROMPT}, title="reward of the step-5 proxies",
+    scorer = g.add("ProGRPORewardScorer", (780, 680), {"prompt": PROMPT}, title="reward of the checkpoint-5 proxies",
                    size=(320, 160))
     g.connect(reward, 0, scorer, "reward")
     g.connect(decoded[0], 0, scorer, "images")

@@ -80,7 +80,7 @@ def tiny(api: dict, **trainer) -> dict:
     for nid in by_type(api, "ProGRPOExpandedGroupSampler"):
         api[nid]["inputs"].update(group_size=6, steps=6, checkpoints="3,4", keep="4,3")
     for i, nid in enumerate(by_type(api, "ProGRPOLatentProxyProjector")):
-        api[nid]["inputs"].update(step=(3, 4)[i])
+        api[nid]["inputs"].update(step=(2, 3)[i])  # the proxies checkpoints 3 and 4 scored
     for nid in by_type(api, "ProGRPOOVFPruner"):
         api[nid]["inputs"].update(keep="4")
     return api
@@ -187,7 +187,7 @@ def test_inspection_workflow(comfy_server):
     previews = {api[n]["_meta"]["title"]: comfy_server.images(entry, n) for n in by_type(api, "PreviewImage")}
     counts = {t: len(v) for t, v in previews.items()}
     print("previews:", counts)
-    assert counts == {"proxies at checkpoint step 5": 6, "proxies at checkpoint step 7": 4,
+    assert counts == {"proxies at checkpoint 5": 6, "proxies at checkpoint 7": 4,
                       "reward histogram: kept vs dropped": 1, "kept proxies (OVF)": 4, "final survivors": 3}
 
 
