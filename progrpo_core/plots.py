@@ -42,14 +42,19 @@ def reward_curve(epochs: Sequence[int], train_reward: Sequence[float], eval_poin
     return out
 
 
-def image_grid(images: torch.Tensor, nrow: int, scale: int = 4) -> torch.Tensor:
-    """Images (N, 3, H, W) in [0, 1] → one grid image (3, H', W'), nearest-upscaled by ``scale``."""
+def image_grid(images: torch.Tensor, nrow: int, scale: int = 4, gap: int = 2) -> torch.Tensor:
+    """Images (N, 3, H, W) in [0, 1] → one grid image (3, H', W'), ``nrow`` per row,
+    nearest-upscaled by ``scale``, tiles separated by ``gap`` grey pixels."""
     n, c, h, w = images.shape
-    ncol = (n + nrow - 1) // nrow
-    pad = torch.ones(nrow * ncol - n, c, h, w)
-    grid = torch.cat([images.float().cpu(), pad]).reshape(ncol, nrow, c, h, w)
-    grid = grid.permute(2, 0, 3, 1, 4).reshape(c, ncol * h, nrow * w)
-    return grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    rows = (n + nrow - 1) // nrow
+    tiles = images.float().cpu().repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+    th, tw = h * scale, w * scale
+    grid = torch.full((c, rows * (th + gap) + gap, nrow * (tw + gap) + gap), 0.5)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        y, x = gap + r * (th + gap), gap + col * (tw + gap)
+        grid[:, y:y + th, x:x + tw] = tiles[i]
+    return grid
 
 
 def save_grid(images: torch.Tensor, nrow: int, path: str | Path, scale: int = 4) -> Path:
