@@ -796,6 +796,7 @@ def train_lora(model, vae, clip, positive, negative, latent, prompts: list[str],
         adapter = ComfyLoraAdapter(den, cfg.lora.rank, cfg.lora.alpha, seed=cfg.run.seed, copy_other_weights=shares)
         recorder = training.RecordingReward(reward.reward)
         trainer = Trainer(cfg, model=den, reward=recorder, prompts=prompts, adapter=adapter, log=log.info)
+        trainer.check_run_folder()  # a full disk or unwritable output folder fails now, not after an hour
         if resume and ckpt.list_checkpoints(run_dir):
             try:
                 _, state = ckpt.load_latest(run_dir)

@@ -658,7 +658,7 @@ class Trainer:
         total = int(1.1 * sum(parts.values())) + 1_000_000
         return total, ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in parts.items())
 
-    def _check_run_folder(self) -> None:
+    def check_run_folder(self) -> None:
         """Rank 0 checks the run folder before anything is trained; all ranks fail together."""
         out = Path(self.cfg.run.out)
         error: Exception | None = None
@@ -691,7 +691,7 @@ class Trainer:
         main = w.is_main
         out = Path(c.run.out)
         state = self._load_resume_state() if resume else None
-        self._check_run_folder()
+        self.check_run_folder()
         metrics_path = out / "metrics.jsonl"
         t_start = time.perf_counter()
         n_per_prompt = c.run.eval_seeds
