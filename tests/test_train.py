@@ -112,3 +112,12 @@ def test_kl_to_reference_policy_is_measured_after_the_first_update(tmp_path):
     second = t.train_on(t.sample_epoch(1), 1)
     assert first["kl"] >= 0 and second["kl"] > 0
     assert t.compute.nfe_train_fwd == 2 * t.compute.nfe_train_bwd  # the reference forward is counted
+
+
+def test_training_on_a_weighted_spec_logs_every_component(tmp_path):
+    cfg = _cfg(tmp_path, run={"epochs": 1}, reward={"name": "digit*0.7,stroke*0.3"},
+               grpo={"prompts_per_epoch": 2, "separate_reward_norm": True}, schedule={"group_size": 6, "keep": "4,3"})
+    t = Trainer(cfg, log=lambda s: None)
+    res = t.sample_epoch(0)
+    assert set(res.metrics["components"]) == {"digit", "stroke", "total"}
+    assert res.advantages.shape == (6,) and torch.isfinite(res.advantages).all()

@@ -85,7 +85,15 @@ def _resolve(target: str | Callable[..., Any], what: str) -> Callable[..., Any]:
 
 def build_reward(name: str, path: str | None = None, device: str = "cpu", dtype: str = "float32",
                  **options: Any) -> Reward:
-    """Build the reward registered as ``name``, or a user's own given as a dotted path."""
+    """Build the reward registered as ``name``, a weighted spec (``"digit*0.7,stroke*0.3"``,
+    ``"pickscore=PATH*0.7,hpsv2.1=PATH*0.3"``), or a user's own given as a dotted path."""
+    if name not in _REGISTRY and any(ch in name for ch in ",=*"):
+        if path is not None:
+            raise ValueError(f"reward spec {name!r} names its own paths (NAME=PATH*WEIGHT); "
+                             f"drop the separate path {path!r}")
+        from .weighted import build_reward_from_spec
+
+        return build_reward_from_spec(name, device=device, dtype=dtype, **options)
     if name in _REGISTRY:
         factory = _resolve(_REGISTRY[name][0], f"reward {name!r}")
     elif ":" in name or "." in name:
