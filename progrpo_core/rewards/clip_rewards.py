@@ -29,7 +29,7 @@ from .base import Reward
 from .heads import LinearMLPHead
 from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePrep, prep_from_hf_processor
 from .weights import (WEIGHT_SOURCES, CheckpointMismatchError, RewardWeightsNotFound, UnsafeCheckpointError,
-                      find_reward_weights, load_state_dict_file, resolve_device, resolve_dtype)
+                      describe_mismatch, find_reward_weights, load_state_dict_file, resolve_device, resolve_dtype)
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
@@ -116,17 +116,10 @@ def load_hf_pretrained(cls, folder: Path, what: str, dtype: torch.dtype, downloa
                   if not k.endswith("position_ids") and not k.startswith(tuple(ignore_unexpected))]
     mismatched = info.get("mismatched_keys", [])
     if missing or unexpected or mismatched:
-        n = sum(1 for _ in model.state_dict())
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} of {n} expected weights are missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} weights are unexpected (e.g. {', '.join(unexpected[:3])})")
-        if mismatched:
-            parts.append(f"{len(mismatched)} have the wrong shape")
+        report = describe_mismatch(missing, unexpected, len(mismatched), sum(1 for _ in model.state_dict()))
         raise CheckpointMismatchError(
-            f"{what}: the weights in {folder} are not a checkpoint of its config's model: " + "; ".join(parts)
-            + f". Expected {download}.")
+            f"{what}: the weights in {folder} are not a checkpoint of its config's model: {report}. "
+            f"Expected {download}.")
     return model.eval().requires_grad_(False)
 
 

@@ -268,6 +268,21 @@ def _torch_load_weights_only(path: Path, what: str) -> object:
         raise CheckpointMismatchError(f"{what}: {path} is not a readable PyTorch checkpoint ({e})") from e
 
 
+def describe_mismatch(missing: list[str], unexpected: list[str], wrong_shape: int, n_expected: int,
+                      n_given: int | None = None, shape_example: str = "") -> str:
+    """How a checkpoint differs from its model, counted with a few examples, e.g. "3 of 120
+    expected weights are missing (e.g. a, b, c); 2 weights are unexpected (e.g. x, y)"."""
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} of {n_expected} expected weights are missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        of = f" of its {n_given}" if n_given is not None else ""
+        parts.append(f"{len(unexpected)}{of} weights are unexpected (e.g. {', '.join(unexpected[:3])})")
+    if wrong_shape:
+        parts.append(f"{wrong_shape} have the wrong shape" + (f" (e.g. {shape_example})" if shape_example else ""))
+    return "; ".join(parts)
+
+
 def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str, source: str,
                      ignore_missing: Iterable[str] = (), ignore_unexpected: Iterable[str] = (),
                      expected_download: str = "") -> None:
@@ -283,18 +298,13 @@ def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], what:
     misshaped = sorted(k for k in want if k in state and tuple(state[k].shape) != tuple(want[k]))
     if not (missing or unexpected or misshaped):
         return
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} of {len(want)} expected weights are missing (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} of its {len(state)} weights are unexpected (e.g. {', '.join(unexpected[:3])})")
+    example = ""
     if misshaped:
         k = misshaped[0]
-        parts.append(f"{len(misshaped)} have the wrong shape (e.g. {k}: {tuple(state[k].shape)} "
-                     f"in the file, {tuple(want[k])} in the model)")
+        example = f"{k}: {tuple(state[k].shape)} in the file, {tuple(want[k])} in the model"
+    report = describe_mismatch(missing, unexpected, len(misshaped), len(want), len(state), example)
     hint = f" Expected {expected_download}." if expected_download else ""
-    raise CheckpointMismatchError(
-        f"{what}: {source} is not a checkpoint of this model: " + "; ".join(parts) + "." + hint)
+    raise CheckpointMismatchError(f"{what}: {source} is not a checkpoint of this model: {report}.{hint}")
 
 
 @contextlib.contextmanager
