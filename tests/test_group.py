@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from progrpo_core import ovf
-from progrpo_core.group import PruneSchedule, sample_group
+from progrpo_core.group import sample_group
+from progrpo_core.methods import PruneSchedule
 
 PROMPTS = ["a handwritten 3", "a handwritten 8"]
 
@@ -43,8 +44,9 @@ def test_survivors_follow_the_same_trajectory_as_without_pruning(flow_model, dig
     full = _run(flow_model, PruneSchedule(group_size=8), digit_reward)
     for i in range(pruned.latents.shape[0]):
         j = int(pruned.prompt_index[i]) * 8 + int(pruned.row_id[i])
-        assert torch.equal(pruned.latents[i], full.latents[j])
-        assert torch.equal(pruned.log_probs[i], full.log_probs[j])
+        # the same noise stream and the same steps; a different batch size may round matmuls differently
+        torch.testing.assert_close(pruned.latents[i], full.latents[j], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(pruned.log_probs[i], full.log_probs[j], rtol=1e-5, atol=1e-5)
 
 
 def test_kept_rows_are_the_ovf_subset_of_proxy_rewards(flow_model, digit_reward):
