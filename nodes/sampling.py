@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from progrpo_core import ovf
+from progrpo_core.samplers import noise_help, sampler_help
 
 from . import host
 from .trace import GROUP, REWARD, GroupTrace, kept_json, prune_schedule
@@ -12,10 +13,8 @@ SEED_MAX = 0xFFFFFFFFFFFFFFFF
 SELECTORS = tuple(s for s in ovf.SELECTORS if s != "all")
 
 _SAMPLER_TIP = ("exploration sampler with log-probabilities: auto = flow_sde for flow models (SD3, Flux), ddim for "
-                "eps/v models (SD1.x, SDXL); flow_sde (Flow-GRPO), cps (coefficients-preserving), dance_sde "
-                "(DanceGRPO), ddim (DDIM with eta), ode (deterministic)")
-_NOISE_TIP = ("SDE noise level a (flow samplers) or DDIM eta; -1 = the sampler's default "
-              "(flow_sde/cps 0.7, dance_sde 0.3, ddim 1.0)")
+                f"eps/v models (SD1.x, SDXL); {sampler_help()}")
+_NOISE_TIP = f"SDE noise level a (flow samplers) or DDIM eta; -1 = the sampler's default ({noise_help()})"
 
 
 class ExpandedGroupSampler:

@@ -22,7 +22,8 @@ from typing import Callable, Sequence
 import torch
 
 from progrpo_core import ovf
-from progrpo_core.group import PruneSchedule, sample_group
+from progrpo_core.group import sample_group
+from progrpo_core.methods import PruneSchedule
 from progrpo_core.rewards import Reward, check_scores
 
 GROUP = "PROGRPO_GROUP"

@@ -3,15 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from progrpo_core.config import METHODS
+from progrpo_core.methods import METHODS, presets_text
 
 from . import host, training
 from .rewarding import check_reward
 from .sampling import _NOISE_TIP, _SAMPLER_TIP, CATEGORY, SEED_MAX
 from .trace import LORA, PROMPTS, REWARD, save_lora_tensors
 
-_PRESETS = ("presets (METHOD.md, scaled to T steps): pro-grpo G 48, prune at 0.5T, 0.7T to 24, 12; "
-            "pro-grpo-flash G 24 → 16 → 12; ovf G 24, train the 12 of largest variance; grpo G 24, train all")
+_PRESETS = f"presets (checkpoints scale with T): {presets_text()}"
 
 
 class PromptList:
@@ -69,8 +68,7 @@ class GRPOLoraTrainer:
                 "prompts": (PROMPTS, {"tooltip": "training prompts from the ProGRPO Prompt List"}),
                 "latent": ("LATENT", {"tooltip": "an empty latent of the training resolution; only its size is used"}),
                 "method": (list(METHODS), {"default": "pro-grpo", "tooltip":
-                           "pro-grpo: expand and prune while sampling; pro-grpo-flash: smaller expansion; ovf: "
-                           "sample G, train the maximum-variance subset; grpo: train all G"}),
+                           "; ".join(f"{p.name}: {p.summary}" for p in METHODS.values())}),
                 "epochs": ("INT", {"default": 10, "min": 1, "max": 100000,
                                    "tooltip": "sampling rounds (each: sample, score, prune, train)"}),
                 "prompts_per_epoch": ("INT", {"default": 1, "min": 1, "max": 256,

@@ -15,11 +15,12 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.nn import functional as F
 
-from progrpo_core.config import METHODS, TrainConfig, build_config
+from progrpo_core.config import TrainConfig, build_config
+from progrpo_core.methods import METHODS
 from progrpo_core.rewards import Reward
-from progrpo_core.samplers import FLOW_SAMPLERS, EPS_SAMPLERS
+from progrpo_core.samplers import SAMPLER_SPECS
 
-SAMPLER_CHOICES = ("auto",) + tuple(dict.fromkeys(FLOW_SAMPLERS + EPS_SAMPLERS))
+SAMPLER_CHOICES = ("auto", *SAMPLER_SPECS)
 TILE_PX = 96
 
 

@@ -311,7 +311,7 @@ def base_probes(plan: BenchPlan, log) -> dict[str, Any]:
 def selection_summary(probe, steps: int) -> dict[str, Any]:
     """Clustering and final-reward spread of what each selection rule keeps from the probe's groups."""
     from . import bench_probe as P
-    from .group import PruneSchedule
+    from .methods import PruneSchedule
 
     c = lambda f: max(1, round(f * steps)) - 1  # noqa: E731  paper convention → core index
     rules = {
@@ -338,7 +338,7 @@ def selection_summary(probe, steps: int) -> dict[str, Any]:
 def clustering_hist(probe, steps: int) -> dict[str, list[float]]:
     """Advantages before selection (full group of 24) and after (OVF on true reward, the pro-grpo funnel)."""
     from . import bench_probe as P
-    from .group import PruneSchedule
+    from .methods import PruneSchedule
 
     c = lambda f: max(1, round(f * steps)) - 1  # noqa: E731
     full = P.advantage_sample(probe, np.tile(np.arange(24), (probe.final.shape[0], 1)))
@@ -357,7 +357,7 @@ def paper_flops_table(model_fwd_tflops: float = 5.0) -> dict[str, Any]:
     estimate: 2 · 2.5e9 parameters · ~1000 tokens at 512 px)."""
     from . import bench_probe as P
     from .compute import Compute, FlopCosts
-    from .group import PruneSchedule
+    from .methods import PruneSchedule
 
     T, trained_steps, cfg_rows = 10, 9, 2
     costs = FlopCosts(model_fwd=model_fwd_tflops * 1e12, decode=2.49e12, reward=0.34e12)

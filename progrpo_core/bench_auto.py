@@ -28,7 +28,7 @@ import numpy as np
 
 from . import bench_probe as P
 from .compute import Compute
-from .group import PruneSchedule
+from .methods import PruneSchedule
 
 
 def candidate_schedules(steps: int, group: int, keep: tuple[int, ...], selector: str = "ovf") -> list[PruneSchedule]:

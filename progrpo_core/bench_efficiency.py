@@ -21,7 +21,8 @@ from typing import Any, Callable
 
 import torch
 
-from .group import PruneSchedule, sample_group
+from .group import sample_group
+from .methods import PruneSchedule
 
 
 def wide_model(hidden: int, family: str = "flow", seed: int = 0):

@@ -27,7 +27,8 @@ import torch
 
 from . import grpo, ovf
 from .denoiser import Denoiser
-from .group import PruneSchedule, sample_group
+from .group import sample_group
+from .methods import PruneSchedule
 from .rewards import Reward
 
 

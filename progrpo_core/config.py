@@ -3,7 +3,7 @@
 TOML files use one table per section (``[sampler]``, ``[schedule]``, ``[grpo]``, ``[lora]``,
 ``[reward]``, ``[model]``, ``[run]``); the command line derives ``--section.field VALUE`` for every
 field from the same dataclasses (``--sampler.steps 10``, ``--schedule.keep 24,12``).
-Fields left ``None`` take the method's preset (METHOD.md, scaled to the model).
+Fields left ``None`` take the method's preset (``methods.METHODS``) or the sampler's default.
 """
 from __future__ import annotations
 
@@ -17,11 +17,8 @@ from typing import Any, Optional
 
 from . import ovf
 from .grpo import ADV_NORMS
-from .group import PruneSchedule
-from .samplers import FLOW_SAMPLERS, EPS_SAMPLERS
-
-METHODS = ("pro-grpo", "pro-grpo-flash", "ovf", "grpo")
-_ALL_SAMPLERS = tuple(dict.fromkeys(FLOW_SAMPLERS + EPS_SAMPLERS))
+from .methods import METHODS, PruneSchedule, presets_text
+from .samplers import DEFAULT_SAMPLER, SAMPLER_SPECS, check_sampler, noise_help
 
 
 def _help(text: str, default: Any = None, factory: Any = None) -> Any:
@@ -62,13 +59,13 @@ class SamplerConfig:
     sampler: Optional[str] = _help("exploration sampler: flow_sde, cps, dance_sde (flow) or ddim (eps); "
                                    "default flow_sde / ddim by model family")
     steps: int = _help("sampling steps T per rollout", 10)
-    noise_level: Optional[float] = _help("SDE noise level a (flow_sde 0.7, cps 0.7, dance_sde 0.3) or DDIM eta (1.0)")
+    noise_level: Optional[float] = _help(f"SDE noise level a or DDIM eta (default: {noise_help()})")
     cfg: float = _help("classifier-free guidance scale in sampling and training (1 = off)", 1.0)
     eval_steps: int = _help("deterministic sampling steps for evaluation", 10)
 
     def __post_init__(self):
-        _need(self.sampler is None or self.sampler in _ALL_SAMPLERS,
-              f"sampler.sampler={self.sampler!r} unknown; expected one of {', '.join(_ALL_SAMPLERS)}")
+        _need(self.sampler is None or self.sampler in SAMPLER_SPECS,
+              f"sampler.sampler={self.sampler!r} unknown; expected one of {', '.join(SAMPLER_SPECS)}")
         _need(isinstance(self.steps, int) and self.steps >= 2,
               f"sampler.steps={self.steps!r}: T must be an integer >= 2")
         _need(isinstance(self.eval_steps, int) and self.eval_steps >= 1,
@@ -79,11 +76,9 @@ class SamplerConfig:
               f"sampler.cfg={self.cfg!r} must be >= 1 (1 turns guidance off)")
 
     def resolved(self, family: str) -> "SamplerConfig":
-        sampler = self.sampler or ("flow_sde" if family == "flow" else "ddim")
-        from .samplers import check_sampler
+        sampler = self.sampler or DEFAULT_SAMPLER.get(family, "")
         check_sampler(family, sampler)
-        default_noise = {"flow_sde": 0.7, "cps": 0.7, "dance_sde": 0.3, "ddim": 1.0, "ode": 0.0}[sampler]
-        noise = self.noise_level if self.noise_level is not None else default_noise
+        noise = self.noise_level if self.noise_level is not None else SAMPLER_SPECS[sampler].default_noise
         return dataclasses.replace(self, sampler=sampler, noise_level=noise)
 
 
@@ -100,28 +95,21 @@ class ScheduleConfig:
               f"schedule.selector={self.selector!r} unknown; expected one of {', '.join(ovf.SELECTORS)}")
 
     def resolved(self, method: str, steps: int) -> PruneSchedule:
-        """The method's preset (METHOD.md §5 scaled to T steps) with this config's fields on top."""
-        cps = (round(0.5 * steps), round(0.7 * steps))
-        preset = {
-            "grpo": dict(group_size=24, checkpoints=(), keep=(), final_keep=None),
-            "ovf": dict(group_size=24, checkpoints=(), keep=(), final_keep=12),
-            "pro-grpo": dict(group_size=48, checkpoints=cps, keep=(24, 12), final_keep=None),
-            "pro-grpo-flash": dict(group_size=24, checkpoints=cps, keep=(16, 12), final_keep=None),
-        }[method]
-        for f in ("group_size", "checkpoints", "keep", "final_keep"):
-            if getattr(self, f) is not None:
-                preset[f] = getattr(self, f)
-        if self.checkpoints is not None and self.keep is None and len(preset["keep"]) != len(self.checkpoints):
+        """The method's preset (``methods.METHODS``, scaled to T steps) with this config's fields on top."""
+        preset = METHODS[method].schedule(steps, self.selector)
+        overrides = {f: getattr(self, f) for f in ("group_size", "checkpoints", "keep", "final_keep")
+                     if getattr(self, f) is not None}
+        if self.checkpoints is not None and self.keep is None and len(preset.keep) != len(self.checkpoints):
             raise ValueError(f"schedule.checkpoints={list(self.checkpoints)} given without schedule.keep; "
                              "give one survivor count per checkpoint (e.g. --schedule.keep 24,12)")
-        sched = PruneSchedule(selector=self.selector, **preset)
+        sched = dataclasses.replace(preset, **overrides)
         sched.validate(steps)
         return sched
 
 
 @dataclasses.dataclass
 class GRPOConfig:
-    method: str = _help("pro-grpo (expand and prune), pro-grpo-flash, ovf (static), grpo (train all G)", "pro-grpo")
+    method: str = _help(f"training method and its default funnel: {presets_text()}", "pro-grpo")
     prompts_per_epoch: int = _help("B: prompts sampled per epoch (each gets a whole group)", 8)
     lr: float = _help("AdamW learning rate", 5e-3)
     weight_decay: float = _help("AdamW weight decay", 1e-4)

@@ -18,65 +18,10 @@ import torch
 from . import ovf
 from .compute import Compute
 from .denoiser import Denoiser, noise_to_start
+from .methods import PruneSchedule
 from .samplers import check_sampler, randn_rows, step_from_x0
 
 ScoreFn = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
-
-
-@dataclasses.dataclass(frozen=True)
-class PruneSchedule:
-    """Funnel ``G_max = K_0 > K_1 > … > K_I`` with checkpoints ``t_1 < … < t_I`` in ``1..T−1``;
-    optional ``final_keep`` selects on the *true* final reward (static OVF)."""
-
-    group_size: int
-    checkpoints: tuple[int, ...] = ()
-    keep: tuple[int, ...] = ()
-    final_keep: int | None = None
-    selector: str = "ovf"
-
-    @property
-    def survivors(self) -> int:
-        """Trajectories per prompt that reach the end of sampling."""
-        return self.keep[-1] if self.keep else self.group_size
-
-    @property
-    def trained(self) -> int:
-        """Trajectories per prompt that are trained on."""
-        return self.final_keep if self.final_keep is not None else self.survivors
-
-    def validate(self, steps: int) -> None:
-        """Raise ``ValueError`` naming the bad value and the fix."""
-        if steps < 2:
-            raise ValueError(f"steps T={steps} is too few; sampling needs T >= 2 steps")
-        if self.group_size < 2:
-            raise ValueError(f"group size G_max={self.group_size} is too small; GRPO needs >= 2 trajectories per prompt")
-        if self.selector not in ovf.SELECTORS:
-            raise ValueError(f"selector {self.selector!r} unknown; expected one of {', '.join(ovf.SELECTORS)}")
-        if len(self.checkpoints) != len(self.keep):
-            raise ValueError(
-                f"{len(self.checkpoints)} checkpoints {list(self.checkpoints)} but {len(self.keep)} survivor "
-                f"counts {list(self.keep)}; give one survivor count per checkpoint")
-        for c in self.checkpoints:
-            if not 1 <= c <= steps - 1:
-                raise ValueError(f"checkpoint step {c} is outside 1..T-1 = 1..{steps - 1}; "
-                                 "pruning needs at least one step before and after it")
-        if list(self.checkpoints) != sorted(set(self.checkpoints)):
-            raise ValueError(f"checkpoints {list(self.checkpoints)} must be strictly increasing")
-        prev = self.group_size
-        for k in self.keep:
-            if k > prev:
-                raise ValueError(f"survivor count K={k} exceeds the {prev} trajectories alive before it "
-                                 f"(G_max={self.group_size}); make each K at most the count before it")
-            if k == prev:
-                raise ValueError(f"the funnel {[self.group_size, *self.keep]} does not shrink at K={k}; "
-                                 "each checkpoint must keep fewer than it had")
-            prev = k
-        if self.survivors < 2:
-            raise ValueError(f"the funnel ends with {self.survivors} survivor(s); GRPO needs >= 2 per prompt")
-        if self.final_keep is not None:
-            if not 2 <= self.final_keep < self.survivors:
-                raise ValueError(f"final_keep={self.final_keep} must be in 2..{self.survivors - 1} "
-                                 f"(fewer than the {self.survivors} finished trajectories, at least 2)")
 
 
 @dataclasses.dataclass

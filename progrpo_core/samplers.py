@@ -17,6 +17,7 @@ trajectory).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable, Sequence
 
@@ -124,15 +125,49 @@ def ddim_step(x: torch.Tensor, eps: torch.Tensor, alpha_bar, alpha_bar_prev, eta
     return _finish(mean, std, prev_sample, generator)
 
 
-# ---- one entry point from the x0 estimate, for the loops ----------------------------------------
+# ---- the sampler table, and one entry point from the x0 estimate --------------------------------
 
-FLOW_SAMPLERS = ("flow_sde", "cps", "dance_sde", "ode")
-EPS_SAMPLERS = ("ddim", "ode")
-SAMPLERS = {"flow": FLOW_SAMPLERS, "eps": EPS_SAMPLERS}
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+    """One exploration sampler: the model families it fits, its default noise level (the SDE's
+    ``a``/``η`` or DDIM's ``η``) and its step function (``None`` for ``ode``, the deterministic
+    step of either family)."""
 
-_FLOW_STEPS: dict[str, Callable[..., StepOut]] = {
-    "flow_sde": flow_sde_step, "cps": cps_step, "dance_sde": dance_sde_step,
-}
+    name: str
+    families: tuple[str, ...]
+    default_noise: float
+    step: Callable[..., StepOut] | None
+    summary: str
+
+
+SAMPLER_SPECS: dict[str, SamplerSpec] = {s.name: s for s in (
+    SamplerSpec("flow_sde", ("flow",), 0.7, flow_sde_step, "Flow-GRPO's SDE"),
+    SamplerSpec("cps", ("flow",), 0.7, cps_step, "coefficients-preserving sampling"),
+    SamplerSpec("dance_sde", ("flow",), 0.3, dance_sde_step, "DanceGRPO's flow SDE with constant eta"),
+    SamplerSpec("ddim", ("eps",), 1.0, ddim_step, "DDIM with eta (DDPO, DanceGRPO)"),
+    SamplerSpec("ode", ("flow", "eps"), 0.0, None, "deterministic: Euler (flow) or DDIM eta = 0 (eps)"),
+)}
+DEFAULT_SAMPLER = {"flow": "flow_sde", "eps": "ddim"}
+SAMPLERS = {fam: tuple(n for n, s in SAMPLER_SPECS.items() if fam in s.families) for fam in DEFAULT_SAMPLER}
+FLOW_SAMPLERS, EPS_SAMPLERS = SAMPLERS["flow"], SAMPLERS["eps"]
+
+
+def sampler_help() -> str:
+    """Every sampler and the families it fits, for help texts and tooltips."""
+    return "; ".join(f"{n} ({'/'.join(s.families)}): {s.summary}" for n, s in SAMPLER_SPECS.items())
+
+
+def samplers_markdown() -> str:
+    """The README's sampler table (a test keeps the README equal to it)."""
+    rows = ["| `--sampler.sampler` | model family | default noise level | what it is |", "|---|---|---|---|"]
+    for n, s in SAMPLER_SPECS.items():
+        rows.append(f"| `{n}` | {', '.join(s.families)} | {s.default_noise:g} | {s.summary} |")
+    return "\n".join(rows)
+
+
+def noise_help() -> str:
+    """Every sampler's default noise level, for help texts and tooltips."""
+    return ", ".join(f"{n} {s.default_noise:g}" for n, s in SAMPLER_SPECS.items() if n != "ode")
 
 
 def check_sampler(family: str, sampler: str) -> None:
@@ -153,7 +188,7 @@ def step_from_x0(family: str, sampler: str, x: torch.Tensor, x0: torch.Tensor, s
         v = velocity(x.float(), x0.float(), sigma)
         if sampler == "ode":
             return flow_sde_step(x, v, sigma, sigma_next, 0.0, prev_sample, generator)
-        return _FLOW_STEPS[sampler](x, v, sigma, sigma_next, noise_level, prev_sample, generator)
+        return SAMPLER_SPECS[sampler].step(x, v, sigma, sigma_next, noise_level, prev_sample, generator)
     eps = epsilon(x.float(), x0.float(), sigma)
     eta = 0.0 if sampler == "ode" else noise_level
     return ddim_step(x, eps, alpha_bar(torch.as_tensor(sigma)).float(),

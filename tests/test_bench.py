@@ -13,7 +13,8 @@ from progrpo_core.bench_auto import pick, pick_by_rho
 from progrpo_core.bench_runs import compute_to_reach, default_flop_costs, paper_checkpoints
 from progrpo_core.compute import Compute, FlopCosts
 from progrpo_core.embedded import load_digits_model
-from progrpo_core.group import PruneSchedule, sample_group
+from progrpo_core.group import sample_group
+from progrpo_core.methods import PruneSchedule
 from progrpo_core.rewards import build_reward
 
 

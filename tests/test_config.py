@@ -68,3 +68,21 @@ def test_bad_toml_file(tmp_path):
 def test_every_field_has_help():
     for section, name, help_, _ in C.field_specs():
         assert help_, f"{section}.{name} has no help"
+
+
+def test_readme_method_table_is_the_preset_table():
+    from pathlib import Path
+
+    from progrpo_core.methods import presets_markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert presets_markdown() in readme, "regenerate the README's method table from methods.presets_markdown()"
+
+
+def test_readme_sampler_table_is_the_sampler_table():
+    from pathlib import Path
+
+    from progrpo_core.samplers import samplers_markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert samplers_markdown() in readme, "regenerate the README's sampler table from samplers.samplers_markdown()"

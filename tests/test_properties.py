@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from progrpo_core import config as C
 from progrpo_core import ovf
-from progrpo_core.group import PruneSchedule
+from progrpo_core.methods import PruneSchedule
 
 settings.register_profile("progrpo", deadline=None, max_examples=150, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -147,7 +147,7 @@ def test_broken_schedules_are_refused_naming_the_value(case, data):
     assert str(bad) in str(e.value) or repr(bad) in str(e.value), (kind, bad, str(e.value))
 
 
-@given(valid_schedules(), st.sampled_from(C.METHODS))
+@given(valid_schedules(), st.sampled_from(tuple(C.METHODS)))
 def test_schedule_config_resolves_valid_settings_exactly(case, method):
     sched, steps = case
     assume(sched.final_keep is not None or method != "ovf")  # None there means the preset's final_keep
@@ -160,7 +160,7 @@ opt_ints = st.none() | st.integers(-3, 70)
 opt_tuples = st.none() | st.lists(st.integers(-3, 70), max_size=4).map(tuple)
 
 
-@given(st.sampled_from(C.METHODS), st.integers(-2, 60), opt_ints, opt_tuples, opt_tuples, opt_ints)
+@given(st.sampled_from(tuple(C.METHODS)), st.integers(-2, 60), opt_ints, opt_tuples, opt_tuples, opt_ints)
 def test_schedule_config_never_crashes(method, steps, g, checkpoints, keep, final_keep):
     cfg = C.ScheduleConfig(group_size=g, checkpoints=checkpoints, keep=keep, final_keep=final_keep)
     try:
