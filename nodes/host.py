@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import os
@@ -36,8 +35,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from progrpo_core.lora import (SUFFIX_ALPHA, SUFFIX_DOWN, SUFFIX_UP, LoraAdapter, LoraFileError, check_rank_alpha,
-                               read_lora_file)
+from progrpo_core.lora import LoraWeights
+from progrpo_core.lora_format import check_rank_alpha, decode_header, read_lora_file
 
 log = logging.getLogger("progrpo")
 
@@ -410,12 +409,10 @@ class _CopyWeight:
         return weight
 
 
-class ComfyLoraAdapter:
-    """Trainable LoRA on ``denoiser.net`` through ``ModelPatcher.add_weight_wrapper``; the
-    interface of :class:`progrpo_core.lora.LoraAdapter` (parameters, disabled, save, …).
+class ComfyLoraAdapter(LoraWeights):
+    """Trainable LoRA on ``denoiser.net`` through ``ModelPatcher.add_weight_wrapper`` (the core's
+    :class:`~progrpo_core.lora.LoraWeights`: same parameters, reference switch and file format).
     Must be created before the patcher is loaded (wrappers are attached at load time)."""
-
-    save = LoraAdapter.save  # same file format and header; uses only the attributes below
 
     def __init__(self, denoiser: ComfyDenoiser, rank: int, alpha: float, targets: Sequence[str] | None = None,
                  seed: int = 0, copy_other_weights: bool = False):
@@ -439,8 +436,8 @@ class ComfyLoraAdapter:
                         if getattr(m, p, None) is not None and not (p == "weight" and name in self.modules):
                             denoiser.patcher.add_weight_wrapper(f"{LORA_PREFIX}{name}.{p}", _CopyWeight())
 
-    def parameters(self) -> list[nn.Parameter]:
-        return [p for _, p in self.named_parameters()]
+    def pairs(self) -> dict[str, tuple[nn.Parameter, nn.Parameter]]:
+        return {path: (d.down, d.up) for path, d in self.modules.items()}
 
     def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(f"{path}.{n}", p) for path, d in self.modules.items() for n, p in d.named_parameters()]
@@ -454,34 +451,6 @@ class ComfyLoraAdapter:
         finally:
             for d in self.modules.values():
                 d.enabled = True
-
-    def comfy_state_dict(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-        out = {}
-        for path, d in self.modules.items():
-            key = LORA_PREFIX + path
-            out[key + SUFFIX_DOWN] = d.down.detach().to(dtype).cpu().contiguous()
-            out[key + SUFFIX_UP] = d.up.detach().to(dtype).cpu().contiguous()
-            out[key + SUFFIX_ALPHA] = torch.tensor(self.alpha, dtype=torch.float32)
-        return out
-
-    def load_comfy_state_dict(self, tensors: dict[str, torch.Tensor], source: str = "LoRA") -> None:
-        expected = set(self.comfy_state_dict())
-        missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-        if missing or unexpected:
-            raise LoraFileError(f"{source} does not fit this run's adapters ({len(missing)} missing key(s) "
-                                f"{missing[:2]}, {len(unexpected)} unexpected {unexpected[:2]}); it was trained with "
-                                f"another model, rank or targets (this run: rank {self.rank}, {len(self.modules)} modules)")
-        with torch.no_grad():
-            for path, d in self.modules.items():
-                key = LORA_PREFIX + path
-                for suffix, p in ((SUFFIX_DOWN, d.down), (SUFFIX_UP, d.up)):
-                    t = tensors[key + suffix]
-                    if t.shape != p.shape:
-                        raise LoraFileError(f"{source}: {key + suffix} has shape {tuple(t.shape)}, expected {tuple(p.shape)}")
-                    p.copy_(t.to(p))
-                a = float(tensors[key + SUFFIX_ALPHA])
-                if abs(a - self.alpha) > 1e-6:
-                    raise LoraFileError(f"{source}: alpha {a} differs from this run's alpha {self.alpha}")
 
 
 def apply_lora(model, lora: dict[str, torch.Tensor], strength: float = 1.0):
@@ -667,15 +636,7 @@ def reward_device(choice: str) -> str:
 
 def lora_metadata_of(path: Path) -> dict[str, Any]:
     """The ``progrpo.*`` header of a LoRA file, values JSON-decoded where possible."""
-    _, meta = read_lora_file(path)
-    out = {}
-    for k, v in meta.items():
-        if k.startswith("progrpo."):
-            try:
-                out[k[len("progrpo."):]] = json.loads(v)
-            except ValueError:
-                out[k[len("progrpo."):]] = v
-    return out
+    return decode_header(read_lora_file(path)[1])
 
 
 # ---- what the nodes call ----------------------------------------------------------------------

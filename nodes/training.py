@@ -71,24 +71,12 @@ class LoraTensors(dict):
         self.metadata = dict(metadata or {})
 
 
-def lora_header(adapter, metadata: dict[str, Any]) -> dict[str, str]:
-    """The safetensors header :meth:`LoraAdapter.save` writes (values as strings)."""
-    import json
-
-    meta = {"progrpo.format": "comfyui-lora", "progrpo.rank": str(adapter.rank), "progrpo.alpha": str(adapter.alpha),
-            "progrpo.targets": json.dumps(adapter.targets),
-            "progrpo.base_model_hash": adapter.denoiser.fingerprint()}
-    for k, v in metadata.items():
-        meta[f"progrpo.{k}"] = v if isinstance(v, str) else json.dumps(v)
-    return meta
-
-
 def trained_lora(trainer) -> LoraTensors:
     """The trainer's LoRA as saved (the EMA weights when EMA is on)."""
     if trainer.ema is not None:
         trainer.ema.swap()
     try:
-        return LoraTensors(trainer.adapter.comfy_state_dict(), lora_header(trainer.adapter, trainer.lora_metadata()))
+        return LoraTensors(trainer.adapter.comfy_state_dict(), trainer.adapter.header(trainer.lora_metadata()))
     finally:
         if trainer.ema is not None:
             trainer.ema.swap()

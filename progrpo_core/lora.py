@@ -1,47 +1,72 @@
-"""LoRA adapters through ``peft``, saved in the format ComfyUI's stock LoraLoader loads.
+"""Trainable LoRA adapters, saved in the format ComfyUI's stock LoraLoader loads
+(:mod:`progrpo_core.lora_format`).
 
-Adapters are injected in place into ``denoiser.net`` (``peft.inject_adapter_in_model``), so the
-denoiser keeps working unchanged and module paths stay the network's own. Files hold, per adapted
-module ``<path>`` of the network (``P = denoiser.lora_prefix``, ``"diffusion_model."``)::
-
-    P<path>.lora_down.weight   (rank, in)       = peft lora_A
-    P<path>.lora_up.weight     (out, rank)      = peft lora_B
-    P<path>.alpha              0-d float        scale = alpha / rank (peft and ComfyUI agree)
-
-and the run's metadata (method, schedule, steps, reward, base-model hash …) in the safetensors
-header, never in the file name.
+:class:`LoraWeights` is what the trainer sees of any adapter: its ``(down, up)`` parameter pairs
+by module path, a switch to run the reference policy without them, and the ComfyUI file format.
+Two implementations exist: :class:`LoraAdapter` here (``peft`` layers injected in place into
+``denoiser.net``, for the built-in models and headless training) and the host's weight-wrapper
+adapter in ``nodes/host`` (ComfyUI's own mechanism, inside a ComfyUI graph).
 """
 from __future__ import annotations
 
-import json
+import abc
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from .io import save_safetensors
+from . import lora_format as fmt
+from .lora_format import LoraFileError, check_rank_alpha, read_lora_file  # noqa: F401  (re-exported)
 
-SUFFIX_DOWN, SUFFIX_UP, SUFFIX_ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
 _ADAPTER = "default"
 
 
-class LoraFileError(ValueError):
-    """A LoRA file that does not fit the model it is applied to."""
+class LoraWeights(abc.ABC):
+    """A trainable LoRA on ``denoiser.net``: ``rank``, ``alpha``, ``targets`` (module paths)."""
+
+    denoiser: Any
+    rank: int
+    alpha: float
+    targets: list[str]
+
+    @abc.abstractmethod
+    def pairs(self) -> dict[str, tuple[nn.Parameter, nn.Parameter]]:
+        """``{module path: (down (r, in), up (out, r))}`` — the trainable parameters."""
+
+    @abc.abstractmethod
+    def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The parameters with stable names (the keys of resumable checkpoints)."""
+
+    @abc.abstractmethod
+    def disabled(self) -> Iterator[None]:
+        """Context: run the reference policy (the same network without the LoRA)."""
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def describe(self) -> str:
+        return f"this model: rank {self.rank}, {len(self.targets)} target modules, e.g. {self.targets[:2]}"
+
+    def comfy_state_dict(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        return fmt.to_comfy(self.pairs(), self.alpha, self.denoiser.lora_prefix, dtype)
+
+    def load_comfy_state_dict(self, tensors: Mapping[str, torch.Tensor], source: str = "LoRA") -> None:
+        """Copy a ComfyUI-format LoRA into these adapters; every key and shape must match."""
+        fmt.copy_into(self.pairs(), self.alpha, self.denoiser.lora_prefix, tensors, source, self.describe())
+
+    def header(self, metadata: Mapping[str, Any] | None = None) -> dict[str, str]:
+        return fmt.header(self.rank, self.alpha, self.targets, self.denoiser.fingerprint(), metadata)
+
+    def save(self, path: str | Path, metadata: Mapping[str, Any] | None = None,
+             dtype: torch.dtype = torch.float32) -> Path:
+        return fmt.save_lora_file(self.comfy_state_dict(dtype), path, self.header(metadata))
 
 
-def check_rank_alpha(rank: int, alpha: float) -> tuple[int, float]:
-    """Validated ``(rank, alpha)`` of a LoRA (scale = alpha / rank)."""
-    if rank < 1:
-        raise ValueError(f"LoRA rank={rank} must be >= 1")
-    if alpha <= 0:
-        raise ValueError(f"LoRA alpha={alpha} must be > 0")
-    return int(rank), float(alpha)
-
-
-class LoraAdapter:
-    """Trainable LoRA layers on a denoiser's network."""
+class LoraAdapter(LoraWeights):
+    """``peft`` LoRA layers injected in place into ``denoiser.net`` (module paths stay the
+    network's own, so the denoiser keeps working unchanged)."""
 
     def __init__(self, denoiser, rank: int, alpha: float, targets: Sequence[str] | None = None,
                  seed: int = 0):
@@ -69,15 +94,14 @@ class LoraAdapter:
 
         return {name: m for name, m in self.denoiser.net.named_modules() if isinstance(m, LoraLayer)}
 
-    def parameters(self) -> list[nn.Parameter]:
-        return [p for _, p in self.named_parameters()]
+    def pairs(self) -> dict[str, tuple[nn.Parameter, nn.Parameter]]:
+        return {name: (m.lora_A[_ADAPTER].weight, m.lora_B[_ADAPTER].weight) for name, m in self.modules.items()}
 
     def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.denoiser.net.named_parameters() if ".lora_" in n]
 
     @contextmanager
     def disabled(self) -> Iterator[None]:
-        """Run the reference policy: the same network with the adapters switched off."""
         for m in self.modules.values():
             m.enable_adapters(False)
         try:
@@ -97,74 +121,15 @@ class LoraAdapter:
         for p in net.parameters():
             p.requires_grad_(False)
 
-    # -- ComfyUI format ------------------------------------------------------------------------
-    def comfy_state_dict(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-        prefix = self.denoiser.lora_prefix
-        out = {}
-        for name, m in self.modules.items():
-            down = m.lora_A[_ADAPTER].weight.detach()
-            up = m.lora_B[_ADAPTER].weight.detach()
-            out[prefix + name + SUFFIX_DOWN] = down.to(dtype).cpu().contiguous()
-            out[prefix + name + SUFFIX_UP] = up.to(dtype).cpu().contiguous()
-            out[prefix + name + SUFFIX_ALPHA] = torch.tensor(self.alpha, dtype=torch.float32)
-        return out
-
-    def load_comfy_state_dict(self, tensors: dict[str, torch.Tensor], source: str = "LoRA") -> None:
-        """Copy a ComfyUI-format LoRA into these adapters; every key and shape must match."""
-        prefix = self.denoiser.lora_prefix
-        expected = set(self.comfy_state_dict())
-        missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-        if missing or unexpected:
-            raise LoraFileError(
-                f"{source} does not fit this model's adapters: {len(missing)} missing key(s) "
-                f"{missing[:3]}, {len(unexpected)} unexpected key(s) {unexpected[:3]}; was it trained "
-                f"on another base model or with other targets/rank? (this model: rank {self.rank}, "
-                f"targets {self.targets})")
-        with torch.no_grad():
-            for name, m in self.modules.items():
-                for key, param in ((SUFFIX_DOWN, m.lora_A[_ADAPTER].weight), (SUFFIX_UP, m.lora_B[_ADAPTER].weight)):
-                    t = tensors[prefix + name + key]
-                    if t.shape != param.shape:
-                        raise LoraFileError(f"{source}: {prefix + name + key} has shape {tuple(t.shape)}, "
-                                            f"the model expects {tuple(param.shape)}; it belongs to another model")
-                    param.copy_(t.to(param))
-                a = float(tensors[prefix + name + SUFFIX_ALPHA])
-                if abs(a - self.alpha) > 1e-6:
-                    raise LoraFileError(f"{source}: alpha {a} differs from the adapter's {self.alpha}")
-
-    def save(self, path: str | Path, metadata: dict | None = None, dtype: torch.dtype = torch.float32) -> Path:
-        meta = {"progrpo.format": "comfyui-lora", "progrpo.rank": str(self.rank),
-                "progrpo.alpha": str(self.alpha), "progrpo.targets": json.dumps(self.targets),
-                "progrpo.base_model_hash": self.denoiser.fingerprint()}
-        for k, v in (metadata or {}).items():
-            meta[f"progrpo.{k}"] = v if isinstance(v, str) else json.dumps(v)
-        return save_safetensors(self.comfy_state_dict(dtype), path, meta)
-
-
-def read_lora_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"LoRA file not found: {path}")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = dict(f.metadata() or {})
-        return load_file(str(path)), meta
-    except (SafetensorError, OSError) as e:
-        raise LoraFileError(f"{path} is not a readable safetensors LoRA file ({e})") from e
-
 
 def lora_from_file(denoiser, path: str | Path, check_base: bool = True) -> LoraAdapter:
     """Attach adapters shaped like the file's and load it (for evaluation or continued training)."""
     tensors, meta = read_lora_file(path)
     prefix = denoiser.lora_prefix
-    downs = {k[len(prefix):-len(SUFFIX_DOWN)]: v for k, v in tensors.items()
-             if k.startswith(prefix) and k.endswith(SUFFIX_DOWN)}
+    downs = fmt.modules_of(tensors, prefix)
     if not downs:
-        raise LoraFileError(f"{path} has no '{prefix}<module>{SUFFIX_DOWN}' keys; it is not a LoRA for this model "
-                            f"({len(tensors)} keys, e.g. {sorted(tensors)[:2]})")
+        raise LoraFileError(f"{path} has no '{prefix}<module>{fmt.SUFFIX_DOWN}' keys; it is not a LoRA for this "
+                            f"model ({len(tensors)} keys, e.g. {sorted(tensors)[:2]})")
     base = meta.get("progrpo.base_model_hash")
     if check_base and base and base != denoiser.fingerprint():
         raise LoraFileError(
@@ -179,8 +144,8 @@ def lora_from_file(denoiser, path: str | Path, check_base: bool = True) -> LoraA
     if len(ranks) != 1:
         raise LoraFileError(f"{path}: mixed ranks {sorted(ranks)} are not supported")
     rank = ranks.pop()
-    alpha_key = prefix + next(iter(downs)) + SUFFIX_ALPHA
+    alpha_key = prefix + next(iter(downs)) + fmt.SUFFIX_ALPHA
     alpha = float(tensors[alpha_key]) if alpha_key in tensors else float(rank)  # no alpha: scale 1
-    adapter = LoraAdapter(denoiser, rank, alpha, targets=[f"{m}" for m in downs])
+    adapter = LoraAdapter(denoiser, rank, alpha, targets=list(downs))
     adapter.load_comfy_state_dict(tensors, source=str(path))
     return adapter
