@@ -714,13 +714,14 @@ def train_lora(model, vae, clip, positive, negative, latent, prompts: list[str],
                node_id: str | None = None):
     """The GRPO LoRA Trainer: ``(MODEL with the LoRA, LORA_MODEL, curves IMAGE, summary text)``.
 
-    Trains on a clone of MODEL (see :func:`training_model`). Every ``save_every`` epochs and at the
-    end, the LoRA goes to ``models/loras/progrpo/autosave/<run_name>.safetensors`` and a resumable
-    checkpoint (LoRA, optimizer, EMA, RNG) to ``output/progrpo/<run_name>/``; when training stops
-    early (interrupt or error) the LoRA trained so far is saved too. ``resume`` continues from the
-    newest checkpoint; ``cfg.run.epochs`` counts the whole run."""
-    from progrpo_core import checkpoint as ckpt
-    from progrpo_core.trainer import Trainer
+    Trains on a clone of MODEL (see :func:`training_model`) by driving the core's training loop.
+    Every ``save_every`` epochs and at the end, the LoRA goes to
+    ``models/loras/progrpo/autosave/<run_name>.safetensors`` and a resumable checkpoint (LoRA,
+    optimizer, EMA, RNG) to ``output/progrpo/<run_name>/``; when training stops early (interrupt or
+    error) the last completed epoch is checkpointed and the LoRA trained so far saved. ``resume``
+    continues from the newest checkpoint; ``cfg.run.epochs`` counts the whole run."""
+    from progrpo_core.checkpoint import CheckpointError
+    from progrpo_core.training import EpochRecord, RunFolder, Trainer
 
     from . import training
 
@@ -738,10 +739,11 @@ def train_lora(model, vae, clip, positive, negative, latent, prompts: list[str],
     if clip is None and len(prompts) != 1:
         raise ValueError(f"without a CLIP the positive CONDITIONING stands for one prompt, but the list has "
                          f"{len(prompts)}; connect a CLIP to train on several prompts")
-    lora_path, run_dir = autosave_path(run_name), run_folder(run_name)
-    cfg.run.out = str(run_dir)
+    folder = RunFolder(run_folder(run_name), lora_path=autosave_path(run_name))
+    cfg.run.out = str(folder.out)
+    cfg.run.save_every = cfg.run.checkpoint_every = int(save_every)
+    cfg.run.keep_checkpoints = 2
     T = cfg.sampler.steps
-    progress = Progress(cfg.run.epochs * (T + 1), node_id)
 
     with training_model(model, gradient_checkpointing) as (mp, shares):
         den = ComfyDenoiser(mp, samples.shape[1:], vae=vae, clip=clip, targets=targets,
@@ -757,44 +759,32 @@ def train_lora(model, vae, clip, positive, negative, latent, prompts: list[str],
         adapter = ComfyLoraAdapter(den, cfg.lora.rank, cfg.lora.alpha, seed=cfg.run.seed, copy_other_weights=shares)
         recorder = training.RecordingReward(reward.reward)
         trainer = Trainer(cfg, model=den, reward=recorder, prompts=prompts, adapter=adapter, log=log.info)
-        trainer.check_run_folder()  # a full disk or unwritable output folder fails now, not after an hour
-        if resume and ckpt.list_checkpoints(run_dir):
-            try:
-                _, state = ckpt.load_latest(run_dir)
-                trainer.load_state_dict(state)
-            except ckpt.CheckpointError as e:
-                raise ValueError(f"cannot resume run {run_name!r}: {e}") from None
-            progress.text(f"resuming {run_name} after epoch {trainer.epoch}")
+        try:  # a full disk or unwritable output folder fails now, not after an hour
+            resumed = trainer.open(folder, resume=resume)
+        except CheckpointError as e:
+            raise ValueError(f"cannot resume run {run_name!r}: {e}") from None
         start = trainer.epoch
-        epochs = max(0, cfg.run.epochs - start)
+        progress = Progress(max(1, cfg.run.epochs - start) * (T + 1), node_id)
+        if resumed:
+            progress.text(f"resuming {run_name} after epoch {start}")
         G = trainer.schedule.group_size
-        rows = trainer.metrics_rows  # kept in the trainer's checkpoints
 
-        def save():
-            trainer.save_lora(lora_path)
-            ckpt.save_checkpoint(trainer.state_dict(), run_dir, keep=2)
-
-        def on_epoch(row, res):
-            rows.append({"epoch": row.epoch, "reward_mean": row.reward_mean, "loss": row.loss,
-                         "optimizer_step": row.optimizer_steps})
-            grid = training.preview_grid(recorder, res, G, cfg.grpo.prompts_per_epoch)
-            progress.update((row.epoch - start) * (T + 1), None, preview=pil_of(grid) if grid is not None else None)
-            progress.text(row.text(cfg.run.epochs))
-            if save_every > 0 and (row.epoch - start) % save_every == 0:
-                save()
+        def on_epoch(record):
+            grid = training.preview_grid(recorder, record.batch, G, cfg.grpo.prompts_per_epoch)
+            progress.update((record.epoch - start) * (T + 1), None, preview=pil_of(grid) if grid is not None else None)
+            progress.text(record.text(cfg.run.epochs))
 
         try:
-            if epochs:
-                den.run(lambda: training.train_epochs(trainer, epochs, start, on_step=progress.update,
-                                                      on_epoch=on_epoch),
+            if start < cfg.run.epochs:
+                den.run(lambda: training.drive_training(trainer, folder, on_step=progress.update, on_epoch=on_epoch),
                         sigmas=den.sigmas(T), max_rows=G * cfg.grpo.prompts_per_epoch)
         except BaseException as e:
             if trainer.optimizer_steps > 0:
                 try:
-                    trainer.save_lora(lora_path)
+                    trainer.save_lora(folder.lora_path)
                     log.warning("ProGRPO: training stopped in epoch %d (%s); the LoRA trained so far is in %s; "
                                 "resume continues from the last checkpoint in %s", trainer.epoch,
-                                type(e).__name__, lora_path, run_dir)
+                                type(e).__name__, folder.lora_path, folder.out)
                 except Exception as save_error:  # never hide the error that stopped training
                     log.error("ProGRPO: training stopped (%s) and the LoRA trained so far could not be saved: %s",
                               type(e).__name__, save_error)
@@ -803,13 +793,15 @@ def train_lora(model, vae, clip, positive, negative, latent, prompts: list[str],
                                    "(Flux does), which plain backpropagation cannot handle: turn "
                                    "gradient_checkpointing on") from None
             raise
-        save()
+        trainer.save_lora(folder.lora_path)
+        if trainer.state.last_checkpoint != trainer.epoch:
+            trainer.save_checkpoint(folder)
         lora = training.trained_lora(trainer)
-        history = training.rows_history(rows)
+        history = [EpochRecord.from_row(r) for r in trainer.metrics_rows if r["epoch"] > start]
         summary = (f"{cfg.grpo.method}: epochs {start + 1}..{trainer.epoch} of {cfg.run.epochs}, "
                    f"{trainer.optimizer_steps} optimizer steps, reward "
                    + (f"{history[0].reward_mean:.4f} → {history[-1].reward_mean:.4f}" if history else "n/a")
-                   + f"; LoRA {lora_path}, checkpoints {run_dir}")
+                   + f"; LoRA {folder.lora_path}, checkpoints {folder.out}")
     out_model = apply_lora(model, lora)
     curves = training.curves_image(history, f"{cfg.grpo.method}: {reward.spec}")
     return out_model, lora, curves, summary

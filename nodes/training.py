@@ -1,12 +1,10 @@
-"""The GRPO LoRA Trainer node's work that needs no ComfyUI: its config, the epoch loop around the
-core's :class:`~progrpo_core.trainer.Trainer`, the live preview and the curves.
-
-The host side (cloning the MODEL, adapters, the guider session) is in :mod:`host`; the CI tests
-run these functions on the built-in digits model.
+"""The GRPO LoRA Trainer node's work that needs no ComfyUI: its config from the widgets, the live
+preview and the curves. The node drives the core's one training loop
+(:meth:`progrpo_core.training.Trainer.epochs`); the host side (cloning the MODEL, adapters, the
+guider session) is in :mod:`host`. The CI tests run these functions on the built-in digits model.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import tempfile
 from pathlib import Path
@@ -18,6 +16,7 @@ from torch.nn import functional as F
 from progrpo_core.config import TrainConfig, build_config
 from progrpo_core.methods import METHODS
 from progrpo_core.rewards import Reward
+from progrpo_core.training import EpochRecord
 from progrpo_core.samplers import SAMPLER_SPECS
 
 SAMPLER_CHOICES = ("auto", *SAMPLER_SPECS)
@@ -72,14 +71,8 @@ class LoraTensors(dict):
 
 
 def trained_lora(trainer) -> LoraTensors:
-    """The trainer's LoRA as saved (the EMA weights when EMA is on)."""
-    if trainer.ema is not None:
-        trainer.ema.swap()
-    try:
-        return LoraTensors(trainer.adapter.comfy_state_dict(), trainer.adapter.header(trainer.lora_metadata()))
-    finally:
-        if trainer.ema is not None:
-            trainer.ema.swap()
+    """The trainer's LoRA as saved (the EMA weights when EMA is on), with its file header."""
+    return LoraTensors(*trainer.lora_tensors())
 
 
 # ---- a reward that remembers what it saw (for the live preview, at no extra decode) ---------------
@@ -155,71 +148,33 @@ def _two_rows(top: torch.Tensor, bottom: torch.Tensor, gap: int = 4) -> torch.Te
     return canvas.clamp(0, 1)
 
 
-# ---- the epoch loop ---------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class EpochRow:
-    epoch: int
-    reward_mean: float
-    reward_std: float
-    loss: float
-    clustered_trained: float
-    optimizer_steps: int
-    nfe: int
-
-    def text(self, epochs_total: int) -> str:
-        return (f"epoch {self.epoch}/{epochs_total}: reward {self.reward_mean:.4f} ± {self.reward_std:.4f}, "
-                f"loss {self.loss:.4g}, {self.optimizer_steps} optimizer steps")
-
-
-def train_epochs(trainer, epochs: int, start_epoch: int = 0,
-                 on_step: Callable[[int, int], None] | None = None,
-                 on_epoch: Callable[[EpochRow, Any], None] | None = None) -> list[EpochRow]:
-    """Run ``epochs`` epochs (sample → score → prune/select → train) from ``start_epoch``.
-
-    ``on_step(done, total)`` is called after every sampling step and after each epoch's training
-    (``total = epochs·(T+1)``); ``on_epoch(row, epoch_result)`` after each epoch."""
-    T = trainer.sampler.steps
-    total = epochs * (T + 1)
+def drive_training(trainer, folder=None, on_step: Callable[[int, int], None] | None = None,
+                   on_epoch: Callable[[EpochRecord], None] | None = None) -> list[EpochRecord]:
+    """Drive the core's training loop from the trainer's current epoch to ``run.epochs`` with the
+    node's callbacks: ``on_step(done, total)`` after every sampling step and after each epoch's
+    training (``total = epochs left · (T+1)``), ``on_epoch(record)`` after each epoch (its
+    ``record.batch`` holds the trained rows, for the preview). Returns this call's records."""
+    start, T = trainer.epoch, trainer.sampler.steps
+    total = (trainer.cfg.run.epochs - start) * (T + 1)
     recorder = trainer.reward if isinstance(trainer.reward, RecordingReward) else None
-    history: list[EpochRow] = []
-    for k, epoch in enumerate(range(start_epoch, start_epoch + epochs)):
-        trainer.epoch = epoch + 1
+
+    def on_sample_step(info: dict) -> None:
+        if on_step is not None:
+            on_step((trainer.epoch - 1 - start) * (T + 1) + info["step"] + 1, total)
+
+    history = []
+    for record in trainer.epochs(folder, on_sample_step=on_sample_step):
+        history.append(record)
+        if on_step is not None:
+            on_step((record.epoch - start) * (T + 1), total)
+        if on_epoch is not None:
+            on_epoch(record)
         if recorder is not None:
             recorder.reset()
-
-        def callback(info: dict, base=k * (T + 1)) -> None:
-            if on_step is not None:
-                on_step(base + info["step"] + 1, total)
-
-        res = trainer.sample_epoch(epoch, callback=callback)
-        trainer.compute.add(res.rollout.compute)
-        stats = trainer.train_on(res, epoch)
-        m = res.metrics
-        row = EpochRow(epoch=epoch + 1, reward_mean=_num(m.get("reward_mean")), reward_std=_num(m.get("reward_std")),
-                       loss=_num(stats.get("loss")), clustered_trained=_num(m.get("clustered_trained")),
-                       optimizer_steps=trainer.optimizer_steps, nfe=trainer.compute.nfe_sample)
-        history.append(row)
-        if on_step is not None:
-            on_step((k + 1) * (T + 1), total)
-        if on_epoch is not None:
-            on_epoch(row, res)
     return history
 
 
-def _num(v: Any) -> float:
-    """A metric as a float; None (e.g. an epoch whose rewards were not finite) becomes NaN."""
-    return float("nan") if v is None else float(v)
-
-
-def rows_history(rows: Sequence[dict]) -> list[EpochRow]:
-    """EpochRows from metrics dicts (``epoch``, ``reward_mean``, ``loss``, ``optimizer_step``)."""
-    return [EpochRow(epoch=int(r["epoch"]), reward_mean=_num(r.get("reward_mean")), reward_std=_num(r.get("reward_std")),
-                     loss=_num(r.get("loss")), clustered_trained=_num(r.get("clustered_trained")),
-                     optimizer_steps=int(r.get("optimizer_step") or 0), nfe=int(r.get("nfe") or 0)) for r in rows]
-
-
-def curves_image(history: Sequence[EpochRow], title: str) -> torch.Tensor:
+def curves_image(history: Sequence[EpochRecord], title: str) -> torch.Tensor:
     """Reward and loss per epoch as a ComfyUI IMAGE (1, H, W, 3)."""
     import numpy as np
     from PIL import Image

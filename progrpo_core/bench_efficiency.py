@@ -100,7 +100,7 @@ def _epoch_times(model_fn: Callable[[], Any], repeats: int) -> dict[str, Any]:
     """One Trainer epoch (sample, score, train) per method on a fresh wide model."""
     from .bench_runs import default_flop_costs, pro_table
     from .config import build_config
-    from .trainer import Trainer
+    from .training import Trainer
 
     tables = {"grpo": {"grpo": {"method": "grpo"}},
               "pro-grpo": pro_table(10, 48, (24, 12), (0.5, 0.7)),

@@ -89,7 +89,7 @@ def run_method(spec: MethodSpec, seed: int, budget: float, n_evals: int = 10, ev
     budget — fidelity probes of the live policy (``bench_probe.record_probe``)."""
     from . import bench_probe as P
     from .config import build_config
-    from .trainer import Trainer
+    from .training import Trainer
 
     cfg = build_config(spec.config_table(seed, eval_seeds))
     tr = Trainer(cfg, log=lambda s: None)
@@ -134,6 +134,9 @@ def run_method(spec: MethodSpec, seed: int, budget: float, n_evals: int = 10, ev
     epochs: list[dict] = []
     epoch_units = None
     epoch = 0
+    # The trainer's one loop; between its epochs (the body below, and before the first) the bench
+    # decides whether the next epoch fits the budget, re-probes the schedule and probes fidelity.
+    loop = tr.epochs()
     while True:
         spent = tr.compute.units(**unit_kw)
         due = bool(reprobe) and spent >= reprobe[0] * budget
@@ -150,21 +153,16 @@ def run_method(spec: MethodSpec, seed: int, budget: float, n_evals: int = 10, ev
             probe_left.pop(0)
             probes.append(_probe_live(tr, spent, epoch, **(probe_kw or {})))
         before = spent
-        c0 = time.process_time()
-        res = tr.sample_epoch(epoch)
-        tr.compute.add(res.rollout.compute)
-        c1 = time.process_time()
-        tr.train_on(res, epoch)
-        cpu["sampling"] += c1 - c0
-        cpu["training"] += time.process_time() - c1
-        epoch += 1
-        tr.epoch = epoch
+        record = next(loop)
+        for phase in ("sampling", "training"):
+            cpu[phase] += record.cpu_s[phase]
+        epoch = record.epoch
         spent = tr.compute.units(**unit_kw)
         epoch_units = spent - before
-        m = res.metrics
-        epochs.append({"epoch": epoch, "units": spent, "reward_mean": m["reward_mean"],
-                       "clustered_trained": m["clustered_trained"], "clustered_finished": m["clustered_finished"],
-                       "clustered_expanded": m.get("clustered_expanded")})
+        m = record.sample
+        epochs.append({"epoch": epoch, "units": spent, "reward_mean": m.reward_mean,
+                       "clustered_trained": m.clustered_trained, "clustered_finished": m.clustered_finished,
+                       "clustered_expanded": m.clustered_expanded})
         if spent >= budget * next_eval / n_evals - 1e-9:
             curve.append(eval_point(epoch))
             while next_eval <= n_evals and spent >= budget * next_eval / n_evals - 1e-9:
@@ -172,6 +170,7 @@ def run_method(spec: MethodSpec, seed: int, budget: float, n_evals: int = 10, ev
         if progress is not None and epoch % 20 == 0:
             progress(f"{spec.name} seed {seed}: epoch {epoch}, {spent / budget:.0%} of budget, "
                      f"eval {curve[-1]['reward']:.3f}")
+    loop.close()
     if curve[-1]["epoch"] != epoch:
         curve.append(eval_point(epoch))
     for _ in probe_left:  # fractions the stopped run never reached (e.g. 1.0): probe the final policy

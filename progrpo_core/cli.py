@@ -59,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from .trainer import Trainer, TrainingStopped
+    from .training import Trainer, TrainingStopped
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -108,7 +108,7 @@ def _model_and_lora(name: str, lora: str | None):
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from . import plots
-    from .trainer import sample_deterministic
+    from .training import sample_deterministic
 
     model = _model_and_lora(args.model, args.lora)
     prompts = args.prompt or list(model.default_prompts)
@@ -122,7 +122,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .rewards import build_reward
-    from .trainer import EVAL_SEED_BASE, sample_deterministic
+    from .training import EVAL_SEED_BASE, sample_deterministic
 
     model = _model_and_lora(args.model, args.lora)
     prompts = [p for p in model.default_prompts for _ in range(args.seeds)]

@@ -42,6 +42,8 @@ class ModelConfig:
     clip_type: str = _help("ComfyUI CLIP type of model.clip: stable_diffusion, sd3, flux, …", "stable_diffusion")
     vae: Optional[str] = _help("VAE file, for a checkpoint that has none (with --model.comfyui)")
     resolution: Optional[int] = _help("training image size in pixels (default 512 for SD1.x, 1024 otherwise)")
+    loader: Optional[str] = _help("'package.module:function' that loads model.checkpoint as a Denoiser "
+                                  "(default: the pack's ComfyUI adapter)")
 
     def __post_init__(self):
         if self.comfyui is None:

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from progrpo_core import checkpoint as ckpt
 from progrpo_core import config as C
 from progrpo_core import distributed
-from progrpo_core.trainer import Trainer
+from progrpo_core.training import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"grpo": {"prompts_per_epoch": 4, "adv_norm": "batch", "train_batch_size": 5, "grad_accum": 3,

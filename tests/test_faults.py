@@ -13,7 +13,7 @@ from progrpo_core import checkpoint as ckpt
 from progrpo_core import config as C
 from progrpo_core.cli import main
 from progrpo_core.rewards import Reward, build_reward
-from progrpo_core.trainer import Trainer, TrainingStopped
+from progrpo_core.training import Trainer, TrainingStopped
 
 B, G, K = 4, 8, 4  # prompts per epoch, group size, survivors
 
@@ -68,7 +68,7 @@ def test_a_nan_reward_skips_that_epochs_update_and_is_counted(tmp_path, where, r
 
 
 def test_a_non_finite_loss_skips_the_update_and_is_counted(tmp_path, monkeypatch):
-    from progrpo_core import trainer as T
+    from progrpo_core.training import update as T
 
     t = Trainer(make_cfg(tmp_path / "run"), log=lambda s: None)
     real = T.grpo.clipped_loss

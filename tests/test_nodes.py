@@ -219,7 +219,7 @@ def _train_widgets(**over):
 
 def test_training_loop_preview_and_curves(digits, tmp_path):
     from progrpo_core.rewards import build_reward
-    from progrpo_core.trainer import Trainer
+    from progrpo_core.training import Trainer
 
     cfg = training.build_train_config(**_train_widgets())
     cfg.run.out = str(tmp_path)
@@ -229,11 +229,11 @@ def test_training_loop_preview_and_curves(digits, tmp_path):
                       log=lambda s: None)
     steps_seen, previews = [], []
 
-    def on_epoch(row, res):
-        previews.append(training.preview_grid(recorder, res, 6, 2))
+    def on_epoch(record):
+        previews.append(training.preview_grid(recorder, record.batch, 6, 2))
 
-    history = training.train_epochs(trainer, 2, on_step=lambda d, t: steps_seen.append((d, t)), on_epoch=on_epoch)
-    assert [r.epoch for r in history] == [1, 2] and trainer.optimizer_steps == history[-1].optimizer_steps > 0
+    history = training.drive_training(trainer, on_step=lambda d, t: steps_seen.append((d, t)), on_epoch=on_epoch)
+    assert [r.epoch for r in history] == [1, 2] and trainer.optimizer_steps == history[-1].optimizer_step > 0
     assert steps_seen[-1] == (10, 10)  # 2 epochs × (4 sampling steps + 1 training phase)
     grid = previews[-1]
     assert grid.shape[0] == 3 and grid.shape[2] >= 6 * 8  # 6 proxies on top, 4 survivors below

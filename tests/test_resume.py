@@ -20,7 +20,7 @@ from progrpo_core import config as C
 from progrpo_core import io
 from progrpo_core.cli import main
 from progrpo_core.rewards import Reward, build_reward
-from progrpo_core.trainer import Trainer
+from progrpo_core.training import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 5

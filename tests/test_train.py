@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from progrpo_core import config as C
-from progrpo_core.trainer import Trainer
+from progrpo_core.training import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,7 +110,7 @@ def test_kl_to_reference_policy_is_measured_after_the_first_update(tmp_path):
     t = Trainer(cfg, log=lambda s: None)
     first = t.train_on(t.sample_epoch(0), 0)
     second = t.train_on(t.sample_epoch(1), 1)
-    assert first["kl"] >= 0 and second["kl"] > 0
+    assert first.kl >= 0 and second.kl > 0
     assert t.compute.nfe_train_fwd == 2 * t.compute.nfe_train_bwd  # the reference forward is counted
 
 
@@ -119,5 +119,5 @@ def test_training_on_a_weighted_spec_logs_every_component(tmp_path):
                grpo={"prompts_per_epoch": 2, "separate_reward_norm": True}, schedule={"group_size": 6, "keep": "4,3"})
     t = Trainer(cfg, log=lambda s: None)
     res = t.sample_epoch(0)
-    assert set(res.metrics["components"]) == {"digit", "stroke", "total"}
+    assert set(res.stats.components) == {"digit", "stroke", "total"}
     assert res.advantages.shape == (6,) and torch.isfinite(res.advantages).all()

@@ -1,0 +1,180 @@
+"""The training state a run carries from epoch to epoch, and its resumable snapshot.
+
+:class:`RunState` holds the counters, the compute totals, the metrics rows and the evaluation
+before training; :func:`snapshot` turns it, with the LoRA, the optimizer, the EMA and the random
+generators, into plain data a checkpoint can hold (read back with ``torch.load(weights_only=True)``),
+and :func:`restore` puts a snapshot back after checking that it continues the same run.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from .. import checkpoint as ckpt
+from ..compute import Compute
+from ..config import TrainConfig
+from ..lora import LoraWeights
+from .records import jsonable
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped itself rather than train on (or save) a poisoned state: too many skipped
+    updates in a row, or LoRA weights that are no longer finite."""
+
+
+# Settings a resumed run may change: how long it runs and where/how often it writes. Anything
+# else changes the trajectory, so resuming with it would not continue the same run.
+RESUMABLE_CHANGES = {
+    "run": {"out", "epochs", "max_steps", "eval_every", "save_every", "checkpoint_every", "keep_checkpoints",
+            "max_bad_updates", "check_disk", "device"},
+    "reward": {"device"},
+}
+
+
+class EMA:
+    """Exponential moving average of the LoRA parameters."""
+
+    def __init__(self, params: Sequence[torch.nn.Parameter], decay: float):
+        self.params = list(params)
+        self.decay = decay
+        self.shadow = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for s, p in zip(self.shadow, self.params):
+            s.lerp_(p.detach(), 1 - self.decay)
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        """Exchange live and averaged weights (call twice to restore)."""
+        for s, p in zip(self.shadow, self.params):
+            tmp = p.detach().clone()
+            p.copy_(s)
+            s.copy_(tmp)
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        """Inside, the parameters hold the averaged weights; the live ones come back on exit."""
+        self.swap()
+        try:
+            yield
+        finally:
+            self.swap()
+
+
+def ema_applied(ema: EMA | None):
+    """:meth:`EMA.applied`, or nothing when the run keeps no EMA."""
+    return ema.applied() if ema is not None else contextlib.nullcontext()
+
+
+@dataclasses.dataclass
+class RunState:
+    """Counters and records of a run (everything but the tensors)."""
+
+    epoch: int = 0              # epochs completed (during an epoch: its 1-based number)
+    optimizer_steps: int = 0
+    skipped_updates: int = 0    # updates skipped for non-finite rewards, losses or gradients
+    bad_in_row: int = 0         # skipped updates since the last good one
+    compute: Compute = dataclasses.field(default_factory=Compute)  # whole-run totals over all ranks
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # metrics rows, one per epoch
+    before: dict[str, Any] | None = None  # the evaluation before training
+    last_checkpoint: int = -1
+    _rows_json: list[str] = dataclasses.field(default_factory=list, repr=False)
+
+    def metrics_text(self) -> str:
+        """The metrics rows as JSON lines, each serialised once (rows never change once appended)."""
+        del self._rows_json[len(self.rows):]
+        self._rows_json.extend(json.dumps(jsonable(r)) + "\n" for r in self.rows[len(self._rows_json):])
+        return "".join(self._rows_json)
+
+
+def state_tensors(adapter: LoraWeights, optimizer: torch.optim.Optimizer, ema: EMA | None,
+                  snap: dict[str, Any] | None = None) -> dict[str, list[torch.Tensor]]:
+    """The weights and optimizer moments of snapshot ``snap`` (default: the live ones), by name."""
+    if snap is None:
+        optim, lora, shadow = optimizer.state_dict(), adapter.parameters(), ema.shadow if ema is not None else []
+    else:
+        optim, lora, shadow = snap["optimizer"], list(snap["lora"].values()), snap["ema"] or []
+    moments = [v for st in optim["state"].values() for v in st.values() if isinstance(v, torch.Tensor)]
+    return {"LoRA weights": list(lora), "EMA weights": list(shadow), "optimizer state": moments}
+
+
+def nonfinite_parts(tensors: dict[str, Sequence[torch.Tensor]]) -> list[str]:
+    """The names whose tensors hold NaN or infinity."""
+    return [name for name, ts in tensors.items() if any(not bool(torch.isfinite(t).all()) for t in ts)]
+
+
+def snapshot(state: RunState, adapter: LoraWeights, optimizer: torch.optim.Optimizer, ema: EMA | None,
+             generators: dict[str, torch.Generator], cfg: TrainConfig, world_size: int,
+             wall_s: float = 0.0) -> dict[str, Any]:
+    """Everything a resumed run needs, as plain tensors, numbers, strings, lists and dicts, copied
+    to the CPU. Describes the state after ``state.epoch`` completed epochs."""
+    return {
+        "epoch": state.epoch, "optimizer_steps": state.optimizer_steps,
+        "skipped_updates": state.skipped_updates, "bad_in_row": state.bad_in_row,
+        "lora": {n: p.detach().cpu().clone() for n, p in adapter.named_parameters()},
+        "optimizer": ckpt.to_cpu(optimizer.state_dict()),
+        "ema": [s.detach().cpu().clone() for s in ema.shadow] if ema is not None else None,
+        "rng": ckpt.rng_state(generators),
+        "compute": {f.name: ckpt.to_cpu(getattr(state.compute, f.name)) for f in dataclasses.fields(Compute)},
+        "metrics": state.metrics_text(),
+        "before": {k: v for k, v in (state.before or {}).items() if k != "latents"},
+        "config": cfg.to_dict(),
+        "world_size": world_size,
+        "wall_s": float(wall_s),
+    }
+
+
+def check_resume_config(saved: dict[str, dict[str, Any]], now: dict[str, dict[str, Any]]) -> None:
+    """Refuse to resume with settings that change the training (see ``RESUMABLE_CHANGES``)."""
+    diffs = []
+    for section in sorted(set(saved) | set(now)):
+        a, b = saved.get(section, {}), now.get(section, {})
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES.get(section, set()):
+                diffs.append(f"{section}.{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now")
+    if diffs:
+        allowed = ", ".join(f"{s}.{k}" for s, ks in RESUMABLE_CHANGES.items() for k in sorted(ks))
+        raise ckpt.CheckpointError(
+            "cannot resume: settings that change the training differ from the checkpoint's:\n  "
+            + "\n  ".join(diffs) + f"\nA resumed run may only change {allowed}. To train on with other "
+            "settings, start a new run from the LoRA with --lora.init_from.")
+
+
+def restore(snap: dict[str, Any], adapter: LoraWeights, optimizer: torch.optim.Optimizer, ema: EMA | None,
+            generators: dict[str, torch.Generator], cfg: TrainConfig) -> RunState:
+    """Put :func:`snapshot` ``snap`` back into the adapter, optimizer, EMA and generators and return
+    its :class:`RunState` (the same settings are required, see ``RESUMABLE_CHANGES``)."""
+    check_resume_config(snap["config"], cfg.to_dict())
+    named = adapter.named_parameters()
+    saved = snap["lora"]
+    if sorted(saved) != sorted(n for n, _ in named):
+        raise ckpt.CheckpointError(
+            f"the checkpoint's LoRA has {len(saved)} tensors {sorted(saved)[:2]}…, this model's adapter has "
+            f"{len(named)} {sorted(n for n, _ in named)[:2]}…; it belongs to another model or LoRA shape")
+    with torch.no_grad():
+        for n, p in named:
+            if saved[n].shape != p.shape:
+                raise ckpt.CheckpointError(f"checkpoint tensor {n} has shape {tuple(saved[n].shape)}, "
+                                           f"the adapter's is {tuple(p.shape)}")
+            p.copy_(saved[n].to(p))
+        if ema is not None:
+            if snap["ema"] is None or len(snap["ema"]) != len(ema.shadow):
+                raise ckpt.CheckpointError("the checkpoint has no EMA weights but grpo.ema is on")
+            for s_, v in zip(ema.shadow, snap["ema"]):
+                s_.copy_(v.to(s_))
+    optimizer.load_state_dict(snap["optimizer"])
+    ckpt.set_rng_state(snap["rng"], generators)
+    comp = dict(snap["compute"])
+    epoch = int(snap["epoch"])
+    return RunState(
+        epoch=epoch, optimizer_steps=int(snap["optimizer_steps"]), skipped_updates=int(snap["skipped_updates"]),
+        bad_in_row=int(snap["bad_in_row"]),
+        compute=Compute(**{k: (int(v) if k != "wall" else {str(a): float(b) for a, b in v.items()})
+                           for k, v in comp.items()}),
+        rows=[json.loads(line) for line in snap["metrics"].splitlines() if line.strip()],
+        before=dict(snap["before"]) or None, last_checkpoint=epoch)

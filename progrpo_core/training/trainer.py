@@ -1,0 +1,435 @@
+"""GRPO training of a LoRA with the expand-and-prune sampler: the one training loop.
+
+One epoch: pick ``B`` prompts; sample ``G_max`` trajectories each with the current policy,
+pruning at the schedule's checkpoints (``pro-grpo``), or none (``grpo``), optionally selecting on
+the final reward (``ovf``); score the finished images; normalise advantages over each prompt's
+trained trajectories; then take the per-step clipped policy-gradient updates on their stored
+steps (docs/METHOD.md).
+
+:meth:`Trainer.epochs` is the loop every entry point drives — the command line (:meth:`Trainer.run`),
+the ComfyUI trainer node and the bench. It owns, once: step caps, compute totals (reduced over
+``torchrun`` processes), skipping updates whose reward, loss or gradient is not finite, refusing to
+go on with (or save) non-finite weights, periodic evaluation, metrics rows, LoRA saves, checkpoint
+rotation, and a checkpoint of the last completed epoch when anything stops it early.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from .. import distributed
+from ..config import TrainConfig
+from ..denoiser import Denoiser
+from ..lora import LoraAdapter, LoraWeights, lora_from_file
+from ..models import load_model, load_prompts
+from ..rewards import Reward, build_reward
+from . import evaluation, rollouts, state, update
+from .records import EpochRecord, UpdateStats, jsonable
+from .rollouts import RolloutBatch
+from .run_folder import RunFolder, space_needed
+from .state import EMA, RunState, TrainingStopped, ema_applied
+
+
+class Trainer:
+    """Pro-GRPO / GRPO on any :class:`~progrpo_core.denoiser.Denoiser`.
+
+    ``model``, ``reward``, ``gold``, ``prompts`` and ``adapter`` default to what ``cfg`` names;
+    a host passes its own (the ComfyUI node passes its MODEL's denoiser and weight-wrapper LoRA)."""
+
+    def __init__(self, cfg: TrainConfig, model: Denoiser | None = None, reward: Reward | None = None,
+                 gold: Reward | None = None, prompts: Sequence[str] | None = None,
+                 adapter: LoraWeights | None = None, log: Callable[[str], None] = print):
+        self.cfg = cfg
+        B, W = cfg.grpo.prompts_per_epoch, distributed.world_size()
+        if B % W:
+            raise ValueError(
+                f"grpo.prompts_per_epoch={B} is the global batch and must be divisible by the {W} processes "
+                f"(WORLD_SIZE); use {(B // W) * W or W} or {(B // W + 1) * W} prompts, or "
+                f"{_divisors(B)} processes")
+        self.world = distributed.setup(cfg.run.device)
+        self.log = log if self.world.is_main else (lambda s: None)
+        self.model = model if model is not None else load_model(cfg)
+        self.sampler = cfg.sampler.resolved(self.model.family)
+        self.schedule = cfg.prune_schedule()
+        self.reward = reward if reward is not None else build_reward(
+            cfg.reward.name, cfg.reward.path, device=cfg.reward.device, dtype=cfg.reward.dtype)
+        if gold is None and cfg.reward.gold:
+            gold = build_reward(cfg.reward.gold, device=cfg.reward.device, dtype=cfg.reward.dtype)
+        self.gold = gold
+        self.prompts = list(prompts) if prompts is not None else load_prompts(cfg.run.prompts, self.model)
+        if not self.prompts:
+            raise ValueError("the prompt list is empty; give at least one prompt")
+        if adapter is not None:
+            self.adapter = adapter
+        elif cfg.lora.init_from:
+            self.adapter = lora_from_file(self.model, cfg.lora.init_from)
+        else:
+            self.adapter = LoraAdapter(self.model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, seed=cfg.run.seed)
+        self.world.broadcast_(self.adapter.parameters())  # every rank starts from rank 0's LoRA
+        g = cfg.grpo
+        self.optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=g.lr, weight_decay=g.weight_decay)
+        self.ema = EMA(self.adapter.parameters(), g.ema_decay) if g.ema else None
+        self.state = RunState()
+        self._rng = torch.Generator().manual_seed(cfg.run.seed * 7 + 3)
+        self._boundary: dict[str, Any] | None = None  # snapshot of the last completed epoch (rank 0)
+        self._t_start = time.perf_counter()
+
+    # -- the run's counters, as attributes ---------------------------------------------------------
+    epoch = property(lambda self: self.state.epoch, lambda self, v: setattr(self.state, "epoch", v))
+    optimizer_steps = property(lambda self: self.state.optimizer_steps)
+    skipped_updates = property(lambda self: self.state.skipped_updates)
+    compute = property(lambda self: self.state.compute)
+
+    @property
+    def metrics_rows(self) -> list[dict[str, Any]]:
+        """The metrics rows so far, one per epoch (kept in checkpoints)."""
+        return self.state.rows
+
+    def close(self) -> None:
+        """Leave the process group this trainer joined (no-op on one process)."""
+        distributed.shutdown(self.world)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._t_start
+
+    # -- one epoch's parts --------------------------------------------------------------------------
+    def epoch_prompts(self, epoch: int) -> tuple[list[str], list[int]]:
+        return rollouts.epoch_prompts(self.prompts, self.cfg.grpo.prompts_per_epoch, self.cfg.run.seed, epoch)
+
+    def sample_epoch(self, epoch: int, callback: Callable[[dict], None] | None = None) -> RolloutBatch:
+        """Sample, score and select one epoch's trajectories; no gradient step."""
+        prompts, seeds = self.epoch_prompts(epoch)
+        return rollouts.collect(self.model, self.reward, prompts, seeds, self.schedule, self.sampler, self.cfg.grpo,
+                                self.world, self.cfg.run.seed * 31 + epoch, callback)
+
+    def train_on(self, batch: RolloutBatch, epoch: int, max_updates: int | None = None) -> UpdateStats:
+        """The policy update on one epoch's trajectories (skipped, and counted, when its rewards
+        were not finite)."""
+        if batch.nonfinite:
+            self._skip_update(epoch, f"{batch.nonfinite} reward(s) are NaN or infinite")
+            return UpdateStats()
+        seed = self.cfg.run.seed
+        steps = update.train_steps(batch.rollout, self.cfg.grpo.timestep_fraction, seed * 131 + epoch)
+
+        def on_update() -> None:
+            self.state.optimizer_steps += 1
+            self.state.bad_in_row = 0
+
+        stats, comp = update.policy_update(
+            self.model, self.adapter, self.optimizer, self.ema, batch, steps, self.sampler, self.cfg.grpo, self.world,
+            seed * 977 + epoch, on_update, lambda why: self._skip_update(epoch, why), max_updates)
+        self.state.compute.add(self._reduce_compute(comp))
+        return stats
+
+    def _skip_update(self, epoch: int, why: str) -> None:
+        """Count a skipped update; stop the run after ``run.max_bad_updates`` of them in a row."""
+        st = self.state
+        st.skipped_updates += 1
+        st.bad_in_row += 1
+        limit = self.cfg.run.max_bad_updates
+        warnings.warn(f"epoch {epoch + 1}: {why}; update skipped ({st.bad_in_row} in a row, "
+                      f"{st.skipped_updates} in total)", RuntimeWarning, stacklevel=3)
+        if limit and st.bad_in_row >= limit:
+            raise TrainingStopped(
+                f"stopped at epoch {epoch + 1}: {st.bad_in_row} updates in a row were skipped (the last: {why}); "
+                f"run.max_bad_updates={limit}. Nothing was saved from the poisoned epochs: the run folder holds the "
+                "last good checkpoint. Check the reward model (dtype, inputs) and lower grpo.lr, then continue "
+                f"with `train --resume {self.cfg.run.out}`.")
+
+    def _reduce_compute(self, c):
+        """Counters summed over ranks; wall time per phase of the slowest rank."""
+        from ..compute import Compute
+
+        w = self.world
+        if not w.enabled:
+            return c
+        names = [f.name for f in dataclasses.fields(Compute) if f.name != "wall"]
+        totals = w.sum([getattr(c, n) for n in names])
+        walls = w.all_gather_object(dict(c.wall))
+        out = Compute(**{n: int(round(v)) for n, v in zip(names, totals)})
+        out.wall = {k: max(wd.get(k, 0.0) for wd in walls) for k in sorted(set().union(*walls))}
+        return out
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def eval_prompts(self) -> tuple[list[str], list[int]]:
+        return evaluation.eval_set(self.prompts, self.cfg.run.eval_seeds)
+
+    def evaluate(self, use_ema: bool = True) -> dict[str, Any]:
+        """Deterministic sampling on fixed prompts and seeds (with the EMA weights when kept)."""
+        with ema_applied(self.ema if use_ema else None):
+            prompts, seeds = self.eval_prompts()
+            return evaluation.evaluate(self.model, self.reward, self.gold, prompts, seeds, self.sampler.eval_steps,
+                                       self.sampler.cfg, self.world)
+
+    # -- the state and its files ------------------------------------------------------------------
+    def lora_metadata(self) -> dict[str, Any]:
+        c = self.cfg
+        return {"method": c.grpo.method, "schedule": dataclasses.asdict(self.schedule),
+                "sampler": dataclasses.asdict(self.sampler), "steps": self.optimizer_steps, "epochs": self.epoch,
+                "reward": c.reward.name, "base_model": c.model.checkpoint or c.model.name, "seed": c.run.seed}
+
+    def _check_finite(self, tensors: dict[str, Sequence[torch.Tensor]], what: str) -> None:
+        bad = state.nonfinite_parts(tensors)
+        if bad:
+            raise TrainingStopped(
+                f"the {' and '.join(bad)} hold NaN or infinite values at epoch {self.epoch}; stopping without "
+                f"writing {what}, so the files in {self.cfg.run.out} keep the last good state. Lower grpo.lr "
+                "(or enable grpo.grad_clip) and resume from the last checkpoint.")
+
+    def check_finite_state(self) -> None:
+        """Raise :class:`TrainingStopped` if the LoRA, its EMA or the optimizer state holds NaN or
+        infinity (every rank checks its own copy, so all stop together)."""
+        self._check_finite(state.state_tensors(self.adapter, self.optimizer, self.ema), "anything more")
+
+    def lora_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """The LoRA as saved — the EMA weights when EMA is on — and its file header. A non-finite
+        LoRA raises :class:`TrainingStopped`."""
+        with ema_applied(self.ema):
+            self._check_finite({"LoRA weights": self.adapter.parameters()}, "the LoRA")
+            return self.adapter.comfy_state_dict(), self.adapter.header(self.lora_metadata())
+
+    def save_lora(self, path: str | Path) -> Path:
+        """Write the LoRA (the EMA weights when EMA is on) as a ComfyUI LoRA file; a non-finite
+        LoRA is refused (:class:`TrainingStopped`) rather than written over a good file."""
+        with ema_applied(self.ema):
+            self._check_finite({"LoRA weights": self.adapter.parameters()}, f"the LoRA {path}")
+            return self.adapter.save(path, self.lora_metadata())
+
+    def _generators(self) -> dict[str, torch.Generator]:
+        return {"trainer": self._rng}
+
+    def state_dict(self, wall_s: float = 0.0) -> dict[str, Any]:
+        """A resumable snapshot of the state after ``self.epoch`` completed epochs."""
+        return state.snapshot(self.state, self.adapter, self.optimizer, self.ema, self._generators(), self.cfg,
+                              self.world.world_size, wall_s)
+
+    def load_state_dict(self, snap: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (the same settings are required, see ``state.RESUMABLE_CHANGES``)."""
+        self.state = state.restore(snap, self.adapter, self.optimizer, self.ema, self._generators(), self.cfg)
+
+    def save_checkpoint(self, folder: RunFolder, snap: dict[str, Any] | None = None) -> Path | None:
+        """Write a checkpoint of ``snap`` (default: now) — on rank 0; the others return None.
+        A state with non-finite weights raises :class:`TrainingStopped` and writes nothing."""
+        self._check_finite(state.state_tensors(self.adapter, self.optimizer, self.ema, snap), "the checkpoint")
+        if not self.world.is_main:
+            return None
+        snap = snap if snap is not None else self.state_dict(self.elapsed())
+        path = folder.save_checkpoint(snap, self.cfg.run.keep_checkpoints)
+        self.state.last_checkpoint = int(snap["epoch"])
+        return path
+
+    def save_on_interrupt(self, folder: RunFolder) -> Path | None:
+        """Save the last completed epoch on the way out (rank 0); never raises, so the exception
+        that is leaving is not hidden."""
+        if not self.world.is_main or self._boundary is None:
+            return None
+        snap = self._boundary
+        try:
+            path = self.save_checkpoint(folder, snap)
+        except BaseException as e:  # noqa: BLE001 - a second Ctrl-C or a full disk must not hide the first
+            warnings.warn(f"could not save a checkpoint while stopping: {e!r}", RuntimeWarning, stacklevel=2)
+            return None
+        self.log(f"stopped: saved {path} (epoch {snap['epoch']}); continue with "
+                 f"`python -m progrpo_core train --resume {self.cfg.run.out}`")
+        return path
+
+    def _space_needed(self) -> tuple[int, str]:
+        """An estimate of the bytes the run will write, and its breakdown."""
+        c, sched = self.cfg, self.schedule
+        with torch.no_grad():
+            device = next(self.model.net.parameters()).device
+            image = self.model.decode(torch.zeros(1, *self.model.latent_shape, device=device))
+        grid_bytes = 2 * len(self.eval_prompts()[0]) * image[0].numel()  # before/after grids, raw bytes as a bound
+        return space_needed(sum(p.numel() for p in self.adapter.parameters()), c.grpo.prompts_per_epoch,
+                            sched.group_size + sum(sched.keep), c.run.epochs, c.run.keep_checkpoints,
+                            self.ema is not None, grid_bytes)
+
+    def open(self, folder: RunFolder, resume: bool = False) -> bool:
+        """Prepare ``folder`` for this run before anything is trained, on every rank together:
+        with ``resume``, restore its newest checkpoint (and its metrics rows); check the folder
+        (writable, room for the run); write the config. Returns whether the run resumed."""
+        snap = self._load_resume_state(folder) if resume else None
+        self._rank0_or_raise(lambda: folder.check(*self._space_needed(), check_disk=self.cfg.run.check_disk))
+        if snap is not None:
+            self.load_state_dict(snap)
+            self._t_start = time.perf_counter() - snap["wall_s"]
+            if self.world.is_main:  # exactly the rows up to the checkpoint; later ones are recomputed
+                folder.write_metrics(snap["metrics"])
+            self.log(f"resumed at epoch {self.epoch} ({self.optimizer_steps} optimizer steps)")
+        if self.world.is_main:
+            folder.write_config(self.cfg)
+            if snap is None:
+                folder.write_metrics("")
+        return snap is not None
+
+    def _rank0_or_raise(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on rank 0; if it raises, every rank raises the same error."""
+        from .. import checkpoint as ckpt
+
+        error: Exception | None = None
+        if self.world.is_main:
+            try:
+                fn()
+            except (ckpt.RunFolderError, ckpt.CheckpointError) as e:
+                error = e
+        message = self.world.broadcast_object(None if error is None else (type(error).__name__, str(error)))
+        if message is not None:
+            raise error if error is not None else getattr(ckpt, message[0])(message[1])
+
+    def _load_resume_state(self, folder: RunFolder) -> dict[str, Any]:
+        """Rank 0 reads the newest usable checkpoint and shares it with the other ranks."""
+        box: dict[str, Any] = {}
+
+        def load() -> None:
+            box["path"], box["snap"] = folder.load_latest(
+                warn=lambda m: warnings.warn(m, RuntimeWarning, stacklevel=2))
+
+        self._rank0_or_raise(load)
+        path, snap = self.world.broadcast_object((str(box.get("path")), box.get("snap")))
+        self.log(f"resuming from {path}")
+        return snap
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def epochs(self, folder: RunFolder | None = None,
+               on_sample_step: Callable[[dict], None] | None = None) -> Iterator[EpochRecord]:
+        """Train from the current epoch to ``run.epochs`` (or ``run.max_steps`` optimizer steps),
+        yielding an :class:`EpochRecord` after each epoch.
+
+        With a ``folder``, each record is appended to its ``metrics.jsonl``, the LoRA is saved every
+        ``run.save_every`` epochs and a checkpoint written every ``run.checkpoint_every`` epochs and
+        at the end; if anything stops the loop early — Ctrl-C, a host's interrupt, a crash, the
+        caller leaving the loop — the last completed epoch is saved as a checkpoint, unless the run
+        stopped itself for a poisoned state. ``on_sample_step`` is called after each model call
+        while sampling (progress bars, previews)."""
+        c, main = self.cfg, self.world.is_main
+        self._boundary = self.state_dict(self.elapsed()) if main and folder is not None else None
+        try:
+            for epoch in range(self.epoch, c.run.epochs):
+                if c.run.max_steps is not None and self.optimizer_steps >= c.run.max_steps:
+                    break
+                record = self._one_epoch(epoch, on_sample_step)
+                last = epoch == c.run.epochs - 1 or (c.run.max_steps is not None
+                                                     and self.optimizer_steps >= c.run.max_steps)
+                if c.run.eval_every and self.epoch % c.run.eval_every == 0 and not last:
+                    ev = self.evaluate()
+                    record.eval_reward, record.eval_gold = ev["reward"], ev.get("gold")
+                row = record.to_row()
+                self.state.rows.append(row)
+                if folder is not None:
+                    self._write_epoch(folder, row)
+                yield record
+                if last:
+                    break
+            if folder is not None and c.run.checkpoint_every and self.state.last_checkpoint != self.epoch:
+                self.save_checkpoint(folder, self._boundary)
+        except TrainingStopped:
+            raise  # never save a poisoned state; the last checkpoint stays as it is
+        except BaseException:
+            if folder is not None:
+                self.save_on_interrupt(folder)
+            raise
+
+    def _one_epoch(self, epoch: int, on_sample_step: Callable[[dict], None] | None) -> EpochRecord:
+        c = self.cfg
+        self.epoch = epoch + 1
+        t0, c0 = time.perf_counter(), time.process_time()
+        batch = self.sample_epoch(epoch, on_sample_step)
+        self.state.compute.add(self._reduce_compute(batch.rollout.compute))
+        c1 = time.process_time()
+        remaining = None if c.run.max_steps is None else c.run.max_steps - self.optimizer_steps
+        stats = self.train_on(batch, epoch, max_updates=remaining)
+        cpu = {"sampling": c1 - c0, "training": time.process_time() - c1}
+        self.check_finite_state()  # stop before a poisoned state is logged or saved
+        comp = self.state.compute
+        return EpochRecord(
+            epoch=self.epoch, optimizer_step=self.optimizer_steps, sample=batch.stats, update=stats,
+            skipped_updates=self.state.skipped_updates, bad_updates_in_row=self.state.bad_in_row,
+            compute={"nfe": comp.nfe_sample, "nfe_train_fwd": comp.nfe_train_fwd, "nfe_train_bwd": comp.nfe_train_bwd,
+                     "decodes": comp.proxy_decodes + comp.final_decodes,
+                     "reward_calls": comp.proxy_rewards + comp.final_rewards},
+            epoch_wall_s=round(time.perf_counter() - t0, 4), wall_s=round(self.elapsed(), 3), batch=batch, cpu_s=cpu)
+
+    def _write_epoch(self, folder: RunFolder, row: dict[str, Any]) -> None:
+        """The epoch's files: its metrics row, the LoRA and a checkpoint when they are due."""
+        c = self.cfg
+        if self.world.is_main:
+            folder.append_metrics(row)
+            if c.run.save_every and self.epoch % c.run.save_every == 0:
+                self.save_lora(folder.lora_path)
+        if c.run.checkpoint_every and self.epoch % c.run.checkpoint_every == 0:
+            self.save_checkpoint(folder)
+        self._boundary = self.state_dict(self.elapsed()) if self.world.is_main else None
+
+    # -- the command line's run ---------------------------------------------------------------------
+    def run(self, progress: bool = True, resume: bool = False) -> dict[str, Any]:
+        """Train for ``run.epochs`` (or until ``run.max_steps`` optimizer steps) and write the run
+        folder ``run.out``: evaluation before and after, sample grids, curves and the summary.
+        ``resume=True`` continues from the newest checkpoint there."""
+        from tqdm.auto import tqdm
+
+        c, main = self.cfg, self.world.is_main
+        folder = RunFolder(c.run.out)
+        self._t_start = time.perf_counter()
+        if not self.open(folder, resume):
+            before = self.evaluate()
+            self.state.before = {k: v for k, v in before.items() if k != "latents"}
+            if main:
+                folder.save_grid(self.model.decode(before["latents"]), c.run.eval_seeds, "samples_before.png")
+            self.log(f"eval reward before: {before['reward']:.4f}"
+                     + (f" (gold {before['gold']:.4f})" if "gold" in before else ""))
+        bar = tqdm(total=c.run.epochs, initial=self.epoch, desc=f"{c.grpo.method}", disable=not progress or not main,
+                   unit="epoch")
+        try:
+            for record in self.epochs(folder):
+                bar.set_postfix(reward=f"{record.reward_mean:.3f}", steps=self.optimizer_steps)
+                bar.update(1)
+        finally:
+            bar.close()
+        try:
+            after = self.evaluate()
+        except BaseException:
+            if not c.run.checkpoint_every:  # a run that checkpoints only when stopped: it stopped now
+                self.save_on_interrupt(folder)
+            raise
+        return self._finish(folder, after)
+
+    def _finish(self, folder: RunFolder, after: dict[str, Any]) -> dict[str, Any]:
+        """The LoRA, the after-grid, the curves and ``summary.json``."""
+        c, main = self.cfg, self.world.is_main
+        before, rows = self.state.before, self.state.rows
+        if main:
+            self.save_lora(folder.lora_path)
+            folder.save_grid(self.model.decode(after["latents"]), c.run.eval_seeds, "samples_after.png")
+            eval_points = [(0, before["reward"])] + [(r["epoch"], r["eval_reward"]) for r in rows
+                                                     if r.get("eval_reward") is not None]
+            eval_points.append((self.epoch, after["reward"]))
+            folder.plot_rewards(rows, eval_points, f"{c.grpo.method} on {c.model.name}: {c.reward.name}")
+        wall = self.elapsed()
+        comp = self.state.compute
+        summary = {
+            "method": c.grpo.method, "model": c.model.checkpoint or c.model.name, "reward": c.reward.name,
+            "eval_reward_before": before["reward"], "eval_reward_after": after["reward"],
+            "epochs": self.epoch, "optimizer_steps": self.optimizer_steps, "skipped_updates": self.skipped_updates,
+            "nfe_total": comp.nfe_sample + comp.nfe_train_fwd,
+            "compute": comp.as_dict(), "compute_units": comp.units(),
+            "wall_s": round(wall, 2), "lora": str(folder.lora_path), "seed": c.run.seed,
+            "schedule": dataclasses.asdict(self.schedule), "world_size": self.world.world_size,
+        }
+        if "gold" in after:
+            summary["gold"] = c.reward.gold
+            summary["eval_gold_before"], summary["eval_gold_after"] = before.get("gold"), after["gold"]
+        summary = jsonable(summary)
+        if main:
+            folder.write_summary(summary)
+        self.log(f"eval reward after: {after['reward']:.4f} ({self.optimizer_steps} optimizer steps, "
+                 f"{wall:.0f}s); run folder {folder.out}")
+        return summary
+
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)

@@ -1,0 +1,129 @@
+"""The policy update: per-step clipped policy-gradient steps on one epoch's trajectories.
+
+Each trained step ``j`` of a row re-scores the stored transition ``x_j → x_{j+1}`` under the
+current policy (``samplers.step_from_x0`` with ``prev_sample``), forms the ratio against the
+log-prob recorded while sampling and takes the clipped objective (``grpo.clipped_loss``),
+optionally plus a KL to the reference policy (the network with the LoRA switched off).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from .. import grpo
+from ..compute import Compute
+from ..config import GRPOConfig, SamplerConfig
+from ..denoiser import Denoiser
+from ..distributed import World
+from ..group import Rollout
+from ..lora import LoraWeights
+from ..samplers import step_from_x0
+from .records import UpdateStats
+from .rollouts import RolloutBatch
+from .state import EMA
+
+
+def train_steps(rollout: Rollout, fraction: float, seed: int) -> list[int]:
+    """The stochastic steps (std > 0) trained this epoch: a seeded random ``fraction`` of them."""
+    stochastic = [j for j in range(rollout.stds.shape[1]) if bool((rollout.stds[:, j] > 0).all())]
+    if not stochastic:
+        raise ValueError("no stochastic sampling step to train on; use a noise level > 0")
+    n = max(1, round(fraction * len(stochastic)))
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(stochastic), generator=g)[:n].sort().values.tolist()
+    return [stochastic[i] for i in pick]
+
+
+def policy_update(model: Denoiser, adapter: LoraWeights, optimizer: torch.optim.Optimizer, ema: EMA | None,
+                  batch: RolloutBatch, steps: Sequence[int], sampler: SamplerConfig, g: GRPOConfig, world: World,
+                  perm_seed: int, on_update: Callable[[], None], on_skip: Callable[[str], None],
+                  max_updates: int | None = None) -> tuple[UpdateStats, Compute]:
+    """Train on ``batch``; ``on_update()`` after every optimizer step, ``on_skip(why)`` for every
+    step skipped for a non-finite loss or gradient (it may stop the run by raising).
+
+    The minibatches are cut from one seeded permutation of the *whole* batch's rows, and each
+    rank's loss is weighted by its share of the minibatch, so the gradients summed over ranks are
+    the one-process gradient."""
+    s = sampler
+    ro, adv = batch.rollout, batch.advantages
+    n_local = ro.latents.shape[0]
+    n_total = batch.total_rows if batch.total_rows is not None else n_local
+    offset = batch.row_offset
+    perm = torch.randperm(n_total, generator=torch.Generator().manual_seed(perm_seed))
+    chunks = list(perm.split(g.train_batch_size))  # global row ids per minibatch
+    mult = 1 if s.cfg == 1.0 else 2
+    comp = Compute()
+    sums: list[list[float]] = []   # per (minibatch, step): this rank's row-sums of loss, kl, clip_frac, approx_kl
+    sizes: list[int] = []          # per (minibatch, step): rows in the whole minibatch
+    grad_norms: list[float] = []
+    params = adapter.parameters()
+    model.net.train()
+    optimizer.zero_grad(set_to_none=True)
+    updates = 0
+    poisoned = False
+    for ci, chunk in enumerate(chunks):
+        mine = (chunk >= offset) & (chunk < offset + n_local)
+        rows = chunk[mine] - offset  # this rank's rows of the minibatch, in minibatch order
+        share = len(rows) / len(chunk)
+        cond = model.select_cond(ro.cond, rows) if len(rows) else None
+        for j in steps:
+            sizes.append(len(chunk))
+            if not len(rows):
+                sums.append([0.0, 0.0, 0.0, 0.0])
+                continue
+            with comp.phase("training"):
+                x, prev = ro.latents[rows, j], ro.latents[rows, j + 1]
+                sig, sig_next = ro.sigmas[j], ro.sigmas[j + 1]
+                sig_rows = sig.expand(len(rows)).to(x.device)
+                x0 = model.denoise(x, sig_rows, cond, s.cfg)
+                _, mean, std, logp = step_from_x0(model.family, s.sampler, x, x0, sig, sig_next,
+                                                  s.noise_level, prev_sample=prev)
+                loss, st = grpo.clipped_loss(logp, ro.log_probs[rows, j], adv[rows].to(logp), g.clip_range, g.adv_clip)
+                kl = torch.zeros(())
+                if g.kl_beta > 0:
+                    with torch.no_grad(), adapter.disabled():
+                        x0_ref = model.denoise(x, sig_rows, cond, s.cfg)
+                    mean_ref = step_from_x0(model.family, s.sampler, x, x0_ref, sig, sig_next,
+                                            s.noise_level, prev_sample=prev)[1]
+                    kl = grpo.kl_to_reference(mean, mean_ref, std).mean()
+                    loss = loss + g.kl_beta * kl
+                    comp.nfe_train_fwd += len(rows) * mult
+                if not torch.isfinite(loss):
+                    poisoned = True
+                else:
+                    # the minibatch mean over all ranks' rows, split into this rank's share
+                    (loss * share / (len(steps) * g.grad_accum)).backward()
+            comp.nfe_train_fwd += len(rows) * mult
+            comp.nfe_train_bwd += len(rows) * mult
+            comp.model_calls += mult
+            n = len(rows)
+            sums.append([float(loss.detach()) * n, float(kl.detach()) * n, st["clip_frac"] * n, st["approx_kl"] * n])
+        if (ci + 1) % g.grad_accum == 0 or ci == len(chunks) - 1:
+            bad_ranks = world.sync_grads(params, 1.0 if poisoned else 0.0)
+            with comp.phase("training"):
+                gn = torch.nn.utils.clip_grad_norm_(params, g.grad_clip if g.grad_clip > 0 else float("inf"))
+                ok = bad_ranks == 0 and bool(torch.isfinite(gn))
+                if ok:
+                    optimizer.step()
+                    if ema is not None:
+                        ema.update()
+                    on_update()
+                    updates += 1
+                    grad_norms.append(float(gn))
+                optimizer.zero_grad(set_to_none=True)
+                poisoned = False
+            if not ok:
+                model.net.eval()
+                on_skip("the loss or gradient is NaN or infinite")  # may stop the run
+                model.net.train()
+            if max_updates is not None and updates >= max_updates:
+                break
+    model.net.eval()
+    totals = world.sum([v for row in sums for v in row])  # whole-batch row-sums, (minibatch × step) × 4
+    per_step = [[totals[4 * i + k] / sizes[i] for k in range(4)] for i in range(len(sizes))]
+    means = [sum(r[k] for r in per_step) / len(per_step) if per_step else 0.0 for k in range(4)]
+    stats = UpdateStats(loss=means[0], kl=means[1], clip_frac=means[2], approx_kl=means[3],
+                        grad_norm=sum(grad_norms) / len(grad_norms) if grad_norms else 0.0, updates=updates,
+                        trained_steps=list(steps))
+    return stats, comp
