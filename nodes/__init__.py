@@ -5,9 +5,9 @@ Importing this package needs no ComfyUI: node definitions are checkable anywhere
 """
 from __future__ import annotations
 
-from .rewarding import OVFPruner, RewardModelLoader, RewardScorer
-from .sampling import ExpandedGroupSampler, LatentProxyProjector
-from .train import GRPOLoraTrainer, PromptList, SaveLoRA
+from .reward_nodes import OVFPruner, RewardModelLoader, RewardScorer
+from .sampling_nodes import ExpandedGroupSampler, LatentProxyProjector
+from .train_nodes import GRPOLoraTrainer, PromptList, SaveLoRA
 
 NODE_CLASS_MAPPINGS = {
     "ProGRPOExpandedGroupSampler": ExpandedGroupSampler,

@@ -72,7 +72,7 @@ AUTO = {"group": 48, "prompts": 6, "criterion": "rho", "rho": (0.85, 0.95), "rep
 
 
 def method_specs(quick: bool = False) -> list[MethodSpec]:
-    """Every benchmarked configuration (METHOD.md §5 scaled to T = 10 steps)."""
+    """Every benchmarked configuration (docs/METHOD.md §5, scaled to T = 10 steps)."""
     T, E = FLOW_T, EPS_T
     gold = {"reward": {"gold": "stroke"}}
     flow = [

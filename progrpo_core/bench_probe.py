@@ -3,7 +3,7 @@ what a pruning funnel would have kept.
 
 A *probe* samples ``B`` prompts × ``G`` trajectories with the exploration sampler and no pruning,
 and records, for every step ``i``, the reward of the one-step x0 projection (the latent proxy of
-METHOD.md §4, exactly what a checkpoint at step ``i`` would score) and the final reward of every
+docs/METHOD.md §4, exactly what a checkpoint at step ``i`` would score) and the final reward of every
 trajectory. Everything else here is a pure function of those two arrays:
 
 * proxy fidelity: Spearman ρ, within each group, between the proxy at step ``i`` and the final

@@ -71,7 +71,7 @@ class Compute:
 class FlopCosts:
     """Atomic costs in FLOPs: one model evaluation of one row, one decode and one reward call of one
     image; a backward row costs ``backward_weight`` forward rows. For SD3.5-M the paper gives
-    decode 2.49e12 and reward 0.34e12 (METHOD.md §7)."""
+    decode 2.49e12 and reward 0.34e12 (docs/METHOD.md §7)."""
 
     model_fwd: float
     decode: float = 0.0

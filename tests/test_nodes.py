@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, host, trace, training  # noqa: E402
+from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, host, trace  # noqa: E402
+from nodes import train_driver as training  # noqa: E402
 from progrpo_core import ovf  # noqa: E402
 from progrpo_core.embedded import load_digits_model  # noqa: E402
 
@@ -36,7 +37,7 @@ spec = importlib.util.spec_from_file_location("pack", {str(ROOT / '__init__.py')
                                               submodule_search_locations=[{str(ROOT)!r}])
 pack = importlib.util.module_from_spec(spec); spec.loader.exec_module(pack)
 assert not hasattr(pack, "NODE_CLASS_MAPPINGS"), "the pack registered nodes without ComfyUI"
-import nodes, nodes.headless
+import nodes, nodes.host.headless
 assert len(nodes.NODE_CLASS_MAPPINGS) == 8
 bad = [m for m in ("comfy", "folder_paths", "server", "comfy_api") if m in sys.modules]
 assert not bad, bad

@@ -8,7 +8,7 @@ from progrpo_core.rewards import available_rewards, build_reward, reward_help
 from progrpo_core.rewards.weights import WEIGHT_SOURCES
 
 from . import host
-from .sampling import CATEGORY, SEED_MAX, SELECTORS
+from .sampling_nodes import CATEGORY, SEED_MAX, SELECTORS
 from .trace import PROMPTS, REWARD, SCORES, RewardHandle, Scores, kept_json, parse_ints, prune, score_images
 
 DTYPES = ("float32", "float16", "bfloat16")

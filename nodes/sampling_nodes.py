@@ -6,7 +6,7 @@ from progrpo_core.samplers import noise_help, sampler_help
 
 from . import host
 from .trace import GROUP, REWARD, GroupTrace, kept_json, prune_schedule
-from .training import SAMPLER_CHOICES
+from .train_driver import SAMPLER_CHOICES
 
 CATEGORY = "ProGRPO"
 SEED_MAX = 0xFFFFFFFFFFFFFFFF

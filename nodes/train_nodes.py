@@ -5,9 +5,10 @@ from pathlib import Path
 
 from progrpo_core.methods import METHODS, presets_text
 
-from . import host, training
-from .rewarding import check_reward
-from .sampling import _NOISE_TIP, _SAMPLER_TIP, CATEGORY, SEED_MAX
+from . import host
+from . import train_driver as training
+from .reward_nodes import check_reward
+from .sampling_nodes import _NOISE_TIP, _SAMPLER_TIP, CATEGORY, SEED_MAX
 from .trace import LORA, PROMPTS, REWARD, save_lora_tensors
 
 _PRESETS = f"presets (checkpoints scale with T): {presets_text()}"

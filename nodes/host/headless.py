@@ -3,10 +3,10 @@
     python -m progrpo_core train --model.comfyui /path/to/ComfyUI --model.checkpoint FILE \\
         --run.prompts prompts.txt --reward.name pickscore ...
 
-The core's ``trainer.load_model`` calls :func:`load_comfy_denoiser`, which imports ComfyUI from
-its checkout (on the CPU when no GPU is visible), loads the checkpoint, its text encoder and VAE
-with ComfyUI's own loaders and returns the same :class:`~nodes.host.ComfyDenoiser` the nodes
-use. Prompts are encoded with the checkpoint's CLIP as they are needed. Run it from the pack's
+The core's ``models.load_model`` imports this module as a plug-in and calls
+:func:`load_comfy_denoiser`, which imports ComfyUI from its checkout (on the CPU when no GPU is
+visible), loads the checkpoint, its text encoder and VAE with ComfyUI's own loaders and returns the
+same :class:`~nodes.host.model.ComfyDenoiser` the nodes use. Prompts are encoded with the checkpoint's CLIP as they are needed. Run it from the pack's
 folder (the one holding ``progrpo_core/`` and ``nodes/``), with a python that has ComfyUI's
 requirements.
 
@@ -20,7 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-from .host import ComfyDenoiser, _checkpoint_blocks
+from .model import ComfyDenoiser
+from .train_context import checkpoint_blocks
 
 
 def import_comfyui(comfyui_path: str | os.PathLike, device: str = "cpu") -> None:
@@ -91,7 +92,7 @@ def load_comfy_denoiser(comfyui_path: str | os.PathLike, checkpoint: str | os.Pa
     model.model.requires_grad_(False)
     den = ComfyDenoiser(model, latent_shape, vae=vae, clip=clip, name=path.name)
     if gradient_checkpointing:
-        _checkpoint_blocks(den.net)
+        checkpoint_blocks(den.net)
     mm.in_training = True  # this process trains: ops without autograd formulas (fused RoPE) are avoided
     return den
 

@@ -1,0 +1,307 @@
+"""A ComfyUI MODEL as the core's :class:`~progrpo_core.denoiser.Denoiser`.
+
+Family from ``model_sampling``, sigmas from its schedule, latents in its latent format, the
+CFG-combined x0 estimate through ``comfy.samplers.CFGGuider``, decoding through the VAE.
+
+Spaces: the core samples each family in its native space. Flow models' native space is
+ComfyUI's model space (``latent_format.process_in`` of a LATENT). For ε/v-prediction models
+ComfyUI's latent is ``x_comfy = x0 + σ·ε``, the core's VP latent is
+``x_vp = x_comfy / sqrt(1 + σ²)``; the x0 estimate is the same in both.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from .convert import image_to_core
+
+LORA_PREFIX = "diffusion_model."
+TARGET_PRESETS = ("attention", "all linear")
+SCHEDULER = "simple"  # ComfyUI's default for flow models; trailing DDIM spacing for ε models
+
+
+def model_family(patcher) -> str:
+    """``"flow"`` for flow-matching models (CONST sampling: SD3.x, Flux, …), ``"eps"`` for VP
+    diffusion (``x = x0 + σε``: ε-, v- and x0-prediction, SD1.x/SDXL); a ``ValueError`` otherwise."""
+    import comfy.model_sampling as cms
+
+    ms = patcher.get_model_object("model_sampling")
+    kind = f"{type(patcher.model).__name__} (model_sampling {type(ms).__name__})"
+    unsupported = tuple(getattr(cms, n) for n in ("IMG_TO_IMG", "IMG_TO_IMG_FLOW", "COSMOS_RFLOW",
+                                                  "V_PREDICTION_DDPM") if hasattr(cms, n))
+    if unsupported and isinstance(ms, unsupported):
+        raise ValueError(f"the model {kind} uses a parameterisation ProGRPO's samplers do not handle; "
+                         "supported: flow matching (SD3.x, Flux) and eps/v-prediction diffusion (SD1.x, SDXL)")
+    if isinstance(ms, cms.CONST):
+        return "flow"
+    if isinstance(ms, cms.EPS):  # V_PREDICTION, EDM and X0 subclass EPS: all x = x0 + σε
+        return "eps"
+    raise ValueError(f"the model {kind} is neither flow matching nor eps/v-prediction diffusion; "
+                     "ProGRPO's samplers support SD3.x, Flux, SD1.x and SDXL-type models")
+
+
+def target_modules(net: nn.Module, preset: str) -> list[str]:
+    """Module paths (relative to ``net``) of the Linear layers a LoRA preset adapts.
+
+    ``attention``: Linear layers inside attention blocks (paths containing ``attn``: SD1.x/SDXL
+    ``attn1/attn2.to_q…``, SD3 ``attn.qkv/proj``, Flux ``img_attn/txt_attn``) plus Flux single
+    blocks' fused ``linear1``/``linear2``; ``all linear``: every Linear layer."""
+    if preset not in TARGET_PRESETS:
+        raise ValueError(f"LoRA targets {preset!r} unknown; expected one of {', '.join(TARGET_PRESETS)}")
+    out = []
+    for name, m in net.named_modules():
+        if not isinstance(m, nn.Linear) or getattr(m, "weight", None) is None or m.weight.ndim != 2:
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if preset == "all linear" or "attn" in name or ("single_blocks" in name and leaf in ("linear1", "linear2")):
+            out.append(name)
+    if not out:
+        raise ValueError(f"the model has no Linear layer matching LoRA targets {preset!r}; try 'all linear'")
+    return out
+
+
+class RowConds:
+    """The host's batched conditioning: for each row, the index of its prompt's conditioning."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: torch.Tensor):
+        self.index = index.long().cpu()
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+
+class _SessionSampler:
+    """A ``comfy.samplers.Sampler`` whose ``sample`` runs ``body(guider, extra_args)`` once: the
+    guider has prepared the model (loaded, patched, conds processed), the body calls it freely."""
+
+    def __init__(self, body: Callable[[Any, dict], Any]):
+        self.body = body
+        self.result = None
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        self.result = self.body(model_wrap, extra_args)
+        return torch.zeros_like(noise)
+
+    def max_denoise(self, model_wrap, sigmas):  # part of ComfyUI's Sampler interface
+        return True
+
+
+class ComfyDenoiser:
+    """A ComfyUI MODEL as the core's Denoiser.
+
+    ``latent_shape`` is one latent's (C, H, W) in model channels. Prompts are registered with
+    :meth:`add_prompt` (CONDITIONING pairs) or encoded on demand with ``clip``. Model calls go
+    through a ``CFGGuider``: inside :meth:`run` one guider session serves every call; outside,
+    each :meth:`denoise` call opens its own (slower, but correct; used headless)."""
+
+    lora_prefix = LORA_PREFIX
+
+    def __init__(self, patcher, latent_shape: Sequence[int], vae=None, clip=None, targets: str = "attention",
+                 name: str | None = None, max_batch: int = 0):
+        self.patcher = patcher
+        self.family = model_family(patcher)
+        self.latent_format = patcher.model.latent_format
+        channels = int(getattr(self.latent_format, "latent_channels", latent_shape[0]))
+        if int(latent_shape[0]) != channels:
+            raise ValueError(f"the LATENT has {latent_shape[0]} channels but the model "
+                             f"({type(patcher.model).__name__}) works on {channels}-channel latents; make the latent "
+                             f"with the node that belongs to this model (e.g. EmptySD3LatentImage for SD3/Flux, "
+                             f"EmptyLatentImage for SD1.x/SDXL)")
+        if vae is not None:
+            check_vae(vae, channels)
+        self.latent_shape = tuple(int(s) for s in latent_shape)
+        self.net = patcher.model.diffusion_model
+        self.lora_targets = target_modules(self.net, targets)
+        self.vae, self.clip = vae, clip
+        self.name = name or type(patcher.model).__name__
+        self.max_batch = int(max_batch)
+        self._prompt_index: dict[str, int] = {}
+        self._conds: list[tuple[list, list]] = []
+        self._session: tuple[Any, dict, dict] | None = None
+        self._fingerprint: str | None = None
+        self.model_calls = 0
+
+    # -- prompts --------------------------------------------------------------------------------
+    def add_prompt(self, text: str, positive: list, negative: list | None = None) -> int:
+        """Register CONDITIONING for ``text`` (negative: an empty-prompt encoding or zeros)."""
+        if self._session is not None:
+            raise RuntimeError("prompts must be registered before the sampling session starts")
+        if negative is None:
+            negative = self._default_negative(positive)
+        self._prompt_index[text] = len(self._conds)
+        self._conds.append((positive, negative))
+        return self._prompt_index[text]
+
+    def _default_negative(self, positive: list) -> list:
+        if self.clip is not None:
+            return encode_text(self.clip, "")
+        return [[torch.zeros_like(t), {k: (torch.zeros_like(v) if isinstance(v, torch.Tensor) else v)
+                                       for k, v in d.items()}] for t, d in positive]
+
+    def encode_prompts(self, prompts: Sequence[str]) -> RowConds:
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_index]
+        for p in missing:
+            if self.clip is None:
+                raise ValueError(f"no conditioning for prompt {p!r}: connect a CLIP, or give the prompt's CONDITIONING")
+            self.add_prompt(p, encode_text(self.clip, p))
+        return RowConds(torch.tensor([self._prompt_index[p] for p in prompts], dtype=torch.long))
+
+    def select_cond(self, cond: RowConds, index: torch.Tensor) -> RowConds:
+        return RowConds(cond.index[index.cpu()])
+
+    # -- schedule and spaces --------------------------------------------------------------------
+    def model_sampling(self):
+        return self.patcher.get_model_object("model_sampling")
+
+    def sigmas(self, steps: int) -> torch.Tensor:
+        import comfy.samplers
+
+        if steps < 1:
+            raise ValueError(f"steps={steps} must be >= 1")
+        s = comfy.samplers.calculate_sigmas(self.model_sampling(), SCHEDULER, steps).float().cpu()
+        if s.shape[0] != steps + 1 or float(s[-1]) != 0.0:
+            raise RuntimeError(f"ComfyUI's {SCHEDULER!r} schedule gave {s.shape[0]} sigmas for {steps} steps")
+        return s
+
+    def to_comfy(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Native latent → ComfyUI model-space latent (identity for flow)."""
+        if self.family == "flow":
+            return x
+        s = sigma.to(x).reshape(-1, *([1] * (x.ndim - 1)))
+        return x * torch.sqrt(1 + s**2)
+
+    def from_comfy(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        if self.family == "flow":
+            return x
+        s = sigma.to(x).reshape(-1, *([1] * (x.ndim - 1)))
+        return x / torch.sqrt(1 + s**2)
+
+    def to_latent(self, x0: torch.Tensor) -> dict:
+        """Model-space clean latents → a LATENT dict (VAE space) on the CPU."""
+        return {"samples": self.latent_format.process_out(x0.detach().float()).cpu()}
+
+    # -- model calls ----------------------------------------------------------------------------
+    def run(self, body: Callable[[], Any], sigmas: torch.Tensor | None = None, max_rows: int = 1) -> Any:
+        """Run ``body()`` inside one guider session: the model is loaded and patched once and
+        every :meth:`denoise` call reuses it. Exceptions (and interrupts) propagate."""
+        if self._session is not None:
+            return body()
+        import comfy.samplers
+
+        if not self._conds:
+            raise ValueError("no prompt conditioning registered; encode at least one prompt first")
+        guider = comfy.samplers.CFGGuider(self.patcher)
+        conds = {}
+        for i, (pos, neg) in enumerate(self._conds):
+            conds[_key("positive", i)] = pos
+            conds[_key("negative", i)] = neg
+        guider.inner_set_conds(conds)
+        if sigmas is None:
+            sigmas = self.sigmas(1)
+        c, h, w = self.latent_shape
+        noise = torch.zeros((max(1, int(max_rows)), c, h, w))  # shapes memory estimates and cond encoding
+
+        def session(model_wrap, extra_args):
+            all_conds = model_wrap.conds
+            self._session = (model_wrap, extra_args, all_conds)
+            try:
+                return body()
+            finally:
+                model_wrap.conds = all_conds
+                self._session = None
+
+        sampler = _SessionSampler(session)
+        guider.sample(noise, torch.zeros_like(noise), sampler, sigmas.float(), seed=0, disable_pbar=True)
+        return sampler.result
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: RowConds, cfg: float = 1.0) -> torch.Tensor:
+        if self._session is None:  # headless: one session per call
+            rows = int(x.shape[0])
+            return self.run(lambda: self.denoise(x, sigma, cond, cfg), max_rows=rows)
+        import comfy.model_management
+
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        model_wrap, extra_args, all_conds = self._session
+        n = x.shape[0]
+        sigma = sigma.reshape(-1).expand(n).float()
+        device = self.patcher.load_device
+        x_c = self.to_comfy(x.float(), sigma).to(device)
+        sig = sigma.to(device)
+        out = torch.empty_like(x_c)
+        index = cond.index
+        if index.shape[0] != n:
+            raise ValueError(f"{n} latents but conditioning for {index.shape[0]} rows")
+        old_cfg = model_wrap.cfg
+        try:
+            model_wrap.cfg = float(cfg)
+            for g in index.unique().tolist():
+                rows = (index == g).nonzero().flatten().to(device)
+                model_wrap.conds = {"positive": all_conds[_key("positive", g)],
+                                    "negative": all_conds[_key("negative", g)]}
+                for chunk in (rows.split(self.max_batch) if self.max_batch > 0 else (rows,)):
+                    out[chunk] = model_wrap(x_c[chunk], sig[chunk], **extra_args).float()
+                    self.model_calls += 1
+        finally:
+            model_wrap.conds = all_conds
+            model_wrap.cfg = old_cfg
+        return out.to(x.device)  # x0 is the same in both spaces; on the caller's device
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            raise ValueError("decoding needs a VAE: connect the VAE that belongs to this model")
+        with torch.no_grad():
+            samples = self.latent_format.process_out(x0.detach().float())
+            images = self.vae.decode(samples)
+        if images.ndim == 5:  # video VAEs: (B, T, H, W, C); images have T = 1
+            images = images.reshape(-1, *images.shape[-3:])
+        return image_to_core(images, "decoded images")
+
+    def fingerprint(self) -> str:
+        """A short hash of the base network's names, shapes and a sample of its values."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            with torch.no_grad():
+                for name, t in sorted(self.net.state_dict().items()):
+                    if ".lora_" in name:  # adapters injected in place (peft) are not the base model
+                        continue
+                    name = name.replace(".base_layer.", ".")
+                    h.update(f"{name}{tuple(t.shape)}".encode())
+                    if t.numel() and t.is_floating_point():
+                        h.update(t.flatten()[:16].float().cpu().numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+
+def _key(kind: str, i: int) -> str:
+    return kind if i == 0 else f"{kind}_{i}"
+
+
+def check_vae(vae, channels: int) -> None:
+    got = getattr(vae, "latent_channels", None)
+    if got is not None and int(got) != int(channels):
+        raise ValueError(f"the VAE works on {got}-channel latents but the model's latents have {channels} channels; "
+                         "connect the VAE that belongs to this model (SD3/Flux: a 16-channel VAE, SD1.x/SDXL: 4)")
+
+
+def encode_text(clip, text: str) -> list:
+    """CONDITIONING for ``text`` (what CLIPTextEncode does)."""
+    if clip is None:
+        raise ValueError("encoding a prompt needs a CLIP: connect the checkpoint's CLIP")
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+def clone_conditioning(cond: list) -> list:
+    """A copy of CONDITIONING whose tensors are normal (not inference-mode) tensors; call it
+    outside inference mode before the tensors enter autograd."""
+    out = []
+    for item in cond:
+        t, d = item[0], item[1]
+        out.append([t.clone() if isinstance(t, torch.Tensor) else t,
+                    {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in d.items()}])
+    return out

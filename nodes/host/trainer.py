@@ -1,0 +1,113 @@
+"""The GRPO LoRA Trainer inside the host: a thin driver of the core's training loop with ComfyUI's
+model, adapters, guider session, progress, previews and interrupts."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from progrpo_core.checkpoint import CheckpointError
+from progrpo_core.training import EpochRecord, RunFolder, Trainer
+
+from .. import train_driver as training
+from .convert import latent_samples, pil_of
+from .files import autosave_path, run_folder
+from .lora import ComfyLoraAdapter, apply_lora
+from .model import ComfyDenoiser, check_vae, clone_conditioning, encode_text, model_family
+from .train_context import training_model
+from .ui import Progress
+
+log = logging.getLogger("progrpo")
+
+
+def train_lora(model, vae, clip, positive, negative, latent, prompts: list[str], cfg, reward, *, targets: str,
+               gradient_checkpointing: bool, run_name: str, resume: bool, save_every: int,
+               node_id: str | None = None):
+    """The GRPO LoRA Trainer: ``(MODEL with the LoRA, LORA_MODEL, curves IMAGE, summary text)``.
+
+    Trains on a clone of MODEL (see :func:`training_model`) by driving the core's training loop.
+    Every ``save_every`` epochs and at the end, the LoRA goes to
+    ``models/loras/progrpo/autosave/<run_name>.safetensors`` and a resumable checkpoint (LoRA,
+    optimizer, EMA, RNG) to ``output/progrpo/<run_name>/``; when training stops early (interrupt or
+    error) the last completed epoch is checkpointed and the LoRA trained so far saved. ``resume``
+    continues from the newest checkpoint; ``cfg.run.epochs`` counts the whole run."""
+    samples = latent_samples(latent)
+    family = model_family(model)  # checks before any work, so bad inputs leave everything as it was
+    cfg.sampler.resolved(family)
+    channels = int(getattr(model.model.latent_format, "latent_channels", samples.shape[1]))
+    if samples.shape[1] != channels:
+        raise ValueError(f"the LATENT has {samples.shape[1]} channels but the model works on {channels}-channel "
+                         "latents; make the latent with the node that belongs to this model")
+    check_vae(vae, channels)
+    if clip is None and positive is None:
+        raise ValueError("the trainer needs prompts' conditioning: connect a CLIP (to encode the prompt list) "
+                         "or a positive CONDITIONING")
+    if clip is None and len(prompts) != 1:
+        raise ValueError(f"without a CLIP the positive CONDITIONING stands for one prompt, but the list has "
+                         f"{len(prompts)}; connect a CLIP to train on several prompts")
+    folder = RunFolder(run_folder(run_name), lora_path=autosave_path(run_name))
+    cfg.run.out = str(folder.out)
+    cfg.run.save_every = cfg.run.checkpoint_every = int(save_every)
+    cfg.run.keep_checkpoints = 2
+    T = cfg.sampler.steps
+
+    with training_model(model, gradient_checkpointing) as (mp, shares):
+        den = ComfyDenoiser(mp, samples.shape[1:], vae=vae, clip=clip, targets=targets,
+                            name=type(model.model).__name__)
+        neg = clone_conditioning(negative) if negative is not None else None
+        with torch.no_grad():
+            if clip is not None:
+                neg = neg if neg is not None else encode_text(clip, "")
+                for p in prompts:
+                    den.add_prompt(p, encode_text(clip, p), neg)
+            else:
+                den.add_prompt(prompts[0], clone_conditioning(positive), neg)
+        adapter = ComfyLoraAdapter(den, cfg.lora.rank, cfg.lora.alpha, seed=cfg.run.seed, copy_other_weights=shares)
+        recorder = training.RecordingReward(reward.reward)
+        trainer = Trainer(cfg, model=den, reward=recorder, prompts=prompts, adapter=adapter, log=log.info)
+        try:  # a full disk or unwritable output folder fails now, not after an hour
+            resumed = trainer.open(folder, resume=resume)
+        except CheckpointError as e:
+            raise ValueError(f"cannot resume run {run_name!r}: {e}") from None
+        start = trainer.epoch
+        progress = Progress(max(1, cfg.run.epochs - start) * (T + 1), node_id)
+        if resumed:
+            progress.text(f"resuming {run_name} after epoch {start}")
+        G = trainer.schedule.group_size
+
+        def on_epoch(record):
+            grid = training.preview_grid(recorder, record.batch, G, cfg.grpo.prompts_per_epoch)
+            progress.update((record.epoch - start) * (T + 1), None, preview=pil_of(grid) if grid is not None else None)
+            progress.text(record.text(cfg.run.epochs))
+
+        try:
+            if start < cfg.run.epochs:
+                den.run(lambda: training.drive_training(trainer, folder, on_step=progress.update, on_epoch=on_epoch),
+                        sigmas=den.sigmas(T), max_rows=G * cfg.grpo.prompts_per_epoch)
+        except BaseException as e:
+            if trainer.optimizer_steps > 0:
+                try:
+                    trainer.save_lora(folder.lora_path)
+                    log.warning("ProGRPO: training stopped in epoch %d (%s); the LoRA trained so far is in %s; "
+                                "resume continues from the last checkpoint in %s", trainer.epoch,
+                                type(e).__name__, folder.lora_path, folder.out)
+                except Exception as save_error:  # never hide the error that stopped training
+                    log.error("ProGRPO: training stopped (%s) and the LoRA trained so far could not be saved: %s",
+                              type(e).__name__, save_error)
+            if isinstance(e, RuntimeError) and "modified by an inplace operation" in str(e) and not gradient_checkpointing:
+                raise RuntimeError(f"{type(model.model).__name__} updates activations in place inside its blocks "
+                                   "(Flux does), which plain backpropagation cannot handle: turn "
+                                   "gradient_checkpointing on") from None
+            raise
+        trainer.save_lora(folder.lora_path)
+        if trainer.state.last_checkpoint != trainer.epoch:
+            trainer.save_checkpoint(folder)
+        lora = training.trained_lora(trainer)
+        history = [EpochRecord.from_row(r) for r in trainer.metrics_rows if r["epoch"] > start]
+        summary = (f"{cfg.grpo.method}: epochs {start + 1}..{trainer.epoch} of {cfg.run.epochs}, "
+                   f"{trainer.optimizer_steps} optimizer steps, reward "
+                   + (f"{history[0].reward_mean:.4f} → {history[-1].reward_mean:.4f}" if history else "n/a")
+                   + f"; LoRA {folder.lora_path}, checkpoints {folder.out}")
+    out_model = apply_lora(model, lora)
+    curves = training.curves_image(history, f"{cfg.grpo.method}: {reward.spec}")
+    return out_model, lora, curves, summary
