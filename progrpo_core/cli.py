@@ -194,18 +194,27 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_score_parser(sub)
         sub.choices["score"].set_defaults(func=run_score)
-    from .bench import add_bench_parser
-    add_bench_parser(sub)
+    sub.add_parser("bench", add_help=False,  # parsed by the bench itself: `bench --help`
+                   help="benchmark the methods at equal compute on the built-in models (see bench --help)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # the only command that imports the bench
+        from .bench import main as bench_main
+
+        return _guarded(lambda: bench_main(argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "command", None) == "eval" and not args.reward:
         args.reward = ["digit"]
+    return _guarded(lambda: args.func(args))
+
+
+def _guarded(run) -> int:
     try:
-        return args.func(args)
+        return run()
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

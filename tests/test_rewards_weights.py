@@ -11,7 +11,7 @@ import reward_fixtures as rf  # noqa: F401
 from progrpo_core.rewards import find_reward_weights
 from progrpo_core.rewards.weights import (ENV_VAR, CheckpointMismatchError, RewardWeightsNotFound,
                                           UnsafeCheckpointError, check_state_dict, load_state_dict_file,
-                                          params_on_meta, resolve_dtype)
+                                          empty_weights, resolve_dtype)
 
 
 @pytest.fixture(autouse=True)
@@ -142,8 +142,8 @@ def test_check_state_dict_counts_missing_unexpected_and_misshaped():
     check_state_dict(model, model.state_dict(), "x", "f.pt")  # a matching one passes
 
 
-def test_params_on_meta_keeps_buffers_real():
-    with params_on_meta():
+def test_empty_weights_keeps_buffers_real():
+    with empty_weights():
         m = torch.nn.BatchNorm1d(3)
     assert m.weight.device.type == "meta" and m.running_mean.device.type == "cpu"
     assert torch.nn.Linear(2, 2).weight.device.type == "cpu"  # patch removed afterwards

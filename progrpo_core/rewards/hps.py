@@ -26,7 +26,7 @@ import torch
 from .base import Reward
 from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePrep
 from .weights import (WEIGHT_SOURCES, check_state_dict, find_reward_weights, load_into, load_state_dict_file,
-                      params_on_meta, resolve_device, resolve_dtype)
+                      empty_weights, resolve_device, resolve_dtype)
 
 
 def build_open_clip(arch: str):
@@ -40,7 +40,7 @@ def build_open_clip(arch: str):
         raise ValueError(f"unknown open_clip architecture {arch!r}; known ones include ViT-H-14, ViT-L-14, ViT-B-32")
     if cfg.get("custom_text") or "hf_model_name" in cfg.get("text_cfg", {}) or "multimodal_cfg" in cfg:
         raise ValueError(f"open_clip architecture {arch!r} has a custom text tower; HPS needs a plain CLIP such as ViT-H-14")
-    with params_on_meta():
+    with empty_weights():
         model = CLIP(**cfg, output_dict=True)
     return model
 

@@ -36,7 +36,7 @@ from .base import Reward
 from .heads import LinearMLPHead
 from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePrep
 from .weights import (WEIGHT_SOURCES, CheckpointMismatchError, RewardWeightsNotFound, check_state_dict,
-                      find_reward_weights, load_into, load_state_dict_file, params_on_meta, resolve_device,
+                      find_reward_weights, load_into, load_state_dict_file, empty_weights, resolve_device,
                       resolve_dtype)
 
 REWARD_MEAN = 0.16717362830052426
@@ -228,7 +228,7 @@ def make_imagereward(path=None, device="cpu", dtype="float32", search_dirs=(), m
     raw = load_state_dict_file(weights, "imagereward")
     vision = vision_config_from_state(raw)
     state = map_imagereward_keys(raw)
-    with params_on_meta():
+    with empty_weights():
         model = ImageRewardModel(vision, med)
     check_state_dict(model, state, "imagereward", str(weights),
                      expected_download=WEIGHT_SOURCES["imagereward"].download)

@@ -14,13 +14,12 @@ arbitrary Python objects is refused (:class:`UnsafeCheckpointError`), never unpi
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -307,30 +306,18 @@ def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], what:
     raise CheckpointMismatchError(f"{what}: {source} is not a checkpoint of this model: {report}.{hint}")
 
 
-@contextlib.contextmanager
-def params_on_meta() -> Iterator[None]:
+def empty_weights():
     """Build modules with their parameters on the ``meta`` device (no memory, no random init),
-    while buffers (causal masks, position ids) are still computed for real.
+    while buffers (causal masks, position ids) are still computed for real — accelerate's
+    ``init_empty_weights(include_buffers=False)``. Load real weights afterwards with
+    :func:`load_into`; any parameter still on ``meta`` was not in the checkpoint."""
+    from accelerate import init_empty_weights
 
-    Load real weights afterwards with ``load_state_dict(..., assign=True)``; any parameter still on
-    ``meta`` was not in the checkpoint.
-    """
-    original = nn.Module.register_parameter
-
-    def register(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        if param is not None and param.device.type != "meta":
-            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        original(self, name, param)
-
-    nn.Module.register_parameter = register  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = original  # type: ignore[method-assign]
+    return init_empty_weights(include_buffers=False)
 
 
 def load_into(module: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Load a checked state dict into a module built under :func:`params_on_meta`."""
+    """Load a checked state dict into a module built under :func:`empty_weights`."""
     module.load_state_dict(dict(state), strict=False, assign=True)
     left = [n for n, p in module.named_parameters() if p.device.type == "meta"]
     if left:  # check_state_dict should have caught this

@@ -1,7 +1,7 @@
 """Sizes and speed of the reward models.
 
-    python -m progrpo_core.rewards.bench                      # parameters and memory of the real models
-    python -m progrpo_core.rewards.bench --reward pickscore=/models/PickScore_v1 --device cuda --dtype fp16
+    python -m progrpo_core.bench.rewards                      # parameters and memory of the real models
+    python -m progrpo_core.bench.rewards --reward pickscore=/models/PickScore_v1 --device cuda --dtype fp16
 
 The real architectures are built on the ``meta`` device (nothing allocated, nothing downloaded)
 to count their parameters exactly; weight memory is that count times the bytes per parameter.
@@ -78,10 +78,10 @@ def real_model_sizes() -> list[ModelSize]:
     """Parameter counts of the real reward models, built on ``meta``."""
     from transformers import CLIPModel, CLIPVisionModelWithProjection
 
-    from .heads import LinearMLPHead
-    from .hps import build_open_clip
-    from .imagereward import DEFAULT_VISION, VIT_HEAD_DIM, ImageRewardModel
-    from .weights import params_on_meta
+    from ..rewards.heads import LinearMLPHead
+    from ..rewards.hps import build_open_clip
+    from ..rewards.imagereward import DEFAULT_VISION, VIT_HEAD_DIM, ImageRewardModel
+    from ..rewards.weights import empty_weights
 
     rows = []
     h14 = clip_config("H-14")
@@ -107,7 +107,7 @@ def real_model_sizes() -> list[ModelSize]:
                           False))
     rows.append(ModelSize("aesthetic", _count(aes) + _count(LinearMLPHead(768)), _count(aes), tokens, v.hidden_size,
                           v.intermediate_size, v.num_hidden_layers, v.num_attention_heads, False))
-    with params_on_meta():
+    with empty_weights():
         ir = ImageRewardModel(dict(DEFAULT_VISION), IMAGEREWARD_MED_CONFIG)
     tokens = (DEFAULT_VISION["image_size"] // DEFAULT_VISION["patch_size"]) ** 2 + 1
     rows.append(ModelSize("imagereward", _count(ir), _count(ir.visual), tokens, DEFAULT_VISION["hidden_size"],
@@ -141,7 +141,7 @@ def throughput(reward: Callable, batch: int = 16, size: int = 512, repeats: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m progrpo_core.rewards.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m progrpo_core.bench.rewards", description=__doc__.split("\n")[0])
     parser.add_argument("--reward", action="append", default=[], metavar="SPEC", help="also time this reward")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=512)
     args = parser.parse_args(argv)
     print(memory_table())
-    from .weighted import build_reward_from_spec
+    from ..rewards.weighted import build_reward_from_spec
     for spec in args.reward:
         reward = build_reward_from_spec(spec, device=args.device, dtype=args.dtype)
         ips = throughput(reward, args.batch, args.size)

@@ -6,7 +6,7 @@ are bimodal any checkpoint picks a high-variance subset, but once most samples s
 proxy can find the few failures that carry the gradient. So the auto schedule re-measures:
 
 1. probe: sample ``prompts`` full groups of ``G_max`` with the current policy, no pruning, recording
-   the proxy at every step (``bench_probe.record_probe``); its model evaluations are charged to
+   the proxy at every step (``probe.record_probe``); its model evaluations are charged to
    the run, like any other compute;
 2. replay every funnel ``G_max → K1 → K2`` over checkpoint pairs on the probe and measure its
    *selection efficiency*: the final-reward std of the kept ``K2`` divided by that of the oracle
@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from . import bench_probe as P
-from .compute import Compute
-from .methods import PruneSchedule
+from . import probe as P
+from ..compute import Compute
+from ..methods import PruneSchedule
 
 
 def candidate_schedules(steps: int, group: int, keep: tuple[int, ...], selector: str = "ovf") -> list[PruneSchedule]:
@@ -55,7 +55,7 @@ def schedule_table(probe: P.Probe, steps: int, group: int, keep: tuple[int, ...]
     oracle_std = np.take_along_axis(probe.final, oracle, axis=1).std(axis=1)
     rows = []
     for s in candidate_schedules(steps, group, keep):
-        rows.append({"checkpoints": list(s.checkpoints), "nfe": P.funnel_nfe(s, steps),
+        rows.append({"checkpoints": list(s.checkpoints), "nfe": s.sampling_nfe(steps),
                      "efficiency": selection_efficiency(probe, s, oracle_std)})
     return rows
 

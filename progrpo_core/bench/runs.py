@@ -22,7 +22,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .compute import Compute, FlopCosts
+from ..compute import Compute, FlopCosts
+from ..methods import METHODS
 
 ProgressFn = Callable[[str], None]
 
@@ -36,7 +37,7 @@ class MethodSpec:
     table: dict                     # config.build_config sections (grpo, schedule, sampler, reward …)
     group: str = "main"             # main, eps, ablation-gmax, ablation-ckpt, gold
     note: str = ""                  # one line for the docs
-    auto: dict | None = None        # choose checkpoints from fidelity probes: bench_auto.choose_schedule
+    auto: dict | None = None        # choose checkpoints from fidelity probes: auto.choose_schedule
                                     # options, plus "reprobe": budget fractions at which to re-probe
 
     def config_table(self, seed: int, eval_seeds: int) -> dict:
@@ -53,6 +54,19 @@ def paper_checkpoints(steps: int, fractions: tuple[float, ...]) -> list[int]:
     return [max(1, round(f * steps)) for f in fractions]
 
 
+def preset_table(method: str, steps: int, **sections: dict) -> dict:
+    """The config table of a ``--method`` preset (``methods.METHODS``) at ``steps``, its schedule
+    spelled out, with ``sections`` merged on top."""
+    sched = METHODS[method].schedule(steps)
+    schedule = {"group_size": sched.group_size, "checkpoints": list(sched.checkpoints), "keep": list(sched.keep)}
+    if sched.final_keep is not None:
+        schedule["final_keep"] = sched.final_keep
+    t = {"grpo": {"method": method}, "sampler": {"steps": steps}, "schedule": schedule}
+    for k, v in sections.items():
+        t.setdefault(k, {}).update(v)
+    return t
+
+
 def pro_table(steps: int, group: int, keep: tuple[int, ...], fractions: tuple[float, ...],
               selector: str = "ovf", **sections: dict) -> dict:
     t = {"grpo": {"method": "pro-grpo"}, "sampler": {"steps": steps},
@@ -65,7 +79,7 @@ def pro_table(steps: int, group: int, keep: tuple[int, ...], fractions: tuple[fl
 
 def default_flop_costs(model, reward, backward_weight: float = 2.0) -> FlopCosts:
     """FLOPs of one denoiser row and one reward call on this model, counted by torch's FlopCounterMode."""
-    from .compute import count_flops
+    from ..compute import count_flops
 
     x = torch.zeros(4, *model.latent_shape)
     sigma = model.sigmas(10)[3].expand(4)
@@ -86,10 +100,10 @@ def run_method(spec: MethodSpec, seed: int, budget: float, n_evals: int = 10, ev
     Returns the eval curve (reward, gold, units, wall-clock and process CPU time of the training
     phases — sampling, scoring, updates; not evaluation or probes), the run's
     exact compute counts, per-epoch clustering metrics, and — at the fractions ``probe_at`` of the
-    budget — fidelity probes of the live policy (``bench_probe.record_probe``)."""
-    from . import bench_probe as P
-    from .config import build_config
-    from .training import Trainer
+    budget — fidelity probes of the live policy (``probe.record_probe``)."""
+    from . import probe as P
+    from ..config import build_config
+    from ..training import Trainer
 
     cfg = build_config(spec.config_table(seed, eval_seeds))
     tr = Trainer(cfg, log=lambda s: None)
@@ -99,7 +113,7 @@ def run_method(spec: MethodSpec, seed: int, budget: float, n_evals: int = 10, ev
     reprobe = sorted((spec.auto or {}).get("reprobe", (0.0,))) if spec.auto is not None else []
 
     def auto_step(spent: float) -> None:
-        from .bench_auto import choose_schedule
+        from .auto import choose_schedule
 
         opts = {k: v for k, v in spec.auto.items() if k != "reprobe"}
         c0 = time.process_time()
@@ -193,7 +207,7 @@ def _probe_live(tr, spent: float, epoch: int, prompts: int = 10, group: int = 48
                 lookahead: int = 2) -> dict:
     """A fidelity probe of the policy being trained (live weights, the sampling policy); not charged
     to the run's compute, it is a measurement."""
-    from . import bench_probe as P
+    from . import probe as P
 
     names = list(tr.prompts)[:prompts] if len(tr.prompts) >= prompts else list(tr.prompts) * (prompts // len(tr.prompts) + 1)
     names = names[:prompts]

@@ -25,11 +25,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import grpo, ovf
-from .denoiser import Denoiser
-from .group import sample_group
-from .methods import PruneSchedule
-from .rewards import Reward
+from .. import grpo, ovf
+from ..denoiser import Denoiser
+from ..group import sample_group
+from ..methods import PruneSchedule
+from ..rewards import Reward
 
 
 @dataclasses.dataclass
@@ -71,7 +71,7 @@ def record_probe(model: Denoiser, reward: Reward, prompts: Sequence[str], seeds:
         final = reward.evaluate(model.decode(ro.latents[:, -1]), rows)[reward.total_key].view(B, -1)
         look = None
         if lookahead > 0:
-            from .samplers import sample_ode
+            from ..samplers import sample_ode
 
             look = torch.full((steps, B, group), float("nan"), dtype=torch.float64)
             for i in range(1, steps):
@@ -86,30 +86,20 @@ def record_probe(model: Denoiser, reward: Reward, prompts: Sequence[str], seeds:
 
 # -- rank correlation ---------------------------------------------------------------------------
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n with ties given their average rank (as scipy.stats.rankdata 'average')."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="mergesort")
-    sx = x[order]
-    ranks = np.empty(len(x), dtype=np.float64)
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sx[j + 1] == sx[i]:
-            j += 1
-        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1.0
-        i = j + 1
-    return ranks
-
-
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman's ρ: Pearson correlation of average ranks; NaN when either side is constant."""
-    ra, rb = _ranks(np.asarray(a)), _ranks(np.asarray(b))
-    if len(ra) != len(rb):
-        raise ValueError(f"spearman needs equal lengths, got {len(ra)} and {len(rb)}")
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    den = np.sqrt((ra * ra).sum() * (rb * rb).sum())
-    return float((ra * rb).sum() / den) if den > 0 else float("nan")
+    """Spearman's ρ (``scipy.stats.spearmanr``, average ranks for ties); NaN when either side is constant."""
+    import warnings
+
+    from scipy.stats import spearmanr
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) != len(b):
+        raise ValueError(f"spearman needs equal lengths, got {len(a)} and {len(b)}")
+    if np.all(a == a[0]) or np.all(b == b[0]):
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(spearmanr(a, b).statistic)
 
 
 def fidelity(probe: Probe, which: str = "proxy") -> list[dict]:
@@ -165,15 +155,6 @@ def selection_stats(probe: Probe, kept: np.ndarray, delta: float = 0.5) -> dict:
     adv = group_advantages(r)
     return {"std": float(r.std(axis=1).mean()), "mean": float(r.mean()),
             "clustered": float((np.abs(adv) <= delta).mean()), "k": int(kept.shape[1])}
-
-
-def funnel_nfe(schedule: PruneSchedule, steps: int) -> int:
-    """Model evaluations (rows) one prompt's group costs in sampling under ``schedule``."""
-    alive, last, total = schedule.group_size, 0, 0
-    for c, k in zip(schedule.checkpoints, schedule.keep):
-        total += alive * (c - last)
-        alive, last = k, c
-    return total + alive * (steps - last)
 
 
 def advantage_sample(probe: Probe, kept: np.ndarray | None = None) -> np.ndarray:

@@ -15,9 +15,9 @@ seeds and compute budget for every method — and measures:
 
 plus the paper's Table 4 (FLOPs per epoch) recomputed with the same counting rules, and a held-out
 "gold" reward so reward hacking shows. Writes ``results.json``, PNG plots and ``report.md`` to
-``--out``. The pieces: :mod:`.bench_runs` (budgeted runs), :mod:`.bench_probe` (fidelity and
-clustering), :mod:`.bench_auto` (the fidelity-chosen schedule), :mod:`.bench_efficiency`
-(timing), :mod:`.bench_report` (tables and plots).
+``--out``. The pieces: :mod:`.runs` (budgeted runs), :mod:`.probe` (fidelity and
+clustering), :mod:`.auto` (the fidelity-chosen schedule), :mod:`.efficiency` (timing),
+:mod:`.report` (tables and plots), :mod:`.rewards` (the reward models' sizes and speed).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .bench_runs import MethodSpec, compute_to_reach, mean_std, pro_table, run_method
+from .runs import MethodSpec, compute_to_reach, mean_std, preset_table, pro_table, run_method
 
 GROUPS = ("main", "eps", "ablation", "gold")
 FLOW_T = 10
@@ -65,7 +65,7 @@ QUICK = BenchPlan(seeds=2, budget_flow=150_000.0, budget_eps=150_000.0, budget_g
                   efficiency_hidden=768, jobs=2)
 
 
-# The auto schedule (bench_auto): checkpoint i at the first step whose within-group Spearman on a
+# The auto schedule (auto.py): checkpoint i at the first step whose within-group Spearman on a
 # fresh probe of the current policy reaches rho[i]; 0.85 / 0.95 reproduces the paper's 50 % / 70 %
 # on the base flow model, so the schedule starts as the paper's and moves as fidelity changes.
 AUTO = {"group": 48, "prompts": 6, "criterion": "rho", "rho": (0.85, 0.95), "reprobe": (0.0, 0.25, 0.5, 0.75)}
@@ -76,14 +76,13 @@ def method_specs(quick: bool = False) -> list[MethodSpec]:
     T, E = FLOW_T, EPS_T
     gold = {"reward": {"gold": "stroke"}}
     flow = [
-        MethodSpec("grpo", "digits-flow", {"grpo": {"method": "grpo"}, "sampler": {"steps": T}, **gold},
+        MethodSpec("grpo", "digits-flow", preset_table("grpo", T, **gold),
                    note="Flow-GRPO baseline: G = 24, all trained"),
-        MethodSpec("ovf", "digits-flow", {"grpo": {"method": "ovf"}, "sampler": {"steps": T},
-                                          "schedule": {"group_size": 24, "final_keep": 12}, **gold},
+        MethodSpec("ovf", "digits-flow", preset_table("ovf", T, **gold),
                    note="static OVF: sample 24, train the max-variance 12 (true rewards)"),
-        MethodSpec("pro-grpo", "digits-flow", pro_table(T, 48, (24, 12), (0.5, 0.7), **gold),
+        MethodSpec("pro-grpo", "digits-flow", preset_table("pro-grpo", T, **gold),
                    note="48 -> 24 -> 12, pruning after 50 % and 70 % of the steps"),
-        MethodSpec("pro-grpo-flash", "digits-flow", pro_table(T, 24, (16, 12), (0.5, 0.7), **gold),
+        MethodSpec("pro-grpo-flash", "digits-flow", preset_table("pro-grpo-flash", T, **gold),
                    note="24 -> 16 -> 12 at 50 % / 70 %"),
         MethodSpec("pro-grpo-random", "digits-flow", pro_table(T, 48, (24, 12), (0.5, 0.7), selector="random", **gold),
                    note="ablation: 48 -> 24 -> 12 at 50 % / 70 %, uniform random subsets instead of OVF"),
@@ -289,9 +288,9 @@ def base_probes(plan: BenchPlan, log) -> dict[str, Any]:
     """Fidelity probes of the two base models with groups of 48, no pruning."""
     import torch
 
-    from . import bench_probe as P
-    from .embedded import load_digits_model
-    from .rewards import build_reward
+    from . import probe as P
+    from ..embedded import load_digits_model
+    from ..rewards import build_reward
 
     torch.set_num_threads(1)
     reward = build_reward("digit")
@@ -310,8 +309,8 @@ def base_probes(plan: BenchPlan, log) -> dict[str, Any]:
 
 def selection_summary(probe, steps: int) -> dict[str, Any]:
     """Clustering and final-reward spread of what each selection rule keeps from the probe's groups."""
-    from . import bench_probe as P
-    from .methods import PruneSchedule
+    from . import probe as P
+    from ..methods import PruneSchedule
 
     c = lambda f: max(1, round(f * steps)) - 1  # noqa: E731  paper convention → core index
     rules = {
@@ -330,15 +329,15 @@ def selection_summary(probe, steps: int) -> dict[str, Any]:
     for name, s in rules.items():
         kept = P.replay_funnel(probe, s)
         st = P.selection_stats(probe, kept)
-        st["nfe_per_prompt"] = P.funnel_nfe(s, steps)
+        st["nfe_per_prompt"] = s.sampling_nfe(steps)
         out[name] = st
     return out
 
 
 def clustering_hist(probe, steps: int) -> dict[str, list[float]]:
     """Advantages before selection (full group of 24) and after (OVF on true reward, the pro-grpo funnel)."""
-    from . import bench_probe as P
-    from .methods import PruneSchedule
+    from . import probe as P
+    from ..methods import PruneSchedule
 
     c = lambda f: max(1, round(f * steps)) - 1  # noqa: E731
     full = P.advantage_sample(probe, np.tile(np.arange(24), (probe.final.shape[0], 1)))
@@ -355,9 +354,9 @@ def paper_flops_table(model_fwd_tflops: float = 5.0) -> dict[str, Any]:
     T = 10, CFG (2 rows per evaluation), 9 of 10 steps trained, backward = 2 forwards, the paper's
     atomic decode (2.49 T) and reward (0.34 T) costs, one model row ≈ ``model_fwd_tflops`` T (an
     estimate: 2 · 2.5e9 parameters · ~1000 tokens at 512 px)."""
-    from . import bench_probe as P
-    from .compute import Compute, FlopCosts
-    from .methods import PruneSchedule
+    from . import probe as P
+    from ..compute import Compute, FlopCosts
+    from ..methods import PruneSchedule
 
     T, trained_steps, cfg_rows = 10, 9, 2
     costs = FlopCosts(model_fwd=model_fwd_tflops * 1e12, decode=2.49e12, reward=0.34e12)
@@ -370,7 +369,7 @@ def paper_flops_table(model_fwd_tflops: float = 5.0) -> dict[str, Any]:
     for name, s in settings.items():
         proxies = sum([s.group_size, *s.keep[:-1]]) if s.keep else 0
         k = s.trained
-        comp = Compute(nfe_sample=cfg_rows * P.funnel_nfe(s, T), nfe_train_fwd=cfg_rows * k * trained_steps,
+        comp = Compute(nfe_sample=cfg_rows * s.sampling_nfe(T), nfe_train_fwd=cfg_rows * k * trained_steps,
                        nfe_train_bwd=cfg_rows * k * trained_steps, proxy_decodes=proxies, proxy_rewards=proxies,
                        final_decodes=s.survivors, final_rewards=s.survivors)
         fl = comp.flops(costs)
@@ -384,10 +383,8 @@ def paper_flops_table(model_fwd_tflops: float = 5.0) -> dict[str, Any]:
 
 # -- the command ----------------------------------------------------------------------------------
 
-def add_bench_parser(subparsers) -> argparse.ArgumentParser:
-    b = subparsers.add_parser(
-        "bench", help="benchmark grpo / ovf / pro-grpo at equal compute on the built-in models",
-        description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    b = argparse.ArgumentParser(prog="python -m progrpo_core bench", description=__doc__.split("\n\n")[0])
     b.add_argument("--quick", action="store_true", help="a smaller bench (2 seeds, fewer methods, ~5 min)")
     b.add_argument("--out", default="bench_out", help="output folder (results.json, PNGs, report.md)")
     b.add_argument("--seeds", type=int, help="seeds per method (default 3; 2 with --quick)")
@@ -402,8 +399,11 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--copy-plots", metavar="DIR", help="also copy the PNGs into DIR (e.g. docs/bench)")
     b.add_argument("--replot", action="store_true",
                    help="only redraw the plots and report.md from --out/results.json (no training)")
-    b.set_defaults(func=run_bench)
     return b
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_bench(build_parser().parse_args(argv))
 
 
 def machine_info() -> dict[str, Any]:
@@ -426,7 +426,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from . import bench_report as R
+    from . import report as R
 
     if args.replot:
         return _replot(Path(args.out), args.copy_plots)
@@ -477,7 +477,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     efficiency = None
     if "efficiency" not in skip:  # first, while no training job competes for the cores
-        from .bench_efficiency import measure_efficiency
+        from .efficiency import measure_efficiency
 
         efficiency = measure_efficiency(hidden=plan.efficiency_hidden, repeats=plan.efficiency_repeats, log=log)
     probes = base_probes(plan, log) if "fidelity" not in skip else {}
@@ -540,7 +540,7 @@ def _copy_plots(out: Path, dest: Path) -> None:
 
 def _replot(out: Path, copy_to: str | None) -> int:
     """Redraw plots and report.md from a finished bench's results.json."""
-    from . import bench_report as R
+    from . import report as R
 
     path = out / "results.json"
     if not path.is_file():

@@ -21,13 +21,13 @@ from typing import Any, Callable
 
 import torch
 
-from .group import sample_group
-from .methods import PruneSchedule
+from ..group import sample_group
+from ..methods import PruneSchedule
 
 
 def wide_model(hidden: int, family: str = "flow", seed: int = 0):
-    from .embedded import DigitsDenoiser
-    from .embedded.nets import DigitsNet
+    from ..embedded import DigitsDenoiser
+    from ..embedded.nets import DigitsNet
 
     torch.manual_seed(seed)
     return DigitsDenoiser(DigitsNet(hidden=hidden), family, name=f"digits-wide-{hidden}")
@@ -98,26 +98,23 @@ def _forward_ms(model, rows: int, repeats: int = 5) -> float:
 
 def _epoch_times(model_fn: Callable[[], Any], repeats: int) -> dict[str, Any]:
     """One Trainer epoch (sample, score, train) per method on a fresh wide model."""
-    from .bench_runs import default_flop_costs, pro_table
-    from .config import build_config
-    from .training import Trainer
+    from ..config import build_config
+    from ..training import Trainer
+    from .runs import default_flop_costs, preset_table
 
-    tables = {"grpo": {"grpo": {"method": "grpo"}},
-              "pro-grpo": pro_table(10, 48, (24, 12), (0.5, 0.7)),
-              "pro-grpo-flash": pro_table(10, 24, (16, 12), (0.5, 0.7))}
+    tables = {name: preset_table(name, 10) for name in ("grpo", "pro-grpo", "pro-grpo-flash")}
     out: dict[str, Any] = {}
     walls: dict[str, list[float]] = {k: [] for k in tables}
     cpus: dict[str, list[float]] = {k: [] for k in tables}
     for r in range(repeats):
         for name in (tables if r % 2 == 0 else list(reversed(tables))):
             t = dict(tables[name])
-            t["run"] = {"eval_seeds": 1}
+            t["run"] = {"eval_seeds": 1, "epochs": 1}
             tr = Trainer(build_config(t), model=model_fn(), log=lambda s: None)
             kw = default_flop_costs(tr.model, tr.reward).unit_kw()
             c0 = time.process_time()
-            res = tr.sample_epoch(0)
-            tr.compute.add(res.rollout.compute)
-            tr.train_on(res, 0)
+            for _ in tr.epochs():  # one epoch of the trainer's loop
+                pass
             cpus[name].append(time.process_time() - c0)
             w = tr.compute.wall
             walls[name].append(sum(w.get(k, 0.0) for k in ("sampling", "proxy", "final_scoring", "training")))
@@ -137,8 +134,8 @@ def _epoch_times(model_fn: Callable[[], Any], repeats: int) -> dict[str, Any]:
 
 def measure_efficiency(hidden: int = 1024, repeats: int = 5, prompts: int = 8, steps: int = 10,
                        epoch_repeats: int = 2, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from .embedded import load_digits_model
-    from .rewards import build_reward
+    from ..embedded import load_digits_model
+    from ..rewards import build_reward
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import save_figure, write_text
+from ..io import save_figure, write_text
 
 MAIN_ORDER = ("grpo", "ovf", "pro-grpo", "pro-grpo-flash", "pro-grpo-random", "pro-grpo-auto", "pro-grpo-flash-hybrid",
               "pro-grpo-hybrid")
