@@ -14,6 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from progrpo_core.config import TrainConfig, build_config
+from progrpo_core import plots
 from progrpo_core.methods import METHODS
 from progrpo_core.rewards import Reward
 from progrpo_core.training import EpochRecord
@@ -133,19 +134,9 @@ def preview_grid(recorder: RecordingReward, result, group_size: int, prompts_per
         bottom = last[:group_size][survivors]
     else:  # the survivors, prompt-major
         bottom = last[(ro.prompt_index == 0).cpu()][: len(survivors)]
-    return _two_rows(top, bottom)
-
-
-def _two_rows(top: torch.Tensor, bottom: torch.Tensor, gap: int = 4) -> torch.Tensor:
-    c, h, w = top.shape[1:]
     ncol = max(top.shape[0], bottom.shape[0])
-    canvas = torch.ones(c, 2 * h + gap, ncol * (w + gap) - gap)
-    for r, row in enumerate((top, bottom)):
-        for i, img in enumerate(row):
-            img = F.interpolate(img[None], size=(h, w), mode="nearest")[0] if img.shape[-2:] != (h, w) else img
-            y, x = r * (h + gap), i * (w + gap)
-            canvas[:, y:y + h, x:x + w] = img
-    return canvas.clamp(0, 1)
+    rows = [torch.cat([r, torch.ones(ncol - r.shape[0], *r.shape[1:])]) for r in (top, bottom)]  # blank-padded
+    return plots.image_grid(torch.cat(rows), ncol, scale=1, gap=4, background=1.0)
 
 
 def drive_training(trainer, folder=None, on_step: Callable[[int, int], None] | None = None,

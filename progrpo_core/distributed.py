@@ -178,6 +178,37 @@ class World:
             i += p.numel()
         return float(flat[-1])
 
+    def reduce_compute(self, c):
+        """A :class:`~progrpo_core.compute.Compute` summed over ranks (wall time per phase: the
+        slowest rank's)."""
+        if not self.enabled:
+            return c
+        import dataclasses
+
+        from .compute import Compute
+
+        names = [f.name for f in dataclasses.fields(Compute) if f.name != "wall"]
+        totals = self.sum([getattr(c, n) for n in names])
+        walls = self.all_gather_object(dict(c.wall))
+        out = Compute(**{n: int(round(v)) for n, v in zip(names, totals)})
+        out.wall = {k: max(wd.get(k, 0.0) for wd in walls) for k in sorted(set().union(*walls))}
+        return out
+
+    def run_on_main(self, fn, errors: tuple[type[Exception], ...]) -> None:
+        """Run ``fn()`` on rank 0; if it raises one of ``errors``, every rank raises it."""
+        error: Exception | None = None
+        if self.is_main:
+            try:
+                fn()
+            except errors as e:
+                error = e
+        message = self.broadcast_object(None if error is None else (type(error).__name__, str(error)))
+        if message is not None:
+            if error is not None:
+                raise error
+            kind = next((e for e in errors if e.__name__ == message[0]), errors[0])
+            raise kind(message[1])
+
     def barrier(self) -> None:
         if self.enabled:
             import torch.distributed as dist

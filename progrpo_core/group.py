@@ -105,20 +105,9 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
         if callback is not None:
             callback({"step": i, "active": a, "x0": x0, "row_prompt": row_prompt, "row_id": row_id})
         if i in keep_after:
-            k = keep_after[i]
-            with compute.phase("proxy"), torch.no_grad():
-                images = model.decode(x0)
-                proxy = score_fn(images, [prompts[b] for b in row_prompt.tolist()]).float().cpu()  # (A,)
-            compute.proxy_decodes += a
-            compute.proxy_rewards += a
-            per_prompt = proxy.view(B, -1)  # (B, K_prev)
-            kept_pos = torch.cat([
-                ovf.select(schedule.selector, per_prompt[b], k,
-                           select_generator or _prompt_generator(prompt_seeds[b], i)) + b * per_prompt.shape[1]
-                for b in range(B)])  # positions into the active batch, grouped by prompt
-            checkpoints.append({"step": i + 1, "sigma": float(sigma), "rewards": per_prompt,
-                                "row_id": row_id.view(B, -1).clone(),
-                                "kept": row_id[kept_pos].view(B, k).clone()})
+            kept_pos, record = _prune(model, x0, row_prompt, row_id, prompts, prompt_seeds, schedule.selector,
+                                      keep_after[i], score_fn, select_generator, compute, i, float(sigma))
+            checkpoints.append(record)
             # Pruned rows leave now: the latents, conditioning, noise streams and history shrink.
             x, x0 = x[kept_pos], x0[kept_pos]
             cond = model.select_cond(cond, kept_pos)
@@ -142,6 +131,28 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
         prompts=list(prompts), prompt_index=row_prompt, row_id=row_id, sigmas=sigmas, latents=latents,
         means=torch.stack(hist_mean, 1), stds=torch.stack(hist_std, 1), log_probs=torch.stack(hist_logp, 1),
         cond=cond, checkpoints=checkpoints, compute=compute)
+
+
+def _prune(model: Denoiser, x0: torch.Tensor, row_prompt: torch.Tensor, row_id: torch.Tensor, prompts: Sequence[str],
+           prompt_seeds: Sequence[int], selector: str, k: int, score_fn: ScoreFn,
+           select_generator: torch.Generator | None, compute: Compute, step: int,
+           sigma: float) -> tuple[torch.Tensor, dict]:
+    """One checkpoint: decode and score the active rows' proxies ``x0`` (A, C, H, W), select ``k``
+    per prompt. Returns the kept positions into the active batch (grouped by prompt) and the
+    checkpoint's record."""
+    a, B = x0.shape[0], len(prompts)
+    with compute.phase("proxy"), torch.no_grad():
+        images = model.decode(x0)
+        proxy = score_fn(images, [prompts[b] for b in row_prompt.tolist()]).float().cpu()  # (A,)
+    compute.proxy_decodes += a
+    compute.proxy_rewards += a
+    per_prompt = proxy.view(B, -1)  # (B, K_prev)
+    kept_pos = torch.cat([
+        ovf.select(selector, per_prompt[b], k, select_generator or _prompt_generator(prompt_seeds[b], step))
+        + b * per_prompt.shape[1] for b in range(B)])  # positions into the active batch, grouped by prompt
+    record = {"step": step + 1, "sigma": sigma, "rewards": per_prompt, "row_id": row_id.view(B, -1).clone(),
+              "kept": row_id[kept_pos].view(B, k).clone()}
+    return kept_pos, record
 
 
 def select_rows(model: Denoiser, rollout: Rollout, index: torch.Tensor) -> Rollout:

@@ -42,14 +42,14 @@ def reward_curve(epochs: Sequence[int], train_reward: Sequence[float], eval_poin
     return out
 
 
-def image_grid(images: torch.Tensor, nrow: int, scale: int = 4, gap: int = 2) -> torch.Tensor:
+def image_grid(images: torch.Tensor, nrow: int, scale: int = 4, gap: int = 2, background: float = 0.5) -> torch.Tensor:
     """Images (N, 3, H, W) in [0, 1] → one grid image (3, H', W'), ``nrow`` per row,
-    nearest-upscaled by ``scale``, tiles separated by ``gap`` grey pixels."""
+    nearest-upscaled by ``scale``, tiles separated (and framed) by ``gap`` pixels of ``background``."""
     n, c, h, w = images.shape
     rows = (n + nrow - 1) // nrow
     tiles = images.float().cpu().repeat_interleave(scale, 2).repeat_interleave(scale, 3)
     th, tw = h * scale, w * scale
-    grid = torch.full((c, rows * (th + gap) + gap, nrow * (tw + gap) + gap), 0.5)
+    grid = torch.full((c, rows * (th + gap) + gap, nrow * (tw + gap) + gap), float(background))
     for i in range(n):
         r, col = divmod(i, nrow)
         y, x = gap + r * (th + gap), gap + col * (tw + gap)

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from progrpo_core.bench import probe as P
 from progrpo_core.bench.auto import pick, pick_by_rho

@@ -2,7 +2,6 @@
 that need no ComfyUI object run on the built-in digits model's outputs."""
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import subprocess

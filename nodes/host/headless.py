@@ -55,8 +55,6 @@ def load_comfy_denoiser(comfyui_path: str | os.PathLike, checkpoint: str | os.Pa
                         clip: str | None = None, clip_type: str = "stable_diffusion",
                         vae: str | None = None) -> ComfyDenoiser:
     """The checkpoint as the core's Denoiser (with its CLIP and VAE), ready for the core Trainer."""
-    import torch
-
     import_comfyui(comfyui_path, device)
     import comfy.model_management as mm
     import comfy.sd

@@ -32,19 +32,7 @@ def train_lora(model, vae, clip, positive, negative, latent, prompts: list[str],
     error) the last completed epoch is checkpointed and the LoRA trained so far saved. ``resume``
     continues from the newest checkpoint; ``cfg.run.epochs`` counts the whole run."""
     samples = latent_samples(latent)
-    family = model_family(model)  # checks before any work, so bad inputs leave everything as it was
-    cfg.sampler.resolved(family)
-    channels = int(getattr(model.model.latent_format, "latent_channels", samples.shape[1]))
-    if samples.shape[1] != channels:
-        raise ValueError(f"the LATENT has {samples.shape[1]} channels but the model works on {channels}-channel "
-                         "latents; make the latent with the node that belongs to this model")
-    check_vae(vae, channels)
-    if clip is None and positive is None:
-        raise ValueError("the trainer needs prompts' conditioning: connect a CLIP (to encode the prompt list) "
-                         "or a positive CONDITIONING")
-    if clip is None and len(prompts) != 1:
-        raise ValueError(f"without a CLIP the positive CONDITIONING stands for one prompt, but the list has "
-                         f"{len(prompts)}; connect a CLIP to train on several prompts")
+    _check_inputs(model, vae, clip, positive, samples, prompts, cfg)
     folder = RunFolder(run_folder(run_name), lora_path=autosave_path(run_name))
     cfg.run.out = str(folder.out)
     cfg.run.save_every = cfg.run.checkpoint_every = int(save_every)
@@ -54,14 +42,7 @@ def train_lora(model, vae, clip, positive, negative, latent, prompts: list[str],
     with training_model(model, gradient_checkpointing) as (mp, shares):
         den = ComfyDenoiser(mp, samples.shape[1:], vae=vae, clip=clip, targets=targets,
                             name=type(model.model).__name__)
-        neg = clone_conditioning(negative) if negative is not None else None
-        with torch.no_grad():
-            if clip is not None:
-                neg = neg if neg is not None else encode_text(clip, "")
-                for p in prompts:
-                    den.add_prompt(p, encode_text(clip, p), neg)
-            else:
-                den.add_prompt(prompts[0], clone_conditioning(positive), neg)
+        _register_prompts(den, clip, positive, negative, prompts)
         adapter = ComfyLoraAdapter(den, cfg.lora.rank, cfg.lora.alpha, seed=cfg.run.seed, copy_other_weights=shares)
         recorder = training.RecordingReward(reward.reward)
         trainer = Trainer(cfg, model=den, reward=recorder, prompts=prompts, adapter=adapter, log=log.info)
@@ -104,10 +85,43 @@ def train_lora(model, vae, clip, positive, negative, latent, prompts: list[str],
             trainer.save_checkpoint(folder)
         lora = training.trained_lora(trainer)
         history = [EpochRecord.from_row(r) for r in trainer.metrics_rows if r["epoch"] > start]
-        summary = (f"{cfg.grpo.method}: epochs {start + 1}..{trainer.epoch} of {cfg.run.epochs}, "
-                   f"{trainer.optimizer_steps} optimizer steps, reward "
-                   + (f"{history[0].reward_mean:.4f} → {history[-1].reward_mean:.4f}" if history else "n/a")
-                   + f"; LoRA {folder.lora_path}, checkpoints {folder.out}")
+        summary = _summary(cfg, history, start, trainer, folder)
     out_model = apply_lora(model, lora)
     curves = training.curves_image(history, f"{cfg.grpo.method}: {reward.spec}")
     return out_model, lora, curves, summary
+
+
+def _check_inputs(model, vae, clip, positive, samples: torch.Tensor, prompts: list[str], cfg) -> None:
+    """Bad inputs fail before any work, so they leave everything as it was."""
+    family = model_family(model)
+    cfg.sampler.resolved(family)
+    channels = int(getattr(model.model.latent_format, "latent_channels", samples.shape[1]))
+    if samples.shape[1] != channels:
+        raise ValueError(f"the LATENT has {samples.shape[1]} channels but the model works on {channels}-channel "
+                         "latents; make the latent with the node that belongs to this model")
+    check_vae(vae, channels)
+    if clip is None and positive is None:
+        raise ValueError("the trainer needs prompts' conditioning: connect a CLIP (to encode the prompt list) "
+                         "or a positive CONDITIONING")
+    if clip is None and len(prompts) != 1:
+        raise ValueError(f"without a CLIP the positive CONDITIONING stands for one prompt, but the list has "
+                         f"{len(prompts)}; connect a CLIP to train on several prompts")
+
+
+def _register_prompts(den: ComfyDenoiser, clip, positive, negative, prompts: list[str]) -> None:
+    """Each prompt's (positive, negative) conditioning, as normal (not inference-mode) tensors."""
+    neg = clone_conditioning(negative) if negative is not None else None
+    with torch.no_grad():
+        if clip is not None:
+            neg = neg if neg is not None else encode_text(clip, "")
+            for p in prompts:
+                den.add_prompt(p, encode_text(clip, p), neg)
+        else:
+            den.add_prompt(prompts[0], clone_conditioning(positive), neg)
+
+
+def _summary(cfg, history: list[EpochRecord], start: int, trainer: Trainer, folder: RunFolder) -> str:
+    return (f"{cfg.grpo.method}: epochs {start + 1}..{trainer.epoch} of {cfg.run.epochs}, "
+            f"{trainer.optimizer_steps} optimizer steps, reward "
+            + (f"{history[0].reward_mean:.4f} → {history[-1].reward_mean:.4f}" if history else "n/a")
+            + f"; LoRA {folder.lora_path}, checkpoints {folder.out}")

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..compute import Compute, FlopCosts
+from ..compute import FlopCosts
 from ..methods import METHODS
 
 ProgressFn = Callable[[str], None]
@@ -101,7 +101,6 @@ def run_method(spec: MethodSpec, seed: int, budget: float, n_evals: int = 10, ev
     phases — sampling, scoring, updates; not evaluation or probes), the run's
     exact compute counts, per-epoch clustering metrics, and — at the fractions ``probe_at`` of the
     budget — fidelity probes of the live policy (``probe.record_probe``)."""
-    from . import probe as P
     from ..config import build_config
     from ..training import Trainer
 

@@ -354,7 +354,6 @@ def paper_flops_table(model_fwd_tflops: float = 5.0) -> dict[str, Any]:
     T = 10, CFG (2 rows per evaluation), 9 of 10 steps trained, backward = 2 forwards, the paper's
     atomic decode (2.49 T) and reward (0.34 T) costs, one model row ≈ ``model_fwd_tflops`` T (an
     estimate: 2 · 2.5e9 parameters · ~1000 tokens at 512 px)."""
-    from . import probe as P
     from ..compute import Compute, FlopCosts
     from ..methods import PruneSchedule
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import warnings
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -84,6 +85,19 @@ class RunState:
     before: dict[str, Any] | None = None  # the evaluation before training
     last_checkpoint: int = -1
     _rows_json: list[str] = dataclasses.field(default_factory=list, repr=False)
+
+    def count_skip(self, epoch: int, why: str, limit: int, out: str) -> None:
+        """Count a skipped update; raise :class:`TrainingStopped` after ``limit`` in a row (0 = never)."""
+        self.skipped_updates += 1
+        self.bad_in_row += 1
+        warnings.warn(f"epoch {epoch + 1}: {why}; update skipped ({self.bad_in_row} in a row, "
+                      f"{self.skipped_updates} in total)", RuntimeWarning, stacklevel=4)
+        if limit and self.bad_in_row >= limit:
+            raise TrainingStopped(
+                f"stopped at epoch {epoch + 1}: {self.bad_in_row} updates in a row were skipped (the last: {why}); "
+                f"run.max_bad_updates={limit}. Nothing was saved from the poisoned epochs: the run folder holds the "
+                "last good checkpoint. Check the reward model (dtype, inputs) and lower grpo.lr, then continue "
+                f"with `train --resume {out}`.")
 
     def metrics_text(self) -> str:
         """The metrics rows as JSON lines, each serialised once (rows never change once appended)."""

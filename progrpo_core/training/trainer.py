@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from .. import checkpoint as ckpt
 from .. import distributed
 from ..config import TrainConfig
 from ..denoiser import Denoiser
@@ -29,7 +30,7 @@ from ..lora import LoraAdapter, LoraWeights, lora_from_file
 from ..models import load_model, load_prompts
 from ..rewards import Reward, build_reward
 from . import evaluation, rollouts, state, update
-from .records import EpochRecord, UpdateStats, jsonable
+from .records import EpochRecord, UpdateStats
 from .rollouts import RolloutBatch
 from .run_folder import RunFolder, space_needed
 from .state import EMA, RunState, TrainingStopped, ema_applied
@@ -95,7 +96,11 @@ class Trainer:
         distributed.shutdown(self.world)
 
     def elapsed(self) -> float:
+        """Seconds this run has trained (a resumed run counts its earlier time too)."""
         return time.perf_counter() - self._t_start
+
+    def restart_clock(self) -> None:
+        self._t_start = time.perf_counter()
 
     # -- one epoch's parts --------------------------------------------------------------------------
     def epoch_prompts(self, epoch: int) -> tuple[list[str], list[int]]:
@@ -123,37 +128,11 @@ class Trainer:
         stats, comp = update.policy_update(
             self.model, self.adapter, self.optimizer, self.ema, batch, steps, self.sampler, self.cfg.grpo, self.world,
             seed * 977 + epoch, on_update, lambda why: self._skip_update(epoch, why), max_updates)
-        self.state.compute.add(self._reduce_compute(comp))
+        self.state.compute.add(self.world.reduce_compute(comp))
         return stats
 
     def _skip_update(self, epoch: int, why: str) -> None:
-        """Count a skipped update; stop the run after ``run.max_bad_updates`` of them in a row."""
-        st = self.state
-        st.skipped_updates += 1
-        st.bad_in_row += 1
-        limit = self.cfg.run.max_bad_updates
-        warnings.warn(f"epoch {epoch + 1}: {why}; update skipped ({st.bad_in_row} in a row, "
-                      f"{st.skipped_updates} in total)", RuntimeWarning, stacklevel=3)
-        if limit and st.bad_in_row >= limit:
-            raise TrainingStopped(
-                f"stopped at epoch {epoch + 1}: {st.bad_in_row} updates in a row were skipped (the last: {why}); "
-                f"run.max_bad_updates={limit}. Nothing was saved from the poisoned epochs: the run folder holds the "
-                "last good checkpoint. Check the reward model (dtype, inputs) and lower grpo.lr, then continue "
-                f"with `train --resume {self.cfg.run.out}`.")
-
-    def _reduce_compute(self, c):
-        """Counters summed over ranks; wall time per phase of the slowest rank."""
-        from ..compute import Compute
-
-        w = self.world
-        if not w.enabled:
-            return c
-        names = [f.name for f in dataclasses.fields(Compute) if f.name != "wall"]
-        totals = w.sum([getattr(c, n) for n in names])
-        walls = w.all_gather_object(dict(c.wall))
-        out = Compute(**{n: int(round(v)) for n, v in zip(names, totals)})
-        out.wall = {k: max(wd.get(k, 0.0) for wd in walls) for k in sorted(set().union(*walls))}
-        return out
+        self.state.count_skip(epoch, why, self.cfg.run.max_bad_updates, self.cfg.run.out)
 
     # -- evaluation -------------------------------------------------------------------------------
     def eval_prompts(self) -> tuple[list[str], list[int]]:
@@ -254,7 +233,8 @@ class Trainer:
         with ``resume``, restore its newest checkpoint (and its metrics rows); check the folder
         (writable, room for the run); write the config. Returns whether the run resumed."""
         snap = self._load_resume_state(folder) if resume else None
-        self._rank0_or_raise(lambda: folder.check(*self._space_needed(), check_disk=self.cfg.run.check_disk))
+        self.world.run_on_main(lambda: folder.check(*self._space_needed(), check_disk=self.cfg.run.check_disk),
+                               (ckpt.RunFolderError,))
         if snap is not None:
             self.load_state_dict(snap)
             self._t_start = time.perf_counter() - snap["wall_s"]
@@ -267,20 +247,6 @@ class Trainer:
                 folder.write_metrics("")
         return snap is not None
 
-    def _rank0_or_raise(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` on rank 0; if it raises, every rank raises the same error."""
-        from .. import checkpoint as ckpt
-
-        error: Exception | None = None
-        if self.world.is_main:
-            try:
-                fn()
-            except (ckpt.RunFolderError, ckpt.CheckpointError) as e:
-                error = e
-        message = self.world.broadcast_object(None if error is None else (type(error).__name__, str(error)))
-        if message is not None:
-            raise error if error is not None else getattr(ckpt, message[0])(message[1])
-
     def _load_resume_state(self, folder: RunFolder) -> dict[str, Any]:
         """Rank 0 reads the newest usable checkpoint and shares it with the other ranks."""
         box: dict[str, Any] = {}
@@ -289,7 +255,7 @@ class Trainer:
             box["path"], box["snap"] = folder.load_latest(
                 warn=lambda m: warnings.warn(m, RuntimeWarning, stacklevel=2))
 
-        self._rank0_or_raise(load)
+        self.world.run_on_main(load, (ckpt.CheckpointError,))
         path, snap = self.world.broadcast_object((str(box.get("path")), box.get("snap")))
         self.log(f"resuming from {path}")
         return snap
@@ -339,7 +305,7 @@ class Trainer:
         self.epoch = epoch + 1
         t0, c0 = time.perf_counter(), time.process_time()
         batch = self.sample_epoch(epoch, on_sample_step)
-        self.state.compute.add(self._reduce_compute(batch.rollout.compute))
+        self.state.compute.add(self.world.reduce_compute(batch.rollout.compute))
         c1 = time.process_time()
         remaining = None if c.run.max_steps is None else c.run.max_steps - self.optimizer_steps
         stats = self.train_on(batch, epoch, max_updates=remaining)
@@ -365,70 +331,13 @@ class Trainer:
             self.save_checkpoint(folder)
         self._boundary = self.state_dict(self.elapsed()) if self.world.is_main else None
 
-    # -- the command line's run ---------------------------------------------------------------------
+    # -- the command line's run ------------------------------------------------------------------
     def run(self, progress: bool = True, resume: bool = False) -> dict[str, Any]:
-        """Train for ``run.epochs`` (or until ``run.max_steps`` optimizer steps) and write the run
-        folder ``run.out``: evaluation before and after, sample grids, curves and the summary.
-        ``resume=True`` continues from the newest checkpoint there."""
-        from tqdm.auto import tqdm
+        """Train and write the whole run folder ``run.out`` (:func:`.cli_run.run`); ``resume``
+        continues from its newest checkpoint. Returns the summary."""
+        from .cli_run import run
 
-        c, main = self.cfg, self.world.is_main
-        folder = RunFolder(c.run.out)
-        self._t_start = time.perf_counter()
-        if not self.open(folder, resume):
-            before = self.evaluate()
-            self.state.before = {k: v for k, v in before.items() if k != "latents"}
-            if main:
-                folder.save_grid(self.model.decode(before["latents"]), c.run.eval_seeds, "samples_before.png")
-            self.log(f"eval reward before: {before['reward']:.4f}"
-                     + (f" (gold {before['gold']:.4f})" if "gold" in before else ""))
-        bar = tqdm(total=c.run.epochs, initial=self.epoch, desc=f"{c.grpo.method}", disable=not progress or not main,
-                   unit="epoch")
-        try:
-            for record in self.epochs(folder):
-                bar.set_postfix(reward=f"{record.reward_mean:.3f}", steps=self.optimizer_steps)
-                bar.update(1)
-        finally:
-            bar.close()
-        try:
-            after = self.evaluate()
-        except BaseException:
-            if not c.run.checkpoint_every:  # a run that checkpoints only when stopped: it stopped now
-                self.save_on_interrupt(folder)
-            raise
-        return self._finish(folder, after)
-
-    def _finish(self, folder: RunFolder, after: dict[str, Any]) -> dict[str, Any]:
-        """The LoRA, the after-grid, the curves and ``summary.json``."""
-        c, main = self.cfg, self.world.is_main
-        before, rows = self.state.before, self.state.rows
-        if main:
-            self.save_lora(folder.lora_path)
-            folder.save_grid(self.model.decode(after["latents"]), c.run.eval_seeds, "samples_after.png")
-            eval_points = [(0, before["reward"])] + [(r["epoch"], r["eval_reward"]) for r in rows
-                                                     if r.get("eval_reward") is not None]
-            eval_points.append((self.epoch, after["reward"]))
-            folder.plot_rewards(rows, eval_points, f"{c.grpo.method} on {c.model.name}: {c.reward.name}")
-        wall = self.elapsed()
-        comp = self.state.compute
-        summary = {
-            "method": c.grpo.method, "model": c.model.checkpoint or c.model.name, "reward": c.reward.name,
-            "eval_reward_before": before["reward"], "eval_reward_after": after["reward"],
-            "epochs": self.epoch, "optimizer_steps": self.optimizer_steps, "skipped_updates": self.skipped_updates,
-            "nfe_total": comp.nfe_sample + comp.nfe_train_fwd,
-            "compute": comp.as_dict(), "compute_units": comp.units(),
-            "wall_s": round(wall, 2), "lora": str(folder.lora_path), "seed": c.run.seed,
-            "schedule": dataclasses.asdict(self.schedule), "world_size": self.world.world_size,
-        }
-        if "gold" in after:
-            summary["gold"] = c.reward.gold
-            summary["eval_gold_before"], summary["eval_gold_after"] = before.get("gold"), after["gold"]
-        summary = jsonable(summary)
-        if main:
-            folder.write_summary(summary)
-        self.log(f"eval reward after: {after['reward']:.4f} ({self.optimizer_steps} optimizer steps, "
-                 f"{wall:.0f}s); run folder {folder.out}")
-        return summary
+        return run(self, progress=progress, resume=resume)
 
 
 def _divisors(n: int) -> str:

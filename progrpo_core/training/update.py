@@ -35,6 +35,27 @@ def train_steps(rollout: Rollout, fraction: float, seed: int) -> list[int]:
     return [stochastic[i] for i in pick]
 
 
+def step_loss(model: Denoiser, adapter: LoraWeights, ro: Rollout, rows: torch.Tensor, cond, j: int,
+              adv: torch.Tensor, s: SamplerConfig, g: GRPOConfig, comp: Compute) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The clipped objective (plus ``kl_beta``·KL) of trained step ``j`` for ``rows``:
+    ``(loss, kl, stats)``. Counts the reference forward in ``comp``."""
+    x, prev = ro.latents[rows, j], ro.latents[rows, j + 1]
+    sig, sig_next = ro.sigmas[j], ro.sigmas[j + 1]
+    sig_rows = sig.expand(len(rows)).to(x.device)
+    x0 = model.denoise(x, sig_rows, cond, s.cfg)
+    _, mean, std, logp = step_from_x0(model.family, s.sampler, x, x0, sig, sig_next, s.noise_level, prev_sample=prev)
+    loss, stats = grpo.clipped_loss(logp, ro.log_probs[rows, j], adv[rows].to(logp), g.clip_range, g.adv_clip)
+    kl = torch.zeros(())
+    if g.kl_beta > 0:
+        with torch.no_grad(), adapter.disabled():
+            x0_ref = model.denoise(x, sig_rows, cond, s.cfg)
+        mean_ref = step_from_x0(model.family, s.sampler, x, x0_ref, sig, sig_next, s.noise_level, prev_sample=prev)[1]
+        kl = grpo.kl_to_reference(mean, mean_ref, std).mean()
+        loss = loss + g.kl_beta * kl
+        comp.nfe_train_fwd += len(rows) * (1 if s.cfg == 1.0 else 2)
+    return loss, kl, stats
+
+
 def policy_update(model: Denoiser, adapter: LoraWeights, optimizer: torch.optim.Optimizer, ema: EMA | None,
                   batch: RolloutBatch, steps: Sequence[int], sampler: SamplerConfig, g: GRPOConfig, world: World,
                   perm_seed: int, on_update: Callable[[], None], on_skip: Callable[[str], None],
@@ -45,14 +66,12 @@ def policy_update(model: Denoiser, adapter: LoraWeights, optimizer: torch.optim.
     The minibatches are cut from one seeded permutation of the *whole* batch's rows, and each
     rank's loss is weighted by its share of the minibatch, so the gradients summed over ranks are
     the one-process gradient."""
-    s = sampler
     ro, adv = batch.rollout, batch.advantages
     n_local = ro.latents.shape[0]
     n_total = batch.total_rows if batch.total_rows is not None else n_local
-    offset = batch.row_offset
     perm = torch.randperm(n_total, generator=torch.Generator().manual_seed(perm_seed))
     chunks = list(perm.split(g.train_batch_size))  # global row ids per minibatch
-    mult = 1 if s.cfg == 1.0 else 2
+    mult = 1 if sampler.cfg == 1.0 else 2
     comp = Compute()
     sums: list[list[float]] = []   # per (minibatch, step): this rank's row-sums of loss, kl, clip_frac, approx_kl
     sizes: list[int] = []          # per (minibatch, step): rows in the whole minibatch
@@ -60,11 +79,10 @@ def policy_update(model: Denoiser, adapter: LoraWeights, optimizer: torch.optim.
     params = adapter.parameters()
     model.net.train()
     optimizer.zero_grad(set_to_none=True)
-    updates = 0
     poisoned = False
     for ci, chunk in enumerate(chunks):
-        mine = (chunk >= offset) & (chunk < offset + n_local)
-        rows = chunk[mine] - offset  # this rank's rows of the minibatch, in minibatch order
+        mine = (chunk >= batch.row_offset) & (chunk < batch.row_offset + n_local)
+        rows = chunk[mine] - batch.row_offset  # this rank's rows of the minibatch, in minibatch order
         share = len(rows) / len(chunk)
         cond = model.select_cond(ro.cond, rows) if len(rows) else None
         for j in steps:
@@ -73,22 +91,7 @@ def policy_update(model: Denoiser, adapter: LoraWeights, optimizer: torch.optim.
                 sums.append([0.0, 0.0, 0.0, 0.0])
                 continue
             with comp.phase("training"):
-                x, prev = ro.latents[rows, j], ro.latents[rows, j + 1]
-                sig, sig_next = ro.sigmas[j], ro.sigmas[j + 1]
-                sig_rows = sig.expand(len(rows)).to(x.device)
-                x0 = model.denoise(x, sig_rows, cond, s.cfg)
-                _, mean, std, logp = step_from_x0(model.family, s.sampler, x, x0, sig, sig_next,
-                                                  s.noise_level, prev_sample=prev)
-                loss, st = grpo.clipped_loss(logp, ro.log_probs[rows, j], adv[rows].to(logp), g.clip_range, g.adv_clip)
-                kl = torch.zeros(())
-                if g.kl_beta > 0:
-                    with torch.no_grad(), adapter.disabled():
-                        x0_ref = model.denoise(x, sig_rows, cond, s.cfg)
-                    mean_ref = step_from_x0(model.family, s.sampler, x, x0_ref, sig, sig_next,
-                                            s.noise_level, prev_sample=prev)[1]
-                    kl = grpo.kl_to_reference(mean, mean_ref, std).mean()
-                    loss = loss + g.kl_beta * kl
-                    comp.nfe_train_fwd += len(rows) * mult
+                loss, kl, st = step_loss(model, adapter, ro, rows, cond, j, adv, sampler, g, comp)
                 if not torch.isfinite(loss):
                     poisoned = True
                 else:
@@ -100,30 +103,43 @@ def policy_update(model: Denoiser, adapter: LoraWeights, optimizer: torch.optim.
             n = len(rows)
             sums.append([float(loss.detach()) * n, float(kl.detach()) * n, st["clip_frac"] * n, st["approx_kl"] * n])
         if (ci + 1) % g.grad_accum == 0 or ci == len(chunks) - 1:
-            bad_ranks = world.sync_grads(params, 1.0 if poisoned else 0.0)
             with comp.phase("training"):
-                gn = torch.nn.utils.clip_grad_norm_(params, g.grad_clip if g.grad_clip > 0 else float("inf"))
-                ok = bad_ranks == 0 and bool(torch.isfinite(gn))
-                if ok:
-                    optimizer.step()
-                    if ema is not None:
-                        ema.update()
-                    on_update()
-                    updates += 1
-                    grad_norms.append(float(gn))
-                optimizer.zero_grad(set_to_none=True)
-                poisoned = False
-            if not ok:
+                gn = _optimizer_step(params, optimizer, ema, world, g.grad_clip, poisoned)
+            poisoned = False
+            if gn is None:
                 model.net.eval()
                 on_skip("the loss or gradient is NaN or infinite")  # may stop the run
                 model.net.train()
-            if max_updates is not None and updates >= max_updates:
+            else:
+                on_update()
+                grad_norms.append(gn)
+            if max_updates is not None and len(grad_norms) >= max_updates:
                 break
     model.net.eval()
+    return _stats(world, sums, sizes, grad_norms, steps), comp
+
+
+def _optimizer_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, ema: EMA | None,
+                    world: World, grad_clip: float, poisoned: bool) -> float | None:
+    """Sum gradients over ranks, clip, step (and the EMA); the gradient norm, or None when this or
+    another rank's loss or the gradient is not finite (the step is skipped)."""
+    bad_ranks = world.sync_grads(params, 1.0 if poisoned else 0.0)
+    gn = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    ok = bad_ranks == 0 and bool(torch.isfinite(gn))
+    if ok:
+        optimizer.step()
+        if ema is not None:
+            ema.update()
+    optimizer.zero_grad(set_to_none=True)
+    return float(gn) if ok else None
+
+
+def _stats(world: World, sums: list[list[float]], sizes: list[int], grad_norms: list[float],
+           steps: Sequence[int]) -> UpdateStats:
+    """Per-(minibatch, step) means over the whole batch, averaged."""
     totals = world.sum([v for row in sums for v in row])  # whole-batch row-sums, (minibatch × step) × 4
     per_step = [[totals[4 * i + k] / sizes[i] for k in range(4)] for i in range(len(sizes))]
     means = [sum(r[k] for r in per_step) / len(per_step) if per_step else 0.0 for k in range(4)]
-    stats = UpdateStats(loss=means[0], kl=means[1], clip_frac=means[2], approx_kl=means[3],
-                        grad_norm=sum(grad_norms) / len(grad_norms) if grad_norms else 0.0, updates=updates,
-                        trained_steps=list(steps))
-    return stats, comp
+    return UpdateStats(loss=means[0], kl=means[1], clip_frac=means[2], approx_kl=means[3],
+                       grad_norm=sum(grad_norms) / len(grad_norms) if grad_norms else 0.0, updates=len(grad_norms),
+                       trained_steps=list(steps))

@@ -477,7 +477,6 @@ def test_trainer_streams_progress_preview_and_reward_text(comfy_server):
 def test_headless_training_of_a_checkpoint(comfy_env, comfy_models, comfy_server, tmp_path):
     """``python -m progrpo_core train --model.comfyui`` on the tiny SD1.5 checkpoint (ComfyUI's
     library, no server); its LoRA then loads in the server's stock loader without unloaded keys."""
-    import os
     import subprocess
 
     prompts = tmp_path / "prompts.txt"
