@@ -45,6 +45,19 @@ assert not bad, bad
     assert done.returncode == 0, done.stderr
 
 
+def test_the_core_imports_neither_comfyui_nor_the_node_pack():
+    import ast
+
+    banned = {"comfy", "comfy_api", "comfy_extras", "folder_paths", "server", "nodes", "execution"}
+    found = []
+    for path in (ROOT / "progrpo_core").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            found += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in banned]
+    assert not found, found
+
+
 # ---- declarations -------------------------------------------------------------------------------
 
 def _inputs(cls):
