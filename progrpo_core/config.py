@@ -32,6 +32,20 @@ def _need(cond: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
+def _check_device_name(label: str, name: str) -> None:
+    """A device name's spelling (whether this machine has it is checked when the run starts)."""
+    if name == "auto":
+        return
+    import torch
+
+    try:
+        torch.device(name)
+    except (RuntimeError, TypeError):
+        from .devices import available_devices
+        raise ValueError(f"{label}={name!r} is not a device; expected auto or a torch device such as "
+                         f"{', '.join(available_devices())}") from None
+
+
 @dataclasses.dataclass
 class ModelConfig:
     name: str = _help("built-in model (digits-flow, digits-eps) to train", "digits-flow")
@@ -160,8 +174,11 @@ class RewardConfig:
     name: str = _help("reward to train on (digit, stroke, pickscore, hpsv2.1, …, or module:callable)", "digit")
     path: Optional[str] = _help("weights file or folder of the reward model")
     gold: Optional[str] = _help("a second reward that is only watched, never trained on (e.g. stroke)")
-    device: str = _help("device for the reward model", "cpu")
-    dtype: str = _help("reward model dtype: float32, float16, bfloat16", "float32")
+    device: str = _help("device for the reward model (auto = the generator's device)", "auto")
+    dtype: str = _help("reward model dtype: float32, float16, bfloat16, or auto (float32 on the CPU, "
+                       "bfloat16/float16 on a GPU)", "auto")
+    offload: Optional[bool] = _help("keep the reward model on the CPU between scorings, so sampling and training "
+                                    "have the GPU's memory (auto: when the planner finds memory short)")
 
     def __post_init__(self):
         from .rewards import available_rewards
@@ -169,8 +186,9 @@ class RewardConfig:
             if n is not None and n not in available_rewards() and ":" not in n and "," not in n and "=" not in n:
                 raise ValueError(f"{label}={n!r} is not a known reward; expected one of "
                                  f"{', '.join(available_rewards())}, or 'package.module:callable'")
-        _need(self.dtype in ("float32", "float16", "bfloat16"),
-              f"reward.dtype={self.dtype!r}; expected float32, float16 or bfloat16")
+        _need(self.dtype in ("auto", "float32", "float16", "bfloat16"),
+              f"reward.dtype={self.dtype!r}; expected auto, float32, float16 or bfloat16")
+        _check_device_name("reward.device", self.device)
 
 
 @dataclasses.dataclass
@@ -180,7 +198,9 @@ class RunConfig:
     epochs: int = _help("sampling rounds (each: sample, score, train)", 100)
     max_steps: Optional[int] = _help("stop after this many optimizer steps")
     prompts: Optional[str] = _help("prompt file, one per line (default: the model's own prompt set)")
-    eval_seeds: int = _help("seeds per eval prompt (deterministic sampling)", 8)
+    eval_prompts: int = _help("prompts in the evaluation set (at most; chosen evenly from the prompt list)", 16)
+    eval_seeds: Optional[int] = _help("seeds per eval prompt, deterministic sampling (default 8 for the built-in "
+                                      "models, 2 for real ones)")
     eval_every: int = _help("evaluate every N epochs (0 = only before and after)", 10)
     save_every: int = _help("save the LoRA every N epochs (0 = only at the end)", 10)
     checkpoint_every: int = _help("write a resumable checkpoint to RUN/checkpoints every N epochs and at the end "
@@ -189,12 +209,36 @@ class RunConfig:
     max_bad_updates: int = _help("stop after this many skipped updates in a row (non-finite reward, loss or "
                                  "gradient; 0 = never stop)", 10)
     check_disk: bool = _help("before training, check that the run folder is writable and has room for the run", True)
-    device: str = _help("device for the generator (cpu, cuda, …)", "cpu")
+    device: str = _help("device for the generator: auto (CUDA when there is a GPU), cpu, cuda, cuda:1, …", "auto")
+    precision: str = _help("the model's compute dtype: auto (bf16 on GPUs that have it, else fp16 with loss scaling; "
+                           "fp32 on the CPU), fp32, bf16, fp16", "auto")
+    sample_micro_batch: Optional[int] = _help("rows per model call while sampling, a guided row counting twice "
+                                              "(auto: from the device's free memory)")
+    train_micro_batch: Optional[int] = _help("rows per forward/backward in training (gradients accumulate up to "
+                                             "grpo.train_batch_size; auto: from the device's free memory)")
+    decode_micro_batch: Optional[int] = _help("images per decode and reward call (auto: from the device's free memory)")
+    gradient_checkpointing: Optional[int] = _help("recompute activations in backward at this module depth "
+                                                  "(1 = the model's blocks; 0 = off; auto: 1 for real models, 0 for "
+                                                  "the built-in ones)")
+    memory_gib: Optional[float] = _help("memory the run may use on its device, in GiB (auto: 0.9 × what is free when "
+                                        "it starts)")
 
     def __post_init__(self):
         _need(self.epochs >= 1, f"run.epochs={self.epochs} must be >= 1")
         _need(self.max_steps is None or self.max_steps >= 1, f"run.max_steps={self.max_steps} must be >= 1")
-        _need(self.eval_seeds >= 1, f"run.eval_seeds={self.eval_seeds} must be >= 1")
+        _need(self.eval_seeds is None or self.eval_seeds >= 1, f"run.eval_seeds={self.eval_seeds} must be >= 1")
+        _need(self.eval_prompts >= 1, f"run.eval_prompts={self.eval_prompts} must be >= 1")
+        _check_device_name("run.device", self.device)
+        from .devices import PRECISIONS
+        _need(self.precision in PRECISIONS,
+              f"run.precision={self.precision!r} unknown; expected one of {', '.join(PRECISIONS)}")
+        for name in ("sample_micro_batch", "train_micro_batch", "decode_micro_batch"):
+            v = getattr(self, name)
+            _need(v is None or v >= 1, f"run.{name}={v} must be a number of rows >= 1, or auto")
+        _need(self.gradient_checkpointing is None or self.gradient_checkpointing >= 0,
+              f"run.gradient_checkpointing={self.gradient_checkpointing} must be a depth >= 0 (0 = off), or auto")
+        _need(self.memory_gib is None or (math.isfinite(self.memory_gib) and self.memory_gib > 0),
+              f"run.memory_gib={self.memory_gib} must be a number of GiB > 0, or auto")
         _need(self.eval_every >= 0 and self.save_every >= 0, "run.eval_every and run.save_every must be >= 0")
         _need(self.checkpoint_every >= 0, f"run.checkpoint_every={self.checkpoint_every} must be >= 0 (0 = only on interrupt)")
         _need(self.keep_checkpoints >= 1, f"run.keep_checkpoints={self.keep_checkpoints} must be >= 1")
@@ -246,7 +290,8 @@ def parse_value(section: str, name: str, raw: Any) -> Any:
         raise ValueError(f"unknown setting {section}.{name}; {section} has: {', '.join(hints)}")
     tp, optional = _base_type(hints[name])
     label = f"{section}.{name}"
-    if optional and (raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", ""))):
+    if optional and (raw is None or (isinstance(raw, str) and (raw.lower() in ("none", "null", "")
+                                                                or (raw.lower() == "auto" and tp is not str)))):
         return None
     try:
         if typing.get_origin(tp) is tuple:

@@ -32,6 +32,11 @@ class Denoiser(Protocol):
         net: the ``nn.Module`` that LoRA adapters are attached to.
         lora_prefix: prefix of ``net``'s module paths in ComfyUI LoRA keys (``"diffusion_model."``).
         lora_targets: names (suffixes) of the Linear/Conv modules that get adapters.
+        device: where the model computes; latents and noise live there.
+        builtin: True for the built-in digits models (small: cheap defaults for evaluation and memory).
+
+    Optional: ``set_precision(dtype)`` makes the model compute in ``dtype`` (its ``denoise`` still
+    takes and returns float32).
     """
 
     family: str
@@ -39,6 +44,7 @@ class Denoiser(Protocol):
     net: nn.Module
     lora_prefix: str
     lora_targets: Sequence[str]
+    device: torch.device
 
     def sigmas(self, steps: int) -> torch.Tensor:
         """The sampling schedule: ``steps + 1`` descending float32 sigmas ending in 0."""

@@ -3,10 +3,17 @@
 ``B`` prompts, ``G = G_max`` trajectories each, ``T`` steps. A checkpoint ``c`` (in ``1..T−1``)
 prunes after ``c`` model evaluations, as the paper's "steps 5 and 7 of 10": the output of the
 ``c``-th evaluation (at ``σ_{c−1}``), which the survivors then use for their next step, gives every
-active latent's one-step x0 projection (the *latent proxy*); it is decoded and scored, and each prompt keeps the selector's subset of its
-survivors (OVF by default). Pruned rows leave the batch at once — the next model call is smaller —
-and their stored history is dropped with them. Survivors finish; their per-step latents, means,
-stds and log-probs are returned for training.
+active latent's one-step x0 projection (the *latent proxy*); it is decoded and scored, and each
+prompt keeps the selector's subset of its survivors (OVF by default). Pruned rows leave the batch
+at once — the next model call is smaller — and their stored history is dropped with them.
+Survivors finish; their per-step latents, stds and log-probs are returned for training (what the
+policy update re-scores; nothing else is kept).
+
+Noise: each prompt has its own generator on the model's device, seeded from the prompt's seed;
+every step draws the noise of its whole group (``G`` rows, one call per prompt) and the active
+rows take theirs by row id. A trajectory's noise therefore depends only on its prompt's seed, its
+row id and the step — not on pruning, the other prompts in the batch, the number of processes or
+the micro-batch size.
 """
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ from . import ovf
 from .compute import Compute
 from .denoiser import Denoiser, noise_to_start
 from .methods import PruneSchedule
-from .samplers import check_sampler, randn_rows, step_from_x0
+from .samplers import check_sampler, step_from_x0
 
 ScoreFn = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
 
@@ -33,7 +40,6 @@ class Rollout:
     row_id: torch.Tensor            # (N,) the row's index 0..G_max-1 in its original group
     sigmas: torch.Tensor            # (T+1,)
     latents: torch.Tensor           # (N, T+1, C, H, W): x at every step, the last is the final latent
-    means: torch.Tensor             # (N, T, C, H, W)
     stds: torch.Tensor              # (N, T)
     log_probs: torch.Tensor         # (N, T), mean over latent elements
     cond: Any                       # the survivors' conditioning (rows aligned with N)
@@ -51,26 +57,61 @@ def _prompt_generator(prompt_seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((int(prompt_seed) * 999_983 + step * 104_729 + 5) % (2**63 - 1))
 
 
-def row_generators(prompt_seeds: Sequence[int], group_size: int) -> list[torch.Generator]:
-    """One generator per row, seeded from its prompt's seed and its index in the group, so a
-    trajectory's noise does not depend on the batch it is sampled in."""
-    gens = []
-    for s in prompt_seeds:
-        for g in range(group_size):
-            gens.append(torch.Generator().manual_seed((int(s) * 1_000_003 + g * 7_919 + 17) % (2**63 - 1)))
-    return gens
+class GroupNoise:
+    """Standard normal noise for ``B`` prompts' groups of ``G`` rows: one generator per prompt on
+    ``device``; :meth:`draw` returns the next step's noise of every row of every group, (B·G, C, H, W)."""
+
+    def __init__(self, prompt_seeds: Sequence[int], group_size: int, shape: Sequence[int], device: torch.device):
+        self.shape, self.group_size, self.device = tuple(shape), group_size, torch.device(device)
+        self.gens = [torch.Generator(device=self.device).manual_seed((int(s) * 1_000_003 + 17) % (2**63 - 1))
+                     for s in prompt_seeds]
+
+    def draw(self) -> torch.Tensor:
+        return torch.cat([torch.randn((self.group_size, *self.shape), generator=g, device=self.device)
+                          for g in self.gens])
+
+
+def denoise_rows(model: Denoiser, x: torch.Tensor, sigma: torch.Tensor, cond: Any, cfg: float,
+                 micro_batch: int | None, compute: Compute | None = None) -> torch.Tensor:
+    """``model.denoise`` of the rows of ``x`` (A, C, H, W) at ``sigma`` (A,), at most
+    ``micro_batch`` network rows per call (a guided row counts two). Float32 x0, (A, C, H, W)."""
+    mult = 1 if cfg == 1.0 else 2
+    per = len(x) if not micro_batch else max(1, micro_batch // mult)
+    outs = []
+    for lo in range(0, len(x), per):
+        idx = torch.arange(lo, min(lo + per, len(x)))
+        c = cond if per >= len(x) else model.select_cond(cond, idx)
+        outs.append(model.denoise(x[lo:lo + per], sigma[lo:lo + per], c, cfg).float())
+        if compute is not None:
+            compute.model_calls += mult
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def score_images_of(model: Denoiser, x0: torch.Tensor, prompts: Sequence[str], score_fn: ScoreFn,
+                    micro_batch: int | None) -> torch.Tensor:
+    """Decode ``x0`` (A, C, H, W) and score the images, ``micro_batch`` at a time → (A,) float32 on the CPU."""
+    per = len(x0) if not micro_batch else micro_batch
+    out = []
+    with torch.no_grad():
+        for lo in range(0, len(x0), per):
+            images = model.decode(x0[lo:lo + per])
+            out.append(score_fn(images, list(prompts[lo:lo + per])).float().cpu())
+    return torch.cat(out)
 
 
 def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence[int], steps: int,
                  schedule: PruneSchedule, sampler: str, noise_level: float, cfg: float = 1.0,
                  score_fn: ScoreFn | None = None, select_generator: torch.Generator | None = None,
-                 callback: Callable[[dict], None] | None = None) -> Rollout:
+                 callback: Callable[[dict], None] | None = None, micro_batch: int | None = None,
+                 decode_micro_batch: int | None = None) -> Rollout:
     """Sample ``G_max`` trajectories for each prompt, pruning at the schedule's checkpoints.
 
     ``score_fn(images, prompts) -> (A,)`` scores the decoded proxies (needed when the schedule has
     checkpoints). The ``random`` selector draws from ``select_generator`` if given, else from a
-    stream per prompt seeded from its seed. ``callback`` receives ``{"step", "active", "x0"}`` after every model call (for
-    progress bars and live previews)."""
+    stream per prompt seeded from its seed. ``callback`` receives ``{"step", "active", "x0",
+    "row_prompt", "row_id"}`` after every model call (progress bars, live previews).
+    ``micro_batch`` caps the rows of one model call (a guided row counts two) and
+    ``decode_micro_batch`` the images of one decode-and-score call; results do not depend on them."""
     schedule.validate(steps)
     check_sampler(model.family, sampler)
     if schedule.checkpoints and score_fn is None:
@@ -79,16 +120,14 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
         raise ValueError(f"{len(prompts)} prompts but {len(prompt_seeds)} seeds; pass one seed per prompt")
     B, G, T = len(prompts), schedule.group_size, steps
     compute = Compute()
+    device = _device_of(model)
     sigmas = model.sigmas(T)  # (T+1,)
-    gens = row_generators(prompt_seeds, G)
+    noise = GroupNoise(prompt_seeds, G, model.latent_shape, device)
     row_prompt = torch.arange(B).repeat_interleave(G)  # (B·G,)
     row_id = torch.arange(G).repeat(B)  # (B·G,)
     cond = model.encode_prompts([prompts[b] for b in row_prompt.tolist()])
-    x = noise_to_start(randn_rows((B * G, *model.latent_shape), gens), sigmas[0], model.family)
-    device = _device_of(model)
-    x = x.to(device)
+    x = noise_to_start(noise.draw(), sigmas[0], model.family)  # (B·G, C, H, W)
     hist_x: list[torch.Tensor] = []
-    hist_mean: list[torch.Tensor] = []
     hist_std: list[torch.Tensor] = []
     hist_logp: list[torch.Tensor] = []
     checkpoints: list[dict] = []
@@ -99,29 +138,26 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
         a = x.shape[0]
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         with compute.phase("sampling"), torch.no_grad():
-            x0 = model.denoise(x, sigma.expand(a).to(device), cond, cfg).float()  # (A, C, H, W)
+            x0 = denoise_rows(model, x, sigma.expand(a).to(device), cond, cfg, micro_batch, compute)  # (A, C, H, W)
         compute.nfe_sample += a * mult
-        compute.model_calls += mult
         if callback is not None:
             callback({"step": i, "active": a, "x0": x0, "row_prompt": row_prompt, "row_id": row_id})
         if i in keep_after:
             kept_pos, record = _prune(model, x0, row_prompt, row_id, prompts, prompt_seeds, schedule.selector,
-                                      keep_after[i], score_fn, select_generator, compute, i, float(sigma))
+                                      keep_after[i], score_fn, select_generator, compute, i, float(sigma),
+                                      decode_micro_batch)
             checkpoints.append(record)
-            # Pruned rows leave now: the latents, conditioning, noise streams and history shrink.
+            # Pruned rows leave now: the latents, conditioning and history shrink.
             x, x0 = x[kept_pos], x0[kept_pos]
             cond = model.select_cond(cond, kept_pos)
-            gens = [gens[j] for j in kept_pos.tolist()]
             row_prompt, row_id = row_prompt[kept_pos], row_id[kept_pos]
             hist_x = [h[kept_pos] for h in hist_x]
-            hist_mean = [h[kept_pos] for h in hist_mean]
             hist_std = [h[kept_pos] for h in hist_std]
             hist_logp = [h[kept_pos] for h in hist_logp]
+        eps = noise.draw()[(row_prompt * G + row_id).to(device)]  # (A, C, H, W): each row's own noise
         with compute.phase("sampling"):
-            prev, mean, std, logp = step_from_x0(model.family, sampler, x, x0, sigma, sigma_next,
-                                                 noise_level, generator=gens)
+            prev, _, std, logp = step_from_x0(model.family, sampler, x, x0, sigma, sigma_next, noise_level, noise=eps)
         hist_x.append(x)
-        hist_mean.append(mean)
         hist_std.append(std.flatten(1)[:, 0])
         hist_logp.append(logp)
         x = prev
@@ -129,21 +165,21 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
     latents = torch.stack(hist_x + [x], dim=1)  # (N, T+1, C, H, W)
     return Rollout(
         prompts=list(prompts), prompt_index=row_prompt, row_id=row_id, sigmas=sigmas, latents=latents,
-        means=torch.stack(hist_mean, 1), stds=torch.stack(hist_std, 1), log_probs=torch.stack(hist_logp, 1),
+        stds=torch.stack(hist_std, 1), log_probs=torch.stack(hist_logp, 1),
         cond=cond, checkpoints=checkpoints, compute=compute)
 
 
 def _prune(model: Denoiser, x0: torch.Tensor, row_prompt: torch.Tensor, row_id: torch.Tensor, prompts: Sequence[str],
            prompt_seeds: Sequence[int], selector: str, k: int, score_fn: ScoreFn,
            select_generator: torch.Generator | None, compute: Compute, step: int,
-           sigma: float) -> tuple[torch.Tensor, dict]:
+           sigma: float, decode_micro_batch: int | None) -> tuple[torch.Tensor, dict]:
     """One checkpoint: decode and score the active rows' proxies ``x0`` (A, C, H, W), select ``k``
     per prompt. Returns the kept positions into the active batch (grouped by prompt) and the
     checkpoint's record."""
     a, B = x0.shape[0], len(prompts)
-    with compute.phase("proxy"), torch.no_grad():
-        images = model.decode(x0)
-        proxy = score_fn(images, [prompts[b] for b in row_prompt.tolist()]).float().cpu()  # (A,)
+    with compute.phase("proxy"):
+        proxy = score_images_of(model, x0, [prompts[b] for b in row_prompt.tolist()], score_fn,
+                                decode_micro_batch)  # (A,)
     compute.proxy_decodes += a
     compute.proxy_rewards += a
     per_prompt = proxy.view(B, -1)  # (B, K_prev)
@@ -159,12 +195,15 @@ def select_rows(model: Denoiser, rollout: Rollout, index: torch.Tensor) -> Rollo
     """The sub-rollout of rows ``index`` (e.g. the static OVF subset), in the given order."""
     return dataclasses.replace(
         rollout, prompt_index=rollout.prompt_index[index], row_id=rollout.row_id[index],
-        latents=rollout.latents[index], means=rollout.means[index], stds=rollout.stds[index],
+        latents=rollout.latents[index], stds=rollout.stds[index],
         log_probs=rollout.log_probs[index],
         cond=model.select_cond(rollout.cond, index))
 
 
 def _device_of(model: Denoiser) -> torch.device:
+    device = getattr(model, "device", None)
+    if device is not None:
+        return torch.device(device)
     try:
         return next(model.net.parameters()).device
     except (StopIteration, AttributeError):

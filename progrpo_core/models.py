@@ -23,17 +23,17 @@ COMFYUI_LOADER = "nodes.host.headless:load_comfy_denoiser"  # relative to the pa
 _PLUGIN_PACKAGE = "progrpo_pack_nodes"
 
 
-def load_model(cfg: TrainConfig) -> Denoiser:
-    """The denoiser ``cfg.model`` names, on ``cfg.run.device``."""
+def load_model(cfg: TrainConfig, device) -> Denoiser:
+    """The denoiser ``cfg.model`` names, on ``device``."""
     m = cfg.model
     if m.comfyui:
         loader = resolve_loader(m.loader or COMFYUI_LOADER)
-        return loader(m.comfyui, m.checkpoint, device=cfg.run.device, resolution=m.resolution, clip=m.clip,
+        return loader(m.comfyui, m.checkpoint, device=str(device), resolution=m.resolution, clip=m.clip,
                       clip_type=m.clip_type, vae=m.vae)
     from .embedded import load_digits_model
 
     model = load_digits_model(m.name, m.path)
-    model.net.to(cfg.run.device)
+    model.net.to(device)
     return model
 
 

@@ -11,9 +11,9 @@ current model output, computing in float32, and returns ``(prev_sample, mean, st
 A step whose std is 0 (the ODE, or the last step of DDIM/CPS) is deterministic: its log-prob is
 reported as 0 and it carries no policy gradient; the trainer skips such steps.
 
-``generator`` is one ``torch.Generator`` for the whole batch or a list with one per row (rows keep
-their own noise stream whatever the batch around them, so pruning never changes a survivor's
-trajectory).
+``generator`` is one ``torch.Generator`` for the whole batch or a list with one per row; ``noise``
+(standard normal, shaped like ``x``) is used as given instead. The group sampler passes noise it
+draws per prompt, so a trajectory's noise never depends on the batch around it.
 """
 from __future__ import annotations
 
@@ -51,10 +51,12 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
 
 
 def _finish(mean: torch.Tensor, std: torch.Tensor, prev_sample: torch.Tensor | None,
-            generator: Generators) -> StepOut:
+            generator: Generators, noise: torch.Tensor | None = None) -> StepOut:
     std = std.expand(mean.shape[0], *([1] * (mean.ndim - 1))).to(mean)
     if prev_sample is None:
-        prev_sample = mean + std * randn_rows(mean.shape, generator, mean.device)
+        if noise is None:
+            noise = randn_rows(mean.shape, generator, mean.device)
+        prev_sample = mean + std * noise.to(mean)
     else:
         prev_sample = prev_sample.float()
     return prev_sample, mean, std, gaussian_log_prob(prev_sample, mean, std)
@@ -67,7 +69,8 @@ def _col(v: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
 
 
 def flow_sde_step(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next, noise_level: float,
-                  prev_sample: torch.Tensor | None = None, generator: Generators = None) -> StepOut:
+                  prev_sample: torch.Tensor | None = None, generator: Generators = None,
+                  noise: torch.Tensor | None = None) -> StepOut:
     """Flow-GRPO SDE step for ``x_σ = (1−σ)x0 + σε`` with velocity ``v`` (N, C, H, W).
 
     ``dt = σ_next − σ < 0``, ``s = a·sqrt(σ/(1−σ))`` (at σ = 1 the denominator uses σ_next, as
@@ -81,11 +84,12 @@ def flow_sde_step(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next, noise_lev
     s = noise_level * torch.sqrt(s_t / (1 - denom_sigma))
     mean = x * (1 + s**2 / (2 * s_t) * dt) + v * (1 + s**2 * (1 - s_t) / (2 * s_t)) * dt
     std = s * torch.sqrt(-dt)
-    return _finish(mean, std, prev_sample, generator)
+    return _finish(mean, std, prev_sample, generator, noise)
 
 
 def cps_step(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next, noise_level: float,
-             prev_sample: torch.Tensor | None = None, generator: Generators = None) -> StepOut:
+             prev_sample: torch.Tensor | None = None, generator: Generators = None,
+             noise: torch.Tensor | None = None) -> StepOut:
     """Coefficients-Preserving Sampling: ``std = σ_next·sin(a·π/2)``,
     ``mean = x0̂·(1−σ_next) + x1̂·sqrt(σ_next² − std²)`` with ``x0̂ = x − σv``, ``x1̂ = x + (1−σ)v``."""
     x, v = x.float(), v.float()
@@ -94,11 +98,12 @@ def cps_step(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next, noise_level: f
     x0 = x - s_t * v
     x1 = x + (1 - s_t) * v
     mean = x0 * (1 - s_n) + x1 * torch.sqrt((s_n**2 - std**2).clamp_min(0))
-    return _finish(mean, std, prev_sample, generator)
+    return _finish(mean, std, prev_sample, generator, noise)
 
 
 def dance_sde_step(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next, noise_level: float,
-                   prev_sample: torch.Tensor | None = None, generator: Generators = None) -> StepOut:
+                   prev_sample: torch.Tensor | None = None, generator: Generators = None,
+                   noise: torch.Tensor | None = None) -> StepOut:
     """DanceGRPO's flow SDE with constant η (``noise_level``): with ``Δ = σ − σ_next > 0``,
     score ``∇log p ≈ −(x − (1−σ)x0̂)/σ²``, ``mean = x − Δ·v + ½η²·Δ·score``, ``std = η·sqrt(Δ)``."""
     x, v = x.float(), v.float()
@@ -108,11 +113,12 @@ def dance_sde_step(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next, noise_le
     score = -(x - x0 * (1 - s_t)) / s_t**2
     mean = x - delta * v + 0.5 * noise_level**2 * delta * score
     std = noise_level * torch.sqrt(delta)
-    return _finish(mean, std, prev_sample, generator)
+    return _finish(mean, std, prev_sample, generator, noise)
 
 
 def ddim_step(x: torch.Tensor, eps: torch.Tensor, alpha_bar, alpha_bar_prev, eta: float,
-              prev_sample: torch.Tensor | None = None, generator: Generators = None) -> StepOut:
+              prev_sample: torch.Tensor | None = None, generator: Generators = None,
+              noise: torch.Tensor | None = None) -> StepOut:
     """DDIM with η (DDPO / DanceGRPO) for ``x_t = sqrt(ᾱ)x0 + sqrt(1−ᾱ)ε``:
     ``x0̂ = (x − sqrt(1−ᾱ)ε̂)/sqrt(ᾱ)``, ``var = (1−ᾱ_prev)/(1−ᾱ)·(1 − ᾱ/ᾱ_prev)``,
     ``std = η·sqrt(var)``, ``mean = sqrt(ᾱ_prev)·x0̂ + sqrt(1−ᾱ_prev−std²)·ε̂``."""
@@ -122,7 +128,7 @@ def ddim_step(x: torch.Tensor, eps: torch.Tensor, alpha_bar, alpha_bar_prev, eta
     var = (1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)
     std = eta * var.clamp_min(0).sqrt()
     mean = ab_prev.sqrt() * x0 + (1 - ab_prev - std**2).clamp_min(0).sqrt() * eps
-    return _finish(mean, std, prev_sample, generator)
+    return _finish(mean, std, prev_sample, generator, noise)
 
 
 # ---- the sampler table, and one entry point from the x0 estimate --------------------------------
@@ -181,18 +187,19 @@ def check_sampler(family: str, sampler: str) -> None:
 
 def step_from_x0(family: str, sampler: str, x: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor,
                  sigma_next: torch.Tensor, noise_level: float, prev_sample: torch.Tensor | None = None,
-                 generator: Generators = None) -> StepOut:
+                 generator: Generators = None, noise: torch.Tensor | None = None) -> StepOut:
     """Take (or re-score) one step given the model's x0 estimate. ``sampler="ode"`` is the
-    deterministic Euler (flow) / DDIM η=0 (eps) step used for evaluation."""
+    deterministic Euler (flow) / DDIM η=0 (eps) step used for evaluation. ``noise`` (standard
+    normal, shaped like ``x``) is used instead of drawing from ``generator``."""
     if family == "flow":
         v = velocity(x.float(), x0.float(), sigma)
         if sampler == "ode":
-            return flow_sde_step(x, v, sigma, sigma_next, 0.0, prev_sample, generator)
-        return SAMPLER_SPECS[sampler].step(x, v, sigma, sigma_next, noise_level, prev_sample, generator)
+            return flow_sde_step(x, v, sigma, sigma_next, 0.0, prev_sample, generator, noise)
+        return SAMPLER_SPECS[sampler].step(x, v, sigma, sigma_next, noise_level, prev_sample, generator, noise)
     eps = epsilon(x.float(), x0.float(), sigma)
     eta = 0.0 if sampler == "ode" else noise_level
     return ddim_step(x, eps, alpha_bar(torch.as_tensor(sigma)).float(),
-                     alpha_bar(torch.as_tensor(sigma_next)).float(), eta, prev_sample, generator)
+                     alpha_bar(torch.as_tensor(sigma_next)).float(), eta, prev_sample, generator, noise)
 
 
 def sample_ode(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,

@@ -36,7 +36,7 @@ def test_pruned_trajectories_make_no_further_model_calls(flow_model, digit_rewar
     assert ro.compute.nfe_sample == sum(m.calls) == B * (8 * 3 + 5 * (6 - 3) + 3 * (10 - 6))
     assert ro.compute.proxy_decodes == B * (8 + 5) and ro.compute.proxy_rewards == B * (8 + 5)
     assert ro.latents.shape == (B * 3, 11, 1, 8, 8)
-    assert ro.log_probs.shape == (B * 3, 10) and ro.means.shape == (B * 3, 10, 1, 8, 8)
+    assert ro.log_probs.shape == (B * 3, 10)
 
 
 def test_survivors_follow_the_same_trajectory_as_without_pruning(flow_model, digit_reward):

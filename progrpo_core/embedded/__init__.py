@@ -44,6 +44,7 @@ class DigitsDenoiser:
     """A :class:`~progrpo_core.denoiser.Denoiser` over the built-in :class:`DigitsNet`."""
 
     latent_shape = (1, 8, 8)
+    builtin = True
     lora_prefix = "diffusion_model."
     lora_targets = ("proj_in", "fc1", "fc2", "proj_out")
     default_prompts = tuple(f"a handwritten {d}" for d in range(10))
@@ -52,6 +53,7 @@ class DigitsDenoiser:
         if family not in ("flow", "eps"):
             raise ValueError(f"family {family!r} unknown; expected 'flow' or 'eps'")
         self.net = net.eval().requires_grad_(False)
+        self.compute_dtype = torch.float32
         self.family = family
         self.name = name
         self._fingerprint = fingerprint
@@ -61,6 +63,17 @@ class DigitsDenoiser:
             self._log_smin, self._log_smax = float(s[0].log()), float(s[-1].log())
 
     # -- Denoiser protocol --------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def set_precision(self, dtype: torch.dtype) -> None:
+        """Compute in ``dtype``: the base weights are stored in it (adapters added later stay float32)."""
+        for name, p in self.net.named_parameters():
+            if ".lora_" not in name:
+                p.data = p.data.to(dtype)
+        self.compute_dtype = dtype
+
     def sigmas(self, steps: int) -> torch.Tensor:
         if steps < 1:
             raise ValueError(f"steps={steps} must be >= 1")
@@ -88,11 +101,13 @@ class DigitsDenoiser:
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, cfg: float = 1.0) -> torch.Tensor:
         x = x.float()
         sigma = sigma.reshape(-1).expand(x.shape[0])
+        xc, dt = x.to(self.compute_dtype), self.compute_dtype
         if cfg == 1.0:
-            out = self.net(x, self.net_time(sigma), cond)
+            out = self.net(xc, self.net_time(sigma).to(dt), cond).float()
         else:
             null = torch.full_like(cond, NULL_LABEL)
-            both = self.net(torch.cat([x, x]), self.net_time(torch.cat([sigma, sigma])), torch.cat([cond, null]))
+            both = self.net(torch.cat([xc, xc]), self.net_time(torch.cat([sigma, sigma])).to(dt),
+                            torch.cat([cond, null])).float()
             c, u = both.chunk(2)
             out = u + cfg * (c - u)
         return self.x0_from_output(x, sigma, out)

@@ -51,7 +51,8 @@ class DigitsNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         h = self.proj_in(x.reshape(n, -1))  # (N, hidden)
-        c = self.time_fc2(F.silu(self.time_fc1(timestep_embedding(t, self.emb)))) + self.label(labels)
+        emb = timestep_embedding(t, self.emb).to(self.time_fc1.weight.dtype)  # the weights' (compute) dtype
+        c = self.time_fc2(F.silu(self.time_fc1(emb))) + self.label(labels)
         for blk in self.blocks:
             h = blk(h, c)
         return self.proj_out(self.norm_out(h)).reshape(x.shape)

@@ -16,13 +16,13 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-from .base import Reward, RewardInputError, check_images, check_scores
+from .base import OffloadedReward, Reward, RewardInputError, check_images, check_scores
 from .weighted import RewardSpec, WeightedReward, build_reward_from_spec, parse_reward_spec
 from .weights import (CheckpointMismatchError, RewardWeightsNotFound, UnsafeCheckpointError,
                       find_reward_weights)
 
 __all__ = [
-    "Reward", "RewardInputError", "check_images", "check_scores",
+    "Reward", "OffloadedReward", "RewardInputError", "check_images", "check_scores",
     "register_reward", "build_reward", "available_rewards", "reward_help",
     "find_reward_weights", "RewardWeightsNotFound", "UnsafeCheckpointError", "CheckpointMismatchError",
     "WeightedReward", "RewardSpec", "parse_reward_spec", "build_reward_from_spec",

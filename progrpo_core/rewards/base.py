@@ -80,6 +80,48 @@ class Reward(abc.ABC):
         """(name, weight) of each part, for separate advantage normalisation."""
         return [(self.name, 1.0)]
 
+    def modules(self) -> list[torch.nn.Module]:
+        """The reward's torch modules (for placement and memory accounting)."""
+        return [v for v in vars(self).values() if isinstance(v, torch.nn.Module)]
+
+    def place(self, device: str | torch.device) -> None:
+        """Move the reward's modules to ``device`` (later calls compute there)."""
+        device = torch.device(device)
+        for m in self.modules():
+            m.to(device)
+        if hasattr(self, "device"):
+            self.device = device
+
+
+class OffloadedReward(Reward):
+    """``inner`` kept on the CPU and moved to ``device`` only while it scores, so the denoiser has
+    the device's memory while it samples and trains (a PCIe round trip per scoring call)."""
+
+    def __init__(self, inner: Reward, device: str | torch.device):
+        self.inner, self.device = inner, torch.device(device)
+        self.name = inner.name
+        inner.place("cpu")
+
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        return self.inner.score(images, prompts)
+
+    def evaluate(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        self.inner.place(self.device)
+        try:
+            return self.inner.evaluate(images, prompts)
+        finally:
+            self.inner.place("cpu")
+
+    @property
+    def total_key(self) -> str:
+        return self.inner.total_key
+
+    def components(self) -> list[tuple[str, float]]:
+        return self.inner.components()
+
+    def modules(self) -> list[torch.nn.Module]:
+        return self.inner.modules()
+
 
 def check_scores(scores: torch.Tensor, what: str = "rewards") -> torch.Tensor:
     """Refuse NaN or infinite scores with a message naming where they are."""

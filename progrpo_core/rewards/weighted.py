@@ -103,6 +103,13 @@ class WeightedReward(Reward):
     def components(self) -> list[tuple[str, float]]:
         return [(n, w) for n, _, w in self.parts]
 
+    def modules(self) -> list[torch.nn.Module]:
+        return [m for _, r, _ in self.parts for m in r.modules()]
+
+    def place(self, device) -> None:
+        for _, r, _ in self.parts:
+            r.place(device)
+
 
 def _component_names(specs: Sequence[RewardSpec]) -> list[str]:
     seen: dict[str, int] = {}

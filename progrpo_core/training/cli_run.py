@@ -22,7 +22,7 @@ def run(trainer, progress: bool = True, resume: bool = False) -> dict[str, Any]:
         before = trainer.evaluate()
         trainer.state.before = {k: v for k, v in before.items() if k != "latents"}
         if main:
-            folder.save_grid(trainer.model.decode(before["latents"]), c.run.eval_seeds, "samples_before.png")
+            folder.save_grid(trainer.model.decode(before["latents"]), trainer.eval_seeds, "samples_before.png")
         trainer.log(f"eval reward before: {before['reward']:.4f}"
                     + (f" (gold {before['gold']:.4f})" if "gold" in before else ""))
     bar = tqdm(total=c.run.epochs, initial=trainer.epoch, desc=f"{c.grpo.method}", disable=not progress or not main,
@@ -48,7 +48,7 @@ def _finish(trainer, folder: RunFolder, after: dict[str, Any]) -> dict[str, Any]
     before, rows = trainer.state.before, trainer.state.rows
     if main:
         trainer.save_lora(folder.lora_path)
-        folder.save_grid(trainer.model.decode(after["latents"]), c.run.eval_seeds, "samples_after.png")
+        folder.save_grid(trainer.model.decode(after["latents"]), trainer.eval_seeds, "samples_after.png")
         eval_points = [(0, before["reward"])] + [(r["epoch"], r["eval_reward"]) for r in rows
                                                  if r.get("eval_reward") is not None]
         eval_points.append((trainer.epoch, after["reward"]))

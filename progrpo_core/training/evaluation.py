@@ -33,9 +33,12 @@ def sample_deterministic(model: Denoiser, prompts: Sequence[str], seeds: Sequenc
     return torch.cat(outs)
 
 
-def eval_set(prompts: Sequence[str], seeds_per_prompt: int) -> tuple[list[str], list[int]]:
-    """The evaluation's prompts (each repeated per seed) and their fixed seeds."""
-    rows = [p for p in prompts for _ in range(seeds_per_prompt)]
+def eval_set(prompts: Sequence[str], seeds_per_prompt: int, max_prompts: int | None = None) -> tuple[list[str], list[int]]:
+    """The evaluation's prompts — at most ``max_prompts``, spread evenly over the list — each
+    repeated per seed, and their fixed seeds."""
+    n = len(prompts) if max_prompts is None else min(max_prompts, len(prompts))
+    chosen = [prompts[(i * len(prompts)) // n] for i in range(n)]
+    rows = [p for p in chosen for _ in range(seeds_per_prompt)]
     return rows, [EVAL_SEED_BASE + i for i in range(len(rows))]
 
 
@@ -49,18 +52,22 @@ def finite_mean(t: torch.Tensor, what: str) -> float:
 
 @torch.no_grad()
 def evaluate(model: Denoiser, reward: Reward, gold: Reward | None, prompts: Sequence[str], seeds: Sequence[int],
-             steps: int, cfg: float, world: World) -> dict[str, Any]:
+             steps: int, cfg: float, world: World, micro: dict[str, int | None] | None = None) -> dict[str, Any]:
     """Mean reward (and gold reward) of deterministic samples, with the latents. The images are
     shared out over the ranks; NaN/inf scores are left out of the means, with a warning."""
+    micro = micro or {}
     lo, hi = world.shard(len(prompts))
     comp = Compute()
     latents, scores, gold_scores = None, {}, None
     if hi > lo:
-        latents = sample_deterministic(model, prompts[lo:hi], seeds[lo:hi], steps, cfg)
-        scores = decode_and_score(model, reward, latents, prompts[lo:hi], comp, phase="eval", check=False)
+        rows = micro.get("sample")
+        latents = sample_deterministic(model, prompts[lo:hi], seeds[lo:hi], steps, cfg,
+                                       batch=max(1, rows // (1 if cfg == 1.0 else 2)) if rows else 256)
+        scores = decode_and_score(model, reward, latents, prompts[lo:hi], comp, phase="eval", check=False,
+                                  micro_batch=micro.get("decode"))
         if gold is not None:
-            gold_scores = decode_and_score(model, gold, latents, prompts[lo:hi], comp, phase="eval",
-                                           check=False)[gold.total_key]
+            gold_scores = decode_and_score(model, gold, latents, prompts[lo:hi], comp, phase="eval", check=False,
+                                           micro_batch=micro.get("decode"))[gold.total_key]
     if world.enabled:
         device = next(model.net.parameters()).device
         parts = world.all_gather_object((None if latents is None else latents.cpu(), scores, gold_scores))

@@ -51,11 +51,16 @@ def epoch_prompts(prompts: Sequence[str], per_epoch: int, seed: int, epoch: int)
 
 
 def decode_and_score(model: Denoiser, reward: Reward, latents: torch.Tensor, prompts: Sequence[str],
-                     compute: Compute, phase: str = "final", check: bool = True) -> dict[str, torch.Tensor]:
-    """Decode and score; ``check`` refuses NaN/inf scores (the trainer counts them instead)."""
+                     compute: Compute, phase: str = "final", check: bool = True,
+                     micro_batch: int | None = None) -> dict[str, torch.Tensor]:
+    """Decode and score, ``micro_batch`` images at a time; ``check`` refuses NaN/inf scores (the
+    trainer counts them instead)."""
+    per = len(latents) if not micro_batch else micro_batch
+    parts = []
     with compute.phase(f"{phase}_scoring"), torch.no_grad():
-        images = model.decode(latents)
-        out = reward.evaluate(images, list(prompts))
+        for lo in range(0, len(latents), per):
+            parts.append(reward.evaluate(model.decode(latents[lo:lo + per]), list(prompts[lo:lo + per])))
+    out = parts[0] if len(parts) == 1 else {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     if check:
         for k, v in out.items():
             check_scores(v, f"reward {k!r}")
@@ -64,9 +69,12 @@ def decode_and_score(model: Denoiser, reward: Reward, latents: torch.Tensor, pro
 
 def collect(model: Denoiser, reward: Reward, prompts: list[str], seeds: list[int], schedule: PruneSchedule,
             sampler: SamplerConfig, grpo_cfg: GRPOConfig, world: World, select_seed: int,
-            callback: Callable[[dict], None] | None = None) -> RolloutBatch:
+            callback: Callable[[dict], None] | None = None,
+            micro: dict[str, int | None] | None = None) -> RolloutBatch:
     """Sample, score and select one epoch's trajectories for the global batch ``prompts``; no
-    gradient step. This rank samples its share; advantages and stats are those of the whole batch."""
+    gradient step. This rank samples its share; advantages and stats are those of the whole batch.
+    ``micro`` holds the ``sample`` and ``decode`` micro-batches (None: everything at once)."""
+    micro = micro or {}
     B = len(prompts)
     lo, hi = world.shard(B)  # this rank's prompts
     sel_gen = torch.Generator().manual_seed(select_seed)
@@ -83,10 +91,12 @@ def collect(model: Denoiser, reward: Reward, prompts: list[str], seeds: list[int
 
     # (a random selector at checkpoints draws per prompt from its seed: the same on any number of processes)
     rollout = sample_group(model, prompts[lo:hi], seeds[lo:hi], sampler.steps, schedule, sampler.sampler,
-                           sampler.noise_level, sampler.cfg, score_fn=proxy_score, callback=callback)
+                           sampler.noise_level, sampler.cfg, score_fn=proxy_score, callback=callback,
+                           micro_batch=micro.get("sample"), decode_micro_batch=micro.get("decode"))
     comp = rollout.compute
     row_prompts = [rollout.prompts[b] for b in rollout.prompt_index.tolist()]
-    local = decode_and_score(model, reward, rollout.latents[:, -1], row_prompts, comp, check=False)
+    local = decode_and_score(model, reward, rollout.latents[:, -1], row_prompts, comp, check=False,
+                             micro_batch=micro.get("decode"))
     comp.final_decodes += rollout.latents.shape[0]
     comp.final_rewards += rollout.latents.shape[0]
     scores = {k: world.gather_rows(v) for k, v in local.items()}  # component → (B·K_finished,) prompt order

@@ -57,6 +57,11 @@ class EMA:
             p.copy_(s)
             s.copy_(tmp)
 
+    @torch.no_grad()
+    def follow(self) -> None:
+        """Move the averages to their parameters' devices (after a host moved the model)."""
+        self.shadow = [s if s.device == p.device else s.to(p.device) for s, p in zip(self.shadow, self.params)]
+
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
         """Inside, the parameters hold the averaged weights; the live ones come back on exit."""

@@ -23,12 +23,14 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from .. import checkpoint as ckpt
-from .. import distributed
+from .. import distributed, grad_checkpoint, planner
 from ..config import TrainConfig
 from ..denoiser import Denoiser
 from ..lora import LoraAdapter, LoraWeights, lora_from_file
+from ..devices import bf16_supported, memory_info, resolve_device, resolve_precision
 from ..models import load_model, load_prompts
-from ..rewards import Reward, build_reward
+from ..planner import Plan, Target
+from ..rewards import OffloadedReward, Reward, build_reward
 from . import evaluation, rollouts, state, update
 from .records import EpochRecord, UpdateStats
 from .rollouts import RolloutBatch
@@ -52,15 +54,18 @@ class Trainer:
                 f"grpo.prompts_per_epoch={B} is the global batch and must be divisible by the {W} processes "
                 f"(WORLD_SIZE); use {(B // W) * W or W} or {(B // W + 1) * W} prompts, or "
                 f"{_divisors(B)} processes")
-        self.world = distributed.setup(cfg.run.device)
+        self.device = _model_device(model) or resolve_device(cfg.run.device)
+        self.world = distributed.setup(str(self.device))
         self.log = log if self.world.is_main else (lambda s: None)
-        self.model = model if model is not None else load_model(cfg)
+        self.model = model if model is not None else load_model(cfg, self.device)
+        self.precision = resolve_precision(cfg.run.precision, self.device)
         self.sampler = cfg.sampler.resolved(self.model.family)
         self.schedule = cfg.prune_schedule()
-        self.reward = reward if reward is not None else build_reward(
-            cfg.reward.name, cfg.reward.path, device=cfg.reward.device, dtype=cfg.reward.dtype)
+        rdev, rdtype = self._reward_placement()
+        self.reward = reward if reward is not None else build_reward(cfg.reward.name, cfg.reward.path, device=rdev,
+                                                                     dtype=rdtype)
         if gold is None and cfg.reward.gold:
-            gold = build_reward(cfg.reward.gold, device=cfg.reward.device, dtype=cfg.reward.dtype)
+            gold = build_reward(cfg.reward.gold, device=rdev, dtype=rdtype)
         self.gold = gold
         self.prompts = list(prompts) if prompts is not None else load_prompts(cfg.run.prompts, self.model)
         if not self.prompts:
@@ -71,14 +76,75 @@ class Trainer:
             self.adapter = lora_from_file(self.model, cfg.lora.init_from)
         else:
             self.adapter = LoraAdapter(self.model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets, seed=cfg.run.seed)
+        if hasattr(self.model, "set_precision"):  # after the adapter: its parameters stay float32
+            self.model.set_precision(self.precision.dtype)
+        depth = cfg.run.gradient_checkpointing
+        self._checkpointed = grad_checkpoint.enable(
+            self.model.net, (0 if getattr(self.model, "builtin", False) else 1) if depth is None else depth)
         self.world.broadcast_(self.adapter.parameters())  # every rank starts from rank 0's LoRA
         g = cfg.grpo
         self.optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=g.lr, weight_decay=g.weight_decay)
         self.ema = EMA(self.adapter.parameters(), g.ema_decay) if g.ema else None
+        self.scaler = self.precision.scaler(self.device)
+        self.plan: Plan | None = None
+        self.micro: dict[str, int | None] = {"sample": cfg.run.sample_micro_batch, "train": cfg.run.train_micro_batch,
+                                             "decode": cfg.run.decode_micro_batch}
         self.state = RunState()
         self._rng = torch.Generator().manual_seed(cfg.run.seed * 7 + 3)
         self._boundary: dict[str, Any] | None = None  # snapshot of the last completed epoch (rank 0)
         self._t_start = time.perf_counter()
+
+    def _reward_placement(self) -> tuple[str, str]:
+        """The reward's device and dtype (``auto``: the generator's device; float32 on the CPU,
+        bfloat16 or float16 on a GPU)."""
+        r = self.cfg.reward
+        device = self.device if r.device == "auto" else resolve_device(r.device, "reward.device")
+        if r.dtype != "auto":
+            return str(device), r.dtype
+        if device.type != "cuda":
+            return str(device), "float32"
+        return str(device), "bfloat16" if bf16_supported(device) else "float16"
+
+    # -- memory: the plan and the micro-batches ---------------------------------------------------
+    def ensure_plan(self) -> Plan | None:
+        """Measure the per-row costs once and choose every micro-batch left on auto (see
+        :mod:`progrpo_core.planner`); offload the reward when memory is short. None when every
+        micro-batch was given."""
+        if self.plan is not None or all(v is not None for v in self.micro.values()):
+            return self.plan
+        self.plan = self.make_plan()
+        for k in self.micro:
+            if self.micro[k] is None:
+                self.micro[k] = getattr(self.plan, f"{k}_micro_batch")
+        offload = self.cfg.reward.offload if self.cfg.reward.offload is not None else self.plan.reward_offload
+        if offload and self.device.type == "cuda":
+            self.reward = OffloadedReward(self.reward, self.device)
+            if self.gold is not None:
+                self.gold = OffloadedReward(self.gold, self.device)
+        self.log(self.plan.summary())
+        return self.plan
+
+    def make_plan(self, target: Target | None = None) -> Plan:
+        """The plan of this run on ``target`` (default: this device and the memory budget)."""
+        costs = planner.measure_costs(self.model, self.adapter, self.reward, self.sampler, self.device,
+                                      self.precision.name, self.prompts[0])
+        if target is None:
+            budget = (self.cfg.run.memory_gib * planner.GiB if self.cfg.run.memory_gib
+                      else 0.9 * memory_info(self.device)[0] + costs.weights + costs.reward_weights)
+            target = Target(str(self.device), int(budget))
+        B = self.cfg.grpo.prompts_per_epoch // self.world.world_size
+        return planner.make_plan(costs, self.cfg, self.schedule, self.sampler, B, len(self.eval_prompts()[0]), target,
+                                 given=dict(self.micro), reward_offload=self.cfg.reward.offload)
+
+    def rehome(self) -> None:
+        """Keep the optimizer state and the EMA beside the LoRA parameters (a host may have moved
+        the model between epochs)."""
+        for p in self.adapter.parameters():
+            for k, v in self.optimizer.state.get(p, {}).items():
+                if isinstance(v, torch.Tensor) and v.dim() and v.device != p.device:
+                    self.optimizer.state[p][k] = v.to(p.device)
+        if self.ema is not None:
+            self.ema.follow()
 
     # -- the run's counters, as attributes ---------------------------------------------------------
     epoch = property(lambda self: self.state.epoch, lambda self, v: setattr(self.state, "epoch", v))
@@ -92,7 +158,9 @@ class Trainer:
         return self.state.rows
 
     def close(self) -> None:
-        """Leave the process group this trainer joined (no-op on one process)."""
+        """Undo gradient checkpointing and leave the process group this trainer joined."""
+        grad_checkpoint.disable(self._checkpointed)
+        self._checkpointed = []
         distributed.shutdown(self.world)
 
     def elapsed(self) -> float:
@@ -110,7 +178,7 @@ class Trainer:
         """Sample, score and select one epoch's trajectories; no gradient step."""
         prompts, seeds = self.epoch_prompts(epoch)
         return rollouts.collect(self.model, self.reward, prompts, seeds, self.schedule, self.sampler, self.cfg.grpo,
-                                self.world, self.cfg.run.seed * 31 + epoch, callback)
+                                self.world, self.cfg.run.seed * 31 + epoch, callback, self.micro)
 
     def train_on(self, batch: RolloutBatch, epoch: int, max_updates: int | None = None) -> UpdateStats:
         """The policy update on one epoch's trajectories (skipped, and counted, when its rewards
@@ -127,7 +195,8 @@ class Trainer:
 
         stats, comp = update.policy_update(
             self.model, self.adapter, self.optimizer, self.ema, batch, steps, self.sampler, self.cfg.grpo, self.world,
-            seed * 977 + epoch, on_update, lambda why: self._skip_update(epoch, why), max_updates)
+            seed * 977 + epoch, on_update, lambda why: self._skip_update(epoch, why), max_updates,
+            micro_batch=self.micro.get("train"), scaler=self.scaler)
         self.state.compute.add(self.world.reduce_compute(comp))
         return stats
 
@@ -135,15 +204,22 @@ class Trainer:
         self.state.count_skip(epoch, why, self.cfg.run.max_bad_updates, self.cfg.run.out)
 
     # -- evaluation -------------------------------------------------------------------------------
+    @property
+    def eval_seeds(self) -> int:
+        """Seeds per evaluation prompt: ``run.eval_seeds``, default 8 for the built-in models, 2 for real ones."""
+        return self.cfg.run.eval_seeds or (8 if getattr(self.model, "builtin", False) else 2)
+
     def eval_prompts(self) -> tuple[list[str], list[int]]:
-        return evaluation.eval_set(self.prompts, self.cfg.run.eval_seeds)
+        """The evaluation set: ``run.eval_prompts`` prompts at most, :attr:`eval_seeds` seeds each."""
+        return evaluation.eval_set(self.prompts, self.eval_seeds, self.cfg.run.eval_prompts)
 
     def evaluate(self, use_ema: bool = True) -> dict[str, Any]:
         """Deterministic sampling on fixed prompts and seeds (with the EMA weights when kept)."""
+        self.ensure_plan()
         with ema_applied(self.ema if use_ema else None):
             prompts, seeds = self.eval_prompts()
             return evaluation.evaluate(self.model, self.reward, self.gold, prompts, seeds, self.sampler.eval_steps,
-                                       self.sampler.cfg, self.world)
+                                       self.sampler.cfg, self.world, self.micro)
 
     # -- the state and its files ------------------------------------------------------------------
     def lora_metadata(self) -> dict[str, Any]:
@@ -273,6 +349,7 @@ class Trainer:
         stopped itself for a poisoned state. ``on_sample_step`` is called after each model call
         while sampling (progress bars, previews)."""
         c, main = self.cfg, self.world.is_main
+        self.ensure_plan()
         self._boundary = self.state_dict(self.elapsed()) if main and folder is not None else None
         try:
             for epoch in range(self.epoch, c.run.epochs):
@@ -303,6 +380,7 @@ class Trainer:
     def _one_epoch(self, epoch: int, on_sample_step: Callable[[dict], None] | None) -> EpochRecord:
         c = self.cfg
         self.epoch = epoch + 1
+        self.rehome()
         t0, c0 = time.perf_counter(), time.process_time()
         batch = self.sample_epoch(epoch, on_sample_step)
         self.state.compute.add(self.world.reduce_compute(batch.rollout.compute))
@@ -338,6 +416,11 @@ class Trainer:
         from .cli_run import run
 
         return run(self, progress=progress, resume=resume)
+
+
+def _model_device(model) -> torch.device | None:
+    device = getattr(model, "device", None) if model is not None else None
+    return torch.device(device) if device is not None else None
 
 
 def _divisors(n: int) -> str:

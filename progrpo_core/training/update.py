@@ -59,13 +59,17 @@ def step_loss(model: Denoiser, adapter: LoraWeights, ro: Rollout, rows: torch.Te
 def policy_update(model: Denoiser, adapter: LoraWeights, optimizer: torch.optim.Optimizer, ema: EMA | None,
                   batch: RolloutBatch, steps: Sequence[int], sampler: SamplerConfig, g: GRPOConfig, world: World,
                   perm_seed: int, on_update: Callable[[], None], on_skip: Callable[[str], None],
-                  max_updates: int | None = None) -> tuple[UpdateStats, Compute]:
+                  max_updates: int | None = None, micro_batch: int | None = None,
+                  scaler: torch.amp.GradScaler | None = None) -> tuple[UpdateStats, Compute]:
     """Train on ``batch``; ``on_update()`` after every optimizer step, ``on_skip(why)`` for every
     step skipped for a non-finite loss or gradient (it may stop the run by raising).
 
-    The minibatches are cut from one seeded permutation of the *whole* batch's rows, and each
-    rank's loss is weighted by its share of the minibatch, so the gradients summed over ranks are
-    the one-process gradient."""
+    The minibatches (``grpo.train_batch_size`` rows) are cut from one seeded permutation of the
+    *whole* batch's rows, and each rank's loss is weighted by its share of the minibatch, so the
+    gradients summed over ranks are the one-process gradient. Within a minibatch, forward and
+    backward passes take ``micro_batch`` network rows at a time (a guided row counts two) and
+    accumulate: the sum is the minibatch's gradient whatever the micro-batch. With fp16 the loss is
+    scaled (``scaler``) so the small policy gradients survive the half-precision backward."""
     ro, adv = batch.rollout, batch.advantages
     n_local = ro.latents.shape[0]
     n_total = batch.total_rows if batch.total_rows is not None else n_local
@@ -83,28 +87,35 @@ def policy_update(model: Denoiser, adapter: LoraWeights, optimizer: torch.optim.
     for ci, chunk in enumerate(chunks):
         mine = (chunk >= batch.row_offset) & (chunk < batch.row_offset + n_local)
         rows = chunk[mine] - batch.row_offset  # this rank's rows of the minibatch, in minibatch order
-        share = len(rows) / len(chunk)
         cond = model.select_cond(ro.cond, rows) if len(rows) else None
+        per = len(rows) if not micro_batch else max(1, micro_batch // mult)
         for j in steps:
             sizes.append(len(chunk))
             if not len(rows):
                 sums.append([0.0, 0.0, 0.0, 0.0])
                 continue
-            with comp.phase("training"):
-                loss, kl, st = step_loss(model, adapter, ro, rows, cond, j, adv, sampler, g, comp)
-                if not torch.isfinite(loss):
-                    poisoned = True
-                else:
-                    # the minibatch mean over all ranks' rows, split into this rank's share
-                    (loss * share / (len(steps) * g.grad_accum)).backward()
-            comp.nfe_train_fwd += len(rows) * mult
-            comp.nfe_train_bwd += len(rows) * mult
-            comp.model_calls += mult
-            n = len(rows)
-            sums.append([float(loss.detach()) * n, float(kl.detach()) * n, st["clip_frac"] * n, st["approx_kl"] * n])
+            step_sums = [0.0, 0.0, 0.0, 0.0]
+            for lo in range(0, len(rows), per):
+                part = rows[lo:lo + per]
+                part_cond = cond if per >= len(rows) else model.select_cond(ro.cond, part)
+                with comp.phase("training"):
+                    loss, kl, st = step_loss(model, adapter, ro, part, part_cond, j, adv, sampler, g, comp)
+                    if not torch.isfinite(loss):
+                        poisoned = True
+                    else:
+                        # the minibatch mean over all ranks' rows, split into this part's share
+                        weighted = loss * (len(part) / len(chunk)) / (len(steps) * g.grad_accum)
+                        (scaler.scale(weighted) if scaler is not None else weighted).backward()
+                comp.nfe_train_fwd += len(part) * mult
+                comp.nfe_train_bwd += len(part) * mult
+                comp.model_calls += mult
+                n = len(part)
+                for k, v in enumerate((float(loss.detach()), float(kl.detach()), st["clip_frac"], st["approx_kl"])):
+                    step_sums[k] += v * n
+            sums.append(step_sums)
         if (ci + 1) % g.grad_accum == 0 or ci == len(chunks) - 1:
             with comp.phase("training"):
-                gn = _optimizer_step(params, optimizer, ema, world, g.grad_clip, poisoned)
+                gn = _optimizer_step(params, optimizer, ema, world, g.grad_clip, poisoned, scaler)
             poisoned = False
             if gn is None:
                 model.net.eval()
@@ -120,16 +131,25 @@ def policy_update(model: Denoiser, adapter: LoraWeights, optimizer: torch.optim.
 
 
 def _optimizer_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, ema: EMA | None,
-                    world: World, grad_clip: float, poisoned: bool) -> float | None:
-    """Sum gradients over ranks, clip, step (and the EMA); the gradient norm, or None when this or
-    another rank's loss or the gradient is not finite (the step is skipped)."""
+                    world: World, grad_clip: float, poisoned: bool,
+                    scaler: torch.amp.GradScaler | None = None) -> float | None:
+    """Sum gradients over ranks, unscale (fp16), clip, step (and the EMA); the gradient norm, or
+    None when this or another rank's loss or the gradient is not finite (the step is skipped; with
+    fp16 the loss scale then shrinks)."""
     bad_ranks = world.sync_grads(params, 1.0 if poisoned else 0.0)
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     gn = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
     ok = bad_ranks == 0 and bool(torch.isfinite(gn))
     if ok:
-        optimizer.step()
+        if scaler is not None:
+            scaler.step(optimizer)
+        else:
+            optimizer.step()
         if ema is not None:
             ema.update()
+    if scaler is not None:
+        scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return float(gn) if ok else None
 

@@ -1,0 +1,90 @@
+"""Gradient checkpointing at a module depth, for any network.
+
+``enable(net, depth)`` wraps the ``forward`` of the modules at ``depth`` so that, when gradients are
+recorded, only their inputs are kept and their insides are recomputed in backward. Depth counts
+modules with a forward of their own, looking through containers (``ModuleList``, ``Sequential``,
+``ModuleDict``): depth 1 is the network's blocks — a UNet's ResBlocks and transformers (inside
+ComfyUI's ``TimestepEmbedSequential``, which is a ``Sequential``), SD3's joint blocks, Flux's
+double and single blocks; depth 2 their parts. Patching the blocks' ``forward`` works for any
+caller, including loops that call ``layer(x, emb, …)`` directly, because ``nn.Module.__call__``
+dispatches to the instance's ``forward``.
+
+Blocks that update their inputs in place (Flux: ``img += …``) would change what the recomputation
+sees, so the checkpointed forward works on copies of its tensor inputs.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+_CONTAINERS = (nn.ModuleList, nn.Sequential, nn.ModuleDict)
+
+
+def modules_at_depth(net: nn.Module, depth: int) -> list[nn.Module]:
+    """The modules ``depth`` levels below ``net`` (containers do not count as a level)."""
+    out: list[nn.Module] = []
+
+    def walk(m: nn.Module, level: int) -> None:
+        for child in m.children():
+            if isinstance(child, _CONTAINERS):
+                walk(child, level)
+            elif level + 1 == depth:
+                out.append(child)
+            else:
+                walk(child, level + 1)
+
+    if depth >= 1:
+        walk(net, 0)
+    return out
+
+
+def enable(net: nn.Module, depth: int) -> list[nn.Module]:
+    """Checkpoint the modules at ``depth`` (0 = nothing); returns them (for :func:`disable`)."""
+    patched = []
+    for m in modules_at_depth(net, depth):
+        if not hasattr(m, "_progrpo_forward") and any(True for _ in m.parameters()):
+            _patch(m)
+            patched.append(m)
+    return patched
+
+
+def disable(modules: list[nn.Module]) -> None:
+    for m in modules:
+        if hasattr(m, "_progrpo_forward"):
+            m.forward = m._progrpo_forward
+            del m._progrpo_forward
+
+
+def _patch(m: nn.Module) -> None:
+    from torch.utils.checkpoint import checkpoint
+
+    org = m.forward
+
+    def fwd(args, kwargs):
+        args = [a.clone() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+        kwargs = {k: (v.clone() if isinstance(v, torch.Tensor) and v.is_floating_point() and k in ("x", "img", "txt")
+                      else v) for k, v in kwargs.items()}
+        return org(*args, **kwargs)
+
+    def checkpointed(*args, **kwargs):
+        if not torch.is_grad_enabled():
+            return org(*args, **kwargs)
+        return checkpoint(fwd, args, kwargs, use_reentrant=False)
+
+    m._progrpo_forward = org
+    m.forward = checkpointed
+
+
+def saved_bytes(fn) -> int:
+    """Bytes of the tensors autograd saves for backward while ``fn()`` runs (the activation memory
+    gradient checkpointing trades for recomputation)."""
+    total = 0
+
+    def pack(t: torch.Tensor):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total

@@ -1,0 +1,348 @@
+"""The preflight planner: what a run will need, before it trains.
+
+:func:`measure_costs` runs the model once or twice per phase on the run's device — a guided
+sampling call, a forward and backward of one trained step, a decode and reward call — with 1 and
+2 rows, and fits each phase's memory and time as ``fixed + per_row·rows``. On CUDA memory is the
+allocator's peak, on the CPU the bytes of the tensors the work allocates
+(:class:`~progrpo_core.memory.MemoryMeter`). :func:`make_plan` turns those costs into the largest
+micro-batches that fit the memory budget (``run.memory_gib``, default 0.9 × what is free), the peak
+memory of every phase, and the seconds per epoch and for the whole run.
+
+Planning for a GPU this machine does not have (``plan --plan.gpu h100``): memory per row is measured
+here in the run's precision, and time is the counted FLOPs at an assumed 40 % of the GPU's dense
+bf16/fp16 throughput.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import torch
+
+from .memory import measure
+
+GiB = 1024**3
+MFU = 0.4  # assumed fraction of a GPU's peak dense throughput reached by these workloads
+
+# Memory (GiB) and dense bf16/fp16 tensor throughput (TFLOPS) of common GPUs, for --plan.gpu.
+GPUS: dict[str, tuple[float, float]] = {
+    "rtx3090": (24, 71), "rtx4090": (24, 165), "rtx5090": (32, 209), "a10": (24, 125), "l4": (24, 121),
+    "a6000": (48, 155), "l40s": (48, 362), "a100-40": (40, 312), "a100-80": (80, 312), "h100": (80, 989),
+    "h200": (141, 989), "b200": (180, 2250),
+}
+
+
+@dataclasses.dataclass
+class Linear:
+    """``fixed + per·n`` (bytes or seconds)."""
+
+    fixed: float
+    per: float
+
+    def at(self, n: float) -> float:
+        return self.fixed + self.per * n
+
+    @classmethod
+    def fit(cls, one: float, two: float) -> "Linear":
+        per = max(0.0, two - one)
+        return cls(max(0.0, one - per), per)
+
+
+@dataclasses.dataclass
+class Costs:
+    """What one row costs in each phase, on ``device`` in ``precision``."""
+
+    device: str
+    precision: str
+    weights: int            # the denoiser's parameters as stored
+    lora_state: int         # LoRA parameters, gradients, two Adam moments and the EMA, float32
+    reward_weights: int     # the reward model's parameters
+    latent: int             # one float32 latent
+    cfg_rows: int           # network rows per trajectory row (2 with guidance)
+    sample: Linear          # one no-grad model call, per network row
+    train: Linear           # forward + backward of one trained step, per trajectory row
+    decode: Linear          # decode + reward call, per image
+    sample_s: Linear
+    train_s: Linear
+    decode_s: Linear
+    flops: dict[str, float]  # per sampling network row, per trained row (fwd+bwd), per image
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _param_bytes(module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters()) if module is not None else 0
+
+
+def measure_costs(model, adapter, reward, sampler, device: torch.device, precision: str, prompt: str) -> Costs:
+    """Probe the model, the LoRA and the reward with 1 and 2 rows per phase (see the module docstring)."""
+    from .samplers import step_from_x0
+
+    device = torch.device(device)
+    mult = 1 if sampler.cfg == 1.0 else 2
+    sig = model.sigmas(sampler.steps)
+    i = max(0, len(sig) // 2 - 1)
+    prompt = [prompt]
+    gen = torch.Generator().manual_seed(0)
+    lora = adapter.parameters()
+
+    def inputs(n):
+        x = torch.randn((n, *model.latent_shape), generator=gen).to(device)
+        return x, sig[i].expand(n).to(device), model.encode_prompts(prompt * n)
+
+    def sample_call(n):
+        x, s, c = inputs(n)
+        return lambda: _no_grad(model.denoise, x, s, c, sampler.cfg)
+
+    def train_call(n):
+        x, s, c = inputs(n)
+
+        def run():
+            x0 = model.denoise(x, s, c, sampler.cfg)
+            _, _, _, logp = step_from_x0(model.family, sampler.sampler, x, x0, sig[i], sig[i + 1], sampler.noise_level,
+                                         prev_sample=x + 0.01)
+            (-logp.mean()).backward()
+            for p in lora:
+                p.grad = None
+        return run
+
+    def decode_call(n):
+        x, _, _ = inputs(n)
+        return lambda: _no_grad(lambda: reward.evaluate(model.decode(x), prompt * n))
+
+    phases = {"sample": sample_call, "train": train_call, "decode": decode_call}
+    mem, sec, flops = {}, {}, {}
+    was_training = model.net.training
+    model.net.train()  # as in the update (checkpointing is active in training mode)
+    try:
+        for name, make in phases.items():
+            make(1)()  # warm-up (lazy initialisation, allocator)
+            m1, t1 = _probe(make(1), device)
+            m2, t2 = _probe(make(2), device)
+            mem[name], sec[name] = Linear.fit(m1, m2), Linear.fit(t1, t2)
+            flops[name] = _flops(make(1))
+    finally:
+        model.net.train(was_training)
+    if mult == 2:  # per network row while sampling
+        mem["sample"] = Linear(mem["sample"].fixed, mem["sample"].per / 2)
+        sec["sample"] = Linear(sec["sample"].fixed, sec["sample"].per / 2)
+        flops["sample"] /= 2
+    n_lora = sum(p.numel() for p in lora)
+    ids = {id(p) for p in lora}
+    weights = sum(p.numel() * p.element_size() for p in model.net.parameters() if id(p) not in ids)
+    return Costs(device=str(device), precision=precision, weights=weights,
+                 lora_state=4 * n_lora * 5, reward_weights=sum(_param_bytes(m) for m in _modules(reward)),
+                 latent=4 * math.prod(model.latent_shape), cfg_rows=mult,
+                 sample=mem["sample"], train=mem["train"], decode=mem["decode"],
+                 sample_s=sec["sample"], train_s=sec["train"], decode_s=sec["decode"], flops=flops)
+
+
+def _flops(fn) -> float:
+    """Matmul and convolution FLOPs of one call (forward, and backward if it runs one)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def _no_grad(fn, *args):
+    with torch.no_grad():
+        return fn(*args)
+
+
+def _probe(fn, device: torch.device, repeats: int = 3) -> tuple[float, float]:
+    """Peak bytes (metered) and the median seconds of ``repeats`` unmetered calls."""
+    import statistics
+    import time
+
+    peak, _ = measure(fn, device)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return float(peak), float(statistics.median(times))
+
+
+def _modules(reward) -> list:
+    mods = getattr(reward, "modules", None)
+    return list(mods()) if callable(mods) else []
+
+
+@dataclasses.dataclass
+class Target:
+    """The device a plan is for: its memory budget and, when planning for another device, its speed."""
+
+    name: str
+    budget: int                  # bytes the run may use
+    tflops: float | None = None  # None: time from this device's measured seconds
+
+
+@dataclasses.dataclass
+class Plan:
+    target: str
+    precision: str
+    sample_micro_batch: int
+    train_micro_batch: int
+    decode_micro_batch: int
+    reward_offload: bool
+    budget_bytes: int
+    peaks: dict[str, int]        # phase → bytes
+    peak_bytes: int
+    seconds: dict[str, float]    # phase → seconds per epoch
+    epoch_s: float
+    eval_s: float
+    run_s: float
+    fits: bool
+    problems: list[str]
+    costs: Costs
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["costs"] = self.costs.as_dict()
+        return d
+
+    def summary(self) -> str:
+        """Two lines for a node's status text."""
+        verdict = "fits" if self.fits else "does NOT fit"
+        return (f"plan: peak {_gib(self.peak_bytes)} of {_gib(self.budget_bytes)} ({verdict}); micro-batches sample "
+                f"{self.sample_micro_batch}, train {self.train_micro_batch}, decode {self.decode_micro_batch}\n"
+                f"~{_dur(self.epoch_s)} per epoch, ~{_dur(self.run_s)} for the run"
+                + (f" (evaluation {_dur(self.eval_s)} each)" if self.eval_s else ""))
+
+    def text(self) -> str:
+        rows = [f"plan for {self.target} ({self.precision}), memory budget {_gib(self.budget_bytes)}",
+                f"  micro-batches: sampling {self.sample_micro_batch} network rows, training "
+                f"{self.train_micro_batch} network rows, decode/reward {self.decode_micro_batch} images"
+                + (", reward model offloaded between scorings" if self.reward_offload else ""),
+                "  peak memory by phase:"]
+        rows += [f"    {k:<10} {_gib(v)}" for k, v in self.peaks.items()]
+        rows.append(f"  peak {_gib(self.peak_bytes)}: " + ("fits" if self.fits else "does NOT fit"))
+        rows.append("  seconds per epoch: " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items())
+                    + f" = {self.epoch_s:.1f} s")
+        rows.append(f"  evaluation {_dur(self.eval_s)} each; whole run ≈ {_dur(self.run_s)}")
+        rows += [f"  ! {p}" for p in self.problems]
+        return "\n".join(rows)
+
+
+def _dur(s: float) -> str:
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+def _gib(n: float) -> str:
+    return f"{n / GiB:.2f} GiB"
+
+
+def rollout_bytes(latent: int, group: int, prompts: int, steps: int, checkpoints: Sequence[int],
+                  keep: Sequence[int]) -> int:
+    """Peak bytes of one rank's sampling round beside the model: the stored latents of the active
+    rows, their current latent, x0 and noise, and the per-step noise draw of every group."""
+    alive, peak = group, 0
+    for i in range(steps):
+        peak = max(peak, prompts * alive * (i + 4) + prompts * group)
+        for c, k in zip(checkpoints, keep):
+            if c - 1 == i:
+                alive = k
+    return latent * max(peak, prompts * alive * (steps + 1))
+
+
+def make_plan(costs: Costs, cfg, schedule, sampler, prompts_per_rank: int, eval_images: int, target: Target,
+              given: dict[str, int | None] | None = None, reward_offload: bool | None = None) -> Plan:
+    """Micro-batches, peak memory, seconds: see the module docstring. ``given`` holds explicit
+    micro-batch sizes (``sample``, ``train``, ``decode``; None = choose)."""
+    given = given or {}
+    mult = costs.cfg_rows
+    G, B, T = schedule.group_size, prompts_per_rank, sampler.steps
+    storage = rollout_bytes(costs.latent, G, B, T, schedule.checkpoints, schedule.keep)
+    trained_rows = B * schedule.trained
+    base = costs.weights + costs.lora_state
+    offload = reward_offload if reward_offload is not None else (
+        base + storage + costs.reward_weights + costs.train.at(mult) > target.budget)
+    resident = base + (0 if offload else costs.reward_weights)
+    problems: list[str] = []
+
+    def largest(fixed_extra: float, cost: Linear, cap: int, step: int, what: str) -> int:
+        room = target.budget - resident - fixed_extra - cost.fixed
+        n = int(room // cost.per) if cost.per > 0 else cap
+        n = min(cap, n - n % step)
+        if n < step:
+            problems.append(f"{what}: even {step} row(s) need {_gib(resident + fixed_extra + cost.at(step))}, more "
+                            f"than the budget {_gib(target.budget)}")
+            return step
+        return n
+
+    sample_mb = given.get("sample") or largest(storage, costs.sample, B * G * mult, mult, "sampling")
+    decode_mb = given.get("decode") or largest(storage + (costs.reward_weights if offload else 0), costs.decode,
+                                               B * G, 1, "decoding and scoring")
+    train_cap = min(cfg.grpo.train_batch_size, trained_rows) * mult
+    train_mb = given.get("train") or largest(storage, Linear(costs.train.fixed, costs.train.per / mult), train_cap,
+                                             mult, "training")
+    peaks = {
+        "sampling": int(resident + storage + costs.sample.at(min(sample_mb, B * G * mult))),
+        "scoring": int(resident + storage + (costs.reward_weights if offload else 0)
+                       + costs.decode.at(min(decode_mb, B * G))),
+        "training": int(resident + storage + costs.train.at(max(1, min(train_mb, train_cap) // mult))),
+        "evaluation": int(resident + costs.sample.at(min(sample_mb, eval_images * mult))
+                          + eval_images * costs.latent * 3),
+    }
+    peak = max(peaks.values())
+    fits = peak <= target.budget and not problems
+    if peak > target.budget and not problems:
+        problems.append(f"peak {_gib(peak)} exceeds the budget {_gib(target.budget)}")
+    seconds = _epoch_seconds(costs, cfg, schedule, sampler, B, sample_mb, train_mb, decode_mb, target)
+    epoch_s = sum(seconds.values())
+    eval_s = _eval_seconds(costs, sampler, eval_images, sample_mb, decode_mb, target)
+    n_evals = 2 + (cfg.run.epochs // cfg.run.eval_every if cfg.run.eval_every else 0)
+    return Plan(target=target.name, precision=costs.precision, sample_micro_batch=int(sample_mb),
+                train_micro_batch=int(train_mb), decode_micro_batch=int(decode_mb), reward_offload=bool(offload),
+                budget_bytes=int(target.budget), peaks=peaks, peak_bytes=int(peak), seconds=seconds,
+                epoch_s=epoch_s, eval_s=eval_s, run_s=cfg.run.epochs * epoch_s + n_evals * eval_s, fits=fits,
+                problems=problems, costs=costs)
+
+
+def _calls(rows: int, per_call: int) -> list[int]:
+    full, rest = divmod(rows, per_call)
+    return [per_call] * full + ([rest] if rest else [])
+
+
+def _time(cost_s: Linear, flops_per_row: float, rows: list[int], target: Target) -> float:
+    if target.tflops:
+        return sum(rows) * flops_per_row / (target.tflops * 1e12 * MFU)
+    return sum(cost_s.at(r) for r in rows)
+
+
+def _epoch_seconds(costs: Costs, cfg, schedule, sampler, B: int, sample_mb: int, train_mb: int, decode_mb: int,
+                   target: Target) -> dict[str, float]:
+    mult = costs.cfg_rows
+    alive, sampling, scoring = schedule.group_size, 0.0, 0.0
+    for i in range(sampler.steps):
+        sampling += _time(costs.sample_s, costs.flops["sample"], _calls(B * alive * mult, sample_mb), target)
+        for c, k in zip(schedule.checkpoints, schedule.keep):
+            if c - 1 == i:
+                scoring += _time(costs.decode_s, costs.flops["decode"], _calls(B * alive, decode_mb), target)
+                alive = k
+    scoring += _time(costs.decode_s, costs.flops["decode"], _calls(B * alive, decode_mb), target)
+    steps = max(1, round(cfg.grpo.timestep_fraction * (sampler.steps - 1)))
+    rows = B * schedule.trained
+    per_call = max(1, train_mb // mult)
+    training = steps * _time(costs.train_s, costs.flops["train"], _calls(rows, per_call), target)
+    if cfg.grpo.kl_beta > 0:  # the reference policy's forward
+        training += steps * _time(costs.sample_s, costs.flops["sample"], _calls(rows * mult, sample_mb), target)
+    return {"sampling": sampling, "scoring": scoring, "training": training}
+
+
+def _eval_seconds(costs: Costs, sampler, images: int, sample_mb: int, decode_mb: int, target: Target) -> float:
+    if not images:
+        return 0.0
+    mult = costs.cfg_rows
+    calls = _calls(images * mult, sample_mb)
+    return (sampler.eval_steps * _time(costs.sample_s, costs.flops["sample"], calls, target)
+            + _time(costs.decode_s, costs.flops["decode"], _calls(images, decode_mb), target))
+
