@@ -11,7 +11,7 @@ from . import host
 from .sampling_nodes import CATEGORY, SEED_MAX, SELECTORS
 from .trace import PROMPTS, REWARD, SCORES, RewardHandle, Scores, kept_json, parse_ints, prune, score_images
 
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 def reward_choices() -> list[str]:
@@ -39,8 +39,10 @@ class RewardModelLoader:
                          "weights file or folder (empty: search models/reward_models and PROGRPO_REWARD_DIR); "
                          "for 'weighted', the spec NAME[=PATH][*WEIGHT],... e.g. 'pickscore*0.7,hpsv2.1*0.3'"}),
                 "device": (["auto", "cpu"], {"default": "auto", "tooltip":
-                           "where the reward model runs: auto = ComfyUI's device (the GPU when there is one)"}),
-                "dtype": (list(DTYPES), {"default": "float32", "tooltip": "reward model precision"}),
+                           "where the reward model runs: auto = ComfyUI's device (the GPU when there is one), "
+                           "loaded and offloaded by ComfyUI's memory manager like its own models"}),
+                "dtype": (list(DTYPES), {"default": "auto", "tooltip":
+                          "reward model precision: auto = float32 on the CPU, bfloat16 (or float16) on a GPU"}),
             },
         }
 
@@ -51,8 +53,10 @@ class RewardModelLoader:
         extra = {"search_dirs": tuple(dirs)} if dirs and (reward in WEIGHT_SOURCES or reward == "weighted") else {}
         if reward == "weighted" and path is None:
             raise ValueError("the 'weighted' reward needs its spec in 'path', e.g. 'pickscore*0.7,hpsv2.1*0.3'")
-        model = build_reward(reward, path, device=dev, dtype=dtype, **extra)
-        return (RewardHandle(model, reward, dev),)
+        if dtype == "auto":
+            dtype = host.reward_dtype(dev)
+        model = build_reward(reward, path, device="cpu" if dev != "cpu" else dev, dtype=dtype, **extra)
+        return (RewardHandle(host.managed_reward(model, dev), reward, dev),)
 
 
 class RewardScorer:

@@ -15,6 +15,8 @@ SELECTORS = tuple(s for s in ovf.SELECTORS if s != "all")
 _SAMPLER_TIP = ("exploration sampler with log-probabilities: auto = flow_sde for flow models (SD3, Flux), ddim for "
                 f"eps/v models (SD1.x, SDXL); {sampler_help()}")
 _NOISE_TIP = f"SDE noise level a (flow samplers) or DDIM eta; -1 = the sampler's default ({noise_help()})"
+_CFG_TIP = ("classifier-free guidance scale in sampling and training (1 = off); 0 = the model's default: 1 for Flux "
+            "(guidance-distilled: use FluxGuidance on the conditioning), 4.5 otherwise")
 
 
 class ExpandedGroupSampler:
@@ -48,8 +50,7 @@ class ExpandedGroupSampler:
                 "sampler": (list(SAMPLER_CHOICES), {"default": "auto", "tooltip": _SAMPLER_TIP}),
                 "noise_level": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 10.0, "step": 0.01,
                                           "tooltip": _NOISE_TIP}),
-                "cfg": ("FLOAT", {"default": 4.5, "min": 1.0, "max": 100.0, "step": 0.1,
-                                  "tooltip": "classifier-free guidance scale (1 = off)"}),
+                "cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": _CFG_TIP}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX,
                                  "tooltip": "seed of the group's noise (each trajectory gets its own stream)"}),
                 "checkpoints": ("STRING", {"default": "", "tooltip":

@@ -27,22 +27,29 @@ TILE_PX = 96
 def build_train_config(*, method: str, epochs: int, prompts_per_epoch: int, steps: int, group_size: int,
                        checkpoints: str, keep: str, sampler: str, noise_level: float, cfg: float,
                        learning_rate: float, rank: int, alpha: float, kl_beta: float, seed: int,
-                       reward_spec: str, model_name: str = "ComfyUI MODEL") -> TrainConfig:
+                       reward_spec: str, model_name: str = "ComfyUI MODEL", precision: str = "auto",
+                       sample_micro_batch: int = 0, train_micro_batch: int = 0,
+                       gradient_checkpointing: bool = True, checkpoint_depth: int = 1) -> TrainConfig:
     """A validated TrainConfig from the trainer node's widgets. ``group_size`` 0 and empty
-    ``checkpoints``/``keep`` take the method's preset; ``noise_level`` < 0 the sampler's default."""
+    ``checkpoints``/``keep`` take the method's preset; ``noise_level`` < 0 the sampler's default;
+    ``cfg`` 0 the model's default; micro-batches 0 are chosen from the free memory."""
     if method not in METHODS:
         raise ValueError(f"method {method!r} unknown; expected one of {', '.join(METHODS)}")
     table = {
         "model": {"comfyui": "(inside ComfyUI)", "checkpoint": model_name},
         "sampler": {"sampler": None if sampler == "auto" else sampler, "steps": int(steps),
-                    "noise_level": None if noise_level < 0 else float(noise_level), "cfg": float(cfg)},
+                    "noise_level": None if noise_level < 0 else float(noise_level),
+                    "cfg": float(cfg) if cfg > 0 else None},
         "schedule": {"group_size": int(group_size) if group_size > 0 else None,
                      "checkpoints": checkpoints.strip() or None, "keep": keep.strip() or None},
         "grpo": {"method": method, "prompts_per_epoch": int(prompts_per_epoch), "lr": float(learning_rate),
                  "kl_beta": float(kl_beta)},
         "lora": {"rank": int(rank), "alpha": float(alpha)},
         "reward": {"name": reward_spec},
-        "run": {"seed": int(seed), "epochs": int(epochs), "eval_every": 0, "save_every": 0},
+        "run": {"seed": int(seed), "epochs": int(epochs), "eval_every": 0, "save_every": 0, "precision": precision,
+                "sample_micro_batch": int(sample_micro_batch) or None,
+                "train_micro_batch": int(train_micro_batch) or None,
+                "gradient_checkpointing": int(checkpoint_depth) if gradient_checkpointing else 0},
     }
     return build_config(table)
 

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from progrpo_core.devices import PRECISIONS
 from progrpo_core.methods import METHODS, presets_text
 
 from . import host
 from . import train_driver as training
 from .reward_nodes import check_reward
-from .sampling_nodes import _NOISE_TIP, _SAMPLER_TIP, CATEGORY, SEED_MAX
+
+from .sampling_nodes import _CFG_TIP, _NOISE_TIP, _SAMPLER_TIP, CATEGORY, SEED_MAX
 from .trace import LORA, PROMPTS, REWARD, save_lora_tensors
 
 _PRESETS = f"presets (checkpoints scale with T): {presets_text()}"
@@ -84,8 +86,7 @@ class GRPOLoraTrainer:
                 "sampler": (list(training.SAMPLER_CHOICES), {"default": "auto", "tooltip": _SAMPLER_TIP}),
                 "noise_level": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 10.0, "step": 0.01,
                                           "tooltip": _NOISE_TIP}),
-                "cfg": ("FLOAT", {"default": 4.5, "min": 1.0, "max": 100.0, "step": 0.1,
-                                  "tooltip": "guidance scale in sampling and training (1 = off; Flux: 1)"}),
+                "cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": _CFG_TIP}),
                 "learning_rate": ("FLOAT", {"default": 0.0003, "min": 0.0000001, "max": 1.0, "step": 0.0000001,
                                             "tooltip": "AdamW learning rate of the LoRA"}),
                 "rank": ("INT", {"default": 8, "min": 1, "max": 512, "tooltip": "LoRA rank"}),
@@ -99,7 +100,7 @@ class GRPOLoraTrainer:
                                  "tooltip": "seed of the noise, prompt order and LoRA initialisation"}),
                 "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip":
                                            "recompute activations in backward: less memory, more time "
-                                           "(needed for Flux, whose blocks work in place)"}),
+                                           "(needed for Flux, whose blocks work in place); depth in checkpoint_depth"}),
                 "run_name": ("STRING", {"default": "progrpo", "tooltip":
                              "name of the autosave file models/loras/progrpo/autosave/<run_name>.safetensors"}),
                 "resume": ("BOOLEAN", {"default": False, "tooltip":
@@ -108,6 +109,18 @@ class GRPOLoraTrainer:
                                "autosave every N epochs (0 = only at the end or when stopped)"}),
             },
             "optional": {
+                "precision": (list(PRECISIONS), {"default": "auto", "tooltip":
+                              "the model's compute dtype while training: auto = bf16 on GPUs that have it, else "
+                              "fp16 with loss scaling; fp32 on the CPU. The LoRA, its optimizer and EMA stay fp32"}),
+                "sample_micro_batch": ("INT", {"default": 0, "min": 0, "max": 4096, "tooltip":
+                                       "rows per model call while sampling (a guided row counts two); 0 = chosen "
+                                       "from the free memory by the planner"}),
+                "train_micro_batch": ("INT", {"default": 0, "min": 0, "max": 4096, "tooltip":
+                                      "rows per forward/backward in training (gradients accumulate); 0 = chosen "
+                                      "from the free memory by the planner"}),
+                "checkpoint_depth": ("INT", {"default": 1, "min": 1, "max": 4, "tooltip":
+                                     "gradient checkpointing at this module depth: 1 = the model's blocks (most "
+                                     "memory saved), 2 = their parts"}),
                 "clip": ("CLIP", {"tooltip": "the model's text encoder, to encode the prompt list"}),
                 "positive": ("CONDITIONING", {"tooltip": "instead of a CLIP: the conditioning of the (single) prompt"}),
                 "negative": ("CONDITIONING", {"tooltip": "negative conditioning (default: the empty prompt)"}),
@@ -117,19 +130,20 @@ class GRPOLoraTrainer:
 
     def train(self, model, vae, reward, prompts, latent, method, epochs, prompts_per_epoch, steps, group_size,
               checkpoints, keep, sampler, noise_level, cfg, learning_rate, rank, alpha, targets, kl_beta, seed,
-              gradient_checkpointing, run_name, resume, save_every, clip=None, positive=None, negative=None,
-              unique_id=None):
+              gradient_checkpointing, run_name, resume, save_every, precision="auto", sample_micro_batch=0,
+              train_micro_batch=0, checkpoint_depth=1, clip=None, positive=None, negative=None, unique_id=None):
         handle = check_reward(reward)
         prompts = training.check_prompts(prompts)
         config = training.build_train_config(
             method=method, epochs=epochs, prompts_per_epoch=prompts_per_epoch, steps=steps, group_size=group_size,
             checkpoints=checkpoints, keep=keep, sampler=sampler, noise_level=noise_level, cfg=cfg,
             learning_rate=learning_rate, rank=rank, alpha=alpha, kl_beta=kl_beta, seed=seed, reward_spec=handle.spec,
-            model_name=type(getattr(model, "model", model)).__name__)
+            model_name=type(getattr(model, "model", model)).__name__, precision=precision,
+            sample_micro_batch=sample_micro_batch, train_micro_batch=train_micro_batch,
+            gradient_checkpointing=gradient_checkpointing, checkpoint_depth=checkpoint_depth)
         out_model, lora, curves, summary = host.train_lora(
             model, vae, clip, positive, negative, latent, prompts, config, handle, targets=targets,
-            gradient_checkpointing=gradient_checkpointing, run_name=run_name, resume=resume, save_every=save_every,
-            node_id=unique_id)
+            run_name=run_name, resume=resume, save_every=save_every, node_id=unique_id)
         host.show_text(unique_id, summary)
         return {"ui": {"text": [summary]}, "result": (out_model, lora, curves)}
 

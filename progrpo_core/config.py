@@ -76,7 +76,9 @@ class SamplerConfig:
                                    "default flow_sde / ddim by model family")
     steps: int = _help("sampling steps T per rollout", 10)
     noise_level: Optional[float] = _help(f"SDE noise level a or DDIM eta (default: {noise_help()})")
-    cfg: float = _help("classifier-free guidance scale in sampling and training (1 = off)", 1.0)
+    cfg: Optional[float] = _help("classifier-free guidance scale in sampling and training (1 = off; auto: the "
+                                 "model's own default — 1 for the built-in and guidance-distilled models such as "
+                                 "Flux, 4.5 otherwise)")
     eval_steps: int = _help("deterministic sampling steps for evaluation", 10)
 
     def __post_init__(self):
@@ -88,14 +90,16 @@ class SamplerConfig:
               f"sampler.eval_steps={self.eval_steps!r} must be an integer >= 1")
         _need(self.noise_level is None or (math.isfinite(self.noise_level) and self.noise_level >= 0),
               f"sampler.noise_level={self.noise_level!r} must be a finite number >= 0")
-        _need(math.isfinite(self.cfg) and self.cfg >= 1.0,
-              f"sampler.cfg={self.cfg!r} must be >= 1 (1 turns guidance off)")
+        _need(self.cfg is None or (math.isfinite(self.cfg) and self.cfg >= 1.0),
+              f"sampler.cfg={self.cfg!r} must be >= 1 (1 turns guidance off), or auto")
 
-    def resolved(self, family: str) -> "SamplerConfig":
+    def resolved(self, family: str, default_cfg: float = 1.0) -> "SamplerConfig":
+        """Every field set: the family's default sampler, its default noise, the model's default cfg."""
         sampler = self.sampler or DEFAULT_SAMPLER.get(family, "")
         check_sampler(family, sampler)
         noise = self.noise_level if self.noise_level is not None else SAMPLER_SPECS[sampler].default_noise
-        return dataclasses.replace(self, sampler=sampler, noise_level=noise)
+        cfg = self.cfg if self.cfg is not None else float(default_cfg)
+        return dataclasses.replace(self, sampler=sampler, noise_level=noise, cfg=cfg)
 
 
 @dataclasses.dataclass

@@ -34,6 +34,7 @@ class Denoiser(Protocol):
         lora_targets: names (suffixes) of the Linear/Conv modules that get adapters.
         device: where the model computes; latents and noise live there.
         builtin: True for the built-in digits models (small: cheap defaults for evaluation and memory).
+        default_cfg: the guidance scale ``sampler.cfg auto`` means for this model (optional, 1).
 
     Optional: ``set_precision(dtype)`` makes the model compute in ``dtype`` (its ``denoise`` still
     takes and returns float32).

@@ -261,7 +261,8 @@ def test_trainer_node_refuses_bad_input_before_any_work(reward):
     node = NODE_CLASS_MAPPINGS["ProGRPOLoraTrainer"]()
     w = _train_widgets()
     del w["reward_spec"], w["model_name"]
-    w.update(targets="attention", gradient_checkpointing=True, run_name="x", resume=False, save_every=1)
+    w.update(targets="attention", gradient_checkpointing=True, run_name="x", resume=False, save_every=1,
+             precision="auto", sample_micro_batch=0, train_micro_batch=0, checkpoint_depth=1)
     with pytest.raises(ValueError, match="prompt list is empty"):
         node.train(object(), object(), reward, [], {"samples": torch.zeros(1, 16, 8, 8)}, **w)
     with pytest.raises(ValueError, match="not a loaded reward model"):

@@ -7,9 +7,10 @@ this package, and converts to the core's types at the boundary, once. By concern
 * :mod:`.convert`       IMAGE/LATENT layouts ↔ the core's tensors (no ComfyUI needed)
 * :mod:`.model`         ``ComfyDenoiser``: a MODEL as the core's Denoiser; model family, LoRA targets
 * :mod:`.lora`          ``ComfyLoraAdapter``: a trainable LoRA through ComfyUI's weight wrappers
-* :mod:`.train_context` ``training_model``: the clone, inference-mode and checkpointing context
+* :mod:`.train_context` ``training_model``: the clone and inference-mode context
 * :mod:`.ui`            progress bars (the interrupt check), previews, status text
 * :mod:`.files`         the pack's folders (``folder_paths``)
+* :mod:`.reward`        reward models under ComfyUI's memory manager
 * :mod:`.sampling`      what the sampler and projector nodes run
 * :mod:`.trainer`       the trainer node: a thin driver of the core's training loop
 * :mod:`.headless`      ``load_comfy_denoiser`` for ``python -m progrpo_core train --model.comfyui``
@@ -19,16 +20,18 @@ definitions) imports where ComfyUI is absent; the functions that need ComfyUI sa
 """
 from .convert import core_to_image, image_to_core, latent_samples, pil_of
 from .files import (autosave_path, input_dir, lora_metadata_of, loras_dir, register_folders, reward_device,
-                    reward_dirs, run_folder)
-from .lora import ComfyLoraAdapter, LoraDelta, apply_lora
+                    reward_dirs, reward_dtype, run_folder)
+from .lora import ComfyLoraAdapter, LoraBranch, apply_lora
 from .model import TARGET_PRESETS, ComfyDenoiser, model_family, target_modules
+from .reward import managed as managed_reward
 from .sampling import project_latent, resolve_sampler, sample_expanded_group
 from .trainer import train_lora
 from .train_context import training_model
 from .ui import Progress, is_interrupt, show_text
 
 __all__ = ["core_to_image", "image_to_core", "latent_samples", "pil_of", "autosave_path", "input_dir",
-           "lora_metadata_of", "loras_dir", "register_folders", "reward_device", "reward_dirs", "run_folder",
-           "ComfyLoraAdapter", "LoraDelta", "apply_lora", "TARGET_PRESETS", "ComfyDenoiser", "model_family",
+           "lora_metadata_of", "loras_dir", "register_folders", "reward_device", "reward_dirs", "reward_dtype",
+           "run_folder", "managed_reward",
+           "ComfyLoraAdapter", "LoraBranch", "apply_lora", "TARGET_PRESETS", "ComfyDenoiser", "model_family",
            "target_modules", "project_latent", "resolve_sampler", "sample_expanded_group", "train_lora",
            "training_model", "Progress", "is_interrupt", "show_text"]

@@ -56,6 +56,15 @@ def reward_device(choice: str) -> str:
         return "cpu"
 
 
+def reward_dtype(device: str) -> str:
+    """``auto`` reward precision: float32 on the CPU, bfloat16 (else float16) on a GPU."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return "float32"
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+
 def lora_metadata_of(path: Path) -> dict[str, Any]:
     """The ``progrpo.*`` header of a LoRA file, values JSON-decoded where possible."""
     return decode_header(read_lora_file(path)[1])

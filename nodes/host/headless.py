@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 from .model import ComfyDenoiser
-from .train_context import checkpoint_blocks
 
 
 def import_comfyui(comfyui_path: str | os.PathLike, device: str = "cpu") -> None:
@@ -51,8 +50,7 @@ def import_comfyui(comfyui_path: str | os.PathLike, device: str = "cpu") -> None
 
 
 def load_comfy_denoiser(comfyui_path: str | os.PathLike, checkpoint: str | os.PathLike, device: str = "cpu",
-                        resolution: int | None = None, gradient_checkpointing: bool = True,
-                        clip: str | None = None, clip_type: str = "stable_diffusion",
+                        resolution: int | None = None, clip: str | None = None, clip_type: str = "stable_diffusion",
                         vae: str | None = None) -> ComfyDenoiser:
     """The checkpoint as the core's Denoiser (with its CLIP and VAE), ready for the core Trainer."""
     import_comfyui(comfyui_path, device)
@@ -88,9 +86,7 @@ def load_comfy_denoiser(comfyui_path: str | os.PathLike, checkpoint: str | os.Pa
         raise ValueError(f"resolution {resolution} must be a multiple of the VAE's downscale factor {ratio}")
     latent_shape = (int(fmt.latent_channels), resolution // ratio, resolution // ratio)
     model.model.requires_grad_(False)
-    den = ComfyDenoiser(model, latent_shape, vae=vae, clip=clip, name=path.name)
-    if gradient_checkpointing:
-        checkpoint_blocks(den.net)
+    den = ComfyDenoiser(model, latent_shape, vae=vae, clip=clip, name=path.name, full_load=True)
     mm.in_training = True  # this process trains: ops without autograd formulas (fused RoPE) are avoided
     return den
 

@@ -101,10 +101,12 @@ class ComfyDenoiser:
     each :meth:`denoise` call opens its own (slower, but correct; used headless)."""
 
     lora_prefix = LORA_PREFIX
+    builtin = False
 
     def __init__(self, patcher, latent_shape: Sequence[int], vae=None, clip=None, targets: str = "attention",
-                 name: str | None = None, max_batch: int = 0):
+                 name: str | None = None, max_batch: int = 0, full_load: bool = False):
         self.patcher = patcher
+        self.full_load = full_load  # load the whole model on the device for a session (training)
         self.family = model_family(patcher)
         self.latent_format = patcher.model.latent_format
         channels = int(getattr(self.latent_format, "latent_channels", latent_shape[0]))
@@ -126,6 +128,27 @@ class ComfyDenoiser:
         self._session: tuple[Any, dict, dict] | None = None
         self._fingerprint: str | None = None
         self.model_calls = 0
+
+    @property
+    def default_cfg(self) -> float:
+        """Guidance-distilled models (Flux) sample at cfg 1 (their guidance is a conditioning
+        input, e.g. FluxGuidance); the others at Flow-GRPO's 4.5."""
+        return 1.0 if "flux" in type(self.patcher.model).__name__.lower() else 4.5
+
+    # -- device and precision -------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.patcher.load_device)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        model = self.patcher.model
+        return model.get_dtype_inference() if hasattr(model, "get_dtype_inference") else model.get_dtype()
+
+    def set_precision(self, dtype: torch.dtype) -> None:
+        """Compute in ``dtype`` (ComfyUI casts the stored weights per layer; they are not converted)."""
+        if dtype != self.compute_dtype:
+            self.patcher.set_model_compute_dtype(dtype)
 
     # -- prompts --------------------------------------------------------------------------------
     def add_prompt(self, text: str, positive: list, negative: list | None = None) -> int:
@@ -217,6 +240,10 @@ class ComfyDenoiser:
                 self._session = None
 
         sampler = _SessionSampler(session)
+        if self.full_load:  # as ComfyUI's own trainer: the whole model on the device, nothing offloaded
+            import comfy.model_management
+
+            comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
         guider.sample(noise, torch.zeros_like(noise), sampler, sigmas.float(), seed=0, disable_pbar=True)
         return sampler.result
 

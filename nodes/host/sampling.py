@@ -25,6 +25,7 @@ def sample_expanded_group(model, positive, negative, latent, *, prompt: str, see
     samples = latent_samples(latent)
     den = ComfyDenoiser(model, samples.shape[1:], vae=vae)
     sampler, noise_level = resolve_sampler(den.family, sampler, noise_level)
+    cfg = cfg if cfg > 0 else den.default_cfg
     score_fn = None
     if schedule.checkpoints:
         if reward is None:

@@ -21,12 +21,13 @@ log = logging.getLogger("progrpo")
 
 
 def train_lora(model, vae, clip, positive, negative, latent, prompts: list[str], cfg, reward, *, targets: str,
-               gradient_checkpointing: bool, run_name: str, resume: bool, save_every: int,
-               node_id: str | None = None):
+               run_name: str, resume: bool, save_every: int, node_id: str | None = None):
     """The GRPO LoRA Trainer: ``(MODEL with the LoRA, LORA_MODEL, curves IMAGE, summary text)``.
 
-    Trains on a clone of MODEL (see :func:`training_model`) by driving the core's training loop.
-    Every ``save_every`` epochs and at the end, the LoRA goes to
+    Trains on a clone of MODEL (see :func:`training_model`), loaded whole on ComfyUI's device, by
+    driving the core's training loop; precision, micro-batches and gradient checkpointing come from
+    ``cfg.run``. Before training, the planner's numbers are shown on the node and a run that cannot
+    fit is refused. Every ``save_every`` epochs and at the end, the LoRA goes to
     ``models/loras/progrpo/autosave/<run_name>.safetensors`` and a resumable checkpoint (LoRA,
     optimizer, EMA, RNG) to ``output/progrpo/<run_name>/``; when training stops early (interrupt or
     error) the last completed epoch is checkpointed and the LoRA trained so far saved. ``resume``
@@ -37,58 +38,83 @@ def train_lora(model, vae, clip, positive, negative, latent, prompts: list[str],
     cfg.run.out = str(folder.out)
     cfg.run.save_every = cfg.run.checkpoint_every = int(save_every)
     cfg.run.keep_checkpoints = 2
-    T = cfg.sampler.steps
+    cfg.reward.offload = False  # the reward model's memory is ComfyUI's to manage (see host.reward)
 
-    with training_model(model, gradient_checkpointing) as (mp, shares):
+    with training_model(model) as (mp, shares):
         den = ComfyDenoiser(mp, samples.shape[1:], vae=vae, clip=clip, targets=targets,
-                            name=type(model.model).__name__)
+                            name=type(model.model).__name__, full_load=True)
         _register_prompts(den, clip, positive, negative, prompts)
         adapter = ComfyLoraAdapter(den, cfg.lora.rank, cfg.lora.alpha, seed=cfg.run.seed, copy_other_weights=shares)
         recorder = training.RecordingReward(reward.reward)
         trainer = Trainer(cfg, model=den, reward=recorder, prompts=prompts, adapter=adapter, log=log.info)
-        try:  # a full disk or unwritable output folder fails now, not after an hour
-            resumed = trainer.open(folder, resume=resume)
-        except CheckpointError as e:
-            raise ValueError(f"cannot resume run {run_name!r}: {e}") from None
-        start = trainer.epoch
-        progress = Progress(max(1, cfg.run.epochs - start) * (T + 1), node_id)
-        if resumed:
-            progress.text(f"resuming {run_name} after epoch {start}")
-        G = trainer.schedule.group_size
-
-        def on_epoch(record):
-            grid = training.preview_grid(recorder, record.batch, G, cfg.grpo.prompts_per_epoch)
-            progress.update((record.epoch - start) * (T + 1), None, preview=pil_of(grid) if grid is not None else None)
-            progress.text(record.text(cfg.run.epochs))
-
         try:
-            if start < cfg.run.epochs:
-                den.run(lambda: training.drive_training(trainer, folder, on_step=progress.update, on_epoch=on_epoch),
-                        sigmas=den.sigmas(T), max_rows=G * cfg.grpo.prompts_per_epoch)
-        except BaseException as e:
-            if trainer.optimizer_steps > 0:
-                try:
-                    trainer.save_lora(folder.lora_path)
-                    log.warning("ProGRPO: training stopped in epoch %d (%s); the LoRA trained so far is in %s; "
-                                "resume continues from the last checkpoint in %s", trainer.epoch,
-                                type(e).__name__, folder.lora_path, folder.out)
-                except Exception as save_error:  # never hide the error that stopped training
-                    log.error("ProGRPO: training stopped (%s) and the LoRA trained so far could not be saved: %s",
-                              type(e).__name__, save_error)
-            if isinstance(e, RuntimeError) and "modified by an inplace operation" in str(e) and not gradient_checkpointing:
-                raise RuntimeError(f"{type(model.model).__name__} updates activations in place inside its blocks "
-                                   "(Flux does), which plain backpropagation cannot handle: turn "
-                                   "gradient_checkpointing on") from None
-            raise
-        trainer.save_lora(folder.lora_path)
-        if trainer.state.last_checkpoint != trainer.epoch:
-            trainer.save_checkpoint(folder)
-        lora = training.trained_lora(trainer)
-        history = [EpochRecord.from_row(r) for r in trainer.metrics_rows if r["epoch"] > start]
-        summary = _summary(cfg, history, start, trainer, folder)
+            history, start = _train(trainer, den, folder, recorder, run_name, resume, node_id)
+            lora = training.trained_lora(trainer)
+            summary = _summary(cfg, history, start, trainer, folder)
+        finally:
+            trainer.close()
+            adapter.remove()
     out_model = apply_lora(model, lora)
     curves = training.curves_image(history, f"{cfg.grpo.method}: {reward.spec}")
     return out_model, lora, curves, summary
+
+
+def _train(trainer: Trainer, den: ComfyDenoiser, folder: RunFolder, recorder, run_name: str, resume: bool,
+           node_id: str | None) -> tuple[list[EpochRecord], int]:
+    """Open the run folder, plan, train; save the LoRA and a checkpoint at the end. Returns this
+    call's epoch records and the epoch it started from."""
+    cfg, T = trainer.cfg, trainer.sampler.steps
+    try:  # a full disk or unwritable output folder fails now, not after an hour
+        resumed = trainer.open(folder, resume=resume)
+    except CheckpointError as e:
+        raise ValueError(f"cannot resume run {run_name!r}: {e}") from None
+    start = trainer.epoch
+    progress = Progress(max(1, cfg.run.epochs - start) * (T + 1), node_id)
+    if resumed:
+        progress.text(f"resuming {run_name} after epoch {start}")
+    G = trainer.schedule.group_size
+
+    def on_epoch(record):
+        grid = training.preview_grid(recorder, record.batch, G, cfg.grpo.prompts_per_epoch)
+        progress.update((record.epoch - start) * (T + 1), None, preview=pil_of(grid) if grid is not None else None)
+        progress.text(record.text(cfg.run.epochs))
+
+    def body():
+        plan = trainer.ensure_plan()
+        if plan is not None:
+            progress.text(plan.summary())
+            if not plan.fits:
+                raise ValueError(_does_not_fit(plan))
+        training.drive_training(trainer, folder, on_step=progress.update, on_epoch=on_epoch)
+
+    try:
+        if start < cfg.run.epochs:
+            den.run(body, sigmas=den.sigmas(T))
+    except BaseException as e:
+        if trainer.optimizer_steps > 0:
+            try:
+                trainer.save_lora(folder.lora_path)
+                log.warning("ProGRPO: training stopped in epoch %d (%s); the LoRA trained so far is in %s; "
+                            "resume continues from the last checkpoint in %s", trainer.epoch,
+                            type(e).__name__, folder.lora_path, folder.out)
+            except Exception as save_error:  # never hide the error that stopped training
+                log.error("ProGRPO: training stopped (%s) and the LoRA trained so far could not be saved: %s",
+                          type(e).__name__, save_error)
+        if (isinstance(e, RuntimeError) and "modified by an inplace operation" in str(e)
+                and not cfg.run.gradient_checkpointing):
+            raise RuntimeError(f"{den.name} updates activations in place inside its blocks (Flux does), which "
+                               "plain backpropagation cannot handle: turn gradient_checkpointing on") from None
+        raise
+    trainer.save_lora(folder.lora_path)
+    if trainer.state.last_checkpoint != trainer.epoch:
+        trainer.save_checkpoint(folder)
+    return [EpochRecord.from_row(r) for r in trainer.metrics_rows if r["epoch"] > start], start
+
+
+def _does_not_fit(plan) -> str:
+    return (f"this training run does not fit in the device's memory: {'; '.join(plan.problems)}.\n{plan.text()}\n"
+            "Lower prompts_per_epoch or group_size, train at a smaller latent size, set the micro-batch widgets to "
+            "smaller numbers, or turn gradient_checkpointing on (checkpoint_depth 1).")
 
 
 def _check_inputs(model, vae, clip, positive, samples: torch.Tensor, prompts: list[str], cfg) -> None:

@@ -59,7 +59,7 @@ class Trainer:
         self.log = log if self.world.is_main else (lambda s: None)
         self.model = model if model is not None else load_model(cfg, self.device)
         self.precision = resolve_precision(cfg.run.precision, self.device)
-        self.sampler = cfg.sampler.resolved(self.model.family)
+        self.sampler = cfg.sampler.resolved(self.model.family, getattr(self.model, "default_cfg", 1.0))
         self.schedule = cfg.prune_schedule()
         rdev, rdtype = self._reward_placement()
         self.reward = reward if reward is not None else build_reward(cfg.reward.name, cfg.reward.path, device=rdev,

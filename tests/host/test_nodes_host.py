@@ -468,7 +468,8 @@ def test_trainer_streams_progress_preview_and_reward_text(comfy_server):
     w, h = Image.open(io.BytesIO(previews[-1])).size
     assert w > h > 0  # the group above its survivors
     lines = [t for n, t in status if n == "train"]
-    assert [t[:18] for t in lines[:2]] == ["epoch 1/2: reward ", "epoch 2/2: reward "]
+    assert lines[0].startswith("plan: peak ") and "fits" in lines[0]  # the planner's numbers before training
+    assert [t[:18] for t in lines[1:3]] == ["epoch 1/2: reward ", "epoch 2/2: reward "]
     assert lines[-1].startswith("pro-grpo: epochs 1..2 of 2")  # the summary stays on the node
 
 

@@ -1,0 +1,60 @@
+"""Reward models under ComfyUI's memory manager.
+
+A reward loaded with ``device: auto`` on a GPU is built on the CPU and wrapped in a
+``ModelPatcher`` whose load device is ComfyUI's device: before each scoring call it is loaded
+with ``load_models_gpu`` like any ComfyUI model, so ComfyUI counts its memory, and when the
+denoiser (or anything else) needs the room, ComfyUI offloads it to the CPU again.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from progrpo_core.rewards import Reward
+
+
+class ManagedReward(Reward):
+    """``inner``'s modules in a ComfyUI ``ModelPatcher``; scoring loads them first."""
+
+    def __init__(self, inner: Reward, load_device):
+        import comfy.model_patcher
+
+        self.inner, self.name = inner, inner.name
+        self.load_device = torch.device(load_device)
+        inner.place("cpu")
+        self.patcher = comfy.model_patcher.ModelPatcher(torch.nn.ModuleList(inner.modules()),
+                                                        load_device=self.load_device,
+                                                        offload_device=torch.device("cpu"))
+
+    def _load(self) -> None:
+        import comfy.model_management
+
+        comfy.model_management.load_models_gpu([self.patcher])
+        if hasattr(self.inner, "device"):
+            self.inner.device = self.load_device  # the inputs follow the weights ComfyUI moved
+
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        self._load()
+        return self.inner.score(images, prompts)
+
+    def evaluate(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        self._load()
+        return self.inner.evaluate(images, prompts)
+
+    @property
+    def total_key(self) -> str:
+        return self.inner.total_key
+
+    def components(self) -> list[tuple[str, float]]:
+        return self.inner.components()
+
+    def modules(self) -> list[torch.nn.Module]:
+        return self.inner.modules()
+
+
+def managed(reward: Reward, device: str) -> Reward:
+    """``reward`` under ComfyUI's memory manager when it runs on a GPU; as it is on the CPU."""
+    if torch.device(device).type == "cpu" or not reward.modules():
+        return reward
+    return ManagedReward(reward, device)
