@@ -95,6 +95,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Print the plan of the run ``train`` would start with the same settings."""
+    from .planner import GPUS, GiB, Target
+    from .training import Trainer
+
+    cfg = config_from_args(args)
+    _single_thread_for_builtin(cfg.model.comfyui is None)
+    target = None
+    if args.gpu or args.gpu_memory:
+        memory, tflops = GPUS.get(args.gpu, (None, None)) if args.gpu else (None, None)
+        if args.gpu and args.gpu not in GPUS:
+            raise ValueError(f"--gpu {args.gpu!r} unknown; expected one of {', '.join(GPUS)}, or give --gpu-memory "
+                             "and --gpu-tflops")
+        memory, tflops = args.gpu_memory or memory, args.gpu_tflops or tflops
+        if not memory or not tflops:
+            raise ValueError("planning for a GPU needs its memory and speed: --gpu NAME, or --gpu-memory GIB and "
+                             "--gpu-tflops T (dense bf16/fp16 TFLOPS)")
+        # measured here in the GPU's precision (bf16 unless given), timed by FLOPs
+        cfg.run.device = "cpu"
+        if cfg.run.precision == "auto":
+            cfg.run.precision = "bf16"
+        target = Target(args.gpu or f"a {memory:g} GiB GPU", int(0.9 * memory * GiB), float(tflops))
+    trainer = Trainer(cfg, log=lambda s: None)
+    try:
+        plan = trainer.make_plan(target)
+    finally:
+        trainer.close()
+    if args.json:
+        d = plan.as_dict()
+        print(json.dumps(d))
+    else:
+        print(plan.text())
+    return 0 if plan.fits else 1
+
+
 def _model_and_lora(name: str, lora: str | None):
     from .embedded import load_digits_model
     from .lora import lora_from_file
@@ -159,6 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in RUN_DIR from its newest checkpoint, with its config.toml "
                         "(flags may change run length and output settings, e.g. --run.epochs)")
     t.set_defaults(func=cmd_train)
+
+    pl = sub.add_parser("plan", help="before training: peak memory per phase, micro-batches, seconds per epoch and "
+                                     "for the run (the same settings as train)")
+    _add_config_flags(pl)
+    pl.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    pl.add_argument("--gpu", help="plan for this GPU instead of this machine's device (e.g. rtx4090, a100-80, h100)")
+    pl.add_argument("--gpu-memory", type=float, metavar="GIB", help="plan for a GPU with this much memory")
+    pl.add_argument("--gpu-tflops", type=float, metavar="T", help="... and this dense bf16/fp16 throughput")
+    pl.set_defaults(func=cmd_plan)
 
     def sampling_flags(q):
         q.add_argument("--model", default="digits-flow", help="built-in model: digits-flow or digits-eps")

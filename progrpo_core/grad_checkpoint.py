@@ -14,10 +14,13 @@ sees, so the checkpointed forward works on copies of its tensor inputs.
 """
 from __future__ import annotations
 
+import contextvars
+
 import torch
 from torch import nn
 
 _CONTAINERS = (nn.ModuleList, nn.Sequential, nn.ModuleDict)
+_KEPT = contextvars.ContextVar("progrpo_checkpoint_inputs", default=None)  # a list while saved_bytes counts
 
 
 def modules_at_depth(net: nn.Module, depth: int) -> list[nn.Module]:
@@ -69,6 +72,9 @@ def _patch(m: nn.Module) -> None:
     def checkpointed(*args, **kwargs):
         if not torch.is_grad_enabled():
             return org(*args, **kwargs)
+        kept = _KEPT.get()
+        if kept is not None:  # the inputs a checkpoint keeps for its recomputation
+            kept.extend(t for t in list(args) + list(kwargs.values()) if isinstance(t, torch.Tensor))
         return checkpoint(fwd, args, kwargs, use_reentrant=False)
 
     m._progrpo_forward = org
@@ -76,8 +82,9 @@ def _patch(m: nn.Module) -> None:
 
 
 def saved_bytes(fn) -> int:
-    """Bytes of the tensors autograd saves for backward while ``fn()`` runs (the activation memory
-    gradient checkpointing trades for recomputation)."""
+    """Bytes autograd keeps for backward while ``fn()`` runs: the tensors saved for backward
+    (``saved_tensors_hooks``) plus the inputs each checkpointed module keeps for its
+    recomputation (inside a checkpoint, the saved tensors are placeholders, not counted)."""
     total = 0
 
     def pack(t: torch.Tensor):
@@ -85,6 +92,11 @@ def saved_bytes(fn) -> int:
         total += t.numel() * t.element_size()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total
+    kept: list[torch.Tensor] = []
+    token = _KEPT.set(kept)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn()
+    finally:
+        _KEPT.reset(token)
+    return total + sum(t.numel() * t.element_size() for t in kept)

@@ -88,6 +88,8 @@ class LoraAdapter(LoraWeights):
             raise ValueError(f"no module of the network matches LoRA targets {self.targets}")
         for name, p in denoiser.net.named_parameters():
             p.requires_grad_(".lora_" in name)
+            if ".lora_" in name and p.dtype != torch.float32:  # peft follows a half-precision base layer
+                p.data = p.data.float()
 
     def _lora_modules(self) -> dict[str, nn.Module]:
         from peft.tuners.lora import LoraLayer

@@ -153,14 +153,15 @@ def _no_grad(fn, *args):
         return fn(*args)
 
 
-def _probe(fn, device: torch.device, repeats: int = 3) -> tuple[float, float]:
-    """Peak bytes (metered) and the median seconds of ``repeats`` unmetered calls."""
+def _probe(fn, device: torch.device, repeats: int = 3, enough_s: float = 2.0) -> tuple[float, float]:
+    """Peak bytes (metered) and the median seconds of up to ``repeats`` unmetered calls (fewer
+    once they add up to ``enough_s``: a slow call times itself well)."""
     import statistics
     import time
 
     peak, _ = measure(fn, device)
-    times = []
-    for _ in range(repeats):
+    times: list[float] = []
+    while len(times) < repeats and sum(times) < enough_s:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()

@@ -187,6 +187,7 @@ class Trainer:
             self._skip_update(epoch, f"{batch.nonfinite} reward(s) are NaN or infinite")
             return UpdateStats()
         seed = self.cfg.run.seed
+        self.rehome()  # sampling may have loaded (moved) the model and its LoRA
         steps = update.train_steps(batch.rollout, self.cfg.grpo.timestep_fraction, seed * 131 + epoch)
 
         def on_update() -> None:
@@ -380,7 +381,6 @@ class Trainer:
     def _one_epoch(self, epoch: int, on_sample_step: Callable[[dict], None] | None) -> EpochRecord:
         c = self.cfg
         self.epoch = epoch + 1
-        self.rehome()
         t0, c0 = time.perf_counter(), time.process_time()
         batch = self.sample_epoch(epoch, on_sample_step)
         self.state.compute.add(self.world.reduce_compute(batch.rollout.compute))

@@ -1,0 +1,54 @@
+"""What a GPU run depends on, checked on real ComfyUI architectures on the CPU (needs a ComfyUI
+checkout: ``PROGRPO_COMFYUI``). Each check runs ``gpu_readiness.py`` in ComfyUI's python; see its
+docstring for what is measured."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import HERE, REPO_ROOT
+
+
+def readiness(comfy_env, comfy_models, *check) -> dict:
+    cmd = [comfy_env.python, str(HERE / "gpu_readiness.py"), "--comfyui", str(comfy_env.comfyui), "--models",
+           str(comfy_models), *check]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(result)
+    return result
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sd3"])
+def test_half_precision_training_keeps_the_gradient_and_learns(comfy_env, comfy_models, kind):
+    ref = readiness(comfy_env, comfy_models, "precision", kind, "fp32")
+    for dtype in ("fp16", "bf16"):
+        r = readiness(comfy_env, comfy_models, "precision", kind, dtype)
+        assert r["weights"] == r["compute"] == {"fp16": "torch.float16", "bf16": "torch.bfloat16"}[dtype]
+        assert r["scaler"] == (dtype == "fp16")  # fp16 trains with loss scaling
+        assert r["finite"] and r["steps"] > 0
+        # every LoRA entry that fp32 moves, half precision moves too (a few are structurally zero)
+        assert r["moved_fraction"] >= 0.99 * ref["moved_fraction"] > 0
+        assert r["eval_after"] > r["eval_before"], r
+
+
+def test_the_lora_branch_is_exact_where_the_compute_is(comfy_env, comfy_models):
+    r = readiness(comfy_env, comfy_models, "branch")
+    # a delta of std 1e-5 on bf16 weights computed in fp32 changes the output as the fp32 reference
+    assert r["branch_fp32"] <= 1e-2
+    # in bf16 compute the output's own rounding hides most of it, but less than merging into the weight
+    assert r["branch_bf16"] < r["merge_bf16"]
+
+
+@pytest.mark.parametrize("kind", ["unet", "mmdit", "flux"])
+def test_gradient_checkpointing_halves_the_bytes_saved_for_backward(comfy_env, comfy_models, kind):
+    r = readiness(comfy_env, comfy_models, "checkpointing", kind)
+    assert r["modules"] > 0 and r["ratio"] <= 0.5, r
+
+
+def test_optimizer_state_and_ema_stay_with_the_lora_after_an_unload(comfy_env, comfy_models):
+    r = readiness(comfy_env, comfy_models, "rehome")
+    d = r["devices"]
+    assert len(d["lora"]) == 1 and d["optimizer"] == d["ema"] == d["lora"] and r["steps"] == 2

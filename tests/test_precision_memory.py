@@ -1,0 +1,184 @@
+"""Precision, devices, micro-batches and the planner, on the built-in model (the CPU paths of
+what a GPU run uses; the same checks on real ComfyUI architectures are in tests/host)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from progrpo_core import config as C
+from progrpo_core.devices import resolve_device, resolve_precision
+from progrpo_core.training import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make(tmp_path, **sections):
+    table = {"run": {"out": str(tmp_path / "run"), "epochs": 2, "eval_seeds": 2, "eval_every": 0, "save_every": 0,
+                     "checkpoint_every": 0},
+             "grpo": {"prompts_per_epoch": 2, "train_batch_size": 8, "lr": 1e-2},
+             "schedule": {"group_size": 8, "keep": "6,4"}}
+    for k, v in sections.items():
+        table.setdefault(k, {}).update(v)
+    return Trainer(C.build_config(table), log=lambda s: None)
+
+
+def lora(t: Trainer) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in t.adapter.named_parameters()}
+
+
+def _record_gradients(t: Trainer) -> list[list[torch.Tensor]]:
+    """Every optimizer step's gradients, recorded as the step is taken."""
+    grads, step = [], t.optimizer.step
+
+    def recording(*a, **k):
+        grads.append([p.grad.detach().clone() for p in t.adapter.parameters()])
+        return step(*a, **k)
+
+    t.optimizer.step = recording
+    return grads
+
+
+def test_micro_batch_sizes_do_not_change_the_training(tmp_path):
+    """Sampling, decoding and training in micro-batches of 1, 3 or the planner's choice: the same
+    pruning decisions, the same gradient at every step and the same LoRA, to float rounding."""
+    runs = {}
+    for name, micro in (("one", 1), ("three", 3), ("auto", None)):
+        t = make(tmp_path / name, run={"sample_micro_batch": micro, "train_micro_batch": micro,
+                                       "decode_micro_batch": micro})
+        grads = _record_gradients(t)
+        records = list(t.epochs())
+        runs[name] = (lora(t), [[p["kept"] for p in r.sample.proxy] for r in records], grads, t.micro)
+    assert runs["auto"][3]["sample"] > 3 and runs["one"][3]["train"] == 1  # whole batches, or one row at a time
+    base, kept, grads, _ = runs["auto"]
+    for name in ("one", "three"):
+        other, other_kept, other_grads, _ = runs[name]
+        assert other_kept == kept and len(other_grads) == len(grads) == 2
+        for step, (ga, gb) in enumerate(zip(other_grads, grads)):
+            for a, b in zip(ga, gb):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7, msg=lambda m: f"step {step}: {m}")
+        for k in base:  # Adam's first steps are ±lr wherever a gradient is non-zero: a rounding-sized gradient
+            # can flip an entry, so the LoRA is compared as a whole
+            assert float((other[k] - base[k]).norm() / base[k].norm()) < 1e-2, k
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_on_the_builtin_model(tmp_path, precision):
+    """The model computes in bf16/fp16 (fp16 with loss scaling); the LoRA, its optimizer state and
+    the EMA stay float32; the gradient reaches every entry fp32 reaches; a short run learns."""
+    larger = {"grpo": {"prompts_per_epoch": 8, "train_batch_size": 48}, "schedule": {"group_size": 24, "keep": "16,8"}}
+    ref = make(tmp_path / "fp32", run={"precision": "fp32", "epochs": 1}, **larger)
+    next(ref.epochs())
+    t = make(tmp_path / precision, run={"precision": precision, "epochs": 15}, **larger)
+    assert t.model.compute_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    assert (t.scaler is not None) == (precision == "fp16")
+    before = t.evaluate()["reward"]
+    loop = t.epochs()
+    next(loop)
+    ups = [n for n, _ in t.adapter.named_parameters() if "lora_B" in n]
+    moved = {n: p for n, p in t.adapter.named_parameters() if n in ups}
+    fraction = sum(int((p != 0).sum()) for p in moved.values()) / sum(p.numel() for p in moved.values())
+    ref_up = {n: p for n, p in ref.adapter.named_parameters() if n in ups}
+    ref_fraction = sum(int((p != 0).sum()) for p in ref_up.values()) / sum(p.numel() for p in ref_up.values())
+    assert fraction >= 0.99 * ref_fraction > 0.9
+    assert all(p.dtype == torch.float32 for p in t.adapter.parameters())
+    assert all(v.dtype == torch.float32 for st in t.optimizer.state.values() for v in st.values() if v.dim())
+    assert all(s.dtype == torch.float32 for s in t.ema.shadow)
+    for _ in loop:
+        pass
+    assert all(bool(torch.isfinite(p).all()) for p in t.adapter.parameters())
+    assert t.evaluate()["reward"] > before + 0.15  # 0.30 → 0.53 (bf16), 0.55 (fp16); fp32 0.56
+
+
+def test_optimizer_state_and_ema_follow_the_lora_to_another_device(tmp_path):
+    """A host may move the model (and the LoRA in it) between epochs; the optimizer's moments and
+    the EMA move with it before the next update."""
+    t = make(tmp_path)
+    next(t.epochs())
+    swap = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)  # keep the Parameter objects, as .to on a GPU does
+    try:
+        t.model.net.to("meta")  # the host moved the model
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(swap)
+    t.rehome()
+    params = t.adapter.parameters()
+    assert all(v.device.type == "meta" for p in params for v in t.optimizer.state[p].values() if v.dim())
+    assert all(s.device.type == "meta" for s in t.ema.shadow)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    t.optimizer.step()  # no device mismatch
+    t.ema.update()
+
+
+def test_devices_and_precisions_resolve_or_say_what_exists():
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_precision("auto", torch.device("cpu")).name == "fp32"
+    with pytest.raises(ValueError, match="this machine has: cpu"):
+        resolve_device("cuda:7") if torch.cuda.is_available() else resolve_device("cuda")
+    with pytest.raises(ValueError, match="run.device='banana' is not a device"):
+        C.build_config({"run": {"device": "banana"}})
+    with pytest.raises(ValueError, match="run.precision='fp8' unknown"):
+        C.build_config({"run": {"precision": "fp8"}})
+
+
+def test_the_planner_picks_smaller_micro_batches_for_less_memory_and_refuses_what_cannot_fit(tmp_path):
+    roomy = make(tmp_path / "a").make_plan()
+    assert (roomy.sample_micro_batch, roomy.train_micro_batch) == (16, 8)  # whole batches: 2 prompts x 8; 8 rows
+    assert max(roomy.peaks, key=roomy.peaks.get) == "training"
+    tight_gib = (roomy.peak_bytes - 4 * roomy.costs.train.per) / 2**30  # four training rows less
+    tight = make(tmp_path / "b", run={"memory_gib": tight_gib}, reward={"offload": False}).make_plan()
+    assert 1 <= tight.train_micro_batch < 8 and tight.fits and tight.peak_bytes <= tight.budget_bytes
+    none = make(tmp_path / "c", run={"memory_gib": 1e-6}).make_plan()
+    assert not none.fits and "budget" in " ".join(none.problems)
+
+
+def test_plan_command_prints_json_for_this_machine_and_for_a_gpu():
+    cmd = [sys.executable, "-m", "progrpo_core", "plan", "--json", "--run.epochs", "5"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    for key in ("peak_bytes", "sample_micro_batch", "train_micro_batch", "epoch_s"):
+        assert key in plan
+    assert plan["fits"] and plan["run_s"] >= 5 * plan["epoch_s"]
+    done = subprocess.run(cmd + ["--gpu", "rtx4090"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    gpu = json.loads(done.stdout)
+    assert gpu["target"] == "rtx4090" and gpu["precision"] == "bf16" and gpu["budget_bytes"] > 20 * 2**30
+    done = subprocess.run(cmd + ["--gpu", "tpu9"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "--gpu 'tpu9' unknown" in done.stderr
+
+
+def test_the_evaluation_set_is_small_and_fixed():
+    from progrpo_core.training.evaluation import eval_set
+
+    prompts = [f"p{i}" for i in range(40)]
+    rows, seeds = eval_set(prompts, 2, 16)
+    assert len(rows) == 32 and len(set(rows)) == 16 and rows[:2] == ["p0", "p0"]
+    assert (rows, seeds) == eval_set(prompts, 2, 16)
+
+
+def test_checkpointing_at_depth_one_saves_bytes_and_keeps_the_gradient(tmp_path):
+    from progrpo_core import grad_checkpoint
+
+    t = make(tmp_path)
+    net = t.model.net
+    x = torch.randn(16, 1, 8, 8)
+    cond = t.model.encode_prompts(["a handwritten 3"] * 16)
+
+    def loss():
+        return t.model.denoise(x, torch.full((16,), 0.5), cond).pow(2).mean()
+
+    plain = grad_checkpoint.saved_bytes(loss)
+    grads = torch.autograd.grad(loss(), t.adapter.parameters())
+    patched = grad_checkpoint.enable(net, 1)
+    try:
+        assert patched and grad_checkpoint.saved_bytes(loss) < 0.5 * plain
+        again = torch.autograd.grad(loss(), t.adapter.parameters())
+    finally:
+        grad_checkpoint.disable(patched)
+    for a, b in zip(grads, again):
+        torch.testing.assert_close(a, b)
