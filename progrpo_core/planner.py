@@ -76,8 +76,10 @@ def _param_bytes(module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters()) if module is not None else 0
 
 
-def measure_costs(model, adapter, reward, sampler, device: torch.device, precision: str, prompt: str) -> Costs:
-    """Probe the model, the LoRA and the reward with 1 and 2 rows per phase (see the module docstring)."""
+def measure_costs(model, adapter, reward, sampler, device: torch.device, precision: str, prompt: str,
+                  timed: bool = True) -> Costs:
+    """Probe the model, the LoRA and the reward with 1 and 2 rows per phase (see the module
+    docstring). ``timed=False`` measures memory and FLOPs only (planning for another device)."""
     from .samplers import step_from_x0
 
     device = torch.device(device)
@@ -118,9 +120,10 @@ def measure_costs(model, adapter, reward, sampler, device: torch.device, precisi
     model.net.train()  # as in the update (checkpointing is active in training mode)
     try:
         for name, make in phases.items():
-            make(1)()  # warm-up (lazy initialisation, allocator)
-            m1, t1 = _probe(make(1), device)
-            m2, t2 = _probe(make(2), device)
+            if timed:
+                make(1)()  # warm-up (lazy initialisation, allocator)
+            m1, t1 = _probe(make(1), device, repeats=3 if timed else 0)
+            m2, t2 = _probe(make(2), device, repeats=3 if timed else 0)
             mem[name], sec[name] = Linear.fit(m1, m2), Linear.fit(t1, t2)
             flops[name] = _flops(make(1))
     finally:
@@ -169,7 +172,7 @@ def _probe(fn, device: torch.device, repeats: int = 3, enough_s: float = 2.0) ->
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
-    return float(peak), float(statistics.median(times))
+    return float(peak), float(statistics.median(times)) if times else 0.0
 
 
 def _modules(reward) -> list:

@@ -124,10 +124,13 @@ class Trainer:
         self.log(self.plan.summary())
         return self.plan
 
-    def make_plan(self, target: Target | None = None) -> Plan:
-        """The plan of this run on ``target`` (default: this device and the memory budget)."""
-        costs = planner.measure_costs(self.model, self.adapter, self.reward, self.sampler, self.device,
-                                      self.precision.name, self.prompts[0])
+    def make_plan(self, target: Target | None = None, costs: planner.Costs | None = None) -> Plan:
+        """The plan of this run on ``target`` (default: this device and the memory budget), from
+        ``costs`` or from costs measured now (memory and FLOPs only when the target has its own speed)."""
+        if costs is None:
+            costs = planner.measure_costs(self.model, self.adapter, self.reward, self.sampler, self.device,
+                                          self.precision.name, self.prompts[0],
+                                          timed=target is None or not target.tflops)
         if target is None:
             budget = (self.cfg.run.memory_gib * planner.GiB if self.cfg.run.memory_gib
                       else 0.9 * memory_info(self.device)[0] + costs.weights + costs.reward_weights)
