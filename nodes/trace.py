@@ -209,6 +209,22 @@ def safe_relative_name(name: str, what: str = "filename") -> str:
     return "/".join(parts)
 
 
+def file_in_folder(base: Path, name: str, what: str, where: str) -> Path:
+    """The existing file ``name`` inside the folder ``base``: a relative name without ``..``,
+    ``~`` or a drive, that resolves (symlinks followed) inside ``base``. Refusals and "not found"
+    never say anything about paths outside ``base``."""
+    text = str(name).strip().replace("\\", "/")
+    if (not text or text.startswith(("/", "~")) or (len(text) > 1 and text[1] == ":")
+            or any(p == ".." for p in text.split("/"))):
+        raise ValueError(f"{what} {name!r} must be a file name inside {where} (relative, without '..', '~' or a "
+                         "leading '/'); put the file there")
+    root = Path(base).resolve()
+    path = (root / text).resolve()
+    if root not in path.parents or not path.is_file():
+        raise ValueError(f"{what} {text!r} not found in {where}; put the file there")
+    return path
+
+
 def save_lora_tensors(lora: dict, base: Path, filename: str, overwrite: bool) -> Path:
     """Write a LORA_MODEL to ``base/<filename>.safetensors`` (or ``<filename>_00001_.safetensors``,
     the next free number, when ``overwrite`` is off) with its header, atomically."""

@@ -161,6 +161,8 @@ def drive_training(trainer, folder=None, on_step: Callable[[int, int], None] | N
             on_step((trainer.epoch - 1 - start) * (T + 1) + info["step"] + 1, total)
 
     history = []
+    if recorder is not None:
+        recorder.reset()  # (the planner's probe may have scored a few images)
     for record in trainer.epochs(folder, on_sample_step=on_sample_step):
         history.append(record)
         if on_step is not None:

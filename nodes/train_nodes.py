@@ -11,7 +11,7 @@ from . import train_driver as training
 from .reward_nodes import check_reward
 
 from .sampling_nodes import _CFG_TIP, _NOISE_TIP, _SAMPLER_TIP, CATEGORY, SEED_MAX
-from .trace import LORA, PROMPTS, REWARD, save_lora_tensors
+from .trace import LORA, PROMPTS, REWARD, file_in_folder, save_lora_tensors
 
 _PRESETS = f"presets (checkpoints scale with T): {presets_text()}"
 
@@ -31,20 +31,19 @@ class PromptList:
                 "text": ("STRING", {"default": "a photo of a cat\na watercolor painting of a lighthouse",
                                     "multiline": True, "tooltip": "one prompt per line"}),
                 "file": ("STRING", {"default": "", "tooltip":
-                         "optional text file of prompts, one per line (relative paths: ComfyUI's input folder); "
-                         "its prompts follow the ones above"}),
+                         "optional text file of prompts, one per line, in ComfyUI's input folder (a name relative "
+                         "to it); its prompts follow the ones above"}),
             },
         }
 
     def build(self, text, file):
         prompts = training.parse_prompt_text(text)
         if file.strip():
-            path = Path(file.strip()).expanduser()
-            if not path.is_absolute() and host.input_dir() is not None:
-                path = host.input_dir() / path
-            if not path.is_file():
-                raise ValueError(f"prompt file not found: {path}")
-            prompts += training.parse_prompt_text(path.read_text(encoding="utf-8"))
+            path = file_in_folder(host.input_dir() or Path.cwd(), file, "prompt file", "ComfyUI's input folder")
+            try:
+                prompts += training.parse_prompt_text(path.read_text(encoding="utf-8"))
+            except UnicodeDecodeError:
+                raise ValueError(f"prompt file {file.strip()!r} is not UTF-8 text; write one prompt per line") from None
         return (training.check_prompts(prompts), len(prompts))
 
 
@@ -104,7 +103,8 @@ class GRPOLoraTrainer:
                 "run_name": ("STRING", {"default": "progrpo", "tooltip":
                              "name of the autosave file models/loras/progrpo/autosave/<run_name>.safetensors"}),
                 "resume": ("BOOLEAN", {"default": False, "tooltip":
-                           "continue from the autosave of this run name (its LoRA and epoch count)"}),
+                           "continue this run_name's run from its newest checkpoint (its LoRA, optimizer and epoch "
+                           "count); off: a new run, refused if run_name already holds one (see overwrite)"}),
                 "save_every": ("INT", {"default": 1, "min": 0, "max": 100000, "tooltip":
                                "autosave every N epochs (0 = only at the end or when stopped)"}),
             },
@@ -121,6 +121,9 @@ class GRPOLoraTrainer:
                 "checkpoint_depth": ("INT", {"default": 1, "min": 1, "max": 4, "tooltip":
                                      "gradient checkpointing at this module depth: 1 = the model's blocks (most "
                                      "memory saved), 2 = their parts"}),
+                "overwrite": ("BOOLEAN", {"default": False, "tooltip":
+                              "start run_name over if it already holds a run (deletes that run's checkpoints); "
+                              "off: such a run_name is refused unless 'resume' is on"}),
                 "clip": ("CLIP", {"tooltip": "the model's text encoder, to encode the prompt list"}),
                 "positive": ("CONDITIONING", {"tooltip": "instead of a CLIP: the conditioning of the (single) prompt"}),
                 "negative": ("CONDITIONING", {"tooltip": "negative conditioning (default: the empty prompt)"}),
@@ -131,7 +134,8 @@ class GRPOLoraTrainer:
     def train(self, model, vae, reward, prompts, latent, method, epochs, prompts_per_epoch, steps, group_size,
               checkpoints, keep, sampler, noise_level, cfg, learning_rate, rank, alpha, targets, kl_beta, seed,
               gradient_checkpointing, run_name, resume, save_every, precision="auto", sample_micro_batch=0,
-              train_micro_batch=0, checkpoint_depth=1, clip=None, positive=None, negative=None, unique_id=None):
+              train_micro_batch=0, checkpoint_depth=1, overwrite=False, clip=None, positive=None, negative=None,
+              unique_id=None):
         handle = check_reward(reward)
         prompts = training.check_prompts(prompts)
         config = training.build_train_config(
@@ -143,7 +147,7 @@ class GRPOLoraTrainer:
             gradient_checkpointing=gradient_checkpointing, checkpoint_depth=checkpoint_depth)
         out_model, lora, curves, summary = host.train_lora(
             model, vae, clip, positive, negative, latent, prompts, config, handle, targets=targets,
-            run_name=run_name, resume=resume, save_every=save_every, node_id=unique_id)
+            run_name=run_name, resume=resume, save_every=save_every, node_id=unique_id, overwrite=overwrite)
         host.show_text(unique_id, summary)
         return {"ui": {"text": [summary]}, "result": (out_model, lora, curves)}
 
@@ -165,8 +169,9 @@ class SaveLoRA:
                 "lora": (LORA, {"tooltip": "the LoRA from the GRPO LoRA Trainer"}),
                 "filename": ("STRING", {"default": "progrpo/progrpo_lora", "tooltip":
                              "file name inside models/loras, without extension; subfolders allowed"}),
-                "overwrite": ("BOOLEAN", {"default": True, "tooltip":
-                              "replace an existing file of that name; off = add a number (_00001_, _00002_ …)"}),
+                "overwrite": ("BOOLEAN", {"default": False, "tooltip":
+                              "replace an existing file of that name; off = add a number (_00001_, _00002_ …) "
+                              "so no other run's LoRA is overwritten"}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }

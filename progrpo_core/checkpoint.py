@@ -169,7 +169,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 f"refused to load {path}: it is a pickle that needs Python objects besides tensors and plain "
                 f"data ({reason}). Checkpoints are only read with torch.load(weights_only=True), because "
                 "unpickling arbitrary objects can run code; this file was not written by ProGRPO's trainer "
-                "(or was tampered with). Delete it, or resume from another checkpoint.") from None
+                "(it is damaged, or another program's pickle). Delete it, or resume from another checkpoint.") from None
         raise CheckpointError(f"{path} is not a readable checkpoint ({e})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         raise CheckpointError(f"{path} is not a readable checkpoint (damaged or truncated?): {e}") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +32,10 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
                        help=f"{help_} (default: {default})")
 
 
+SHORTHANDS = {"out": ("run", "out"), "method": ("grpo", "method"), "steps": ("run", "max_steps"),
+              "seed": ("run", "seed"), "model_name": ("model", "name"), "reward_name": ("reward", "name")}
+
+
 def config_from_args(args: argparse.Namespace) -> C.TrainConfig:
     table = C.load_toml(args.config) if getattr(args, "config", None) else {}
     over: dict[str, dict] = {}
@@ -38,11 +43,15 @@ def config_from_args(args: argparse.Namespace) -> C.TrainConfig:
         if key.startswith("cfg__") and value is not None:
             _, section, name = key.split("__", 2)
             over.setdefault(section, {})[name] = value
-    shorthands = {"out": ("run", "out"), "method": ("grpo", "method"), "steps": ("run", "max_steps"),
-                  "seed": ("run", "seed"), "model_name": ("model", "name"), "reward_name": ("reward", "name")}
-    for attr, (section, name) in shorthands.items():
-        if getattr(args, attr, None) is not None:
-            over.setdefault(section, {})[name] = getattr(args, attr)
+    for attr, (section, name) in SHORTHANDS.items():
+        value = getattr(args, attr, None)
+        if value is None:
+            continue
+        given = over.get(section, {}).get(name)
+        if given is not None and str(given) != str(value):
+            flag = "--" + attr.replace("_name", "")
+            raise ValueError(f"{flag} {value} and --{section}.{name} {given} say different things; give one of them")
+        over.setdefault(section, {})[name] = value
     return C.build_config(C.merge(table, over))
 
 
@@ -61,8 +70,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .training import Trainer, TrainingStopped
 
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in its folder and --overwrite deletes it; give one of them")
     if args.resume:
-        run_dir = Path(args.resume)
+        run_dir = Path(os.path.realpath(args.resume))  # runs/latest is a link to the run's own folder
         if not (run_dir / "config.toml").is_file():
             raise FileNotFoundError(f"--resume {run_dir}: no config.toml there; give the folder of a run "
                                     "started by `train` (its --run.out)")
@@ -84,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         previous = signal.signal(signal.SIGTERM, terminate)
     trainer = Trainer(cfg)
     try:
-        trainer.run(progress=not args.no_progress, resume=bool(args.resume))
+        trainer.run(progress=not args.no_progress, resume=bool(args.resume), overwrite=args.overwrite)
     except TrainingStopped as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -182,6 +193,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} must be 1 or more")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m progrpo_core", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -190,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="GRPO / Pro-GRPO LoRA training (default: Pro-GRPO on the built-in model)")
     _add_config_flags(t)
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start over in a run folder that holds another run (deletes that run's files)")
     t.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its newest checkpoint, with its config.toml "
                         "(flags may change run length and output settings, e.g. --run.epochs)")
@@ -207,13 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     def sampling_flags(q):
         q.add_argument("--model", default="digits-flow", help="built-in model: digits-flow or digits-eps")
         q.add_argument("--lora", help="LoRA file to apply (as saved by train)")
-        q.add_argument("--sample-steps", type=int, default=10, help="deterministic sampling steps")
+        q.add_argument("--sample-steps", type=_positive, default=10, help="deterministic sampling steps")
         q.add_argument("--cfg", type=float, default=1.0, help="guidance scale (1 = off)")
 
     s = sub.add_parser("sample", help="render a grid of deterministic samples, with or without a LoRA")
     sampling_flags(s)
     s.add_argument("--prompt", action="append", help="prompt (repeatable; default: the ten digits)")
-    s.add_argument("--seeds", type=int, default=8, help="samples per prompt")
+    s.add_argument("--seeds", type=_positive, default=8, help="samples per prompt")
     s.add_argument("--seed", type=int, default=0, help="first seed")
     s.add_argument("--scale", type=int, default=4, help="pixel upscale of the grid")
     s.add_argument("--out", default="samples.png", help="output PNG")
@@ -222,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="mean reward on fixed prompts and seeds, deterministic sampling")
     sampling_flags(e)
     e.add_argument("--reward", action="append", default=None, help="reward name (repeatable; default digit)")
-    e.add_argument("--seeds", type=int, default=8, help="seeds per prompt")
+    e.add_argument("--seeds", type=_positive, default=8, help="seeds per prompt")
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("pretrain", help="rebuild the built-in models and reward classifier")

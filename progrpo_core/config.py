@@ -197,7 +197,8 @@ class RewardConfig:
 
 @dataclasses.dataclass
 class RunConfig:
-    out: str = _help("run folder (LoRA, metrics.jsonl, summary.json, plots)", "runs/latest")
+    out: Optional[str] = _help("run folder (LoRA, metrics.jsonl, summary.json, plots); default: a new "
+                               "runs/<date>-<time>-<method>, and runs/latest points at it")
     seed: int = _help("seed of everything: noise, prompts, LoRA init", 0)
     epochs: int = _help("sampling rounds (each: sample, score, train)", 100)
     max_steps: Optional[int] = _help("stop after this many optimizer steps")
@@ -335,7 +336,9 @@ def build_config(table: dict[str, dict[str, Any]] | None = None) -> TrainConfig:
     table = table or {}
     unknown = set(table) - set(SECTIONS)
     if unknown:
-        raise ValueError(f"unknown config section(s) {sorted(unknown)}; expected {', '.join(SECTIONS)}")
+        hints = [f"{n} belongs in [{_section_of(n)}]" for n in sorted(unknown) if _section_of(n)]
+        raise ValueError(f"unknown config section(s) {sorted(unknown)}; expected {', '.join(SECTIONS)}"
+                         + (f" ({'; '.join(hints)})" if hints else ""))
     parts = {}
     for section, cls in SECTIONS.items():
         if not isinstance(table.get(section, {}), dict):
@@ -347,6 +350,12 @@ def build_config(table: dict[str, dict[str, Any]] | None = None) -> TrainConfig:
     return TrainConfig(**parts)
 
 
+def _section_of(name: str) -> str | None:
+    """The section a setting named ``name`` belongs to, if exactly one has it."""
+    owners = [s for s, cls in SECTIONS.items() if name in {f.name for f in dataclasses.fields(cls)}]
+    return owners[0] if len(owners) == 1 else None
+
+
 def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
@@ -356,9 +365,17 @@ def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a TOML text file (it is not UTF-8 text); give a config written like "
+                         "the config.toml of a run folder") from None
 
 
 def merge(base: dict[str, dict[str, Any]], overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    for section, values in base.items():
+        if not isinstance(values, dict):
+            hint = (f"a setting must be inside its section: write [{_section_of(section)}] and then {section} = "
+                    f"{values!r}" if _section_of(section) else f"write [{section}] followed by name = value lines")
+            raise ValueError(f"config: {section} = {values!r} is not a section; {hint}")
     out = {k: dict(v) for k, v in base.items()}
     for section, values in overrides.items():
         out.setdefault(section, {}).update(values)

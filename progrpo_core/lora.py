@@ -136,7 +136,7 @@ def lora_from_file(denoiser, path: str | Path, check_base: bool = True) -> LoraA
     if check_base and base and base != denoiser.fingerprint():
         raise LoraFileError(
             f"{path} was trained on base model {base}, but this model is {denoiser.fingerprint()}; "
-            "load it with the model it was trained on (or pass check_base=False to force)")
+            "use it with the model it was trained on, or start a new LoRA without it (drop --lora.init_from)")
     modules = dict(denoiser.net.named_modules())
     absent = sorted(m for m in downs if m not in modules)
     if absent:

@@ -43,12 +43,13 @@ def check_rank_alpha(rank: int, alpha: float) -> tuple[int, float]:
 
 
 def to_comfy(pairs: Pairs, alpha: float, prefix: str, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """``{module: (down, up)}`` as ComfyUI LoRA tensors (copies on the CPU)."""
+    """``{module: (down, up)}`` as ComfyUI LoRA tensors (copies on the CPU, never views of the
+    parameters, which go on training)."""
     out = {}
     for path, (down, up) in pairs.items():
         key = prefix + path
-        out[key + SUFFIX_DOWN] = down.detach().to(dtype).cpu().contiguous()
-        out[key + SUFFIX_UP] = up.detach().to(dtype).cpu().contiguous()
+        out[key + SUFFIX_DOWN] = down.detach().to("cpu", dtype, copy=True).contiguous()
+        out[key + SUFFIX_UP] = up.detach().to("cpu", dtype, copy=True).contiguous()
         out[key + SUFFIX_ALPHA] = torch.tensor(alpha, dtype=torch.float32)
     return out
 

@@ -82,7 +82,11 @@ def load_prompts(path: str | None, model: Denoiser) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"prompt file not found: {p}")
-    prompts = [line.strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"prompt file {p} is not UTF-8 text; write one prompt per line in a text file") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     if not prompts:
         raise ValueError(f"prompt file {p} has no prompts; write one prompt per line")
     return prompts

@@ -120,12 +120,11 @@ def measure_costs(model, adapter, reward, sampler, device: torch.device, precisi
     model.net.train()  # as in the update (checkpointing is active in training mode)
     try:
         for name, make in phases.items():
-            if timed:
-                make(1)()  # warm-up (lazy initialisation, allocator)
-            m1, t1 = _probe(make(1), device, repeats=3 if timed else 0)
-            m2, t2 = _probe(make(2), device, repeats=3 if timed else 0)
+            if timed and device.type == "cuda":
+                make(1)()  # warm-up (lazy initialisation, kernels, the allocator)
+            m1, t1, flops[name] = _probe(make(1), device, repeats=3 if timed else 0, count_flops=True)
+            m2, t2, _ = _probe(make(2), device, repeats=3 if timed else 0)
             mem[name], sec[name] = Linear.fit(m1, m2), Linear.fit(t1, t2)
-            flops[name] = _flops(make(1))
     finally:
         model.net.train(was_training)
     if mult == 2:  # per network row while sampling
@@ -142,27 +141,24 @@ def measure_costs(model, adapter, reward, sampler, device: torch.device, precisi
                  sample_s=sec["sample"], train_s=sec["train"], decode_s=sec["decode"], flops=flops)
 
 
-def _flops(fn) -> float:
-    """Matmul and convolution FLOPs of one call (forward, and backward if it runs one)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return float(counter.get_total_flops())
-
-
 def _no_grad(fn, *args):
     with torch.no_grad():
         return fn(*args)
 
 
-def _probe(fn, device: torch.device, repeats: int = 3, enough_s: float = 2.0) -> tuple[float, float]:
-    """Peak bytes (metered) and the median seconds of up to ``repeats`` unmetered calls (fewer
-    once they add up to ``enough_s``: a slow call times itself well)."""
+def _probe(fn, device: torch.device, repeats: int = 3, enough_s: float = 0.5,
+           count_flops: bool = False) -> tuple[float, float, float]:
+    """Peak bytes (metered), the median seconds of up to ``repeats`` unmetered calls (fewer once
+    they add up to ``enough_s``: a slow call times itself well) and, if asked, the matmul and
+    convolution FLOPs of the metered call."""
     import statistics
     import time
 
-    peak, _ = measure(fn, device)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) if count_flops else _nothing() as counter:
+        peak, _ = measure(fn, device)
+    flops = float(counter.get_total_flops()) if count_flops else 0.0
     times: list[float] = []
     while len(times) < repeats and sum(times) < enough_s:
         if device.type == "cuda":
@@ -172,7 +168,13 @@ def _probe(fn, device: torch.device, repeats: int = 3, enough_s: float = 2.0) ->
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
-    return float(peak), float(statistics.median(times)) if times else 0.0
+    return float(peak), (float(statistics.median(times)) if times else 0.0), flops
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 def _modules(reward) -> list:

@@ -143,16 +143,16 @@ def _image_batch(digits, group):
     return host.core_to_image(digits.decode(x0))  # IMAGE (N, H, W, 3)
 
 
-def test_prompt_list(tmp_path):
+def test_prompt_list(tmp_path, monkeypatch):
     node = NODE_CLASS_MAPPINGS["ProGRPOPromptList"]()
-    f = tmp_path / "more.txt"
-    f.write_text("# comment\na handwritten 7\n\n")
-    prompts, n = node.build("a handwritten 1\n  \na handwritten 2", str(f))
+    monkeypatch.setattr(host, "input_dir", lambda: tmp_path)  # ComfyUI's input folder
+    (tmp_path / "more.txt").write_text("# comment\na handwritten 7\n\n")
+    prompts, n = node.build("a handwritten 1\n  \na handwritten 2", "more.txt")
     assert prompts == ["a handwritten 1", "a handwritten 2", "a handwritten 7"] and n == 3
     with pytest.raises(ValueError, match="prompt list is empty"):
         node.build("\n# only a comment\n", "")
-    with pytest.raises(ValueError, match="prompt file not found"):
-        node.build("x", str(tmp_path / "missing.txt"))
+    with pytest.raises(ValueError, match="prompt file 'missing.txt' not found in ComfyUI's input folder"):
+        node.build("x", "missing.txt")
 
 
 def test_reward_loader_errors_are_clear():
@@ -254,6 +254,10 @@ def test_training_loop_preview_and_curves(digits, tmp_path):
     assert curves.ndim == 4 and curves.shape[-1] == 3
     lora = training.trained_lora(trainer)
     assert lora and all(k.startswith("diffusion_model.") for k in lora)
+    with trainer.ema.applied():  # the LORA_MODEL holds the EMA weights, as the saved file does
+        ema = trainer.adapter.comfy_state_dict()
+    assert all(torch.equal(lora[k], ema[k]) for k in ema)
+    assert any(not torch.equal(lora[k], v) for k, v in trainer.adapter.comfy_state_dict().items())
     assert lora.metadata["progrpo.method"] == "pro-grpo" and lora.metadata["progrpo.epochs"] == "2"
 
 

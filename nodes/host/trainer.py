@@ -3,10 +3,11 @@ model, adapters, guider session, progress, previews and interrupts."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 
-from progrpo_core.checkpoint import CheckpointError
+from progrpo_core.checkpoint import CheckpointError, RunFolderError
 from progrpo_core.training import EpochRecord, RunFolder, Trainer
 
 from .. import train_driver as training
@@ -21,7 +22,7 @@ log = logging.getLogger("progrpo")
 
 
 def train_lora(model, vae, clip, positive, negative, latent, prompts: list[str], cfg, reward, *, targets: str,
-               run_name: str, resume: bool, save_every: int, node_id: str | None = None):
+               run_name: str, resume: bool, save_every: int, node_id: str | None = None, overwrite: bool = False):
     """The GRPO LoRA Trainer: ``(MODEL with the LoRA, LORA_MODEL, curves IMAGE, summary text)``.
 
     Trains on a clone of MODEL (see :func:`training_model`), loaded whole on ComfyUI's device, by
@@ -48,7 +49,7 @@ def train_lora(model, vae, clip, positive, negative, latent, prompts: list[str],
         recorder = training.RecordingReward(reward.reward)
         trainer = Trainer(cfg, model=den, reward=recorder, prompts=prompts, adapter=adapter, log=log.info)
         try:
-            history, start = _train(trainer, den, folder, recorder, run_name, resume, node_id)
+            history, start = _train(trainer, den, folder, recorder, run_name, resume, overwrite, node_id)
             lora = training.trained_lora(trainer)
             summary = _summary(cfg, history, start, trainer, folder)
         finally:
@@ -60,14 +61,21 @@ def train_lora(model, vae, clip, positive, negative, latent, prompts: list[str],
 
 
 def _train(trainer: Trainer, den: ComfyDenoiser, folder: RunFolder, recorder, run_name: str, resume: bool,
-           node_id: str | None) -> tuple[list[EpochRecord], int]:
+           overwrite: bool, node_id: str | None) -> tuple[list[EpochRecord], int]:
     """Open the run folder, plan, train; save the LoRA and a checkpoint at the end. Returns this
     call's epoch records and the epoch it started from."""
     cfg, T = trainer.cfg, trainer.sampler.steps
-    try:  # a full disk or unwritable output folder fails now, not after an hour
-        resumed = trainer.open(folder, resume=resume)
+    try:  # a full disk, an unwritable or busy folder, another run's folder: now, not after an hour
+        resumed = trainer.open(folder, resume=resume, overwrite=overwrite)
     except CheckpointError as e:
-        raise ValueError(f"cannot resume run {run_name!r}: {e}") from None
+        raise ValueError(f"cannot resume run {run_name!r}: {e}. Turn 'resume' off and 'overwrite' on to start the "
+                         "run over, or choose another run_name") from None
+    except RunFolderError as e:
+        if "already holds a run" not in str(e):
+            raise ValueError(str(e)) from None
+        raise ValueError(f"run_name {run_name!r} already holds a run ({folder.holds_run()}, in {folder.out}): turn "
+                         "'resume' on to continue it, 'overwrite' on to start it over (deletes it), or choose "
+                         "another run_name") from None
     start = trainer.epoch
     progress = Progress(max(1, cfg.run.epochs - start) * (T + 1), node_id)
     if resumed:
@@ -80,7 +88,7 @@ def _train(trainer: Trainer, den: ComfyDenoiser, folder: RunFolder, recorder, ru
         progress.text(record.text(cfg.run.epochs))
 
     def body():
-        plan = trainer.ensure_plan()
+        plan = trainer.ensure_plan(refuse=False)
         if plan is not None:
             progress.text(plan.summary())
             if not plan.fits:
@@ -91,15 +99,18 @@ def _train(trainer: Trainer, den: ComfyDenoiser, folder: RunFolder, recorder, ru
         if start < cfg.run.epochs:
             den.run(body, sigmas=den.sigmas(T))
     except BaseException as e:
-        if trainer.optimizer_steps > 0:
-            try:
-                trainer.save_lora(folder.lora_path)
-                log.warning("ProGRPO: training stopped in epoch %d (%s); the LoRA trained so far is in %s; "
-                            "resume continues from the last checkpoint in %s", trainer.epoch,
-                            type(e).__name__, folder.lora_path, folder.out)
-            except Exception as save_error:  # never hide the error that stopped training
-                log.error("ProGRPO: training stopped (%s) and the LoRA trained so far could not be saved: %s",
-                          type(e).__name__, save_error)
+        try:
+            kept = trainer.save_boundary_lora(folder.lora_path)
+        except Exception as save_error:  # never hide the error that stopped training
+            kept = None
+            log.error("ProGRPO: training stopped (%s) and the LoRA could not be saved: %s", type(e).__name__,
+                      save_error)
+        progress.text(f"interrupted after epoch {kept['epoch']}; LoRA saved to {_shown(kept['path'])}, resume "
+                      f"continues from there" if kept else "stopped before the first epoch finished; nothing saved")
+        if kept:
+            log.warning("ProGRPO: training stopped in epoch %d (%s); the LoRA of epoch %d is in %s; resume continues "
+                        "from the checkpoint in %s", trainer.epoch, type(e).__name__, kept["epoch"], kept["path"],
+                        folder.out)
         if (isinstance(e, RuntimeError) and "modified by an inplace operation" in str(e)
                 and not cfg.run.gradient_checkpointing):
             raise RuntimeError(f"{den.name} updates activations in place inside its blocks (Flux does), which "
@@ -109,6 +120,18 @@ def _train(trainer: Trainer, den: ComfyDenoiser, folder: RunFolder, recorder, ru
     if trainer.state.last_checkpoint != trainer.epoch:
         trainer.save_checkpoint(folder)
     return [EpochRecord.from_row(r) for r in trainer.metrics_rows if r["epoch"] > start], start
+
+
+def _shown(path) -> str:
+    """A path as the node shows it: relative to ComfyUI's models or output folder."""
+    import folder_paths
+
+    for base in (folder_paths.models_dir, folder_paths.get_output_directory()):
+        try:
+            return str(Path(path).resolve().relative_to(Path(base).resolve().parent))
+        except ValueError:
+            continue
+    return Path(path).name
 
 
 def _does_not_fit(plan) -> str:
@@ -150,4 +173,4 @@ def _summary(cfg, history: list[EpochRecord], start: int, trainer: Trainer, fold
     return (f"{cfg.grpo.method}: epochs {start + 1}..{trainer.epoch} of {cfg.run.epochs}, "
             f"{trainer.optimizer_steps} optimizer steps, reward "
             + (f"{history[0].reward_mean:.4f} → {history[-1].reward_mean:.4f}" if history else "n/a")
-            + f"; LoRA {folder.lora_path}, checkpoints {folder.out}")
+            + f"\nLoRA {_shown(folder.lora_path)}; checkpoints {_shown(folder.out)}")

@@ -40,6 +40,26 @@ def read_header(path: Path) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
+def load_net(file: Path, what: str, build) -> tuple[torch.nn.Module, dict[str, str], dict[str, torch.Tensor]]:
+    """``(network, header, state)`` from a safetensors file written by ``pretrain``; a file of
+    another kind or another network gets an error naming it and what it should be."""
+    from safetensors import SafetensorError
+
+    try:
+        header = read_header(file)
+        state = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{what} {file} is not a safetensors file ({str(e).splitlines()[0][:120]}); give a file "
+                         "written by `python -m progrpo_core pretrain`, or leave it out for the shipped one") from None
+    try:
+        net = build(**json.loads(header.get("arch", "{}")))
+        net.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"{what} {file} holds other weights than this network's ({str(e).splitlines()[0][:160]}); "
+                         "it belongs to another model") from None
+    return net, header, state
+
+
 class DigitsDenoiser:
     """A :class:`~progrpo_core.denoiser.Denoiser` over the built-in :class:`DigitsNet`."""
 
@@ -135,10 +155,6 @@ def load_digits_model(name: str = "digits-flow", path: str | Path | None = None)
     if not file.exists():
         raise FileNotFoundError(
             f"built-in model weights not found at {file}; run `python -m progrpo_core pretrain` to rebuild them")
-    header = read_header(file)
-    arch = json.loads(header.get("arch", "{}"))
-    state = load_file(str(file))
-    net = DigitsNet(**arch)
-    net.load_state_dict(state)
+    net, header, state = load_net(file, "model.path", DigitsNet)
     return DigitsDenoiser(net, header.get("family", "flow" if name.endswith("flow") else "eps"), name,
                           state_fingerprint(state))

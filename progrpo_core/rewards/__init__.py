@@ -16,13 +16,15 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-from .base import OffloadedReward, Reward, RewardInputError, check_images, check_scores
+from .base import (OffloadedReward, PluginReward, Reward, RewardInputError, RewardPluginError, check_images,
+                   check_scores)
 from .weighted import RewardSpec, WeightedReward, build_reward_from_spec, parse_reward_spec
 from .weights import (CheckpointMismatchError, RewardWeightsNotFound, UnsafeCheckpointError,
                       find_reward_weights)
 
 __all__ = [
-    "Reward", "OffloadedReward", "RewardInputError", "check_images", "check_scores",
+    "Reward", "OffloadedReward", "PluginReward", "RewardInputError", "RewardPluginError", "check_images",
+    "check_scores",
     "register_reward", "build_reward", "available_rewards", "reward_help",
     "find_reward_weights", "RewardWeightsNotFound", "UnsafeCheckpointError", "CheckpointMismatchError",
     "WeightedReward", "RewardSpec", "parse_reward_spec", "build_reward_from_spec",
@@ -94,7 +96,8 @@ def build_reward(name: str, path: str | None = None, device: str = "cpu", dtype:
         from .weighted import build_reward_from_spec
 
         return build_reward_from_spec(name, device=device, dtype=dtype, **options)
-    if name in _REGISTRY:
+    plugin = name not in _REGISTRY
+    if not plugin:
         factory = _resolve(_REGISTRY[name][0], f"reward {name!r}")
     elif ":" in name or "." in name:
         factory = _resolve(name, f"reward {name!r}")
@@ -102,7 +105,13 @@ def build_reward(name: str, path: str | None = None, device: str = "cpu", dtype:
         raise ValueError(
             f"unknown reward {name!r}; expected one of {', '.join(available_rewards())}, "
             "or a dotted path 'package.module:callable' to your own")
-    reward = factory(path=path, device=device, dtype=dtype, **options)
+    try:
+        reward = factory(path=path, device=device, dtype=dtype, **options)
+    except Exception as e:
+        if not plugin:
+            raise
+        raise RewardPluginError(f"reward plug-in {name!r} failed to build: {type(e).__name__}: {e}") from e
     if not isinstance(reward, Reward):
-        raise TypeError(f"reward factory for {name!r} returned {type(reward).__name__}, expected a Reward")
-    return reward
+        raise RewardPluginError(f"reward plug-in {name!r} returned a {type(reward).__name__}, expected a "
+                                "progrpo_core.rewards.Reward (subclass it and implement score(images, prompts))")
+    return PluginReward(reward, name) if plugin else reward

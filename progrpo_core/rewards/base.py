@@ -21,6 +21,10 @@ class RewardInputError(ValueError):
     """Images or prompts that a reward cannot score as given."""
 
 
+class RewardPluginError(ValueError):
+    """A user's reward (``package.module:callable``) that failed or broke the Reward contract."""
+
+
 def check_images(images: torch.Tensor, prompts: Sequence[str], who: str = "reward") -> None:
     """Validate a reward's input: (N, 3, H, W) float in [0, 1], finite, one prompt per image."""
     if not isinstance(images, torch.Tensor):
@@ -64,7 +68,8 @@ class Reward(abc.ABC):
             out = self.score(images.clamp(0, 1), list(prompts))
         out = out.detach().float().cpu().reshape(-1)
         if out.shape[0] != images.shape[0]:
-            raise RuntimeError(f"reward {self.name!r} returned {out.shape[0]} scores for {images.shape[0]} images")
+            raise RewardPluginError(f"reward {self.name!r} returned {out.shape[0]} scores for {images.shape[0]} images; "
+                                    "score(images, prompts) must return one score per image, shape (N,)")
         return out
 
     def evaluate(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -91,6 +96,46 @@ class Reward(abc.ABC):
             m.to(device)
         if hasattr(self, "device"):
             self.device = device
+
+
+class PluginReward(Reward):
+    """A user's reward, whose failures are reported as its own (:class:`RewardPluginError`, naming it)."""
+
+    def __init__(self, inner: Reward, spec: str):
+        self.inner, self.spec, self.name = inner, spec, inner.name
+
+    def _call(self, fn, images, prompts):
+        try:
+            out = fn(images, prompts)
+        except RewardPluginError as e:
+            raise RewardPluginError(f"reward plug-in {self.spec!r}: {e}") from e
+        except RewardInputError:
+            raise
+        except Exception as e:
+            raise RewardPluginError(f"reward plug-in {self.spec!r} raised {type(e).__name__}: {e}") from e
+        if not isinstance(out, (torch.Tensor, dict)):
+            raise RewardPluginError(f"reward plug-in {self.spec!r} returned a {type(out).__name__}; expected a "
+                                    "tensor of scores (N,)")
+        return out
+
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        return self._call(self.inner.score, images, prompts)
+
+    def evaluate(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        return self._call(self.inner.evaluate, images, prompts)
+
+    @property
+    def total_key(self) -> str:
+        return self.inner.total_key
+
+    def components(self) -> list[tuple[str, float]]:
+        return self.inner.components()
+
+    def modules(self) -> list[torch.nn.Module]:
+        return self.inner.modules()
+
+    def place(self, device) -> None:
+        self.inner.place(device)
 
 
 class OffloadedReward(Reward):

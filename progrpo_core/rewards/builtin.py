@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -42,19 +41,14 @@ class StrokeReward(Reward):
 
 
 def load_classifier(path: str | Path | None = None) -> torch.nn.Module:
-    from safetensors.torch import load_file
-
-    from ..embedded import CLASSIFIER_FILE, WEIGHTS_DIR, read_header
+    from ..embedded import CLASSIFIER_FILE, WEIGHTS_DIR, load_net
     from ..embedded.nets import DigitClassifier
 
     file = Path(path) if path else WEIGHTS_DIR / CLASSIFIER_FILE
     if not file.exists():
         raise FileNotFoundError(
             f"digit classifier weights not found at {file}; run `python -m progrpo_core pretrain` to rebuild them")
-    arch = json.loads(read_header(file).get("arch", "{}"))
-    net = DigitClassifier(**arch)
-    net.load_state_dict(load_file(str(file)))
-    return net
+    return load_net(file, "the digit reward's classifier", DigitClassifier)[0]
 
 
 def make_digit_reward(path: str | None = None, device: str = "cpu", dtype: str = "float32", **_) -> DigitReward:

@@ -4,21 +4,39 @@ reward curve, the final LoRA and ``summary.json``."""
 from __future__ import annotations
 
 import dataclasses
+import time
+from pathlib import Path
 from typing import Any
 
 from .records import jsonable
 from .run_folder import RunFolder
+from .trainer import disk_full
 
 
-def run(trainer, progress: bool = True, resume: bool = False) -> dict[str, Any]:
+def run(trainer, progress: bool = True, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train ``trainer`` for ``run.epochs`` (or until ``run.max_steps`` optimizer steps) and write
-    its run folder ``run.out``; ``resume=True`` continues from the newest checkpoint there."""
+    its run folder ``run.out`` (default: a new one, see :func:`new_run_folder`); ``resume=True``
+    continues from the newest checkpoint there, ``overwrite`` replaces a run already there."""
+    c, main = trainer.cfg, trainer.world.is_main
+    fresh = c.run.out is None
+    if fresh:
+        c.run.out = str(trainer.world.broadcast_object(new_run_folder(c.grpo.method) if main else None))
+    folder = RunFolder(c.run.out)
+    try:
+        return _run(trainer, folder, progress, resume, overwrite, fresh)
+    finally:
+        folder.unlock()  # the run is over, finished or not
+
+
+def _run(trainer, folder: RunFolder, progress: bool, resume: bool, overwrite: bool, fresh: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     c, main = trainer.cfg, trainer.world.is_main
-    folder = RunFolder(c.run.out)
     trainer.restart_clock()
-    if not trainer.open(folder, resume):
+    resumed = trainer.open(folder, resume, overwrite)
+    if fresh and main:
+        point_latest(folder.out)
+    if not resumed:
         before = trainer.evaluate()
         trainer.state.before = {k: v for k, v in before.items() if k != "latents"}
         if main:
@@ -39,7 +57,34 @@ def run(trainer, progress: bool = True, resume: bool = False) -> dict[str, Any]:
         if not c.run.checkpoint_every:  # a run that checkpoints only when stopped: it stopped now
             trainer.save_on_interrupt(folder)
         raise
-    return _finish(trainer, folder, after)
+    try:
+        return _finish(trainer, folder, after)
+    except OSError as e:
+        disk_full(e, folder)
+        raise
+
+
+def new_run_folder(method: str, root: str | Path = "runs") -> Path:
+    """``runs/<YYYYmmdd-HHMMSS>-<method>`` (a numbered suffix if that exists already)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, n = Path(root) / f"{stamp}-{method}", 1
+    while path.exists():
+        n += 1
+        path = Path(root) / f"{stamp}-{method}-{n}"
+    return path
+
+
+def point_latest(folder: Path) -> None:
+    """Make ``<root>/latest`` a symlink to ``folder`` (replaced atomically)."""
+    import os
+
+    latest = folder.parent / "latest"
+    if latest.exists() and not latest.is_symlink():
+        return  # a real folder of that name (an older run's): leave it alone
+    tmp = folder.parent / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    os.symlink(folder.name, tmp)
+    os.replace(tmp, latest)
 
 
 def _finish(trainer, folder: RunFolder, after: dict[str, Any]) -> dict[str, Any]:

@@ -50,6 +50,25 @@ def epoch_prompts(prompts: Sequence[str], per_epoch: int, seed: int, epoch: int)
     return [prompts[i] for i in idx], seeds
 
 
+def score_finite(reward: Reward, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """``reward.evaluate``, with NaN scores for images that are not finite (a diverging model
+    renders NaN): those count as non-finite rewards, and skip the update, instead of stopping the run."""
+    ok = torch.isfinite(images.flatten(1)).all(1)  # (N,)
+    if bool(ok.all()):
+        return reward.evaluate(images, list(prompts))
+    out = {k: torch.full((len(images),), float("nan")) for k in _keys(reward)}
+    if bool(ok.any()):
+        good = reward.evaluate(images[ok], [p for p, k in zip(prompts, ok.tolist()) if k])
+        for k, v in good.items():
+            out[k][ok.cpu()] = v
+    return out
+
+
+def _keys(reward: Reward) -> list[str]:
+    names = [n for n, _ in reward.components()]
+    return names + ([reward.total_key] if reward.total_key not in names else [])
+
+
 def decode_and_score(model: Denoiser, reward: Reward, latents: torch.Tensor, prompts: Sequence[str],
                      compute: Compute, phase: str = "final", check: bool = True,
                      micro_batch: int | None = None) -> dict[str, torch.Tensor]:
@@ -59,7 +78,7 @@ def decode_and_score(model: Denoiser, reward: Reward, latents: torch.Tensor, pro
     parts = []
     with compute.phase(f"{phase}_scoring"), torch.no_grad():
         for lo in range(0, len(latents), per):
-            parts.append(reward.evaluate(model.decode(latents[lo:lo + per]), list(prompts[lo:lo + per])))
+            parts.append(score_finite(reward, model.decode(latents[lo:lo + per]), list(prompts[lo:lo + per])))
     out = parts[0] if len(parts) == 1 else {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     if check:
         for k, v in out.items():
@@ -82,7 +101,7 @@ def collect(model: Denoiser, reward: Reward, prompts: list[str], seeds: list[int
 
     def proxy_score(images, row_prompts):
         nonlocal proxy_nonfinite
-        scores = reward.evaluate(images, row_prompts)[reward.total_key]
+        scores = score_finite(reward, images, row_prompts)[reward.total_key]
         bad = ~torch.isfinite(scores)
         if bad.any():  # this epoch's update is skipped; a finite stand-in lets sampling finish
             proxy_nonfinite += int(bad.sum())

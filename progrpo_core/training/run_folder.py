@@ -13,6 +13,7 @@ Every file is written atomically (:mod:`progrpo_core.io`).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -25,16 +26,106 @@ from ..io import write_json, write_text
 from .records import nan_if_none
 
 
+RUN_FILE = "run.json"          # the run's identity: its id and when it started
+LOCK_FILE = ".lock"            # held by the process training in the folder
+RESULTS = ("config.toml", "metrics.jsonl", "summary.json", "reward_curve.png", "samples_before.png",
+           "samples_after.png", "lora.safetensors", RUN_FILE)
+
+
 class RunFolder:
-    """The files of one run in ``out`` (the LoRA at ``lora_path``, default ``out/lora.safetensors``)."""
+    """The files of one run in ``out`` (the LoRA at ``lora_path``, default ``out/lora.safetensors``).
+
+    A folder holds one run: :meth:`claim` refuses to start a new run where another's files are
+    (``overwrite`` clears them first), and :meth:`lock` keeps a second process out while one trains."""
 
     def __init__(self, out: str | Path, lora_path: str | Path | None = None):
         self.out = Path(out)
         self.lora_path = Path(lora_path) if lora_path is not None else self.out / "lora.safetensors"
         self.metrics_path = self.out / "metrics.jsonl"
+        self._lock_fd: int | None = None
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.out)!r})"
+
+    # -- ownership ----------------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Take the folder's lock (released by :meth:`unlock` or when the process ends); a second
+        process on the same folder fails at once, naming the one that holds it."""
+        import fcntl
+
+        if self._lock_fd is not None:
+            return
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ckpt.RunFolderError(f"cannot create the run folder {self.out}: {e.strerror or e}; choose another "
+                                      "--run.out") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ckpt.RunFolderError(
+                f"the run folder {self.out} is in use by another training process (PID {holder}); wait for it to "
+                "finish, or train in another folder (--out)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def __del__(self):
+        self.unlock()
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+
+    def identity(self) -> dict[str, Any] | None:
+        """The run in the folder (``run.json``), or None."""
+        path = self.out / RUN_FILE
+        try:
+            return json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError):
+            return {"run_id": None}
+
+    def holds_run(self) -> str | None:
+        """A description of the run already in the folder, or None when it holds none."""
+        rows = 0
+        if self.metrics_path.is_file():
+            rows = sum(1 for line in self.metrics_path.read_text(errors="replace").splitlines() if line.strip())
+        found = self.checkpoints()
+        if not found and not rows:  # (a run that stopped before its first epoch left nothing to keep)
+            return None
+        parts = [f"{rows} epoch(s) of metrics"] + ([f"checkpoints up to epoch {found[-1][0]}"] if found else [])
+        return ", ".join(parts)
+
+    def claim(self, resume: bool, overwrite: bool = False) -> None:
+        """Make the folder this run's: a new run refuses a folder holding another run unless
+        ``overwrite`` (which clears that run's files first). (A resumed run's checkpoint is checked
+        against the folder's ``run.json`` when it is loaded.)"""
+        if resume:
+            if overwrite:
+                raise ckpt.RunFolderError("resume continues the run in the folder and overwrite deletes it; give one")
+            return
+        held = self.holds_run()
+        if held and not overwrite:
+            raise ckpt.RunFolderError(
+                f"the run folder {self.out} already holds a run ({held}). Continue it with `train --resume "
+                f"{self.out}`, start over in it with --overwrite (deletes that run), or choose another --out")
+        if held:
+            self.clear()
+
+    def write_identity(self, run_id: str) -> None:
+        write_json(self.out / RUN_FILE, {"run_id": run_id})
+
+    def clear(self) -> None:
+        """Delete the files a run writes here (its checkpoints, metrics, results), nothing else."""
+        import shutil
+
+        for name in RESULTS:
+            (self.out / name).unlink(missing_ok=True)
+        shutil.rmtree(ckpt.checkpoint_dir(self.out), ignore_errors=True)
 
     # -- before training ------------------------------------------------------------------------
     def check(self, need_bytes: int, breakdown: str, check_disk: bool = True) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import uuid
 import warnings
 from typing import Any, Iterator, Sequence
 
@@ -89,6 +90,7 @@ class RunState:
     rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # metrics rows, one per epoch
     before: dict[str, Any] | None = None  # the evaluation before training
     last_checkpoint: int = -1
+    run_id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:12])  # this run, in its files
     _rows_json: list[str] = dataclasses.field(default_factory=list, repr=False)
 
     def count_skip(self, epoch: int, why: str, limit: int, out: str) -> None:
@@ -100,15 +102,22 @@ class RunState:
         if limit and self.bad_in_row >= limit:
             raise TrainingStopped(
                 f"stopped at epoch {epoch + 1}: {self.bad_in_row} updates in a row were skipped (the last: {why}); "
-                f"run.max_bad_updates={limit}. Nothing was saved from the poisoned epochs: the run folder holds the "
-                "last good checkpoint. Check the reward model (dtype, inputs) and lower grpo.lr, then continue "
-                f"with `train --resume {out}`.")
+                f"run.max_bad_updates={limit}. Nothing was saved from the poisoned epochs. "
+                + last_good(self.last_checkpoint, out) + " Check the reward model (dtype, inputs) and lower grpo.lr.")
 
     def metrics_text(self) -> str:
         """The metrics rows as JSON lines, each serialised once (rows never change once appended)."""
         del self._rows_json[len(self.rows):]
         self._rows_json.extend(json.dumps(jsonable(r)) + "\n" for r in self.rows[len(self._rows_json):])
         return "".join(self._rows_json)
+
+
+def last_good(last_checkpoint: int, out: str | None) -> str:
+    """What the run folder holds to go on from, in words."""
+    if last_checkpoint > 0:
+        return (f"The newest checkpoint in {out} (epoch {last_checkpoint}) is the last good state: continue from it "
+                f"with `train --resume {out}`.")
+    return "No checkpoint was written before this (run.checkpoint_every): start the run again."
 
 
 def state_tensors(adapter: LoraWeights, optimizer: torch.optim.Optimizer, ema: EMA | None,
@@ -143,6 +152,7 @@ def snapshot(state: RunState, adapter: LoraWeights, optimizer: torch.optim.Optim
         "metrics": state.metrics_text(),
         "before": {k: v for k, v in (state.before or {}).items() if k != "latents"},
         "config": cfg.to_dict(),
+        "run_id": state.run_id,
         "world_size": world_size,
         "wall_s": float(wall_s),
     }
@@ -196,4 +206,5 @@ def restore(snap: dict[str, Any], adapter: LoraWeights, optimizer: torch.optim.O
         compute=Compute(**{k: (int(v) if k != "wall" else {str(a): float(b) for a, b in v.items()})
                            for k, v in comp.items()}),
         rows=[json.loads(line) for line in snap["metrics"].splitlines() if line.strip()],
-        before=dict(snap["before"]) or None, last_checkpoint=epoch)
+        before=dict(snap["before"]) or None, last_checkpoint=epoch,
+        **({"run_id": snap["run_id"]} if snap.get("run_id") else {}))

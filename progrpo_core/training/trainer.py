@@ -15,6 +15,7 @@ rotation, and a checkpoint of the last completed epoch when anything stops it ea
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import warnings
 from pathlib import Path
@@ -60,6 +61,10 @@ class Trainer:
         self.model = model if model is not None else load_model(cfg, self.device)
         self.precision = resolve_precision(cfg.run.precision, self.device)
         self.sampler = cfg.sampler.resolved(self.model.family, getattr(self.model, "default_cfg", 1.0))
+        if self.sampler.sampler == "ode" or not self.sampler.noise_level:
+            raise ValueError(f"sampler.sampler={self.sampler.sampler}, sampler.noise_level={self.sampler.noise_level:g}: "
+                             "every sampling step is deterministic, so there is no policy to train; use a noise level "
+                             "> 0 with an exploration sampler (the default noise when you leave it out)")
         self.schedule = cfg.prune_schedule()
         rdev, rdtype = self._reward_placement()
         self.reward = reward if reward is not None else build_reward(cfg.reward.name, cfg.reward.path, device=rdev,
@@ -92,6 +97,9 @@ class Trainer:
         self.state = RunState()
         self._rng = torch.Generator().manual_seed(cfg.run.seed * 7 + 3)
         self._boundary: dict[str, Any] | None = None  # snapshot of the last completed epoch (rank 0)
+        self._folder: RunFolder | None = None  # the run folder this trainer opened (and locked)
+        self._lora_norm: float | None = None     # the LoRA's norm after the last epoch (divergence guard)
+        self._warned_flat = False
         self._t_start = time.perf_counter()
 
     def _reward_placement(self) -> tuple[str, str]:
@@ -106,13 +114,19 @@ class Trainer:
         return str(device), "bfloat16" if bf16_supported(device) else "float16"
 
     # -- memory: the plan and the micro-batches ---------------------------------------------------
-    def ensure_plan(self) -> Plan | None:
+    def ensure_plan(self, refuse: bool = True) -> Plan | None:
         """Measure the per-row costs once and choose every micro-batch left on auto (see
-        :mod:`progrpo_core.planner`); offload the reward when memory is short. None when every
-        micro-batch was given."""
+        :mod:`progrpo_core.planner`); offload the reward when memory is short. A run that cannot
+        fit is refused here, before anything is sampled (``refuse=False``: the caller decides).
+        None when every micro-batch was given."""
         if self.plan is not None or all(v is not None for v in self.micro.values()):
             return self.plan
         self.plan = self.make_plan()
+        if refuse and not self.plan.fits:
+            raise ValueError(f"this run does not fit in memory: {'; '.join(self.plan.problems)}\n{self.plan.text()}\n"
+                             "Lower grpo.prompts_per_epoch or the group size, set smaller micro-batches "
+                             "(--run.sample_micro_batch, --run.train_micro_batch), keep --run.gradient_checkpointing "
+                             "on, or give the run more memory (--run.memory_gib)")
         for k in self.micro:
             if self.micro[k] is None:
                 self.micro[k] = getattr(self.plan, f"{k}_micro_batch")
@@ -161,9 +175,12 @@ class Trainer:
         return self.state.rows
 
     def close(self) -> None:
-        """Undo gradient checkpointing and leave the process group this trainer joined."""
+        """Undo gradient checkpointing, release the run folder and leave the process group this
+        trainer joined."""
         grad_checkpoint.disable(self._checkpointed)
         self._checkpointed = []
+        if self._folder is not None:
+            self._folder.unlock()
         distributed.shutdown(self.world)
 
     def elapsed(self) -> float:
@@ -237,8 +254,20 @@ class Trainer:
         if bad:
             raise TrainingStopped(
                 f"the {' and '.join(bad)} hold NaN or infinite values at epoch {self.epoch}; stopping without "
-                f"writing {what}, so the files in {self.cfg.run.out} keep the last good state. Lower grpo.lr "
-                "(or enable grpo.grad_clip) and resume from the last checkpoint.")
+                f"writing {what}. " + state.last_good(self.state.last_checkpoint, self.cfg.run.out)
+                + f" Lower grpo.lr (now {self.cfg.grpo.lr:g}) or keep grpo.grad_clip on.")
+
+    def check_divergence(self) -> None:
+        """Stop (:class:`TrainingStopped`, nothing saved) when the LoRA's norm jumped by more than
+        100x in one epoch: the learning rate is far too high and its weights, though finite, would
+        render NaN or noise."""
+        prev, norm = self._lora_norm, self._norm()
+        self._lora_norm = norm
+        if prev and norm > 100 * prev:
+            raise TrainingStopped(
+                f"the LoRA's norm jumped from {prev:.3g} to {norm:.3g} in epoch {self.epoch} (x{norm / prev:.3g}): "
+                f"grpo.lr={self.cfg.grpo.lr:g} is far too high for this model; nothing of this epoch was saved. "
+                + state.last_good(self.state.last_checkpoint, self.cfg.run.out) + " Lower grpo.lr (try a tenth).")
 
     def check_finite_state(self) -> None:
         """Raise :class:`TrainingStopped` if the LoRA, its EMA or the optimizer state holds NaN or
@@ -258,6 +287,28 @@ class Trainer:
         with ema_applied(self.ema):
             self._check_finite({"LoRA weights": self.adapter.parameters()}, f"the LoRA {path}")
             return self.adapter.save(path, self.lora_metadata())
+
+    def save_boundary_lora(self, path: str | Path) -> dict[str, Any] | None:
+        """Write the LoRA of the last completed epoch (its EMA when kept) — what a stopped run keeps,
+        with a header counting that epoch — and return ``{"epoch", "steps", "path"}``; None when no
+        epoch was completed in this session or the trainer writes no folder."""
+        snap = self._boundary
+        if snap is None or not snap["epoch"]:
+            return None
+        named = self.adapter.named_parameters()
+        values = snap["ema"] if snap["ema"] is not None else [snap["lora"][n] for n, _ in named]
+        live = [p.detach().clone() for _, p in named]
+        meta = dict(self.lora_metadata(), steps=snap["optimizer_steps"], epochs=snap["epoch"])
+        with torch.no_grad():
+            for (_, p), v in zip(named, values):
+                p.copy_(v.to(p))
+            try:
+                self._check_finite({"LoRA weights": [p for _, p in named]}, f"the LoRA {path}")
+                written = self.adapter.save(path, meta)
+            finally:
+                for (_, p), v in zip(named, live):
+                    p.copy_(v)
+        return {"epoch": snap["epoch"], "steps": snap["optimizer_steps"], "path": written}
 
     def _generators(self) -> dict[str, torch.Generator]:
         return {"trainer": self._rng}
@@ -301,17 +352,25 @@ class Trainer:
         """An estimate of the bytes the run will write, and its breakdown."""
         c, sched = self.cfg, self.schedule
         with torch.no_grad():
-            device = next(self.model.net.parameters()).device
-            image = self.model.decode(torch.zeros(1, *self.model.latent_shape, device=device))
+            image = self.model.decode(torch.zeros(1, *self.model.latent_shape, device=self.device))
         grid_bytes = 2 * len(self.eval_prompts()[0]) * image[0].numel()  # before/after grids, raw bytes as a bound
+        epochs = c.run.epochs
+        if c.run.max_steps is not None:  # a step cap ends the run sooner
+            minibatches = math.ceil(c.grpo.prompts_per_epoch * sched.trained / c.grpo.train_batch_size)
+            epochs = min(epochs, math.ceil(c.run.max_steps / math.ceil(minibatches / c.grpo.grad_accum)))
         return space_needed(sum(p.numel() for p in self.adapter.parameters()), c.grpo.prompts_per_epoch,
-                            sched.group_size + sum(sched.keep), c.run.epochs, c.run.keep_checkpoints,
+                            sched.group_size + sum(sched.keep), epochs, c.run.keep_checkpoints,
                             self.ema is not None, grid_bytes)
 
-    def open(self, folder: RunFolder, resume: bool = False) -> bool:
+    def open(self, folder: RunFolder, resume: bool = False, overwrite: bool = False) -> bool:
         """Prepare ``folder`` for this run before anything is trained, on every rank together:
-        with ``resume``, restore its newest checkpoint (and its metrics rows); check the folder
-        (writable, room for the run); write the config. Returns whether the run resumed."""
+        lock it (one process per folder); refuse a folder holding another run unless ``overwrite``;
+        with ``resume``, restore its newest checkpoint (and its metrics rows), which must be this
+        folder's run; check the folder (writable, room for the run); write the config. Returns
+        whether the run resumed. :meth:`close` releases the lock."""
+        self._folder = folder
+        self.world.run_on_main(folder.lock, (ckpt.RunFolderError,))
+        self.world.run_on_main(lambda: folder.claim(resume, overwrite), (ckpt.RunFolderError,))
         snap = self._load_resume_state(folder) if resume else None
         self.world.run_on_main(lambda: folder.check(*self._space_needed(), check_disk=self.cfg.run.check_disk),
                                (ckpt.RunFolderError,))
@@ -324,6 +383,7 @@ class Trainer:
         if self.world.is_main:
             folder.write_config(self.cfg)
             if snap is None:
+                folder.write_identity(self.state.run_id)
                 folder.write_metrics("")
         return snap is not None
 
@@ -334,6 +394,11 @@ class Trainer:
         def load() -> None:
             box["path"], box["snap"] = folder.load_latest(
                 warn=lambda m: warnings.warn(m, RuntimeWarning, stacklevel=2))
+            mine, theirs = (folder.identity() or {}).get("run_id"), box["snap"].get("run_id")
+            if mine and theirs and mine != theirs:
+                raise ckpt.CheckpointError(
+                    f"{box['path']} belongs to another run ({theirs}) than the one in {folder.out} ({mine}); it was "
+                    "copied or left here from an earlier run. Move it away, or resume the run it belongs to")
 
         self.world.run_on_main(load, (ckpt.CheckpointError,))
         path, snap = self.world.broadcast_object((str(box.get("path")), box.get("snap")))
@@ -354,6 +419,7 @@ class Trainer:
         while sampling (progress bars, previews)."""
         c, main = self.cfg, self.world.is_main
         self.ensure_plan()
+        self._lora_norm = self._norm()
         self._boundary = self.state_dict(self.elapsed()) if main and folder is not None else None
         try:
             for epoch in range(self.epoch, c.run.epochs):
@@ -376,9 +442,10 @@ class Trainer:
                 self.save_checkpoint(folder, self._boundary)
         except TrainingStopped:
             raise  # never save a poisoned state; the last checkpoint stays as it is
-        except BaseException:
+        except BaseException as e:
             if folder is not None:
                 self.save_on_interrupt(folder)
+                disk_full(e, folder)
             raise
 
     def _one_epoch(self, epoch: int, on_sample_step: Callable[[dict], None] | None) -> EpochRecord:
@@ -392,6 +459,8 @@ class Trainer:
         stats = self.train_on(batch, epoch, max_updates=remaining)
         cpu = {"sampling": c1 - c0, "training": time.process_time() - c1}
         self.check_finite_state()  # stop before a poisoned state is logged or saved
+        self.check_divergence()
+        self._warn_if_flat(batch, epoch)
         comp = self.state.compute
         return EpochRecord(
             epoch=self.epoch, optimizer_step=self.optimizer_steps, sample=batch.stats, update=stats,
@@ -400,6 +469,19 @@ class Trainer:
                      "decodes": comp.proxy_decodes + comp.final_decodes,
                      "reward_calls": comp.proxy_rewards + comp.final_rewards},
             epoch_wall_s=round(time.perf_counter() - t0, 4), wall_s=round(self.elapsed(), 3), batch=batch, cpu_s=cpu)
+
+    @torch.no_grad()
+    def _norm(self) -> float:
+        return float(torch.stack([p.detach().float().norm() for p in self.adapter.parameters()]).norm())
+
+    def _warn_if_flat(self, batch: RolloutBatch, epoch: int) -> None:
+        """Warn (once) when every group's rewards were equal: no advantage, nothing learnt."""
+        if self._warned_flat or batch.nonfinite or bool((batch.advantages != 0).any()):
+            return
+        self._warned_flat = True
+        warnings.warn(f"epoch {epoch + 1}: every trajectory of every prompt got the same reward, so every advantage is 0 "
+                      f"and the epoch teaches nothing; check that the reward ({self.cfg.reward.name}) responds to the "
+                      "images and prompts", RuntimeWarning, stacklevel=3)
 
     def _write_epoch(self, folder: RunFolder, row: dict[str, Any]) -> None:
         """The epoch's files: its metrics row, the LoRA and a checkpoint when they are due."""
@@ -413,12 +495,23 @@ class Trainer:
         self._boundary = self.state_dict(self.elapsed()) if self.world.is_main else None
 
     # -- the command line's run ------------------------------------------------------------------
-    def run(self, progress: bool = True, resume: bool = False) -> dict[str, Any]:
+    def run(self, progress: bool = True, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
         """Train and write the whole run folder ``run.out`` (:func:`.cli_run.run`); ``resume``
-        continues from its newest checkpoint. Returns the summary."""
+        continues from its newest checkpoint, ``overwrite`` replaces a run already there. Returns
+        the summary."""
         from .cli_run import run
 
-        return run(self, progress=progress, resume=resume)
+        return run(self, progress=progress, resume=resume, overwrite=overwrite)
+
+
+def disk_full(e: BaseException, folder: RunFolder) -> None:
+    """Say "disk full" (and how to go on) for an out-of-space error while writing the run folder."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        raise ckpt.RunFolderError(
+            f"the disk holding the run folder {folder.out} is full ({e.strerror}): free some space, then continue "
+            f"with `train --resume {folder.out}` (the checkpoints written so far are intact)") from e
 
 
 def _model_device(model) -> torch.device | None:

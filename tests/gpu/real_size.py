@@ -73,7 +73,6 @@ def build_patcher(kind: str, dtype, device):
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.ops
-    import torch
 
     keys = network(kind, comfy.ops.disable_weight_init).state_dict()  # shapes only (meta)
     model_config = comfy.model_detection.model_config_from_unet(keys, "")
@@ -156,7 +155,6 @@ def run(args) -> dict:
     import comfy.model_management as mm
     import torch
 
-    from progrpo_core import memory
     from progrpo_core.config import build_config
     from progrpo_core.devices import resolve_device, resolve_precision
     from progrpo_core.rewards import build_reward
@@ -164,7 +162,6 @@ def run(args) -> dict:
 
     host = resolve_loader("nodes.host:ComfyDenoiser")
     Adapter = resolve_loader("nodes.host:ComfyLoraAdapter")
-    training_model = resolve_loader("nodes.host:training_model")
     device = resolve_device(mm.get_torch_device())
     precision = resolve_precision(args.precision, device)
     t0 = time.perf_counter()
@@ -182,8 +179,9 @@ def run(args) -> dict:
         "run": {"epochs": args.epochs, "eval_every": 0, "precision": precision.name, "gradient_checkpointing": 1,
                 **({"memory_gib": args.memory_gib} if args.memory_gib else {})}})
     pos, neg = conditioning(args.model)
-    with training_model(patcher) as (mp, shares):
-        den = host(mp, (LATENT_CHANNELS[args.model], side, side), vae=vae, name=args.model, full_load=True)
+    mm.in_training = True  # the patcher is this script's own: no copy of it is needed (the node makes one)
+    with torch.inference_mode(False):
+        den = host(patcher, (LATENT_CHANNELS[args.model], side, side), vae=vae, name=args.model, full_load=True)
         den.add_prompt("a prompt", pos, neg)
         adapter = Adapter(den, 16, 16.0, seed=0)
         trainer = Trainer(cfg, model=den, reward=build_reward("stroke"), prompts=["a prompt"], adapter=adapter,
