@@ -225,6 +225,8 @@ class ComfyDenoiser:
             conds[_key("positive", i)] = pos
             conds[_key("negative", i)] = neg
         guider.inner_set_conds(conds)
+        if self.full_load:
+            guider.model_options = _fixed_attention(guider.model_options)
         if sigmas is None:
             sigmas = self.sigmas(1)
         c, h, w = self.latent_shape
@@ -303,6 +305,31 @@ class ComfyDenoiser:
                         h.update(t.flatten()[:16].float().cpu().numpy().tobytes())
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
+
+
+def _fixed_attention(model_options: dict) -> dict:
+    """Model options whose attention does not depend on free memory.
+
+    Without xformers/SDPA (the CPU, some AMD setups, --use-split-cross-attention) ComfyUI
+    slices attention by the memory free at call time. Gradient checkpointing recomputes a
+    block in backward, when free memory differs, and torch refuses a recomputation that
+    saves different tensors; the planner's probes would also measure one slicing and train
+    with another. Training sessions therefore run those attention kernels as PyTorch SDPA.
+    """
+    import comfy.ldm.modules.attention as attn
+
+    def unwrapped(f):
+        return getattr(f, "__wrapped__", f)
+
+    sliced = {unwrapped(getattr(attn, n)) for n in ("attention_sub_quad", "attention_split") if hasattr(attn, n)}
+    pytorch = attn.attention_pytorch  # called inside the wrapper (kwargs say so): no second override
+
+    def override(func, *args, **kwargs):
+        return (pytorch if unwrapped(func) in sliced else func)(*args, **kwargs)
+
+    opts = dict(model_options)
+    opts["transformer_options"] = {**opts.get("transformer_options", {}), "optimized_attention_override": override}
+    return opts
 
 
 def _key(kind: str, i: int) -> str:

@@ -18,6 +18,9 @@ tests (``test_gpu_readiness.py``) run them and assert on the numbers. Checks:
                           bf16, for the branch and for the old weight merge.
 ``checkpointing KIND``    KIND unet, mmdit or flux (tiny, a few blocks deep): bytes autograd saves for
                           backward in one forward, without and with checkpointing at depth 1.
+``sliced_attention``      ComfyUI's memory-sliced attention (the CPU default) with less memory free
+                          in backward than in forward, as on a busy GPU: an epoch of the tiny SD3
+                          with checkpointing trains (the recomputed blocks slice alike).
 ``rehome``                an epoch, ComfyUI unloading every model, another epoch: the devices of the
                           LoRA, its optimizer state and its EMA.
 """
@@ -202,6 +205,25 @@ def check_checkpointing(kind: str) -> dict:
             "saved_bytes_checkpointed": checkpointed, "ratio": checkpointed / plain}
 
 
+def check_sliced_attention(models: Path) -> dict:
+    import comfy.ldm.modules.attention as attn
+    import comfy.model_management as mm
+    import torch
+
+    real = mm.get_free_memory
+
+    def free_memory(dev=None, torch_free_too=False):  # plenty in forward, almost none in backward
+        if torch._C._current_autograd_node() is None:
+            return real(dev, torch_free_too)
+        return (1024, 1024) if torch_free_too else 1024
+
+    mm.get_free_memory = free_memory
+    tr = _tiny_trainer("sd3", models, torch.float32, "fp32", epochs=1)
+    record = next(tr.epochs())
+    return {"check": "sliced_attention", "attention": attn.optimized_attention.__name__,
+            "steps": tr.optimizer_steps, "loss": record.update.loss}
+
+
 def check_rehome(models: Path) -> dict:
     import comfy.model_management as mm
     import torch
@@ -231,7 +253,8 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     name, args = a.check[0], a.check[1:]
     result = {"precision": lambda: check_precision(args[0], args[1], a.models), "branch": check_branch,
-              "checkpointing": lambda: check_checkpointing(args[0]), "rehome": lambda: check_rehome(a.models)}[name]()
+              "checkpointing": lambda: check_checkpointing(args[0]), "rehome": lambda: check_rehome(a.models),
+              "sliced_attention": lambda: check_sliced_attention(a.models)}[name]()
     print(json.dumps(result))
     return 0
 

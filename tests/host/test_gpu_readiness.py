@@ -52,3 +52,11 @@ def test_optimizer_state_and_ema_stay_with_the_lora_after_an_unload(comfy_env, c
     r = readiness(comfy_env, comfy_models, "rehome")
     d = r["devices"]
     assert len(d["lora"]) == 1 and d["optimizer"] == d["ema"] == d["lora"] and r["steps"] == 2
+
+
+def test_training_under_memory_sliced_attention(comfy_env, comfy_models):
+    # ComfyUI slices attention by free memory when it has no SDPA/xformers kernel; its chunked path
+    # is not differentiable and a recomputed block would slice differently: training pins SDPA
+    r = readiness(comfy_env, comfy_models, "sliced_attention")
+    assert r["attention"] in ("attention_sub_quad", "attention_split"), r  # what the CPU runs by default
+    assert r["steps"] == 1 and r["loss"] is not None, r
