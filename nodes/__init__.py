@@ -5,7 +5,7 @@ Importing this package needs no ComfyUI: node definitions are checkable anywhere
 """
 from __future__ import annotations
 
-from .reward_nodes import OVFPruner, RewardModelLoader, RewardScorer
+from .reward_nodes import CombineRewards, OVFPruner, RewardModelLoader, RewardScorer
 from .sampling_nodes import ExpandedGroupSampler, LatentProxyProjector
 from .train_nodes import GRPOLoraTrainer, PromptList, SaveLoRA
 
@@ -14,6 +14,7 @@ NODE_CLASS_MAPPINGS = {
     "ProGRPOLatentProxyProjector": LatentProxyProjector,
     "ProGRPOOVFPruner": OVFPruner,
     "ProGRPORewardModelLoader": RewardModelLoader,
+    "ProGRPOCombineRewards": CombineRewards,
     "ProGRPORewardScorer": RewardScorer,
     "ProGRPOLoraTrainer": GRPOLoraTrainer,
     "ProGRPOPromptList": PromptList,
@@ -25,6 +26,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ProGRPOLatentProxyProjector": "ProGRPO Latent Proxy Projector",
     "ProGRPOOVFPruner": "ProGRPO OVF Pruner",
     "ProGRPORewardModelLoader": "ProGRPO Reward Model Loader",
+    "ProGRPOCombineRewards": "ProGRPO Combine Rewards",
     "ProGRPORewardScorer": "ProGRPO Reward Scorer",
     "ProGRPOLoraTrainer": "ProGRPO GRPO LoRA Trainer",
     "ProGRPOPromptList": "ProGRPO Prompt List",

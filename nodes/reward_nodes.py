@@ -1,10 +1,11 @@
-"""Reward Model Loader, Reward Scorer and OVF Pruner."""
+"""Reward Model Loader, Combine Rewards, Reward Scorer and OVF Pruner."""
 from __future__ import annotations
 
 import torch
 
 from progrpo_core import plots
-from progrpo_core.rewards import available_rewards, build_reward, reward_help
+from progrpo_core.rewards import WeightedReward, available_rewards, build_reward, reward_help
+from progrpo_core.rewards.weighted import component_names
 from progrpo_core.rewards.weights import WEIGHT_SOURCES
 
 from . import host
@@ -15,13 +16,14 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 def reward_choices() -> list[str]:
-    return available_rewards()
+    """Reward names the loader offers (combinations are built with the Combine Rewards node)."""
+    return [n for n in available_rewards() if n != "weighted"]
 
 
 class RewardModelLoader:
-    DESCRIPTION = ("Loads a reward model by name. Weights are found in 'path', else in models/reward_models or the "
-                   "folders in PROGRPO_REWARD_DIR; nothing is downloaded (a missing file names what to fetch). "
-                   "'weighted' combines several: path = 'pickscore*0.7,hpsv2.1*0.3'.")
+    DESCRIPTION = ("Loads a reward model. 'model' lists the files and folders in models/reward_models; "
+                   "(search) finds the reward's usual file names there. Nothing is downloaded: a missing file "
+                   "names what to fetch. To combine rewards, connect several loaders to Combine Rewards.")
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (REWARD,)
@@ -30,14 +32,16 @@ class RewardModelLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        helps = "; ".join(f"{k}: {v}" for k, v in reward_help().items())
+        helps = "; ".join(f"{k}: {v}" for k, v in reward_help().items() if k != "weighted")
+        choices = reward_choices()
         return {
             "required": {
-                "reward": (reward_choices(), {"default": "pickscore" if "pickscore" in reward_choices() else
-                                              reward_choices()[0], "tooltip": helps}),
-                "path": ("STRING", {"default": "", "tooltip":
-                         "weights file or folder (empty: search models/reward_models and PROGRPO_REWARD_DIR); "
-                         "for 'weighted', the spec NAME[=PATH][*WEIGHT],... e.g. 'pickscore*0.7,hpsv2.1*0.3'"}),
+                "reward": (choices, {"default": "pickscore" if "pickscore" in choices else choices[0],
+                                     "tooltip": helps}),
+                "model": (host.reward_model_choices(), {"default": host.AUTO_MODEL, "tooltip":
+                          "the weights: a file or folder in models/reward_models (press R after adding one); "
+                          "(search) looks there for the reward's usual names (e.g. PickScore_v1/, "
+                          "HPS_v2.1_compressed.pt); built-in rewards need none"}),
                 "device": (["auto", "cpu"], {"default": "auto", "tooltip":
                            "where the reward model runs: auto = ComfyUI's device (the GPU when there is one), "
                            "loaded and offloaded by ComfyUI's memory manager like its own models"}),
@@ -46,17 +50,59 @@ class RewardModelLoader:
             },
         }
 
-    def load(self, reward, path, device, dtype):
-        path = path.strip() or None
+    def load(self, reward, model, device, dtype):
+        if reward not in reward_choices():
+            raise ValueError(f"reward {reward!r} is not one of {', '.join(reward_choices())}; to combine rewards, "
+                             "load each with its own loader and connect them to ProGRPO Combine Rewards")
+        path = host.reward_model_path(model)
         dev = host.reward_device(device)
         dirs = host.reward_dirs()
-        extra = {"search_dirs": tuple(dirs)} if dirs and (reward in WEIGHT_SOURCES or reward == "weighted") else {}
-        if reward == "weighted" and path is None:
-            raise ValueError("the 'weighted' reward needs its spec in 'path', e.g. 'pickscore*0.7,hpsv2.1*0.3'")
+        extra = {"search_dirs": tuple(dirs)} if dirs and reward in WEIGHT_SOURCES else {}
         if dtype == "auto":
             dtype = host.reward_dtype(dev)
-        model = build_reward(reward, path, device="cpu" if dev != "cpu" else dev, dtype=dtype, **extra)
-        return (RewardHandle(host.managed_reward(model, dev), reward, dev),)
+        loaded = build_reward(reward, path, device="cpu" if dev != "cpu" else dev, dtype=dtype, **extra)
+        return (RewardHandle(host.managed_reward(loaded, dev), reward, dev),)
+
+
+class CombineRewards:
+    DESCRIPTION = ("Trains on a weighted sum of rewards (e.g. PickScore 0.7 + HPSv2.1 0.3). Each part's scores are "
+                   "still shown and logged. A weight of 0 keeps a reward as a watched metric; negative penalises.")
+    CATEGORY = CATEGORY
+    FUNCTION = "combine"
+    RETURN_TYPES = (REWARD,)
+    RETURN_NAMES = ("reward",)
+    OUTPUT_TOOLTIPS = ("the combined reward, for the trainer or a scorer",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        def weight(default):
+            return ("FLOAT", {"default": default, "min": -100.0, "max": 100.0, "step": 0.05,
+                              "tooltip": "this reward's weight in the sum (0: watched only, negative: penalised)"})
+        required = {"reward_1": (REWARD, {"tooltip": "a reward from a Reward Model Loader"}), "weight_1": weight(0.5),
+                    "reward_2": (REWARD, {"tooltip": "a second reward"}), "weight_2": weight(0.5),
+                    "normalise_separately": ("BOOLEAN", {"default": True, "tooltip":
+                                             "on: each reward's advantages are normalised within the group before "
+                                             "weighting, so rewards on different scales (PickScore ~20, HPS ~0.3) "
+                                             "count by their weights; off: the raw weighted sum is normalised"})}
+        optional = {}
+        for i in (3, 4):
+            optional[f"reward_{i}"] = (REWARD, {"tooltip": "another reward (optional)"})
+            optional[f"weight_{i}"] = weight(0.0)
+        return {"required": required, "optional": optional}
+
+    def combine(self, reward_1, weight_1, reward_2, weight_2, normalise_separately, reward_3=None, weight_3=0.0,
+                reward_4=None, weight_4=0.0):
+        pairs = [(r, w, i) for i, (r, w) in enumerate(((reward_1, weight_1), (reward_2, weight_2),
+                                                        (reward_3, weight_3), (reward_4, weight_4)), start=1)
+                 if r is not None]
+        handles = [(check_reward(r, f"reward_{i}"), float(w)) for r, w, i in pairs]
+        if not any(w != 0 for _, w in handles):
+            raise ValueError("every weight is 0, so there is nothing to train on: give at least one reward a "
+                             "non-zero weight")
+        names = component_names([h.spec for h, _ in handles])
+        combined = WeightedReward([(n, h.reward, w) for n, (h, w) in zip(names, handles)])
+        spec = ",".join(f"{n}*{w:g}" for n, (_, w) in zip(names, handles))
+        return (RewardHandle(combined, spec, handles[0][0].device, separate_norm=bool(normalise_separately)),)
 
 
 class RewardScorer:
@@ -136,8 +182,8 @@ class OVFPruner:
         return (out_images, out_latent, kept_json(kept), host.core_to_image(hist[None]))
 
 
-def check_reward(reward) -> RewardHandle:
+def check_reward(reward, what: str = "reward") -> RewardHandle:
     if not isinstance(reward, RewardHandle):
-        raise ValueError("'reward' is not a loaded reward model: connect a ProGRPO Reward Model Loader "
+        raise ValueError(f"'{what}' is not a loaded reward model: connect a ProGRPO Reward Model Loader "
                          f"(got {type(reward).__name__})")
     return reward

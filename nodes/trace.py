@@ -40,6 +40,7 @@ class RewardHandle:
     reward: Reward
     spec: str
     device: str = "cpu"
+    separate_norm: bool = False  # a combination whose parts' advantages are normalised one by one
 
     def total(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Every component's scores plus the trained one under ``self.reward.total_key``."""

@@ -27,7 +27,8 @@ TILE_PX = 96
 def build_train_config(*, method: str, epochs: int, prompts_per_epoch: int, steps: int, group_size: int,
                        checkpoints: str, keep: str, sampler: str, noise_level: float, cfg: float,
                        learning_rate: float, rank: int, alpha: float, kl_beta: float, seed: int,
-                       reward_spec: str, model_name: str = "ComfyUI MODEL", precision: str = "auto",
+                       reward_spec: str, separate_reward_norm: bool = False, model_name: str = "ComfyUI MODEL",
+                       precision: str = "auto",
                        sample_micro_batch: int = 0, train_micro_batch: int = 0,
                        gradient_checkpointing: bool = True, checkpoint_depth: int = 1) -> TrainConfig:
     """A validated TrainConfig from the trainer node's widgets. ``group_size`` 0 and empty
@@ -43,7 +44,7 @@ def build_train_config(*, method: str, epochs: int, prompts_per_epoch: int, step
         "schedule": {"group_size": int(group_size) if group_size > 0 else None,
                      "checkpoints": checkpoints.strip() or None, "keep": keep.strip() or None},
         "grpo": {"method": method, "prompts_per_epoch": int(prompts_per_epoch), "lr": float(learning_rate),
-                 "kl_beta": float(kl_beta)},
+                 "kl_beta": float(kl_beta), "separate_reward_norm": bool(separate_reward_norm)},
         "lora": {"rank": int(rank), "alpha": float(alpha)},
         "reward": {"name": reward_spec},
         "run": {"seed": int(seed), "epochs": int(epochs), "eval_every": 0, "save_every": 0, "precision": precision,

@@ -142,6 +142,7 @@ class GRPOLoraTrainer:
             method=method, epochs=epochs, prompts_per_epoch=prompts_per_epoch, steps=steps, group_size=group_size,
             checkpoints=checkpoints, keep=keep, sampler=sampler, noise_level=noise_level, cfg=cfg,
             learning_rate=learning_rate, rank=rank, alpha=alpha, kl_beta=kl_beta, seed=seed, reward_spec=handle.spec,
+            separate_reward_norm=handle.separate_norm,
             model_name=type(getattr(model, "model", model)).__name__, precision=precision,
             sample_micro_batch=sample_micro_batch, train_micro_batch=train_micro_batch,
             gradient_checkpointing=gradient_checkpointing, checkpoint_depth=checkpoint_depth)

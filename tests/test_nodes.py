@@ -37,7 +37,7 @@ spec = importlib.util.spec_from_file_location("pack", {str(ROOT / '__init__.py')
 pack = importlib.util.module_from_spec(spec); spec.loader.exec_module(pack)
 assert not hasattr(pack, "NODE_CLASS_MAPPINGS"), "the pack registered nodes without ComfyUI"
 import nodes, nodes.host.headless
-assert len(nodes.NODE_CLASS_MAPPINGS) == 8
+assert len(nodes.NODE_CLASS_MAPPINGS) == 9
 bad = [m for m in ("comfy", "folder_paths", "server", "comfy_api") if m in sys.modules]
 assert not bad, bad
 """
@@ -113,7 +113,7 @@ def test_node_declaration_is_valid(node_id):
 def test_ids_are_the_frozen_set():
     assert sorted(NODE_CLASS_MAPPINGS) == sorted([
         "ProGRPOExpandedGroupSampler", "ProGRPOLatentProxyProjector", "ProGRPOOVFPruner", "ProGRPORewardModelLoader",
-        "ProGRPORewardScorer", "ProGRPOLoraTrainer", "ProGRPOPromptList", "ProGRPOSaveLoRA"])
+        "ProGRPORewardScorer", "ProGRPOLoraTrainer", "ProGRPOPromptList", "ProGRPOSaveLoRA", "ProGRPOCombineRewards"])
 
 
 # ---- nodes that need no ComfyUI, on the digits model ---------------------------------------------
@@ -125,7 +125,7 @@ def digits():
 
 @pytest.fixture(scope="module")
 def reward():
-    return NODE_CLASS_MAPPINGS["ProGRPORewardModelLoader"]().load("digit", "", "cpu", "float32")[0]
+    return NODE_CLASS_MAPPINGS["ProGRPORewardModelLoader"]().load("digit", "(search)", "cpu", "float32")[0]
 
 
 @pytest.fixture(scope="module")
@@ -155,14 +155,67 @@ def test_prompt_list(tmp_path, monkeypatch):
         node.build("x", "missing.txt")
 
 
-def test_reward_loader_errors_are_clear():
+def test_reward_loader_lists_the_reward_folder_and_stays_inside(tmp_path, monkeypatch):
+    (tmp_path / "PickScore_v1").mkdir()
+    (tmp_path / "PickScore_v1" / "config.json").write_text("{}")
+    (tmp_path / "PickScore_v1" / "model.safetensors").write_bytes(b"")
+    (tmp_path / "hps").mkdir()
+    (tmp_path / "hps" / "HPS_v2.1_compressed.pt").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not a model")
+    (tmp_path / "digit.safetensors").write_bytes(b"")
+    monkeypatch.setattr(host.files, "reward_dirs", lambda: [str(tmp_path)])
+    node = NODE_CLASS_MAPPINGS["ProGRPORewardModelLoader"]
+    choices = node.INPUT_TYPES()["required"]["model"][0]
+    # model folders whole (not their files), weight files in subfolders, no other files
+    assert choices == ["(search)", "digit.safetensors", "hps/HPS_v2.1_compressed.pt", "PickScore_v1/"]
+    assert "weighted" not in node.INPUT_TYPES()["required"]["reward"][0]  # combining is the Combine node's
+    assert host.reward_model_path("PickScore_v1/") == str((tmp_path / "PickScore_v1").resolve())
+    assert host.reward_model_path("(search)") is None
+    for bad in ("../secret.pt", "/etc/passwd", "~/x.pt"):
+        with pytest.raises(ValueError, match="must be a name from the list"):
+            host.reward_model_path(bad)
+    with pytest.raises(ValueError, match="not in models/reward_models.*press R"):
+        host.reward_model_path("gone.safetensors")
+
+
+def test_reward_loader_errors_are_clear(tmp_path, monkeypatch):
+    (tmp_path / "digit.safetensors").write_bytes(b"")
+    monkeypatch.setattr(host.files, "reward_dirs", lambda: [str(tmp_path)])
     node = NODE_CLASS_MAPPINGS["ProGRPORewardModelLoader"]()
-    with pytest.raises(ValueError, match="weighted.*spec"):
-        node.load("weighted", "", "cpu", "float32")
+    with pytest.raises(ValueError, match="Combine Rewards"):
+        node.load("weighted", "(search)", "cpu", "float32")
     with pytest.raises(ValueError, match="stroke reward has no weights"):
-        node.load("stroke", "/some/file", "cpu", "float32")
-    handle = node.load("weighted", "digit*0.7,stroke*0.3", "cpu", "float32")[0]
-    assert handle.reward.components() == [("digit", 0.7), ("stroke", 0.3)]
+        node.load("stroke", "digit.safetensors", "cpu", "float32")
+
+
+def test_combine_rewards_weights_and_normalises_each(reward, digits, group):
+    loader = NODE_CLASS_MAPPINGS["ProGRPORewardModelLoader"]()
+    stroke = loader.load("stroke", "(search)", "cpu", "float32")[0]
+    combine = NODE_CLASS_MAPPINGS["ProGRPOCombineRewards"]()
+    inputs = combine.INPUT_TYPES()
+    assert list(inputs["required"]) == ["reward_1", "weight_1", "reward_2", "weight_2", "normalise_separately"]
+    assert list(inputs["optional"]) == ["reward_3", "weight_3", "reward_4", "weight_4"]
+    handle = combine.combine(reward, 0.7, stroke, 0.3, True, reward_3=reward, weight_3=0.0)[0]
+    assert handle.reward.components() == [("digit", 0.7), ("stroke", 0.3), ("digit_2", 0.0)]
+    assert handle.spec == "digit*0.7,stroke*0.3,digit_2*0" and handle.separate_norm
+    images = host.image_to_core(_image_batch(digits, group))
+    prompts = ["a handwritten 3"] * images.shape[0]
+    out = handle.total(images, prompts)
+    assert torch.equal(out["digit"], reward.total(images, prompts)["digit"])
+    assert torch.equal(out["stroke"], stroke.total(images, prompts)["stroke"])
+    assert torch.allclose(out["total"], 0.7 * out["digit"] + 0.3 * out["stroke"])
+    # a combination of combinations is one more part
+    nested = combine.combine(handle, 1.0, stroke, 0.5, False)[0]
+    assert [n for n, _ in nested.reward.components()] == ["combined", "stroke"] and not nested.separate_norm
+    with pytest.raises(ValueError, match="every weight is 0"):
+        combine.combine(reward, 0.0, stroke, 0.0, True)
+    with pytest.raises(ValueError, match="'reward_2' is not a loaded reward model"):
+        combine.combine(reward, 1.0, "text", 1.0, True)
+    # the trainer node normalises each part's advantages when the combination says so
+    cfg = training.build_train_config(method="pro-grpo", epochs=1, prompts_per_epoch=1, steps=4, group_size=0, checkpoints="",
+                             keep="", sampler="auto", noise_level=-1, cfg=0, learning_rate=1e-3, rank=4, alpha=4,
+                             kl_beta=0.0, seed=0, reward_spec=handle.spec, separate_reward_norm=handle.separate_norm)
+    assert cfg.grpo.separate_reward_norm and cfg.reward.name == handle.spec
 
 
 def test_group_record_and_projector(digits, group):

@@ -81,6 +81,9 @@ def declared(kind: str) -> list[tuple[str, object, dict, bool]]:
             for sec in ("required", "optional") for n, s in (spec.get(sec) or {}).items()]
 
 
+FILE_LISTS = {("ProGRPORewardModelLoader", "model")}
+
+
 def is_widget(t) -> bool:
     return t is None or isinstance(t, list) or t in WIDGET_KINDS
 
@@ -94,7 +97,7 @@ def check_value(kind, name, t, opts, value) -> None:
     if t is None:
         assert isinstance(value, str) and value.endswith(".safetensors"), where
     elif isinstance(t, list):
-        if kind in STOCK:
+        if kind in STOCK or (kind, name) in FILE_LISTS:  # the choices are what the user's folders hold
             assert isinstance(value, str) and value, where
         else:
             assert value in t, f"{where} is not one of {t}"

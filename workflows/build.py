@@ -163,7 +163,7 @@ def sd35_loaders(g: Graph, x: int = 0, y: int = 0) -> tuple[dict, dict]:
 
 
 def reward_loader(g: Graph, pos) -> dict:
-    return g.add("ProGRPORewardModelLoader", pos, {"reward": "pickscore", "path": "", "device": "auto",
+    return g.add("ProGRPORewardModelLoader", pos, {"reward": "pickscore", "model": "PickScore_v1/", "device": "auto",
                                                     "dtype": "float32"}, size=(320, 130))
 
 

@@ -19,8 +19,8 @@ ComfyUI modules are imported inside functions only, so this package (and with it
 definitions) imports where ComfyUI is absent; the functions that need ComfyUI say so.
 """
 from .convert import core_to_image, image_to_core, latent_samples, pil_of
-from .files import (autosave_path, input_dir, lora_metadata_of, loras_dir, register_folders, reward_device,
-                    reward_dirs, reward_dtype, run_folder)
+from .files import (AUTO_MODEL, autosave_path, input_dir, lora_metadata_of, loras_dir, register_folders,
+                    reward_device, reward_dirs, reward_dtype, reward_model_choices, reward_model_path, run_folder)
 from .lora import ComfyLoraAdapter, LoraBranch, apply_lora
 from .model import TARGET_PRESETS, ComfyDenoiser, model_family, target_modules
 from .reward import managed as managed_reward
@@ -31,7 +31,7 @@ from .ui import Progress, is_interrupt, show_text
 
 __all__ = ["core_to_image", "image_to_core", "latent_samples", "pil_of", "autosave_path", "input_dir",
            "lora_metadata_of", "loras_dir", "register_folders", "reward_device", "reward_dirs", "reward_dtype",
-           "run_folder", "managed_reward",
+           "AUTO_MODEL", "reward_model_choices", "reward_model_path", "run_folder", "managed_reward",
            "ComfyLoraAdapter", "LoraBranch", "apply_lora", "TARGET_PRESETS", "ComfyDenoiser", "model_family",
            "target_modules", "project_latent", "resolve_sampler", "sample_expanded_group", "train_lora",
            "training_model", "Progress", "is_interrupt", "show_text"]

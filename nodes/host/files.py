@@ -30,6 +30,63 @@ def reward_dirs() -> list[str]:
     return list(folder_paths.get_folder_paths(REWARD_FOLDER))
 
 
+AUTO_MODEL = "(search)"  # the loader's default: the reward's own file names, searched in the reward folders
+WEIGHT_EXTENSIONS = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+_LIST_DEPTH = 3
+
+
+def _entries(base: Path, rel: str = "", depth: int = 0) -> list[str]:
+    """Weight files and model folders (a folder with ``config.json``: listed whole, ``name/``)."""
+    out: list[str] = []
+    try:
+        children = sorted(base.iterdir(), key=lambda p: p.name.lower())
+    except OSError:
+        return out
+    for child in children:
+        name = f"{rel}{child.name}"
+        if child.name.startswith("."):
+            continue
+        if child.is_dir():
+            if (child / "config.json").is_file():
+                out.append(name + "/")
+            elif depth < _LIST_DEPTH:
+                out.extend(_entries(child, name + "/", depth + 1))
+        elif child.suffix.lower() in WEIGHT_EXTENSIONS:
+            out.append(name)
+    return out
+
+
+def reward_model_choices() -> list[str]:
+    """What the Reward Model Loader offers: ``(search)``, then every weight file and model folder
+    in ``models/reward_models`` (and the other registered reward folders), relative names."""
+    seen: list[str] = []
+    for d in reward_dirs():
+        for name in _entries(Path(d)):
+            if name not in seen:
+                seen.append(name)
+    return [AUTO_MODEL, *seen]
+
+
+def reward_model_path(choice: str) -> str | None:
+    """The file or folder a loader choice names, inside one of the reward folders; ``None`` for
+    ``(search)``. Refuses names that leave the folder."""
+    if choice in (AUTO_MODEL, ""):
+        return None
+    text = str(choice).strip().replace("\\", "/")
+    dirs = reward_dirs()
+    if (text.startswith(("/", "~")) or (len(text) > 1 and text[1] == ":")
+            or any(p == ".." for p in text.split("/"))):
+        raise ValueError(f"reward model {choice!r} must be a name from the list (a file or folder inside "
+                         "models/reward_models); put the model there and refresh (R)")
+    for d in dirs:
+        root = Path(d).resolve()
+        path = (root / text.rstrip("/")).resolve()
+        if root in path.parents and path.exists():
+            return str(path)
+    raise ValueError(f"reward model {choice!r} is not in models/reward_models (any more); put it there, press R "
+                     "to refresh the lists and pick it again, or choose (search)")
+
+
 def loras_dir() -> Path:
     """The first ``loras`` folder (models/loras)."""
     import folder_paths

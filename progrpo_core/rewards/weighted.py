@@ -111,13 +111,15 @@ class WeightedReward(Reward):
             r.place(device)
 
 
-def _component_names(specs: Sequence[RewardSpec]) -> list[str]:
+def component_names(names: Sequence[str]) -> list[str]:
+    """Unique component names: a repeated name gets ``_2``, ``_3`` …; a combination is ``combined``."""
     seen: dict[str, int] = {}
-    names = []
-    for s in specs:
-        seen[s.name] = seen.get(s.name, 0) + 1
-        names.append(s.name if seen[s.name] == 1 else f"{s.name}_{seen[s.name]}")
-    return names
+    out = []
+    for name in names:
+        name = "combined" if ("," in name or "*" in name or name == TOTAL) else name
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return out
 
 
 def _build_part(spec: RewardSpec, device, dtype, search_dirs) -> Reward:
@@ -136,7 +138,7 @@ def build_reward_from_spec(spec: str, device: str = "cpu", dtype: str = "float32
     specs = parse_reward_spec(spec)
     if len(specs) == 1 and not specs[0].weighted:
         return _build_part(specs[0], device, dtype, search_dirs)
-    names = _component_names(specs)
+    names = component_names([s.name for s in specs])
     return WeightedReward([(n, _build_part(s, device, dtype, search_dirs), s.weight) for n, s in zip(names, specs)])
 
 
@@ -150,5 +152,5 @@ def make_weighted_reward(path=None, device="cpu", dtype="float32", search_dirs=(
         raise ValueError("the weighted reward needs a spec, e.g. 'pickscore=PATH*0.7,hpsv2.1=PATH*0.3' "
                          "(pass it as the path or as spec=...)")
     specs = parse_reward_spec(spec)
-    names = _component_names(specs)
+    names = component_names([s.name for s in specs])
     return WeightedReward([(n, _build_part(s, device, dtype, search_dirs), s.weight) for n, s in zip(names, specs)])

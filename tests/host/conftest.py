@@ -13,10 +13,10 @@ Fixtures (all session-scoped):
 
 ``comfy_env``     ``HostEnv(comfyui: Path, python: str)``.
 ``comfy_models``  Path of the tiny model tree; file names in ``tiny_models.FILES``.
-``comfy_server``  a ``client.ComfyClient`` for one server shared by the whole session, with
-                  ``.server`` the ``launcher.ComfyServer`` (output_dir, models_dir, log…).
+``comfy_server``  a ``client.ComfyClient`` for one server shared by the whole session.
                   A failing test that used it gets the server log written during that
                   test appended to its report.
+``comfy_dirs``    that server's ``launcher.ComfyServer`` (models_dir, output_dir, input_dir, log…).
 
 Every test using one of these fixtures is marked ``host`` (deselect with ``-m "not host"``);
 tests here that need no ComfyUI (e.g. test_ui_to_api.py) run everywhere.
@@ -102,6 +102,11 @@ def comfy_server(comfy_env: HostEnv, comfy_models: Path, tmp_path_factory, reque
     finally:
         server.stop()
         del request.config.stash[_SERVER]
+
+
+@pytest.fixture
+def comfy_dirs(comfy_server, request) -> ComfyServer:
+    return request.config.stash[_SERVER]
 
 
 @pytest.hookimpl(hookwrapper=True)

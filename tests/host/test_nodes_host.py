@@ -23,14 +23,14 @@ for p in (HERE, REPO / "tests"):
         sys.path.insert(0, str(p))
 
 import tiny_models  # noqa: E402
-from client import PromptFailed, PromptInterrupted, ui_to_api  # noqa: E402
+from client import PromptFailed, PromptInterrupted, PromptRejected, ui_to_api  # noqa: E402
 from launcher import PACK_NAME  # noqa: E402
 from test_workflows import STOCK  # noqa: E402
 
 WORKFLOWS = REPO / "workflows"
 UNLOADED = ("lora key not loaded", "NOT LOADED")
 OURS = ("ProGRPOExpandedGroupSampler", "ProGRPOLatentProxyProjector", "ProGRPOOVFPruner", "ProGRPORewardModelLoader",
-        "ProGRPORewardScorer", "ProGRPOLoraTrainer", "ProGRPOPromptList", "ProGRPOSaveLoRA")
+        "ProGRPORewardScorer", "ProGRPOLoraTrainer", "ProGRPOPromptList", "ProGRPOSaveLoRA", "ProGRPOCombineRewards")
 
 
 def name(key: str) -> str:
@@ -69,7 +69,7 @@ def tiny(api: dict, **trainer) -> dict:
         api[nid] = {"class_type": "CLIPLoader", "inputs": {"clip_name": name("clip_l"), "type": "sd3",
                                                             "device": "default"}}
     for nid in by_type(api, "ProGRPORewardModelLoader"):
-        api[nid]["inputs"].update(reward="stroke", path="", device="cpu")
+        api[nid]["inputs"].update(reward="stroke", model="(search)", device="cpu")
     for nid in by_type(api, "EmptySD3LatentImage"):
         api[nid]["inputs"].update(width=64, height=64)
     for nid in by_type(api, "KSampler"):
@@ -123,6 +123,33 @@ def test_pack_nodes_and_workflow_templates_are_served(comfy_server):
     templates = comfy_server.get("/workflow_templates")
     assert sorted(templates.get(PACK_NAME, [])) == ["progrpo_compare_lora", "progrpo_inspect_group",
                                                     "progrpo_train_lora"], templates
+
+
+def test_reward_loader_lists_the_reward_folder_and_combine_rewards_weights(comfy_server, comfy_dirs):
+    from reward_fixtures import build_hf_clip
+
+    build_hf_clip(comfy_dirs.models_dir / "reward_models" / "PickScore_tiny")
+    choices = comfy_server.object_info("ProGRPORewardModelLoader")["input"]["required"]["model"][0]
+    assert "PickScore_tiny/" in choices and choices[0] == "(search)", choices
+    assert not any(c.startswith("PickScore_tiny/") and c != "PickScore_tiny/" for c in choices)  # not its files
+    g = {"img": {"class_type": "EmptyImage", "inputs": {"width": 96, "height": 72, "batch_size": 2, "color": 0xC04020}},
+         "pick": {"class_type": "ProGRPORewardModelLoader", "inputs": {"reward": "pickscore", "model": "PickScore_tiny/",
+                                                                       "device": "cpu", "dtype": "float32"}},
+         "stroke": {"class_type": "ProGRPORewardModelLoader", "inputs": {"reward": "stroke", "model": "(search)",
+                                                                         "device": "cpu", "dtype": "float32"}},
+         "both": {"class_type": "ProGRPOCombineRewards", "inputs": {"reward_1": ["pick", 0], "weight_1": 0.7,
+                                                                    "reward_2": ["stroke", 0], "weight_2": 0.3,
+                                                                    "normalise_separately": True}},
+         "score": {"class_type": "ProGRPORewardScorer", "inputs": {"reward": ["both", 0], "images": ["img", 0],
+                                                                   "prompt": "a red square"}}}
+    text = texts(comfy_server.run(g, timeout=300), "score")
+    means = {ln.split(":")[0].strip(): float(ln.split("mean")[1].split(",")[0]) for ln in text.splitlines()
+             if "mean" in ln}
+    assert set(means) == {"total", "pickscore", "stroke"}, text
+    assert abs(means["total"] - (0.7 * means["pickscore"] + 0.3 * means["stroke"])) < 1e-3, text
+    g["pick"]["inputs"]["model"] = "../../secret"
+    with pytest.raises(PromptRejected, match="model"):  # not in the list: refused before anything runs
+        comfy_server.run(g, timeout=60)
 
 
 # ---- the bundled workflows ----------------------------------------------------------------------
@@ -207,7 +234,7 @@ def flux_or_sd15(kind: str) -> dict:
         model, clip, vae = ["ckpt", 0], ["ckpt", 1], ["ckpt", 2]
     g["pos"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a red apple", "clip": clip}}
     g["neg"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["pos", 0]}}
-    g["reward"] = {"class_type": "ProGRPORewardModelLoader", "inputs": {"reward": "stroke", "path": "",
+    g["reward"] = {"class_type": "ProGRPORewardModelLoader", "inputs": {"reward": "stroke", "model": "(search)",
                                                                         "device": "cpu", "dtype": "float32"}}
     g["prompts"] = {"class_type": "ProGRPOPromptList", "inputs": {"text": "a red apple", "file": ""}}
     return {"nodes": g, "model": model, "clip": clip, "vae": vae}
@@ -283,7 +310,7 @@ def sd3_base() -> dict:
          "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
          "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red apple", "clip": ["clip", 0]}},
          "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["clip", 0]}},
-         "reward": {"class_type": "ProGRPORewardModelLoader", "inputs": {"reward": "stroke", "path": "",
+         "reward": {"class_type": "ProGRPORewardModelLoader", "inputs": {"reward": "stroke", "model": "(search)",
                                                                          "device": "cpu", "dtype": "float32"}},
          "prompts": {"class_type": "ProGRPOPromptList", "inputs": {"text": "a red apple", "file": ""}}}
     return {"nodes": g, "model": ["unet", 0], "clip": ["clip", 0], "vae": ["vae", 0]}
