@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 import types
 import typing
 from pathlib import Path
@@ -19,6 +18,7 @@ from . import ovf
 from .grpo import ADV_NORMS
 from .methods import METHODS, PruneSchedule, presets_text
 from .samplers import DEFAULT_SAMPLER, SAMPLER_SPECS, check_sampler, noise_help
+from .toml_io import load_toml, toml_text  # noqa: F401  (load_toml: the config loader, re-exported)
 
 
 def _help(text: str, default: Any = None, factory: Any = None) -> Any:
@@ -356,20 +356,6 @@ def _section_of(name: str) -> str | None:
     return owners[0] if len(owners) == 1 else None
 
 
-def load_toml(path: str | Path) -> dict[str, dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{path} is not valid TOML: {e}") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{path} is not a TOML text file (it is not UTF-8 text); give a config written like "
-                         "the config.toml of a run folder") from None
-
-
 def merge(base: dict[str, dict[str, Any]], overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for section, values in base.items():
         if not isinstance(values, dict):
@@ -383,24 +369,7 @@ def merge(base: dict[str, dict[str, Any]], overrides: dict[str, dict[str, Any]])
 
 
 def to_toml(cfg: TrainConfig) -> str:
-    lines = []
-    for section, values in cfg.to_dict().items():
-        lines.append(f"[{section}]")
-        for k, v in values.items():
-            lines.append(f"{k} = {_toml_value(v)}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{s}"'
+    return toml_text(cfg.to_dict())
 
 
 def field_specs() -> list[tuple[str, str, str, Any]]:

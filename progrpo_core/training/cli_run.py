@@ -75,7 +75,8 @@ def new_run_folder(method: str, root: str | Path = "runs") -> Path:
 
 
 def point_latest(folder: Path) -> None:
-    """Make ``<root>/latest`` a symlink to ``folder`` (replaced atomically)."""
+    """Make ``<root>/latest`` a symlink to ``folder`` (replaced atomically). Where links cannot be
+    made (Windows without developer mode) there is no ``latest``; the run folder is printed anyway."""
     import os
 
     latest = folder.parent / "latest"
@@ -83,8 +84,11 @@ def point_latest(folder: Path) -> None:
         return  # a real folder of that name (an older run's): leave it alone
     tmp = folder.parent / f".latest.{os.getpid()}"
     tmp.unlink(missing_ok=True)
-    os.symlink(folder.name, tmp)
-    os.replace(tmp, latest)
+    try:
+        os.symlink(folder.name, tmp)
+        os.replace(tmp, latest)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 def _finish(trainer, folder: RunFolder, after: dict[str, Any]) -> dict[str, Any]:

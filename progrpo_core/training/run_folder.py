@@ -51,8 +51,6 @@ class RunFolder:
     def lock(self) -> None:
         """Take the folder's lock (released by :meth:`unlock` or when the process ends); a second
         process on the same folder fails at once, naming the one that holds it."""
-        import fcntl
-
         if self._lock_fd is not None:
             return
         try:
@@ -61,10 +59,11 @@ class RunFolder:
         except OSError as e:
             raise ckpt.RunFolderError(f"cannot create the run folder {self.out}: {e.strerror or e}; choose another "
                                       "--run.out") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+        if not _try_lock(fd):
+            try:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            except OSError:  # Windows: the holder's locked byte cannot be read
+                holder = "?"
             os.close(fd)
             raise ckpt.RunFolderError(
                 f"the run folder {self.out} is in use by another training process (PID {holder}); wait for it to "
@@ -196,3 +195,20 @@ def space_needed(n_lora_params: int, prompts_per_epoch: int, rows_per_prompt: in
              "images and plots": grid_bytes + 1_000_000}
     total = int(1.1 * sum(parts.values())) + 1_000_000
     return total, ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in parts.items())
+
+
+def _try_lock(fd: int) -> bool:
+    """An exclusive, non-blocking lock on the open file ``fd``, held until it is closed or the
+    process ends: ``flock`` on POSIX, ``msvcrt.locking`` of its first byte on Windows."""
+    try:
+        if os.name == "nt":
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True

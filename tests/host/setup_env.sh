@@ -5,7 +5,8 @@
 #
 # COMFYUI_DIR  ComfyUI checkout (kept if it already has main.py; else extracted from GIT_DIR,
 #              a git directory holding a ComfyUI snapshot, e.g. a bare clone).
-# VENV_DIR     venv to create (python3.11) with torch, ComfyUI's requirements and the pack's deps.
+# VENV_DIR     venv to create (python3.11) with torch, ComfyUI's requirements and the pack's
+#              requirements.txt (as ComfyUI-Manager installs it).
 #
 # Idempotent: an existing checkout or venv is reused. Prints the env vars to export at the end.
 # Nothing is written inside the repo.
@@ -65,7 +66,10 @@ PIP=("$VENV/bin/python" -m pip install -q)
 "${PIP[@]}" --no-deps torchaudio==2.11.0
 grep -v -E '^(torch|torchvision|torchaudio)([<>=!~ ].*)?$' "$COMFYUI/requirements.txt" > "$VENV/comfyui-requirements.txt"
 "${PIP[@]}" -r "$VENV/comfyui-requirements.txt"
-"${PIP[@]}" safetensors peft transformers open_clip_torch einops scikit-learn matplotlib tqdm pytest requests
+# the pack's dependencies as ComfyUI-Manager installs them (its requirements.txt), and the test tools
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+"${PIP[@]}" -r "$REPO/requirements.txt"
+"${PIP[@]}" pytest requests
 
 echo "export PROGRPO_COMFYUI=$COMFYUI"
 echo "export PROGRPO_COMFYUI_PYTHON=$VENV/bin/python"
