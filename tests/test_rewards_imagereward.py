@@ -109,20 +109,24 @@ def test_imagereward_matches_the_twin(models, reward, hw):
     tok.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
     t = tok(prompts, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
     assert t["attention_mask"].sum(1).min() < 35  # padding is present, so the mask matters
+    pixels = torch.stack([openai_clip_transform()(rf.to_pil(i)) for i in x])   # BLIP's transform on PIL images
     with torch.no_grad():
-        ref = twin_score(sd, reward.prep(x), t["input_ids"], t["attention_mask"], med, vit_heads=rf.TINY_VIT["width"] // 64)
+        ref = twin_score(sd, pixels, t["input_ids"], t["attention_mask"], med, vit_heads=rf.TINY_VIT["width"] // 64)
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-5)
     assert ours.max() - ours.min() > 0.05
 
 
-def test_imagereward_preprocessing_is_openai_clip_transform(reward):
+def openai_clip_transform():
     import torchvision.transforms as T
-    tf = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224), T.ToTensor(),
-                    T.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))])
+    return T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224), T.ToTensor(),
+                      T.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))])
+
+
+def test_imagereward_preprocessing_is_openai_clip_transform(reward):
     for hw in [(37, 53), (64, 65), (517, 300)]:
         x = rf.images(2, *hw, seed=1)
-        ref = torch.stack([tf(rf.to_pil(i)) for i in x])
-        assert (reward.prep(x) - ref).abs().max() <= 1.1 / 255 / 0.2613
+        ref = torch.stack([openai_clip_transform()(rf.to_pil(i)) for i in x])
+        torch.testing.assert_close(reward.prep(x), ref, atol=2e-6, rtol=0)
 
 
 def test_prompt_tokenisation_is_bert_uncased_35(reward):

@@ -5,14 +5,19 @@ Shapes: ``N`` images (and prompts), ``U`` distinct prompts among them, ``D`` the
 - **PickScore** (Kirstain et al. 2023; ``yuvalkirstain/PickScore_v1``, a CLIP ViT-H/14):
   ``logit_scale.exp() * cos(image_embed, text_embed)``, the scale read from the checkpoint
   (about 100), so scores are about 18-24 for ordinary images. Preprocessing is the folder's
-  CLIPImageProcessor: shorter side to 224 bicubic, centre crop 224 (offset floored), CLIP mean/std.
+  CLIPImageProcessor as its PIL backend runs it (the only one before transformers 5, and the one the
+  model was trained with): shorter side to 224 with PIL's bicubic, centre crop 224 (offset floored),
+  CLIP mean/std. The processor settings are read with ``CLIPImageProcessor.from_pretrained``, so any
+  layout the installed transformers reads works (``preprocessor_config.json``, or transformers 5's
+  ``processor_config.json``).
 - **CLIP score**: ``cos(image_embed, text_embed)`` of any transformers CLIP folder, in [-1, 1]
   (about 0.15-0.40 for matching pairs), times ``scale`` (default 1; ``scale=100`` gives the common
   "CLIPScore x 100" convention, without its clipping at 0). Preprocessing as PickScore.
 - **Aesthetic** (LAION improved-aesthetic-predictor, ``sac+logos+ava1-l14-linearMSE.pth``): the
   L2-normalised CLIP ViT-L/14 image embedding through a linear MLP head; roughly the AVA 1-10
   scale, 5-7 for typical generations. Preprocessing as OpenAI CLIP's own ``clip.load``: torchvision
-  Resize(224, bicubic) + CenterCrop(224) (offset rounded as torchvision does), CLIP mean/std.
+  Resize(224, bicubic) on the PIL image (PIL's resampling) + CenterCrop(224) (offset rounded as
+  torchvision does), CLIP mean/std.
 """
 from __future__ import annotations
 
@@ -27,7 +32,8 @@ import torch
 
 from .base import Reward
 from .heads import LinearMLPHead
-from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePrep, prep_from_hf_processor
+from .preprocess import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePrep, load_clip_image_processor,
+                         prep_from_hf_processor)
 from .weights import (WEIGHT_SOURCES, CheckpointMismatchError, RewardWeightsNotFound, UnsafeCheckpointError,
                       describe_mismatch, find_reward_weights, load_state_dict_file, resolve_device, resolve_dtype)
 
@@ -134,14 +140,13 @@ def _tokenizer_dir(folder: Path, processor: str | os.PathLike | None, what: str,
         "(e.g. laion/CLIP-ViT-H-14-laion2B-s32B-b79K)")
 
 
-def _processor_dir(folder: Path, processor: str | os.PathLike | None, what: str, download: str) -> Path:
-    for d in ([Path(processor)] if processor else []) + [folder]:
-        if (d / "preprocessor_config.json").is_file():
-            return d
-    raise RewardWeightsNotFound(
-        f"{what}: no preprocessor_config.json in "
-        f"{', '.join(str(d) for d in ([Path(processor)] if processor else []) + [folder])}; download {download} "
-        "completely, or pass processor=PATH to a folder with it")
+def _image_processor(folder: Path, processor: str | os.PathLike | None, what: str, download: str):
+    """The CLIP image processor of ``processor`` (if given) or else of the model folder, as
+    transformers loads it; files are looked at only to explain a failure."""
+    dirs = ([Path(processor)] if processor else []) + [folder]
+    return load_clip_image_processor(
+        dirs, what, f"download {download} completely, or pass processor=PATH to a folder with a CLIP "
+        "processor (e.g. laion/CLIP-ViT-H-14-laion2B-s32B-b79K, or one written by CLIPProcessor.save_pretrained)")
 
 
 class HFClipReward(Reward):
@@ -189,8 +194,7 @@ def _load_hf_clip(name: str, path, search_dirs: Iterable, device, dtype, process
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     tok = CLIPTokenizer.from_pretrained(str(_tokenizer_dir(folder, processor, name, src.download)),
                                         local_files_only=True)
-    prep = prep_from_hf_processor(_processor_dir(folder, processor, name, src.download), crop_rounding="floor",
-                                  clamp=True)
+    prep = prep_from_hf_processor(_image_processor(folder, processor, name, src.download), crop_rounding="floor")
     model = load_hf_pretrained(CLIPModel, folder, name, dt, src.download)
     return HFClipReward(name, model, tok, prep, scale=scale, device=dev, dtype=dt)
 
@@ -261,8 +265,8 @@ def make_aesthetic(path=None, device="cpu", dtype="float32", search_dirs=(), cli
             f"aesthetic: the head {head_file} takes {head.input_size}-d embeddings but {clip_folder} gives "
             f"{dim}-d ones; the predictor was trained on {clip_src.download}")
     size = int(cfg.get("vision_config", {}).get("image_size", vision.config.image_size))
-    prep = ImagePrep(size=size, crop=(size, size), mode="shortest", interpolation="bicubic",
-                     crop_rounding="round", clamp=True, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
+    prep = ImagePrep(size=size, crop=(size, size), mode="shortest", interpolation="bicubic", resampler="pil",
+                     crop_rounding="round", mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
     return AestheticReward(vision, head, prep, dev, dt)
 
 

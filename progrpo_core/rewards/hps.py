@@ -10,12 +10,14 @@ open_clip 3.x's.
 Score: ``cos(image_features, text_features)``, no logit scale. HPSv2.1 scores are about 0.25-0.37
 (FLUX about 0.31, RL-tuned about 0.36); HPSv2.0 scores sit in a similar narrow band.
 
-Preprocessing is HPS's own validation transform (``light_augmentation=True``): ToTensor, resize the
-longer side to 224 bicubic on the float tensor, pad to 224×224 with 0 centred (``ResizeMaxSize``),
-then CLIP mean/std. The resize is antialiased, as torchvision >= 0.17 does for tensors (HPS does not
-pin torchvision; older versions did not antialias tensors, pass ``antialias=False`` to reproduce
-those). Where the reference skips the pad when the longer side is already 224 (and then fails on a
-non-square image), we pad.
+Preprocessing is HPS's own validation transform (``light_augmentation=True``; HPS's vendored
+``open_clip/transform.py``: convert to RGB, ToTensor, ``ResizeMaxSize``, Normalize): the 8-bit image
+as a float tensor, the longer side resized to 224 bicubic *on that tensor*, padded to 224×224 with 0
+centred, then CLIP mean/std. (Stock open_clip's ``resize_mode="longest"`` resizes the PIL image
+instead; HPS does not use it.) The resize is antialiased, as torchvision >= 0.17 does for tensors
+(HPS does not pin torchvision; older versions did not antialias tensors, pass ``antialias=False``
+to reproduce those). Where the reference skips the pad when the longer side is already 224 (and
+then fails on a non-square image), we pad.
 """
 from __future__ import annotations
 
@@ -80,8 +82,8 @@ def _make_hps(name: str, path, device, dtype, search_dirs, arch: str, antialias:
     load_into(model, state)
     size = model.visual.image_size
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
-    prep = ImagePrep(size=size, crop=None, mode="longest", interpolation="bicubic", antialias=antialias,
-                     clamp=False, fill=0.0, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
+    prep = ImagePrep(size=size, crop=None, mode="longest", interpolation="bicubic", resampler="tensor",
+                     antialias=antialias, fill=0.0, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
     tokenizer = open_clip.get_tokenizer(arch)
     return HPSReward(name, model, tokenizer, prep, resolve_device(device), resolve_dtype(dtype))
 

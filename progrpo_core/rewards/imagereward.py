@@ -18,8 +18,9 @@ left bidirectional by calling it with ``is_decoder=False``), so the checkpoint's
 onto them (:func:`map_imagereward_keys`) rather than re-implemented.
 
 Text: ``bert-base-uncased``'s WordPiece tokenizer plus the added ``[DEC]`` (bos) and ``[ENC]``
-tokens (vocab 30524), padded to 35 tokens, truncated. Images: shorter side to 224 bicubic,
-centre crop 224 (torchvision's rounding), CLIP mean/std. The score is unbounded, about -2..+2.
+tokens (vocab 30524), padded to 35 tokens, truncated. Images as ImageReward's BLIP transform:
+torchvision Resize(224, bicubic) on the PIL image (PIL's resampling), CenterCrop(224) (torchvision's
+rounding), ToTensor, CLIP mean/std. The score is unbounded, about -2..+2.
 """
 from __future__ import annotations
 
@@ -234,7 +235,7 @@ def make_imagereward(path=None, device="cpu", dtype="float32", search_dirs=(), m
                      expected_download=WEIGHT_SOURCES["imagereward"].download)
     load_into(model, state)
     size = vision["image_size"]
-    prep = ImagePrep(size=size, crop=(size, size), mode="shortest", interpolation="bicubic",
-                     crop_rounding="round", clamp=True, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
+    prep = ImagePrep(size=size, crop=(size, size), mode="shortest", interpolation="bicubic", resampler="pil",
+                     crop_rounding="round", mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
     return ImageRewardReward(model, tok, prep, resolve_device(device), resolve_dtype(dtype))
 
