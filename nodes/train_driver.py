@@ -184,12 +184,14 @@ def curves_image(history: Sequence[EpochRecord], title: str) -> torch.Tensor:
 
     if history:
         epochs = [r.epoch for r in history]
-        rewards = [r.reward_mean for r in history]
+        rewards = [r.group_reward for r in history]
         losses = [r.loss if math.isfinite(r.loss) else float("nan") for r in history]
     else:
         epochs, rewards, losses = [0], [float("nan")], [float("nan")]
     with tempfile.TemporaryDirectory() as d:
-        path = plots.reward_curve(epochs, rewards, [], Path(d) / "curves.png", title=title, loss=losses)
+        of = history[0].sample.group_mean()[1] if history else "finished"
+        path = plots.reward_curve(epochs, rewards, [], Path(d) / "curves.png", title=title, loss=losses,
+                                  train_label=of)
         with Image.open(path) as im:
             arr = torch.from_numpy(np.asarray(im.convert("RGB")).copy())
     return (arr.float() / 255)[None]

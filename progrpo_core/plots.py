@@ -19,12 +19,15 @@ def _plt():
 
 
 def reward_curve(epochs: Sequence[int], train_reward: Sequence[float], eval_points: Sequence[tuple[int, float]],
-                 path: str | Path, title: str = "reward", loss: Sequence[float] | None = None) -> Path:
+                 path: str | Path, title: str = "reward", loss: Sequence[float] | None = None,
+                 train_label: str = "finished") -> Path:
+    """``train_reward``: each epoch's whole-group mean, ``train_label`` what it is ("finished"
+    trajectories, or "proxy at step s" where pruning stopped some early)."""
     plt = _plt()
     ncols = 2 if loss else 1
     fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 3.5), squeeze=False)
     ax = axes[0][0]
-    ax.plot(list(epochs), list(train_reward), label="train (trained trajectories)", alpha=0.8)
+    ax.plot(list(epochs), list(train_reward), label=f"train (group mean, {train_label})", alpha=0.8)
     if eval_points:
         ex, ey = zip(*eval_points)
         ax.plot(ex, ey, "o-", label="eval (deterministic, held-out seeds)")

@@ -52,6 +52,26 @@ def test_ovf_method_trains_the_selected_subset(tmp_path):
     assert res.rollout.latents.shape[0] == 2 * 4
     assert res.advantages.shape == (8,)
     assert res.rollout.compute.final_rewards == 2 * 8  # every finished trajectory was scored
+    # progress shows the whole group's mean, not the selected tails' (which sits mid-way by design)
+    assert res.stats.group_mean() == (res.stats.reward_finished_mean, "finished")
+    assert res.stats.reward_finished_mean != res.stats.reward_mean
+
+
+def test_progress_shows_the_group_mean_where_pruning_stopped_rows_early():
+    from progrpo_core.training.records import EpochRecord, SampleStats, UpdateStats
+
+    stats = SampleStats(reward_mean=0.5, reward_std=0.5, components={}, prompts=["3"], reward_finished_mean=0.5,
+                        proxy=[{"step": 5, "sigma": 0.5, "mean": 0.8, "std": 0.4, "kept": []},
+                               {"step": 7, "sigma": 0.3, "mean": 0.6, "std": 0.5, "kept": []}])
+    assert stats.group_mean() == (0.8, "proxy at step 5")
+    record = EpochRecord(epoch=3, optimizer_step=6, sample=stats, update=UpdateStats(loss=0.01))
+    assert record.text(30).splitlines() == ["epoch 3/30: reward 0.8000 (group mean, proxy at step 5)",
+                                            "trained: spread ± 0.5000, loss 0.01; 6 optimizer steps"]
+    row = record.to_row()
+    assert row["reward_group_mean"] == 0.8 and row["reward_group_of"] == "proxy at step 5"
+    assert EpochRecord.from_row(row).group_reward == 0.8
+    poisoned = SampleStats(reward_mean=0.3, reward_std=None, components={}, prompts=["3"], nonfinite=2)
+    assert poisoned.group_mean() == (0.3, "finite rewards")
 
 
 def test_cli_train_writes_the_run_folder(tmp_path):
@@ -73,6 +93,8 @@ def test_cli_train_writes_the_run_folder(tmp_path):
     for key in ("reward_mean", "reward_std", "proxy", "clustered_trained", "nfe", "decodes", "wall_s", "loss",
                 "kl", "clip_frac"):
         assert key in rows[-1], key
+    assert rows[-1]["reward_group_mean"] == rows[-1]["proxy"][0]["mean"]
+    assert rows[-1]["reward_group_of"] == f"proxy at step {rows[-1]['proxy'][0]['step']}"
     for cmd2 in (["sample", "--lora", str(out / "lora.safetensors"), "--seeds", "2", "--out", str(tmp_path / "g.png")],
                  ["eval", "--lora", str(out / "lora.safetensors"), "--seeds", "1"]):
         p = subprocess.run([sys.executable, "-m", "progrpo_core", *cmd2], cwd=ROOT, capture_output=True, text=True,

@@ -172,5 +172,5 @@ def _register_prompts(den: ComfyDenoiser, clip, positive, negative, prompts: lis
 def _summary(cfg, history: list[EpochRecord], start: int, trainer: Trainer, folder: RunFolder) -> str:
     return (f"{cfg.grpo.method}: epochs {start + 1}..{trainer.epoch} of {cfg.run.epochs}, "
             f"{trainer.optimizer_steps} optimizer steps, reward "
-            + (f"{history[0].reward_mean:.4f} → {history[-1].reward_mean:.4f}" if history else "n/a")
+            + (f"{history[0].group_reward:.4f} → {history[-1].group_reward:.4f}" if history else "n/a")
             + f"\nLoRA {_shown(folder.lora_path)}; checkpoints {_shown(folder.out)}")

@@ -47,7 +47,8 @@ def _run(trainer, folder: RunFolder, progress: bool, resume: bool, overwrite: bo
                unit="epoch")
     try:
         for record in trainer.epochs(folder):
-            bar.set_postfix(reward=f"{record.reward_mean:.3f}", steps=trainer.optimizer_steps)
+            bar.set_postfix(reward=f"{record.group_reward:.3f}", spread=f"{record.reward_std:.3f}",
+                            steps=trainer.optimizer_steps)
             bar.update(1)
     finally:
         bar.close()

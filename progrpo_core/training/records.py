@@ -32,7 +32,11 @@ class SampleStats:
     ``reward_*`` are the trained trajectories' final rewards; ``reward_finished_mean`` is every
     finished trajectory's (before a final selection); ``proxy`` has one entry per checkpoint
     (step, sigma, mean and std of the proxy rewards, kept row ids). An epoch with non-finite rewards
-    (``nonfinite`` > 0) trains nothing and has only the means of its finite values."""
+    (``nonfinite`` > 0) trains nothing and has only the means of its finite values.
+
+    Progress is shown with :meth:`group_mean`, not ``reward_mean``: selection (OVF) keeps both tails
+    of a group, so the trained rows' mean sits mid-way (exactly 0.5 with 0/1 rewards) whatever the
+    policy does."""
 
     reward_mean: float | None
     reward_std: float | None
@@ -45,11 +49,23 @@ class SampleStats:
     proxy: list[dict] = dataclasses.field(default_factory=list)
     nonfinite: int = 0
 
+    def group_mean(self) -> tuple[float | None, str]:
+        """The whole group's mean reward and what it is: every finished trajectory's final reward
+        where none was stopped early ("finished"), else the expanded group's proxy reward at the
+        first checkpoint ("proxy at step s"), the last point where the whole group was scored."""
+        if self.nonfinite or self.reward_finished_mean is None:
+            return self.reward_mean, "finite rewards" if self.nonfinite else "trained"
+        if self.proxy:
+            return self.proxy[0]["mean"], f"proxy at step {self.proxy[0]['step']}"
+        return self.reward_finished_mean, "finished"
+
     def to_dict(self) -> dict[str, Any]:
         if self.nonfinite:
             return {"reward_mean": self.reward_mean, "reward_std": self.reward_std,
                     "nonfinite_rewards": self.nonfinite, "components": self.components, "prompts": self.prompts}
-        out: dict[str, Any] = {"reward_finished_mean": self.reward_finished_mean,
+        group, of = self.group_mean()
+        out: dict[str, Any] = {"reward_group_mean": group, "reward_group_of": of,
+                               "reward_finished_mean": self.reward_finished_mean,
                                "clustered_finished": self.clustered_finished}
         if self.clustered_expanded is not None:
             out["clustered_expanded"] = self.clustered_expanded
@@ -104,6 +120,11 @@ class EpochRecord:
         return nan_if_none(self.sample.reward_std)
 
     @property
+    def group_reward(self) -> float:
+        """The whole group's mean reward (see :meth:`SampleStats.group_mean`): what progress shows."""
+        return nan_if_none(self.sample.group_mean()[0])
+
+    @property
     def loss(self) -> float:
         return nan_if_none(self.update.loss)
 
@@ -141,5 +162,6 @@ class EpochRecord:
 
     def text(self, epochs_total: int) -> str:
         """The one-line progress text (node status, logs)."""
-        return (f"epoch {self.epoch}/{epochs_total}: reward {self.reward_mean:.4f} ± {self.reward_std:.4f}, "
-                f"loss {self.loss:.4g}, {self.optimizer_step} optimizer steps")
+        of = self.sample.group_mean()[1]
+        return (f"epoch {self.epoch}/{epochs_total}: reward {self.group_reward:.4f} (group mean, {of})\n"
+                f"trained: spread ± {self.reward_std:.4f}, loss {self.loss:.4g}; {self.optimizer_step} optimizer steps")

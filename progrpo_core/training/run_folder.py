@@ -173,8 +173,9 @@ class RunFolder:
         return plots.save_grid(images, per_row, self.out / name)
 
     def plot_rewards(self, rows: Sequence[dict[str, Any]], eval_points: list[tuple[int, float]], title: str) -> Path:
-        return plots.reward_curve([r["epoch"] for r in rows], [nan_if_none(r.get("reward_mean")) for r in rows],
-                                  eval_points, self.out / "reward_curve.png", title=title,
+        of = next((r["reward_group_of"] for r in rows if r.get("reward_group_of")), "finished")
+        return plots.reward_curve([r["epoch"] for r in rows], [nan_if_none(r.get("reward_group_mean", r.get("reward_mean"))) for r in rows],
+                                  eval_points, self.out / "reward_curve.png", title=title, train_label=of,
                                   loss=[nan_if_none(r.get("loss")) for r in rows])
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
