@@ -22,6 +22,8 @@ from progrpo_core.samplers import SAMPLER_SPECS
 
 SAMPLER_CHOICES = ("auto", *SAMPLER_SPECS)
 TILE_PX = 96
+PREVIEW_PX = (512, 512)   # (height, width) of the trainer node's live preview
+PREVIEW_GAP = 8
 
 
 def build_train_config(*, method: str, epochs: int, prompts_per_epoch: int, steps: int, group_size: int,
@@ -128,8 +130,9 @@ class RecordingReward(Reward):
 
 
 def preview_grid(recorder: RecordingReward, result, group_size: int, prompts_per_epoch: int) -> torch.Tensor | None:
-    """(3, H, W): top row the first prompt's expanded group, pruned trajectories dimmed; bottom row
-    its trained survivors' final images. None when nothing was recorded."""
+    """(3, 512, 512), whatever the group size, so the node's preview keeps one size: the top half
+    the first prompt's expanded group (its proxy previews, pruned trajectories dimmed red), the
+    bottom half its trained survivors' final images. None when nothing was recorded."""
     if recorder.first is None or recorder.last is None:
         return None
     ro = result.rollout
@@ -142,9 +145,33 @@ def preview_grid(recorder: RecordingReward, result, group_size: int, prompts_per
         bottom = last[:group_size][survivors]
     else:  # the survivors, prompt-major
         bottom = last[(ro.prompt_index == 0).cpu()][: len(survivors)]
-    ncol = max(top.shape[0], bottom.shape[0])
-    rows = [torch.cat([r, torch.ones(ncol - r.shape[0], *r.shape[1:])]) for r in (top, bottom)]  # blank-padded
-    return plots.image_grid(torch.cat(rows), ncol, scale=1, gap=4, background=1.0)
+    half = (PREVIEW_PX[0] - PREVIEW_GAP) // 2
+    blocks = [_fit(_block(rows), (half, PREVIEW_PX[1])) for rows in (top, bottom)]
+    gap = torch.full((3, PREVIEW_PX[0] - 2 * half, PREVIEW_PX[1]), 0.75)
+    return torch.cat([blocks[0], gap, blocks[1]], dim=1)                # (3, *PREVIEW_PX)
+
+
+def _block(images: torch.Tensor) -> torch.Tensor:
+    """(n, 3, h, w) → one grid, about twice as wide as tall (the shape of half the preview)."""
+    n = images.shape[0]
+    ncol = max(1, min(n, math.ceil(math.sqrt(2 * n))))
+    return plots.image_grid(images, ncol, scale=1, gap=2, background=1.0)
+
+
+def _fit(image: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """(3, H, W) scaled to fit inside ``hw`` keeping its aspect, centred on white: (3, *hw)."""
+    H, W = image.shape[-2:]
+    f = min(hw[0] / H, hw[1] / W)
+    h, w = max(1, min(hw[0], round(H * f))), max(1, min(hw[1], round(W * f)))
+    if f < 1:
+        image = F.interpolate(image[None].float(), size=(h, w), mode="bilinear", antialias=True,
+                              align_corners=False)[0].clamp(0, 1)
+    else:  # small tiles (the digits) stay sharp
+        image = F.interpolate(image[None].float(), size=(h, w), mode="nearest-exact")[0]
+    out = torch.ones(3, *hw)
+    top, left = (hw[0] - h) // 2, (hw[1] - w) // 2
+    out[:, top:top + h, left:left + w] = image
+    return out
 
 
 def drive_training(trainer, folder=None, on_step: Callable[[int, int], None] | None = None,
@@ -162,8 +189,9 @@ def drive_training(trainer, folder=None, on_step: Callable[[int, int], None] | N
             on_step((trainer.epoch - 1 - start) * (T + 1) + info["step"] + 1, total)
 
     history = []
+    trainer.ensure_plan()  # before the reset: the planner's probe scores a few images
     if recorder is not None:
-        recorder.reset()  # (the planner's probe may have scored a few images)
+        recorder.reset()
     for record in trainer.epochs(folder, on_sample_step=on_sample_step):
         history.append(record)
         if on_step is not None:
