@@ -131,9 +131,10 @@ def test_hps_resize_longest_and_pad_matches_reference(hw):
 
 
 def test_a_pillow_that_resamples_differently_is_warned_about(monkeypatch):
-    # pretend the installed Pillow is 12 (horizontal pass always first) on a geometry where 13 starts
-    # vertically: the probe against the real PIL must notice
-    monkeypatch.setattr(preprocess, "_pillow_major", lambda: 12)
+    # pretend the installed Pillow is of the other kind (12 starts every resize horizontally, 13 this
+    # one vertically): the probe against the real PIL must notice
+    real = preprocess._pillow_major()
+    monkeypatch.setattr(preprocess, "_pillow_major", lambda: 12 if real >= 13 else 13)
     monkeypatch.setattr(preprocess, "_CHECKED_GEOMETRIES", set())
     with pytest.warns(RuntimeWarning, match=r"Pillow 1[0-9.]+ resizes 300x900 to 290x224 \(bicubic\) differently"):
         assert not preprocess.check_pil_geometry((900, 300), (224, 290), "bicubic")
