@@ -18,6 +18,7 @@ from progrpo_core import plots
 from progrpo_core.methods import METHODS
 from progrpo_core.rewards import Reward
 from progrpo_core.training import EpochRecord
+from progrpo_core.training.state import Words
 from progrpo_core.samplers import SAMPLER_SPECS
 
 SAMPLER_CHOICES = ("auto", *SAMPLER_SPECS)
@@ -55,6 +56,38 @@ def build_train_config(*, method: str, epochs: int, prompts_per_epoch: int, step
                 "gradient_checkpointing": int(checkpoint_depth) if gradient_checkpointing else 0},
     }
     return build_config(table)
+
+
+# the trainer node's widgets (and inputs) by the config setting each one sets (build_train_config)
+SETTING_WIDGETS = {
+    "model.checkpoint": "the MODEL input", "reward.name": "the reward input",
+    "sampler.sampler": "sampler", "sampler.steps": "steps", "sampler.noise_level": "noise_level",
+    "sampler.cfg": "cfg", "schedule.group_size": "group_size", "schedule.checkpoints": "checkpoints",
+    "schedule.keep": "keep", "grpo.method": "method", "grpo.prompts_per_epoch": "prompts_per_epoch",
+    "grpo.lr": "learning_rate", "grpo.kl_beta": "kl_beta", "grpo.separate_reward_norm": "the reward input's "
+    "normalise_separately (Combine Rewards)", "lora.rank": "rank", "lora.alpha": "alpha", "run.seed": "seed",
+    "run.epochs": "epochs", "run.precision": "precision", "run.sample_micro_batch": "sample_micro_batch",
+    "run.train_micro_batch": "train_micro_batch", "run.gradient_checkpointing": "gradient_checkpointing / "
+    "checkpoint_depth",
+}
+
+
+# the loop's messages in the node's words
+NODE_WORDS = Words(settings={**SETTING_WIDGETS, "run.max_bad_updates": "the limit of bad updates in a row",
+                             "run.checkpoint_every": "save_every", "grpo.grad_clip": "gradient clipping"},
+                   resume_how="'resume' on (same run_name)")
+
+
+def resume_refusal(e, run_name: str) -> str:
+    """A :class:`ResumeSettingsError` told in the node's words: widgets, not command-line settings."""
+    changed = []
+    for section, key, saved, now in e.diffs:
+        name = SETTING_WIDGETS.get(f"{section}.{key}", f"{section}.{key}")
+        changed.append(f"{name}: {saved!r} in the run, {now!r} now")
+    may = sorted({SETTING_WIDGETS[a] for a in e.allowed if a in SETTING_WIDGETS})
+    return (f"cannot resume run {run_name!r}: these differ from the run's own settings: " + "; ".join(changed)
+            + f". Set them back to resume (only {', '.join(may)} may change), or turn 'resume' off and give a new "
+            "run_name to train with the new settings (or 'overwrite' on to start this run over; that deletes it).")
 
 
 def check_prompts(prompts: Any) -> list[str]:

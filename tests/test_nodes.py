@@ -367,3 +367,22 @@ def test_lora_targets_presets():
     assert host.target_modules(net, "all linear") == ["blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp"]
     with pytest.raises(ValueError, match="unknown"):
         host.target_modules(net, "everything")
+
+
+def test_messages_from_the_loop_speak_of_the_nodes_widgets():
+    from progrpo_core.training import ResumeSettingsError
+    from progrpo_core.training.state import check_resume_config, last_good
+
+    saved = {"grpo": {"lr": 0.005, "method": "pro-grpo"}, "run": {"epochs": 10, "seed": 0}}
+    now = {"grpo": {"lr": 0.1, "method": "pro-grpo"}, "run": {"epochs": 20, "seed": 1}}
+    with pytest.raises(ResumeSettingsError) as e:
+        check_resume_config(saved, now)
+    assert "--lora.init_from" in str(e.value)  # the command line's words
+    text = training.resume_refusal(e.value, "night")
+    assert "learning_rate: 0.005 in the run, 0.1 now; seed: 0 in the run, 1 now" in text
+    assert "epochs" in text.split("only ")[1] and "turn 'resume' off and give a new run_name" in text
+    assert "--" not in text and "grpo." not in text and "run." not in text.replace("run_name", "").replace("run's", "")
+    said = last_good(3, "/out/night", training.NODE_WORDS)
+    assert "with 'resume' on (same run_name)" in said and "train --resume" not in said
+    assert "save_every" in last_good(0, "/out/night", training.NODE_WORDS)
+

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from progrpo_core.checkpoint import CheckpointError, RunFolderError
-from progrpo_core.training import EpochRecord, RunFolder, Trainer
+from progrpo_core.training import EpochRecord, ResumeSettingsError, RunFolder, Trainer
 
 from .. import train_driver as training
 from .convert import latent_samples, pil_of
@@ -47,7 +47,8 @@ def train_lora(model, vae, clip, positive, negative, latent, prompts: list[str],
         _register_prompts(den, clip, positive, negative, prompts)
         adapter = ComfyLoraAdapter(den, cfg.lora.rank, cfg.lora.alpha, seed=cfg.run.seed, copy_other_weights=shares)
         recorder = training.RecordingReward(reward.reward)
-        trainer = Trainer(cfg, model=den, reward=recorder, prompts=prompts, adapter=adapter, log=log.info)
+        trainer = Trainer(cfg, model=den, reward=recorder, prompts=prompts, adapter=adapter, log=log.info,
+                          words=training.NODE_WORDS)
         try:
             history, start = _train(trainer, den, folder, recorder, run_name, resume, overwrite, node_id)
             lora = training.trained_lora(trainer)
@@ -67,6 +68,8 @@ def _train(trainer: Trainer, den: ComfyDenoiser, folder: RunFolder, recorder, ru
     cfg, T = trainer.cfg, trainer.sampler.steps
     try:  # a full disk, an unwritable or busy folder, another run's folder: now, not after an hour
         resumed = trainer.open(folder, resume=resume, overwrite=overwrite)
+    except ResumeSettingsError as e:
+        raise ValueError(training.resume_refusal(e, run_name)) from None
     except CheckpointError as e:
         raise ValueError(f"cannot resume run {run_name!r}: {e}. Turn 'resume' off and 'overwrite' on to start the "
                          "run over, or choose another run_name") from None

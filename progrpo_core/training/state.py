@@ -23,6 +23,24 @@ from ..lora import LoraWeights
 from .records import jsonable
 
 
+@dataclasses.dataclass(frozen=True)
+class Words:
+    """How the loop's messages name a setting and the way to continue a run: the command line's by
+    default; a front end with other controls (the ComfyUI node's widgets) passes its own."""
+
+    settings: dict[str, str] = dataclasses.field(default_factory=dict)   # "grpo.lr" -> what the user sets
+    resume_how: str = "`train --resume {out}`"
+
+    def setting(self, name: str) -> str:
+        return self.settings.get(name, name)
+
+    def resume(self, out: str | None) -> str:
+        return self.resume_how.format(out=out)
+
+
+CLI_WORDS = Words()
+
+
 class TrainingStopped(RuntimeError):
     """The run stopped itself rather than train on (or save) a poisoned state: too many skipped
     updates in a row, or LoRA weights that are no longer finite."""
@@ -93,7 +111,7 @@ class RunState:
     run_id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:12])  # this run, in its files
     _rows_json: list[str] = dataclasses.field(default_factory=list, repr=False)
 
-    def count_skip(self, epoch: int, why: str, limit: int, out: str) -> None:
+    def count_skip(self, epoch: int, why: str, limit: int, out: str, words: Words = CLI_WORDS) -> None:
         """Count a skipped update; raise :class:`TrainingStopped` after ``limit`` in a row (0 = never)."""
         self.skipped_updates += 1
         self.bad_in_row += 1
@@ -102,8 +120,9 @@ class RunState:
         if limit and self.bad_in_row >= limit:
             raise TrainingStopped(
                 f"stopped at epoch {epoch + 1}: {self.bad_in_row} updates in a row were skipped (the last: {why}); "
-                f"run.max_bad_updates={limit}. Nothing was saved from the poisoned epochs. "
-                + last_good(self.last_checkpoint, out) + " Check the reward model (dtype, inputs) and lower grpo.lr.")
+                f"{words.setting('run.max_bad_updates')}={limit}. Nothing was saved from the poisoned epochs. "
+                + last_good(self.last_checkpoint, out, words) + " Check the reward model (dtype, inputs) and lower "
+                + words.setting("grpo.lr") + ".")
 
     def metrics_text(self) -> str:
         """The metrics rows as JSON lines, each serialised once (rows never change once appended)."""
@@ -112,12 +131,12 @@ class RunState:
         return "".join(self._rows_json)
 
 
-def last_good(last_checkpoint: int, out: str | None) -> str:
+def last_good(last_checkpoint: int, out: str | None, words: Words = CLI_WORDS) -> str:
     """What the run folder holds to go on from, in words."""
     if last_checkpoint > 0:
         return (f"The newest checkpoint in {out} (epoch {last_checkpoint}) is the last good state: continue from it "
-                f"with `train --resume {out}`.")
-    return "No checkpoint was written before this (run.checkpoint_every): start the run again."
+                f"with {words.resume(out)}.")
+    return f"No checkpoint was written before this ({words.setting('run.checkpoint_every')}): start the run again."
 
 
 def state_tensors(adapter: LoraWeights, optimizer: torch.optim.Optimizer, ema: EMA | None,
@@ -158,6 +177,20 @@ def snapshot(state: RunState, adapter: LoraWeights, optimizer: torch.optim.Optim
     }
 
 
+class ResumeSettingsError(ckpt.CheckpointError):
+    """Resuming with settings that change the training. ``diffs``: ``(section, key, in the
+    checkpoint, now)``; ``allowed``: the ``section.key`` names a resumed run may change. The message
+    speaks of the command line; other front ends phrase their own from these fields."""
+
+    def __init__(self, diffs: list[tuple[str, str, Any, Any]], allowed: list[str]):
+        self.diffs, self.allowed = diffs, allowed
+        super().__init__(
+            "cannot resume: settings that change the training differ from the checkpoint's:\n  "
+            + "\n  ".join(f"{s}.{k}: {a!r} in the checkpoint, {b!r} now" for s, k, a, b in diffs)
+            + f"\nA resumed run may only change {', '.join(allowed)}. To train on with other settings, start a "
+            "new run from the LoRA with --lora.init_from.")
+
+
 def check_resume_config(saved: dict[str, dict[str, Any]], now: dict[str, dict[str, Any]]) -> None:
     """Refuse to resume with settings that change the training (see ``RESUMABLE_CHANGES``)."""
     diffs = []
@@ -165,13 +198,9 @@ def check_resume_config(saved: dict[str, dict[str, Any]], now: dict[str, dict[st
         a, b = saved.get(section, {}), now.get(section, {})
         for k in sorted(set(a) | set(b)):
             if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES.get(section, set()):
-                diffs.append(f"{section}.{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now")
+                diffs.append((section, k, a.get(k), b.get(k)))
     if diffs:
-        allowed = ", ".join(f"{s}.{k}" for s, ks in RESUMABLE_CHANGES.items() for k in sorted(ks))
-        raise ckpt.CheckpointError(
-            "cannot resume: settings that change the training differ from the checkpoint's:\n  "
-            + "\n  ".join(diffs) + f"\nA resumed run may only change {allowed}. To train on with other "
-            "settings, start a new run from the LoRA with --lora.init_from.")
+        raise ResumeSettingsError(diffs, [f"{s}.{k}" for s, ks in RESUMABLE_CHANGES.items() for k in sorted(ks)])
 
 
 def restore(snap: dict[str, Any], adapter: LoraWeights, optimizer: torch.optim.Optimizer, ema: EMA | None,

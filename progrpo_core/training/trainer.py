@@ -47,8 +47,10 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, model: Denoiser | None = None, reward: Reward | None = None,
                  gold: Reward | None = None, prompts: Sequence[str] | None = None,
-                 adapter: LoraWeights | None = None, log: Callable[[str], None] = print):
+                 adapter: LoraWeights | None = None, log: Callable[[str], None] = print,
+                 words: state.Words = state.CLI_WORDS):
         self.cfg = cfg
+        self.words = words  # how messages name settings and resuming (the node passes its widgets')
         B, W = cfg.grpo.prompts_per_epoch, distributed.world_size()
         if B % W:
             raise ValueError(
@@ -222,7 +224,7 @@ class Trainer:
         return stats
 
     def _skip_update(self, epoch: int, why: str) -> None:
-        self.state.count_skip(epoch, why, self.cfg.run.max_bad_updates, self.cfg.run.out)
+        self.state.count_skip(epoch, why, self.cfg.run.max_bad_updates, self.cfg.run.out, self.words)
 
     # -- evaluation -------------------------------------------------------------------------------
     @property
@@ -254,8 +256,9 @@ class Trainer:
         if bad:
             raise TrainingStopped(
                 f"the {' and '.join(bad)} hold NaN or infinite values at epoch {self.epoch}; stopping without "
-                f"writing {what}. " + state.last_good(self.state.last_checkpoint, self.cfg.run.out)
-                + f" Lower grpo.lr (now {self.cfg.grpo.lr:g}) or keep grpo.grad_clip on.")
+                f"writing {what}. " + state.last_good(self.state.last_checkpoint, self.cfg.run.out, self.words)
+                + f" Lower {self.words.setting('grpo.lr')} (now {self.cfg.grpo.lr:g}) or keep "
+                f"{self.words.setting('grpo.grad_clip')} on.")
 
     def check_divergence(self) -> None:
         """Stop (:class:`TrainingStopped`, nothing saved) when the LoRA's norm jumped by more than
@@ -266,8 +269,9 @@ class Trainer:
         if prev and norm > 100 * prev:
             raise TrainingStopped(
                 f"the LoRA's norm jumped from {prev:.3g} to {norm:.3g} in epoch {self.epoch} (x{norm / prev:.3g}): "
-                f"grpo.lr={self.cfg.grpo.lr:g} is far too high for this model; nothing of this epoch was saved. "
-                + state.last_good(self.state.last_checkpoint, self.cfg.run.out) + " Lower grpo.lr (try a tenth).")
+                f"{self.words.setting('grpo.lr')}={self.cfg.grpo.lr:g} is far too high for this model; nothing of "
+                "this epoch was saved. " + state.last_good(self.state.last_checkpoint, self.cfg.run.out, self.words)
+                + f" Lower {self.words.setting('grpo.lr')} (try a tenth).")
 
     def check_finite_state(self) -> None:
         """Raise :class:`TrainingStopped` if the LoRA, its EMA or the optimizer state holds NaN or
@@ -445,7 +449,7 @@ class Trainer:
         except BaseException as e:
             if folder is not None:
                 self.save_on_interrupt(folder)
-                disk_full(e, folder)
+                disk_full(e, folder, self.words)
             raise
 
     def _one_epoch(self, epoch: int, on_sample_step: Callable[[dict], None] | None) -> EpochRecord:
@@ -504,14 +508,14 @@ class Trainer:
         return run(self, progress=progress, resume=resume, overwrite=overwrite)
 
 
-def disk_full(e: BaseException, folder: RunFolder) -> None:
+def disk_full(e: BaseException, folder: RunFolder, words: state.Words = state.CLI_WORDS) -> None:
     """Say "disk full" (and how to go on) for an out-of-space error while writing the run folder."""
     import errno
 
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
         raise ckpt.RunFolderError(
             f"the disk holding the run folder {folder.out} is full ({e.strerror}): free some space, then continue "
-            f"with `train --resume {folder.out}` (the checkpoints written so far are intact)") from e
+            f"with {words.resume(folder.out)} (the checkpoints written so far are intact)") from e
 
 
 def _model_device(model) -> torch.device | None:
