@@ -134,7 +134,8 @@ class RewardScorer:
         batch = host.image_to_core(images, "images")
         scores = score_images(handle, batch, list(prompts) if prompts else [prompt])
         host.show_text(unique_id, scores.summary())
-        return {"ui": {"text": [scores.summary()]}, "result": (scores, float(scores.values.mean()))}
+        return {"ui": {"text": [scores.summary()], "details": [scores.details()]},
+                "result": (scores, float(scores.values.mean()))}
 
 
 class OVFPruner:

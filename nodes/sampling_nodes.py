@@ -77,7 +77,7 @@ class ExpandedGroupSampler:
             model, positive, negative, latent, prompt=prompt, seed=seed, steps=steps, schedule=schedule,
             sampler=sampler, noise_level=noise_level, cfg=cfg, reward=reward, vae=vae, node_id=unique_id)
         host.show_text(unique_id, trace.describe())
-        return {"ui": {"text": [trace.describe()]}, "result": (survivors, trace)}
+        return {"ui": {"text": [trace.describe()], "details": [trace.details()]}, "result": (survivors, trace)}
 
 
 class LatentProxyProjector:

@@ -60,12 +60,22 @@ class Scores:
     reward: str
 
     def summary(self) -> str:
+        """Two short lines for the node: the mean and spread, the best and the worst image."""
         v = self.values
-        lines = [f"{self.reward}: mean {float(v.mean()):.4f}, std {float(v.std(unbiased=False)):.4f} over {len(v)} image(s)"]
-        lines.append("scores: " + ", ".join(f"{float(s):.4f}" for s in v[:32]) + (" …" if len(v) > 32 else ""))
+        lines = [f"{self.reward}: mean {float(v.mean()):.4g} ± {float(v.std(unbiased=False)):.3g}, {len(v)} image(s)"]
+        if len(v) > 1:
+            hi, lo = int(v.argmax()), int(v.argmin())
+            lines.append(f"best #{hi} {float(v[hi]):.4g} · worst #{lo} {float(v[lo]):.4g}")
+        return "\n".join(lines)
+
+    def details(self) -> str:
+        """Everything, for the prompt history: every image's score, one per line, and each part's mean."""
+        v = self.values
+        lines = [f"{self.reward}: mean {float(v.mean()):.6g}, std {float(v.std(unbiased=False)):.6g} over {len(v)} image(s)"]
+        lines += [f"#{i}: {float(s):.6g}  {p}" for i, (s, p) in enumerate(zip(v.tolist(), self.prompts))]
         for name, c in self.components.items():
             if name != self.reward and len(self.components) > 1:
-                lines.append(f"  {name}: mean {float(c.mean()):.4f}")
+                lines.append(f"{name}: mean {float(c.mean()):.6g}")
         return "\n".join(lines)
 
 
@@ -133,10 +143,18 @@ class GroupTrace:
         return self.proxies[step], self.proxy_rows[step]
 
     def describe(self) -> str:
-        funnel = [self.group_size] + [len(c["kept"]) for c in self.checkpoints]
-        cps = [c["step"] for c in self.checkpoints]
-        return (f"group of {self.group_size}, {self.steps} steps, funnel {funnel} at steps {cps}; "
-                f"survivors {self.survivors.tolist()}")
+        """Two short lines for the node."""
+        funnel = " → ".join(str(n) for n in [self.group_size] + [len(c["kept"]) for c in self.checkpoints])
+        cps = ", ".join(str(c["step"]) for c in self.checkpoints)
+        return (f"group {funnel}" + (f" at steps {cps}" if cps else "") + f" of {self.steps}\n"
+                f"{len(self.survivors)} survivors")
+
+    def details(self) -> str:
+        """Everything, for the prompt history: each checkpoint's kept rows and the survivors."""
+        lines = [f"group of {self.group_size}, {self.steps} steps"]
+        lines += [f"step {c['step']}: kept {list(c['kept'])}" for c in self.checkpoints]
+        lines.append(f"survivors {self.survivors.tolist()}")
+        return "\n".join(lines)
 
 
 def record_group(model, prompt: str, seed: int, steps: int, schedule: PruneSchedule, sampler: str,

@@ -149,8 +149,9 @@ class GRPOLoraTrainer:
         out_model, lora, curves, summary = host.train_lora(
             model, vae, clip, positive, negative, latent, prompts, config, handle, targets=targets,
             run_name=run_name, resume=resume, save_every=save_every, node_id=unique_id, overwrite=overwrite)
-        host.show_text(unique_id, summary)
-        return {"ui": {"text": [summary]}, "result": (out_model, lora, curves)}
+        short, full = summary
+        host.show_text(unique_id, short)
+        return {"ui": {"text": [short], "details": [full]}, "result": (out_model, lora, curves)}
 
 
 class SaveLoRA:

@@ -223,6 +223,12 @@ class Plan:
                 f"~{_dur(self.epoch_s)} per epoch, ~{_dur(self.run_s)} for the run"
                 + (f" (evaluation {_dur(self.eval_s)} each)" if self.eval_s else ""))
 
+    def brief(self) -> str:
+        """Two short lines for a node's status text (the whole plan is in the log)."""
+        verdict = "fits" if self.fits else "does NOT fit"
+        return (f"plan: peak {_gib(self.peak_bytes)} of {_gib(self.budget_bytes)}, {verdict}\n"
+                f"~{_dur(self.epoch_s)} per epoch, ~{_dur(self.run_s)} in all")
+
     def text(self) -> str:
         rows = [f"plan for {self.target} ({self.precision}), memory budget {_gib(self.budget_bytes)}",
                 f"  micro-batches: sampling {self.sample_micro_batch} network rows, training "

@@ -232,6 +232,8 @@ def test_group_record_and_projector(digits, group):
     assert json.loads(rows) == group.survivors.tolist()
     with pytest.raises(ValueError, match="outside the group's 0..5"):
         node.project(6, group=group)
+    assert group.describe().splitlines() == ["group 8 → 6 → 4 at steps 3, 4 of 6", "4 survivors"]
+    assert f"survivors {group.survivors.tolist()}" in group.details()
     with pytest.raises(ValueError, match="connect a GROUP, or all of model"):
         node.project(0)
 
@@ -243,7 +245,13 @@ def test_scorer_and_pruner(digits, group, reward):
     scores, mean = out["result"]
     expected = reward.reward(host.image_to_core(images), ["a handwritten 3"] * 4)
     assert torch.allclose(scores.values, expected) and mean == pytest.approx(float(expected.mean()))
-    assert "digit: mean" in out["ui"]["text"][0]
+    # on the node two short lines that do not wrap (about 60 characters fit); every score in the history
+    short = out["ui"]["text"][0].splitlines()
+    assert short[0].startswith("digit: mean") and len(short) == 2 and max(map(len, short)) <= 60
+    hi = int(expected.argmax())
+    assert f"best #{hi} {float(expected[hi]):.4g}" in short[1]
+    details = out["ui"]["details"][0].splitlines()
+    assert [ln.split(":")[0] for ln in details[1:5]] == ["#0", "#1", "#2", "#3"]
     with pytest.raises(ValueError, match="not a loaded reward model"):
         scorer.score(None, images, "a handwritten 3")
 

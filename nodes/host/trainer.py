@@ -23,7 +23,7 @@ log = logging.getLogger("progrpo")
 
 def train_lora(model, vae, clip, positive, negative, latent, prompts: list[str], cfg, reward, *, targets: str,
                run_name: str, resume: bool, save_every: int, node_id: str | None = None, overwrite: bool = False):
-    """The GRPO LoRA Trainer: ``(MODEL with the LoRA, LORA_MODEL, curves IMAGE, summary text)``.
+    """The GRPO LoRA Trainer: ``(MODEL with the LoRA, LORA_MODEL, curves IMAGE, (short, full) summary)``.
 
     Trains on a clone of MODEL (see :func:`training_model`), loaded whole on ComfyUI's device, by
     driving the core's training loop; precision, micro-batches and gradient checkpointing come from
@@ -93,7 +93,8 @@ def _train(trainer: Trainer, den: ComfyDenoiser, folder: RunFolder, recorder, ru
     def body():
         plan = trainer.ensure_plan(refuse=False)
         if plan is not None:
-            progress.text(plan.summary())
+            progress.text(plan.brief())
+            log.info("ProGRPO %s\n%s", run_name, plan.text())
             if not plan.fits:
                 raise ValueError(_does_not_fit(plan))
         training.drive_training(trainer, folder, on_step=progress.update, on_epoch=on_epoch)
@@ -172,8 +173,12 @@ def _register_prompts(den: ComfyDenoiser, clip, positive, negative, prompts: lis
             den.add_prompt(prompts[0], clone_conditioning(positive), neg)
 
 
-def _summary(cfg, history: list[EpochRecord], start: int, trainer: Trainer, folder: RunFolder) -> str:
-    return (f"{cfg.grpo.method}: epochs {start + 1}..{trainer.epoch} of {cfg.run.epochs}, "
-            f"{trainer.optimizer_steps} optimizer steps, reward "
-            + (f"{history[0].group_reward:.4f} → {history[-1].group_reward:.4f}" if history else "n/a")
-            + f"\nLoRA {_shown(folder.lora_path)}; checkpoints {_shown(folder.out)}")
+def _summary(cfg, history: list[EpochRecord], start: int, trainer: Trainer, folder: RunFolder) -> tuple[str, str]:
+    """Two short lines for the node (relative names) and the whole story for the prompt history."""
+    rewards = f"{history[0].group_reward:.3f} → {history[-1].group_reward:.3f}" if history else "n/a"
+    short = (f"{cfg.grpo.method}: epochs {start + 1}–{trainer.epoch}/{cfg.run.epochs}, reward {rewards}\n"
+             f"LoRA {_shown(folder.lora_path)}")
+    full = (f"{cfg.grpo.method}: epochs {start + 1}..{trainer.epoch} of {cfg.run.epochs}, "
+            f"{trainer.optimizer_steps} optimizer steps, whole-group reward {rewards}\n"
+            f"LoRA {folder.lora_path}\ncheckpoints and metrics {folder.out}")
+    return short, full

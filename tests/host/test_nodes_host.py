@@ -91,8 +91,9 @@ def workflow_prompt(client, file: str, **trainer) -> dict:
     return tiny(ui_to_api(ui, client.object_info()), **trainer)
 
 
-def texts(entry: dict, nid: str) -> str:
-    return " ".join(entry["outputs"].get(nid, {}).get("text", []))
+def texts(entry: dict, nid: str, key: str = "text") -> str:
+    """A node's text in the prompt history: "text" is what the node shows, "details" the whole story."""
+    return " ".join(entry["outputs"].get(nid, {}).get(key, []))
 
 
 # ---- what the server sees ---------------------------------------------------------------------
@@ -142,7 +143,9 @@ def test_reward_loader_lists_the_reward_folder_and_combine_rewards_weights(comfy
                                                                     "normalise_separately": True}},
          "score": {"class_type": "ProGRPORewardScorer", "inputs": {"reward": ["both", 0], "images": ["img", 0],
                                                                    "prompt": "a red square"}}}
-    text = texts(comfy_server.run(g, timeout=300), "score")
+    entry = comfy_server.run(g, timeout=300)
+    assert len(texts(entry, "score").splitlines()) == 2  # the node shows two lines ...
+    text = texts(entry, "score", "details")               # ... the history holds every part's mean
     means = {ln.split(":")[0].strip(): float(ln.split("mean")[1].split(",")[0]) for ln in text.splitlines()
              if "mean" in ln}
     assert set(means) == {"total", "pickscore", "stroke"}, text
@@ -493,11 +496,12 @@ def test_trainer_streams_progress_preview_and_reward_text(comfy_server):
     from PIL import Image
 
     w, h = Image.open(io.BytesIO(previews[-1])).size
-    assert w > h > 0  # the group above its survivors
+    assert (w, h) == (512, 512)  # one size whatever the group: the node does not grow over its neighbours
     lines = [t for n, t in status if n == "train"]
     assert lines[0].startswith("plan: peak ") and "fits" in lines[0]  # the planner's numbers before training
     assert [t[:18] for t in lines[1:3]] == ["epoch 1/2: reward ", "epoch 2/2: reward "]
-    assert lines[-1].startswith("pro-grpo: epochs 1..2 of 2")  # the summary stays on the node
+    assert lines[-1].startswith("pro-grpo: epochs 1–2/2, reward ")  # the summary stays on the node ...
+    assert len(lines[-1].splitlines()) == 2 and "LoRA models/loras/progrpo/autosave/" in lines[-1]  # ... short, relative
 
 
 # ---- headless ---------------------------------------------------------------------------------------
