@@ -248,6 +248,7 @@ def save_lora_tensors(lora: dict, base: Path, filename: str, overwrite: bool) ->
     """Write a LORA_MODEL to ``base/<filename>.safetensors`` (or ``<filename>_00001_.safetensors``,
     the next free number, when ``overwrite`` is off) with its header, atomically."""
     from progrpo_core.io import save_safetensors
+    from progrpo_core.lora_format import retitled
 
     if not isinstance(lora, dict) or not lora:
         raise ValueError("the LoRA is empty or not a LORA_MODEL; connect the trainer's 'lora' output")
@@ -259,4 +260,4 @@ def save_lora_tensors(lora: dict, base: Path, filename: str, overwrite: bool) ->
         while (path := base / f"{rel}_{n:05d}_.safetensors").exists():
             n += 1
     meta = {str(k): str(v) for k, v in (getattr(lora, "metadata", None) or {}).items()}
-    return save_safetensors({k: v for k, v in lora.items()}, path, meta)
+    return save_safetensors({k: v for k, v in lora.items()}, path, retitled(meta, Path(rel).name))

@@ -35,6 +35,8 @@ class Denoiser(Protocol):
         device: where the model computes; latents and noise live there.
         builtin: True for the built-in digits models (small: cheap defaults for evaluation and memory).
         default_cfg: the guidance scale ``sampler.cfg auto`` means for this model (optional, 1).
+        architecture: what the base model is, as ComfyUI's model config names it (``"SD15"``,
+            ``"SDXL"``, ``"SD3"``, ``"Flux"``, …; optional): LoRA headers name the base model with it.
 
     Optional: ``set_precision(dtype)`` makes the model compute in ``dtype`` (its ``denoise`` still
     takes and returns float32).

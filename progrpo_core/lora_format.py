@@ -9,7 +9,11 @@ Per adapted module ``<path>`` of the network (``P`` = the denoiser's ``lora_pref
 
 The safetensors header holds ``progrpo.format``, ``progrpo.rank``, ``progrpo.alpha``,
 ``progrpo.targets``, ``progrpo.base_model_hash`` and the run's metadata as ``progrpo.<key>``
-(JSON-encoded unless a string) — never in the file name. Every writer and reader of LoRA files
+(JSON-encoded unless a string) — never in the file name. For model browsers (ComfyUI's asset
+metadata reads ``ss_base_model_version`` / ``modelspec.base_model``; others the SAI ModelSpec) it
+also holds ``modelspec.sai_model_spec``, ``modelspec.architecture`` (``<base>/lora``),
+``modelspec.title``, ``modelspec.description``, ``modelspec.base_model`` and
+kohya's ``ss_base_model_version``, where the base model's architecture is known. Every writer and reader of LoRA files
 (the core's peft adapter, the host's weight-wrapper adapter, the nodes) goes through here.
 """
 from __future__ import annotations
@@ -90,14 +94,50 @@ def copy_into(pairs: Pairs, alpha: float, prefix: str, tensors: Mapping[str, tor
                 raise LoraFileError(f"{source}: alpha {a} differs from the adapter's {alpha}")
 
 
+# ComfyUI model config class -> (kohya's ss_base_model_version, ModelSpec architecture id)
+BASE_MODELS = {
+    "SD15": ("sd_v1", "stable-diffusion-v1"),
+    "SD20": ("sd_v2", "stable-diffusion-v2-768-v"), "SD21UnclipL": ("sd_v2", "stable-diffusion-v2-768-v"),
+    "SDXL": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base"), "SDXLRefiner": ("sdxl_refiner_v1-0",
+                                                                              "stable-diffusion-xl-v1-refiner"),
+    "SD3": ("sd3", "stable-diffusion-v3-medium"),
+    "Flux": ("flux1", "flux-1-dev"), "FluxSchnell": ("flux1", "flux-1-schnell"),
+}
+MODELSPEC_VERSION = "1.0.0"
+
+
+def modelspec(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """ModelSpec / kohya entries from the run's metadata (``architecture``, ``title``, ``method``,
+    ``reward``, ``base_model``); only those that are known. No date: the same seed gives the same file."""
+    out = {"modelspec.sai_model_spec": MODELSPEC_VERSION, "modelspec.implementation": "comfyui",
+           "modelspec.title": str(metadata.get("title") or f"ProGRPO {metadata.get('method', '')} LoRA".replace("  ", " "))}
+    arch = metadata.get("architecture")
+    if arch in BASE_MODELS:
+        kohya, spec = BASE_MODELS[arch]
+        out.update({"modelspec.architecture": f"{spec}/lora", "modelspec.base_model": kohya,
+                    "ss_base_model_version": kohya})
+    if metadata.get("method"):
+        out["modelspec.description"] = (f"LoRA trained with ProGRPO ({metadata['method']}) on the reward "
+                                        f"{metadata.get('reward', '?')}" + (f" from {metadata['base_model']}"
+                                                                           if metadata.get("base_model") else ""))
+    return out
+
+
 def header(rank: int, alpha: float, targets: list[str], base_model_hash: str,
            metadata: Mapping[str, Any] | None = None) -> dict[str, str]:
     """The safetensors header of a LoRA file (values as strings)."""
     meta = {"progrpo.format": FORMAT, "progrpo.rank": str(rank), "progrpo.alpha": str(alpha),
             "progrpo.targets": json.dumps(list(targets)), "progrpo.base_model_hash": base_model_hash}
     for k, v in (metadata or {}).items():
-        meta[HEADER_PREFIX + k] = v if isinstance(v, str) else json.dumps(v)
+        if v is not None:
+            meta[HEADER_PREFIX + k] = v if isinstance(v, str) else json.dumps(v)
+    meta.update(modelspec(metadata or {}))
     return meta
+
+
+def retitled(meta: Mapping[str, str], title: str) -> dict[str, str]:
+    """A header with ``modelspec.title`` (and ``progrpo.title``) set to ``title``: a saved file's name."""
+    return {**meta, "modelspec.title": title, HEADER_PREFIX + "title": title}
 
 
 def decode_header(meta: Mapping[str, str]) -> dict[str, Any]:

@@ -346,7 +346,9 @@ def test_save_lora_tensors(tmp_path):
     from progrpo_core.lora import read_lora_file
 
     tensors, meta = read_lora_file(p)
-    assert meta == {"progrpo.rank": "2"} and torch.equal(tensors["diffusion_model.a.lora_down.weight"], torch.ones(2, 3))
+    # the file's name is its title in model browsers (ModelSpec), as the rest of the header is the trainer's
+    assert meta == {"progrpo.rank": "2", "progrpo.title": "x", "modelspec.title": "x"}
+    assert torch.equal(tensors["diffusion_model.a.lora_down.weight"], torch.ones(2, 3))
     assert trace.save_lora_tensors(lora, tmp_path, "progrpo/x", False).name == "x_00001_.safetensors"
     assert trace.save_lora_tensors(lora, tmp_path, "progrpo/x.safetensors", False).name == "x_00002_.safetensors"
     for bad in ("../x", "/abs/x", "a/../../b", "", "bad|name"):
@@ -393,4 +395,19 @@ def test_messages_from_the_loop_speak_of_the_nodes_widgets():
     said = last_good(3, "/out/night", training.NODE_WORDS)
     assert "with 'resume' on (same run_name)" in said and "train --resume" not in said
     assert "save_every" in last_good(0, "/out/night", training.NODE_WORDS)
+
+
+def test_lora_headers_name_the_base_model_for_model_browsers():
+    from progrpo_core import lora_format
+
+    meta = lora_format.header(4, 4.0, ["attn"], "abc", {"method": "pro-grpo", "reward": "pickscore",
+                                                        "base_model": "sdxl.safetensors", "architecture": "SDXL",
+                                                        "title": "night", "seed": None})
+    # what ComfyUI 0.33's asset metadata reads (ss_base_model_version, then modelspec.base_model)
+    assert meta["ss_base_model_version"] == meta["modelspec.base_model"] == "sdxl_base_v1-0"
+    assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+    assert meta["modelspec.title"] == "night" and "pickscore" in meta["modelspec.description"]
+    assert "progrpo.seed" not in meta  # unknown values are left out, not written as "null"
+    digits = lora_format.header(4, 4.0, ["attn"], "abc", {"method": "grpo", "architecture": None})
+    assert "ss_base_model_version" not in digits and digits["modelspec.title"] == "ProGRPO grpo LoRA"
 

@@ -108,6 +108,7 @@ class ComfyDenoiser:
         self.patcher = patcher
         self.full_load = full_load  # load the whole model on the device for a session (training)
         self.family = model_family(patcher)
+        self.architecture = type(getattr(patcher.model, "model_config", None)).__name__  # "SD15", "SDXL", "SD3", …
         self.latent_format = patcher.model.latent_format
         channels = int(getattr(self.latent_format, "latent_channels", latent_shape[0]))
         if int(latent_shape[0]) != channels:

@@ -249,7 +249,9 @@ class Trainer:
         c = self.cfg
         return {"method": c.grpo.method, "schedule": dataclasses.asdict(self.schedule),
                 "sampler": dataclasses.asdict(self.sampler), "steps": self.optimizer_steps, "epochs": self.epoch,
-                "reward": c.reward.name, "base_model": c.model.checkpoint or c.model.name, "seed": c.run.seed}
+                "reward": c.reward.name, "base_model": c.model.checkpoint or c.model.name, "seed": c.run.seed,
+                "architecture": getattr(self.model, "architecture", None),
+                "title": Path(c.run.out).name if c.run.out else None}
 
     def _check_finite(self, tensors: dict[str, Sequence[torch.Tensor]], what: str) -> None:
         bad = state.nonfinite_parts(tensors)

@@ -172,7 +172,8 @@ def test_training_workflow(comfy_server, trained):
     (tid,) = by_type(api, "ProGRPOLoraTrainer")
     (sid,) = by_type(api, "ProGRPOSaveLoRA")
     print("trainer:", texts(entry, tid))
-    assert "epochs 1..2 of 2" in texts(entry, tid)
+    assert texts(entry, tid).startswith("pro-grpo: epochs 1–2/2") and len(texts(entry, tid).splitlines()) == 2
+    assert "epochs 1..2 of 2" in texts(entry, tid, "details")
     assert texts(entry, sid) == "saved models/loras/progrpo/sd35m_pickscore.safetensors"
     lora = server.models_dir / "loras" / "progrpo" / "sd35m_pickscore.safetensors"
     assert lora.is_file() and (server.models_dir / "loras/progrpo/autosave/host_train.safetensors").is_file()
@@ -181,6 +182,10 @@ def test_training_workflow(comfy_server, trained):
     header = json.loads(lora.read_bytes()[8:8 + int.from_bytes(lora.read_bytes()[:8], "little")])
     meta = header["__metadata__"]
     assert meta["progrpo.method"] == "pro-grpo" and meta["progrpo.reward"] == "stroke"
+    # ComfyUI's model browser reads the base model; ModelSpec readers the architecture and the title
+    assert meta["ss_base_model_version"] == meta["modelspec.base_model"] == "sd3"
+    assert meta["modelspec.architecture"] == "stable-diffusion-v3-medium/lora"
+    assert meta["modelspec.title"] == "sd35m_pickscore"
     keys = [k for k in header if k != "__metadata__"]
     assert keys and all(k.startswith("diffusion_model.") for k in keys)
     assert {k.rsplit(".", 2)[-2] if k.endswith(".weight") else "alpha" for k in keys} == {"lora_down", "lora_up", "alpha"}
