@@ -114,9 +114,10 @@ class ScheduleConfig:
         _need(self.selector in ovf.SELECTORS,
               f"schedule.selector={self.selector!r} unknown; expected one of {', '.join(ovf.SELECTORS)}")
 
-    def resolved(self, method: str, steps: int) -> PruneSchedule:
-        """The method's preset (``methods.METHODS``, scaled to T steps) with this config's fields on top."""
-        preset = METHODS[method].schedule(steps, self.selector)
+    def resolved(self, method: str, steps: int, family: str = "flow") -> PruneSchedule:
+        """The method's preset for the model ``family`` (``methods.METHODS``, scaled to T steps) with
+        this config's fields on top."""
+        preset = METHODS[method].schedule(steps, self.selector, family)
         overrides = {f: getattr(self, f) for f in ("group_size", "checkpoints", "keep", "final_keep")
                      if getattr(self, f) is not None}
         if self.checkpoints is not None and self.keep is None and len(preset.keep) != len(self.checkpoints):
@@ -131,13 +132,19 @@ class ScheduleConfig:
 class GRPOConfig:
     method: str = _help(f"training method and its default funnel: {presets_text()}", "pro-grpo")
     prompts_per_epoch: int = _help("B: prompts sampled per epoch (each gets a whole group)", 8)
-    lr: float = _help("AdamW learning rate", 5e-3)
+    lr: Optional[float] = _help("AdamW learning rate (auto: 5e-3 for the built-in models, 3e-4 — Flow-GRPO's LoRA "
+                                "rate — for real ones)")
     weight_decay: float = _help("AdamW weight decay", 1e-4)
     clip_range: float = _help("PPO ratio clip epsilon", 1e-4)
     adv_clip: float = _help("advantages are clipped to +-this", 5.0)
     adv_norm: str = _help("advantage normalisation: group (per prompt) or batch (per-prompt mean, batch std)", "group")
     kl_beta: float = _help("weight of the KL to the reference policy (0 = off)", 0.0)
+    kl_form: str = _help("the KL's scale: flow-grpo (Flow-GRPO's: for flow_sde/dance_sde divided by the SDE's "
+                         "noise coefficient, |dt| times the exact KL, so Flow-GRPO's kl_beta means the same here) "
+                         "or transition (the exact KL between the two Gaussian transitions)", "flow-grpo")
     timestep_fraction: float = _help("fraction of the stochastic steps trained each epoch", 0.9)
+    train_step_order: str = _help("which steps are trained: first (the first timestep_fraction of them in "
+                                  "sampling order, as Flow-GRPO) or random (a new random subset each epoch)", "first")
     train_batch_size: int = _help("rows per backward pass", 48)
     grad_accum: int = _help("backward passes accumulated per optimizer step", 1)
     grad_clip: float = _help("gradient-norm clip (0 = off)", 1.0)
@@ -151,11 +158,16 @@ class GRPOConfig:
         _need(self.prompts_per_epoch >= 1, f"grpo.prompts_per_epoch={self.prompts_per_epoch} must be >= 1")
         for name in ("lr", "clip_range", "adv_clip"):
             v = getattr(self, name)
-            _need(math.isfinite(v) and v > 0, f"grpo.{name}={v!r} must be a finite number > 0")
+            _need(v is None and name == "lr" or isinstance(v, (int, float)) and math.isfinite(v) and v > 0,
+                  f"grpo.{name}={v!r} must be a finite number > 0")
         for name in ("weight_decay", "kl_beta", "grad_clip"):
             v = getattr(self, name)
             _need(math.isfinite(v) and v >= 0, f"grpo.{name}={v!r} must be a finite number >= 0")
         _need(0 < self.timestep_fraction <= 1, f"grpo.timestep_fraction={self.timestep_fraction} must be in (0, 1]")
+        _need(self.kl_form in ("flow-grpo", "transition"),
+              f"grpo.kl_form={self.kl_form!r} unknown; expected flow-grpo or transition")
+        _need(self.train_step_order in ("first", "random"),
+              f"grpo.train_step_order={self.train_step_order!r} unknown; expected first or random")
         _need(self.train_batch_size >= 1, f"grpo.train_batch_size={self.train_batch_size} must be >= 1")
         _need(self.grad_accum >= 1, f"grpo.grad_accum={self.grad_accum} must be >= 1")
         _need(0 <= self.ema_decay < 1, f"grpo.ema_decay={self.ema_decay} must be in [0, 1)")
@@ -264,8 +276,8 @@ class TrainConfig:
         # Validate the schedule against the step count up front, not at the first checkpoint.
         self.prune_schedule()
 
-    def prune_schedule(self) -> PruneSchedule:
-        return self.schedule.resolved(self.grpo.method, self.sampler.steps)
+    def prune_schedule(self, family: str = "flow") -> PruneSchedule:
+        return self.schedule.resolved(self.grpo.method, self.sampler.steps, family)
 
     def to_dict(self) -> dict:
         return {s.name: {k: v for k, v in dataclasses.asdict(getattr(self, s.name)).items() if v is not None}

@@ -63,7 +63,18 @@ def clipped_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, adv: torch.
     return loss, stats
 
 
-def kl_to_reference(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+# samplers whose Flow-GRPO-style KL divides by the SDE's diffusion coefficient (std²/|dt|), not by
+# the transition's variance std²
+PER_UNIT_TIME_KL = ("flow_sde", "dance_sde")
+
+
+def kl_to_reference(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor,
+                    dt: torch.Tensor | float | None = None) -> torch.Tensor:
     """KL between the policy and reference Gaussian transitions of equal std, per row (N,):
-    ``mean over elements of (μ_θ − μ_ref)²`` divided by ``2·std²`` (Flow-GRPO)."""
-    return ((mean - ref_mean) ** 2).flatten(1).mean(1) / (2 * std.flatten(1)[:, 0] ** 2)
+    ``mean over elements of (μ_θ − μ_ref)²`` divided by ``2·std²`` — the exact KL of the two
+    transitions (``kl_form="transition"``). With ``dt`` (the step's |Δσ|) it is divided by
+    ``2·std²/|dt|`` instead: Flow-GRPO's convention for its SDE, whose ``std_dev_t`` is the noise
+    coefficient ``s = a·sqrt(σ/(1−σ))`` without the ``sqrt(|dt|)`` (``kl_form="flow-grpo"``, the
+    default; it is ``|dt|`` times the transition KL)."""
+    kl = ((mean - ref_mean) ** 2).flatten(1).mean(1) / (2 * std.flatten(1)[:, 0] ** 2)
+    return kl if dt is None else kl * torch.as_tensor(dt, dtype=kl.dtype, device=kl.device)

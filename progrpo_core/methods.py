@@ -105,25 +105,35 @@ class MethodPreset:
     keep: tuple[int, ...] = ()
     final_keep: int | None = None
     summary: str = ""
+    eps: "MethodPreset | None" = None   # the funnel on ε/v-prediction models (SD1.x, SDXL), where it differs
 
-    def schedule(self, steps: int, selector: str = "ovf") -> PruneSchedule:
-        return PruneSchedule(self.group_size, checkpoint_steps(steps, self.fractions), self.keep,
-                             self.final_keep, selector)
+    def for_family(self, family: str) -> "MethodPreset":
+        """This preset as it applies to a ``"flow"`` or ``"eps"`` model."""
+        return self.eps if family == "eps" and self.eps is not None else self
+
+    def schedule(self, steps: int, selector: str = "ovf", family: str = "flow") -> PruneSchedule:
+        p = self.for_family(family)
+        return PruneSchedule(p.group_size, checkpoint_steps(steps, p.fractions), p.keep, p.final_keep, selector)
 
     def describe(self, steps: int = 10) -> str:
         """``"pro-grpo: 48 → 24 → 12 after steps 5, 7 (of T = 10)"``."""
-        return f"{self.name}: {self.schedule(steps).describe()}" + (f" (of T = {steps})" if self.fractions else "")
+        text = f"{self.name}: {self.schedule(steps).describe()}" + (f" (of T = {steps})" if self.fractions else "")
+        return text + (f", on ε-models {self.schedule(steps, family='eps').describe()}" if self.eps else "")
 
 
-# The paper's settings (Ge et al., SD3.5-M vs Flow-GRPO with G = 24): pruning after 50 % and 70 % of
-# the steps. docs/METHOD.md has the equations and the paper's numbers.
+# The paper's settings (Ge et al.): on SD3.5-M against Flow-GRPO with G = 24, pruning after 50 % and
+# 70 % of the steps; on SD-v1.4 against DanceGRPO with G = 16, 48 → 32 → 8 after steps 30 and 40 of
+# 50 (60 % and 80 %). docs/METHOD.md has the equations and the paper's numbers.
 METHODS: dict[str, MethodPreset] = {p.name: p for p in (
     MethodPreset("pro-grpo", 48, (0.5, 0.7), (24, 12),
                  summary="expand and prune: at each checkpoint keep the maximum-variance subset (OVF) by the "
-                         "one-step proxy reward; train the survivors"),
+                         "one-step proxy reward; train the survivors",
+                 eps=MethodPreset("pro-grpo", 48, (0.6, 0.8), (32, 8))),
     MethodPreset("pro-grpo-flash", 24, (0.5, 0.7), (16, 12), summary="pro-grpo with a smaller expansion"),
-    MethodPreset("ovf", 24, final_keep=12, summary="static OVF: sample the whole group to the end"),
-    MethodPreset("grpo", 24, summary="Flow-GRPO: train the whole group"),
+    MethodPreset("ovf", 24, final_keep=12, summary="static OVF: sample the whole group to the end",
+                 eps=MethodPreset("ovf", 16, final_keep=8)),
+    MethodPreset("grpo", 24, summary="Flow-GRPO (DanceGRPO's G = 16 on ε-models): train the whole group",
+                 eps=MethodPreset("grpo", 16)),
 )}
 
 
@@ -138,7 +148,9 @@ def presets_text(steps: int = 10) -> str:
 
 def presets_markdown(steps: int = 10) -> str:
     """The README's method table (a test keeps the README equal to it)."""
-    rows = [f"| `--method` | funnel (defaults, T = {steps} steps) | what it does |", "|---|---|---|"]
+    rows = [f"| `--method` | funnel (defaults, T = {steps} steps) | on ε-models (SD1.x, SDXL) | what it does |",
+            "|---|---|---|---|"]
     for p in METHODS.values():
-        rows.append(f"| `{p.name}` | {p.schedule(steps).describe()} | {p.summary} |")
+        eps = p.schedule(steps, family="eps").describe() if p.eps is not None else "the same"
+        rows.append(f"| `{p.name}` | {p.schedule(steps).describe()} | {eps} | {p.summary} |")
     return "\n".join(rows)

@@ -6,7 +6,8 @@ current model output, computing in float32, and returns ``(prev_sample, mean, st
 * ``prev_sample``, ``mean``: (N, C, H, W);
 * ``std``: (N, 1, 1, 1), the per-row standard deviation of the Gaussian transition;
 * ``log_prob``: (N,), the Gaussian log-density of ``prev_sample`` **averaged over latent
-  elements** (as Flow-GRPO and DanceGRPO do).
+  elements** (as Flow-GRPO and DanceGRPO do); for ``cps``, Flow-GRPO's ``−(x − mean)²`` instead
+  (``cps_gaussian`` keeps the density).
 
 A step whose std is 0 (the ODE, or the last step of DDIM/CPS) is deterministic: its log-prob is
 reported as 0 and it carries no policy gradient; the trainer skips such steps.
@@ -50,8 +51,17 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
     return lp.flatten(1).mean(1)
 
 
+def squared_error_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Flow-GRPO's CPS log-prob: ``−(x − mean)²`` averaged over all but the first dim → (N,), the
+    Gaussian's constants and its ``1/(2·std²)`` dropped. Zero where std == 0."""
+    std = std.expand_as(x) if std.shape != x.shape else std
+    lp = torch.where(std > 0, -((x.detach() - mean) ** 2), torch.zeros_like(x))
+    return lp.flatten(1).mean(1)
+
+
 def _finish(mean: torch.Tensor, std: torch.Tensor, prev_sample: torch.Tensor | None,
-            generator: Generators, noise: torch.Tensor | None = None) -> StepOut:
+            generator: Generators, noise: torch.Tensor | None = None,
+            log_prob: Callable[..., torch.Tensor] = gaussian_log_prob) -> StepOut:
     std = std.expand(mean.shape[0], *([1] * (mean.ndim - 1))).to(mean)
     if prev_sample is None:
         if noise is None:
@@ -59,7 +69,7 @@ def _finish(mean: torch.Tensor, std: torch.Tensor, prev_sample: torch.Tensor | N
         prev_sample = mean + std * noise.to(mean)
     else:
         prev_sample = prev_sample.float()
-    return prev_sample, mean, std, gaussian_log_prob(prev_sample, mean, std)
+    return prev_sample, mean, std, log_prob(prev_sample, mean, std)
 
 
 def _col(v: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
@@ -87,17 +97,31 @@ def flow_sde_step(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next, noise_lev
     return _finish(mean, std, prev_sample, generator, noise)
 
 
-def cps_step(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next, noise_level: float,
-             prev_sample: torch.Tensor | None = None, generator: Generators = None,
-             noise: torch.Tensor | None = None) -> StepOut:
-    """Coefficients-Preserving Sampling: ``std = σ_next·sin(a·π/2)``,
-    ``mean = x0̂·(1−σ_next) + x1̂·sqrt(σ_next² − std²)`` with ``x0̂ = x − σv``, ``x1̂ = x + (1−σ)v``."""
+def _cps(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next, noise_level: float) -> tuple[torch.Tensor, torch.Tensor]:
     x, v = x.float(), v.float()
     s_t, s_n = _col(sigma, x), _col(sigma_next, x)
     std = s_n * math.sin(noise_level * math.pi / 2)
     x0 = x - s_t * v
     x1 = x + (1 - s_t) * v
-    mean = x0 * (1 - s_n) + x1 * torch.sqrt((s_n**2 - std**2).clamp_min(0))
+    return x0 * (1 - s_n) + x1 * torch.sqrt((s_n**2 - std**2).clamp_min(0)), std
+
+
+def cps_step(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next, noise_level: float,
+             prev_sample: torch.Tensor | None = None, generator: Generators = None,
+             noise: torch.Tensor | None = None) -> StepOut:
+    """Coefficients-Preserving Sampling: ``std = σ_next·sin(a·π/2)``,
+    ``mean = x0̂·(1−σ_next) + x1̂·sqrt(σ_next² − std²)`` with ``x0̂ = x − σv``, ``x1̂ = x + (1−σ)v``;
+    log-prob as Flow-GRPO's CPS branch, ``−(x − mean)²`` (:func:`squared_error_log_prob`)."""
+    mean, std = _cps(x, v, sigma, sigma_next, noise_level)
+    return _finish(mean, std, prev_sample, generator, noise, squared_error_log_prob)
+
+
+def cps_gaussian_step(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next, noise_level: float,
+                      prev_sample: torch.Tensor | None = None, generator: Generators = None,
+                      noise: torch.Tensor | None = None) -> StepOut:
+    """:func:`cps_step` with the full Gaussian log-density: every log-ratio is the reference's
+    divided by ``2·std²``, so the PPO clip range acts on the true likelihood ratio."""
+    mean, std = _cps(x, v, sigma, sigma_next, noise_level)
     return _finish(mean, std, prev_sample, generator, noise)
 
 
@@ -148,7 +172,9 @@ class SamplerSpec:
 
 SAMPLER_SPECS: dict[str, SamplerSpec] = {s.name: s for s in (
     SamplerSpec("flow_sde", ("flow",), 0.7, flow_sde_step, "Flow-GRPO's SDE"),
-    SamplerSpec("cps", ("flow",), 0.7, cps_step, "coefficients-preserving sampling"),
+    SamplerSpec("cps", ("flow",), 0.7, cps_step, "coefficients-preserving sampling (Flow-GRPO's log-prob -(x-mean)^2)"),
+    SamplerSpec("cps_gaussian", ("flow",), 0.7, cps_gaussian_step,
+                "coefficients-preserving sampling with the full Gaussian log-density"),
     SamplerSpec("dance_sde", ("flow",), 0.3, dance_sde_step, "DanceGRPO's flow SDE with constant eta"),
     SamplerSpec("ddim", ("eps",), 1.0, ddim_step, "DDIM with eta (DDPO, DanceGRPO)"),
     SamplerSpec("ode", ("flow", "eps"), 0.0, None, "deterministic: Euler (flow) or DDIM eta = 0 (eps)"),

@@ -18,10 +18,11 @@ def _inputs(seed=0, n=4):
     return torch.randn(n, 2, 3, 3, generator=g), torch.randn(n, 2, 3, 3, generator=g)
 
 
-FLOW_STEPS = [samplers.flow_sde_step, samplers.cps_step, samplers.dance_sde_step]
+FLOW_STEPS = [samplers.flow_sde_step, samplers.cps_step, samplers.cps_gaussian_step, samplers.dance_sde_step]
+DENSITY_STEPS = [samplers.flow_sde_step, samplers.cps_gaussian_step, samplers.dance_sde_step]
 
 
-@pytest.mark.parametrize("step", FLOW_STEPS)
+@pytest.mark.parametrize("step", DENSITY_STEPS)
 @pytest.mark.parametrize("sigma,sigma_next", [(1.0, 0.9), (0.6, 0.5), (0.3, 0.2)])
 def test_flow_step_log_prob_is_gaussian_density(step, sigma, sigma_next):
     x, v = _inputs()
@@ -122,3 +123,69 @@ def test_per_row_generators_make_rows_independent_of_batch():
 def test_check_sampler(family, sampler, match):
     with pytest.raises(ValueError, match=match):
         samplers.check_sampler(family, sampler)
+
+
+# ---- Flow-GRPO's conventions, re-implemented from its formulas (independently of the pack) --------
+
+def flow_grpo_cps(x, v, sigma, sigma_prev, noise_level, prev_sample):
+    """Flow-GRPO's sde_type="cps" branch: std_dev_t = σ_prev·sin(a·π/2), the CPS mean, and
+    log_prob = −(prev − mean)² averaged over the latent (no 1/(2σ²), no constants)."""
+    std_dev_t = sigma_prev * math.sin(noise_level * math.pi / 2)
+    pred_original = x - sigma * v
+    noise_estimate = x + v * (1 - sigma)
+    mean = pred_original * (1 - sigma_prev) + noise_estimate * math.sqrt(sigma_prev ** 2 - std_dev_t ** 2)
+    return (-((prev_sample - mean) ** 2)).mean(dim=(1, 2, 3)), std_dev_t
+
+
+@pytest.mark.parametrize("sigma,sigma_next", [(0.9, 0.8), (0.5, 0.35), (0.2, 0.1)])
+def test_cps_log_prob_is_flow_grpos_and_cps_gaussian_keeps_the_density(sigma, sigma_next):
+    x, v = _inputs(6)
+    prev, mean, std, lp = samplers.cps_step(x, v, torch.tensor(sigma), torch.tensor(sigma_next), 0.7,
+                                            generator=torch.Generator().manual_seed(2))
+    ref, std_ref = flow_grpo_cps(x.double(), v.double(), sigma, sigma_next, 0.7, prev.double())
+    torch.testing.assert_close(lp.double(), ref, rtol=1e-5, atol=1e-7)
+    assert float(std[0]) == pytest.approx(std_ref, rel=1e-6)
+    # the same transition, the full density: log-ratios are the reference's / (2·std²)
+    _, _, _, lp_g = samplers.cps_gaussian_step(x, v, torch.tensor(sigma), torch.tensor(sigma_next), 0.7, prev_sample=prev)
+    _, _, _, lp_g2 = samplers.cps_gaussian_step(x, v * 1.01, torch.tensor(sigma), torch.tensor(sigma_next), 0.7,
+                                                prev_sample=prev)
+    _, _, _, lp2 = samplers.cps_step(x, v * 1.01, torch.tensor(sigma), torch.tensor(sigma_next), 0.7, prev_sample=prev)
+    torch.testing.assert_close((lp_g2 - lp_g).double(), (lp2 - lp).double() / (2 * std_ref ** 2), rtol=1e-3, atol=1e-6)
+
+
+def flow_grpo_kl(mean, ref_mean, sigma, sigma_max, noise_level):
+    """Flow-GRPO's KL term: std_dev_t = a·sqrt(σ/(1−σ)) (σ = 1 uses the schedule's second sigma)
+    and kl = mean((μ − μ_ref)²) / (2·std_dev_t²) — no sqrt(|dt|) in std_dev_t."""
+    std_dev_t = math.sqrt(sigma / (1 - (sigma_max if sigma == 1 else sigma))) * noise_level
+    return ((mean - ref_mean) ** 2).mean(dim=(1, 2, 3)) / (2 * std_dev_t ** 2)
+
+
+@pytest.mark.parametrize("sigma,sigma_next", [(1.0, 0.95), (0.7, 0.6), (0.3, 0.1)])
+def test_kl_follows_flow_grpo_by_default_and_the_transition_kl_on_request(sigma, sigma_next):
+    from progrpo_core import grpo
+
+    x, v = _inputs(7)
+    s, sn = torch.tensor(sigma), torch.tensor(sigma_next)
+    _, mean, std, _ = samplers.flow_sde_step(x, v, s, sn, 0.7, generator=torch.Generator().manual_seed(0))
+    _, ref_mean, _, _ = samplers.flow_sde_step(x, v * 0.9, s, sn, 0.7, generator=torch.Generator().manual_seed(0))
+    ours = grpo.kl_to_reference(mean, ref_mean, std, dt=abs(sigma - sigma_next))
+    torch.testing.assert_close(ours.double(), flow_grpo_kl(mean.double(), ref_mean.double(), sigma, sigma_next, 0.7),
+                               rtol=1e-4, atol=0)
+    # the exact KL between the two Gaussian transitions is 1/|dt| times that
+    exact = grpo.kl_to_reference(mean, ref_mean, std)
+    torch.testing.assert_close(exact * abs(sigma - sigma_next), ours, rtol=1e-5, atol=0)
+    assert "flow_sde" in grpo.PER_UNIT_TIME_KL and "cps" not in grpo.PER_UNIT_TIME_KL
+
+
+def test_trained_steps_are_the_first_ones_in_order_as_flow_grpo():
+    from types import SimpleNamespace
+
+    from progrpo_core.training.update import train_steps
+
+    ro = SimpleNamespace(stds=torch.ones(4, 10))
+    assert train_steps(ro, 0.9, seed=0) == list(range(9))          # Flow-GRPO: steps 0 … T−2 of T = 10
+    random = train_steps(ro, 0.9, seed=0, order="random")
+    assert len(random) == 9 and random == sorted(random) and random != train_steps(ro, 0.9, seed=1, order="random")
+    ro.stds[:, 9] = 0                                                 # a deterministic last step is never trained
+    assert train_steps(ro, 1.0, seed=0) == list(range(9))
+

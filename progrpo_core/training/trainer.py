@@ -67,7 +67,7 @@ class Trainer:
             raise ValueError(f"sampler.sampler={self.sampler.sampler}, sampler.noise_level={self.sampler.noise_level:g}: "
                              "every sampling step is deterministic, so there is no policy to train; use a noise level "
                              "> 0 with an exploration sampler (the default noise when you leave it out)")
-        self.schedule = cfg.prune_schedule()
+        self.schedule = cfg.prune_schedule(self.model.family)
         rdev, rdtype = self._reward_placement()
         self.reward = reward if reward is not None else build_reward(cfg.reward.name, cfg.reward.path, device=rdev,
                                                                      dtype=rdtype)
@@ -90,6 +90,8 @@ class Trainer:
             self.model.net, (0 if getattr(self.model, "builtin", False) else 1) if depth is None else depth)
         self.world.broadcast_(self.adapter.parameters())  # every rank starts from rank 0's LoRA
         g = cfg.grpo
+        if g.lr is None:  # auto, written into the config (and so into the run folder and its resume check)
+            g.lr = BUILTIN_LR if getattr(self.model, "builtin", False) else MODEL_LR
         self.optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=g.lr, weight_decay=g.weight_decay)
         self.ema = EMA(self.adapter.parameters(), g.ema_decay) if g.ema else None
         self.scaler = self.precision.scaler(self.device)
@@ -210,7 +212,8 @@ class Trainer:
             return UpdateStats()
         seed = self.cfg.run.seed
         self.rehome()  # sampling may have loaded (moved) the model and its LoRA
-        steps = update.train_steps(batch.rollout, self.cfg.grpo.timestep_fraction, seed * 131 + epoch)
+        steps = update.train_steps(batch.rollout, self.cfg.grpo.timestep_fraction, seed * 131 + epoch,
+                                   self.cfg.grpo.train_step_order)
 
         def on_update() -> None:
             self.state.optimizer_steps += 1
@@ -508,6 +511,10 @@ class Trainer:
         from .cli_run import run
 
         return run(self, progress=progress, resume=resume, overwrite=overwrite)
+
+
+BUILTIN_LR = 5e-3   # the built-in digits models (measured in the bench)
+MODEL_LR = 3e-4     # real models: Flow-GRPO's LoRA learning rate (SD3.5-M, FLUX)
 
 
 def disk_full(e: BaseException, folder: RunFolder, words: state.Words = state.CLI_WORDS) -> None:

@@ -24,12 +24,16 @@ from .rollouts import RolloutBatch
 from .state import EMA
 
 
-def train_steps(rollout: Rollout, fraction: float, seed: int) -> list[int]:
-    """The stochastic steps (std > 0) trained this epoch: a seeded random ``fraction`` of them."""
+def train_steps(rollout: Rollout, fraction: float, seed: int, order: str = "first") -> list[int]:
+    """The stochastic steps (std > 0) trained this epoch, ``round(fraction·n)`` of the ``n``:
+    ``order="first"`` the first ones in sampling order (Flow-GRPO trains steps ``0 … ⌊0.99·T⌋ − 1``),
+    ``"random"`` a seeded random subset, drawn anew each epoch."""
     stochastic = [j for j in range(rollout.stds.shape[1]) if bool((rollout.stds[:, j] > 0).all())]
     if not stochastic:
         raise ValueError("no stochastic sampling step to train on; use a noise level > 0")
     n = max(1, round(fraction * len(stochastic)))
+    if order == "first":
+        return stochastic[:n]
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(stochastic), generator=g)[:n].sort().values.tolist()
     return [stochastic[i] for i in pick]
@@ -50,7 +54,8 @@ def step_loss(model: Denoiser, adapter: LoraWeights, ro: Rollout, rows: torch.Te
         with torch.no_grad(), adapter.disabled():
             x0_ref = model.denoise(x, sig_rows, cond, s.cfg)
         mean_ref = step_from_x0(model.family, s.sampler, x, x0_ref, sig, sig_next, s.noise_level, prev_sample=prev)[1]
-        kl = grpo.kl_to_reference(mean, mean_ref, std).mean()
+        dt = (sig - sig_next).abs() if g.kl_form == "flow-grpo" and s.sampler in grpo.PER_UNIT_TIME_KL else None
+        kl = grpo.kl_to_reference(mean, mean_ref, std, dt).mean()
         loss = loss + g.kl_beta * kl
         comp.nfe_train_fwd += len(rows) * (1 if s.cfg == 1.0 else 2)
     return loss, kl, stats
