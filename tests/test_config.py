@@ -20,6 +20,21 @@ def test_method_presets(method, expect):
     assert (s.group_size, s.checkpoints, s.keep, s.final_keep) == expect
 
 
+@pytest.mark.parametrize("method,expect", [
+    ("pro-grpo", (48, (30, 40), (32, 8), None)),     # the paper's SD-v1.4 setting at T = 50
+    ("grpo", (16, (), (), None)),                      # DanceGRPO's group
+    ("ovf", (16, (), (), 8)),
+    ("pro-grpo-flash", (24, (25, 35), (16, 12), None)),
+])
+def test_eps_model_presets_follow_the_papers_sd14_setting(method, expect):
+    cfg = C.build_config({"grpo": {"method": method}, "sampler": {"steps": 50}})
+    s = cfg.prune_schedule("eps")
+    assert (s.group_size, s.checkpoints, s.keep, s.final_keep) == expect
+    # what the user sets still wins
+    cfg = C.build_config({"grpo": {"method": method}, "sampler": {"steps": 50}, "schedule": {"group_size": 64}})
+    assert cfg.prune_schedule("eps").group_size == 64
+
+
 def test_overrides_are_typed_from_strings():
     cfg = C.build_config({"sampler": {"steps": "12"}, "schedule": {"checkpoints": "6,9", "keep": "24,12"},
                           "grpo": {"ema": "false", "lr": "1e-3"}})
