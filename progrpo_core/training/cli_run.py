@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .records import jsonable
-from .run_folder import RunFolder
-from .trainer import disk_full
+from .run_folder import RunFolder, disk_full
 
 
 def run(trainer, progress: bool = True, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:

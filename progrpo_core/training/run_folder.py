@@ -24,6 +24,7 @@ from .. import plots
 from ..config import TrainConfig, to_toml
 from ..io import write_json, write_text
 from .records import nan_if_none
+from .state import CLI_WORDS, Words
 
 
 RUN_FILE = "run.json"          # the run's identity: its id and when it started
@@ -213,3 +214,13 @@ def _try_lock(fd: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def disk_full(e: BaseException, folder: RunFolder, words: Words = CLI_WORDS) -> None:
+    """Say "disk full" (and how to go on) for an out-of-space error while writing the run folder."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        raise ckpt.RunFolderError(
+            f"the disk holding the run folder {folder.out} is full ({e.strerror}): free some space, then continue "
+            f"with {words.resume(folder.out)} (the checkpoints written so far are intact)") from e

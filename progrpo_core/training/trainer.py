@@ -35,7 +35,7 @@ from ..rewards import OffloadedReward, Reward, build_reward
 from . import evaluation, rollouts, state, update
 from .records import EpochRecord, UpdateStats
 from .rollouts import RolloutBatch
-from .run_folder import RunFolder, space_needed
+from .run_folder import RunFolder, disk_full, space_needed
 from .state import EMA, RunState, TrainingStopped, ema_applied
 
 
@@ -515,16 +515,6 @@ class Trainer:
 
 BUILTIN_LR = 5e-3   # the built-in digits models (measured in the bench)
 MODEL_LR = 3e-4     # real models: Flow-GRPO's LoRA learning rate (SD3.5-M, FLUX)
-
-
-def disk_full(e: BaseException, folder: RunFolder, words: state.Words = state.CLI_WORDS) -> None:
-    """Say "disk full" (and how to go on) for an out-of-space error while writing the run folder."""
-    import errno
-
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        raise ckpt.RunFolderError(
-            f"the disk holding the run folder {folder.out} is full ({e.strerror}): free some space, then continue "
-            f"with {words.resume(folder.out)} (the checkpoints written so far are intact)") from e
 
 
 def _model_device(model) -> torch.device | None:
