@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from progrpo_core.config import TrainConfig, build_config
 from progrpo_core import plots
 from progrpo_core.methods import METHODS
-from progrpo_core.rewards import Reward
+from progrpo_core.rewards import Reward, RewardWrapper
 from progrpo_core.training import EpochRecord
 from progrpo_core.training.state import Words
 from progrpo_core.samplers import SAMPLER_SPECS
@@ -121,14 +121,13 @@ def trained_lora(trainer) -> LoraTensors:
 
 # ---- a reward that remembers what it saw (for the live preview, at no extra decode) ---------------
 
-class RecordingReward(Reward):
+class RecordingReward(RewardWrapper):
     """Passes every call to ``inner`` and keeps small copies of the first and the latest batch of
     images of an epoch: the first is the whole expanded group (proxies at the first checkpoint, or
     the finished images when nothing is pruned while sampling), the latest the finished images."""
 
     def __init__(self, inner: Reward, tile_px: int = TILE_PX):
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self.tile_px = tile_px
         self.first: torch.Tensor | None = None
         self.last: torch.Tensor | None = None
@@ -150,16 +149,6 @@ class RecordingReward(Reward):
             self.first = small
         self.last = small
         return self.inner.evaluate(images, prompts)
-
-    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        return self.inner.score(images, prompts)
-
-    @property
-    def total_key(self) -> str:
-        return self.inner.total_key
-
-    def components(self) -> list[tuple[str, float]]:
-        return self.inner.components()
 
 
 def preview_grid(recorder: RecordingReward, result, group_size: int, prompts_per_epoch: int) -> torch.Tensor | None:

@@ -11,16 +11,16 @@ from typing import Sequence
 
 import torch
 
-from progrpo_core.rewards import Reward
+from progrpo_core.rewards import Reward, RewardWrapper
 
 
-class ManagedReward(Reward):
+class ManagedReward(RewardWrapper):
     """``inner``'s modules in a ComfyUI ``ModelPatcher``; scoring loads them first."""
 
     def __init__(self, inner: Reward, load_device):
         import comfy.model_patcher
 
-        self.inner, self.name = inner, inner.name
+        super().__init__(inner)
         self.load_device = torch.device(load_device)
         inner.place("cpu")
         self.patcher = comfy.model_patcher.ModelPatcher(torch.nn.ModuleList(inner.modules()),
@@ -42,15 +42,8 @@ class ManagedReward(Reward):
         self._load()
         return self.inner.evaluate(images, prompts)
 
-    @property
-    def total_key(self) -> str:
-        return self.inner.total_key
-
-    def components(self) -> list[tuple[str, float]]:
-        return self.inner.components()
-
-    def modules(self) -> list[torch.nn.Module]:
-        return self.inner.modules()
+    def place(self, device) -> None:
+        """Nothing: ComfyUI's memory manager places the weights."""
 
 
 def managed(reward: Reward, device: str) -> Reward:

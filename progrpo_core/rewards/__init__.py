@@ -16,14 +16,15 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-from .base import (OffloadedReward, PluginReward, Reward, RewardInputError, RewardPluginError, check_images,
+from .base import (OffloadedReward, PluginReward, Reward, RewardInputError, RewardPluginError, RewardWrapper,
+                   check_images,
                    check_scores)
 from .weighted import RewardSpec, WeightedReward, build_reward_from_spec, parse_reward_spec
 from .weights import (CheckpointMismatchError, RewardWeightsNotFound, UnsafeCheckpointError,
                       find_reward_weights)
 
 __all__ = [
-    "Reward", "OffloadedReward", "PluginReward", "RewardInputError", "RewardPluginError", "check_images",
+    "Reward", "RewardWrapper", "OffloadedReward", "PluginReward", "RewardInputError", "RewardPluginError", "check_images",
     "check_scores",
     "register_reward", "build_reward", "available_rewards", "reward_help",
     "find_reward_weights", "RewardWeightsNotFound", "UnsafeCheckpointError", "CheckpointMismatchError",

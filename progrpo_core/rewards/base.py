@@ -98,11 +98,39 @@ class Reward(abc.ABC):
             self.device = device
 
 
-class PluginReward(Reward):
+class RewardWrapper(Reward):
+    """A reward that is ``inner`` but for what a subclass changes (how a call is checked, where the
+    weights are while it runs, what it remembers): every call and property passes through."""
+
+    def __init__(self, inner: Reward):
+        self.inner, self.name = inner, inner.name
+
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        return self.inner.score(images, prompts)
+
+    def evaluate(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        return self.inner.evaluate(images, prompts)
+
+    @property
+    def total_key(self) -> str:
+        return self.inner.total_key
+
+    def components(self) -> list[tuple[str, float]]:
+        return self.inner.components()
+
+    def modules(self) -> list[torch.nn.Module]:
+        return self.inner.modules()
+
+    def place(self, device) -> None:
+        self.inner.place(device)
+
+
+class PluginReward(RewardWrapper):
     """A user's reward, whose failures are reported as its own (:class:`RewardPluginError`, naming it)."""
 
     def __init__(self, inner: Reward, spec: str):
-        self.inner, self.spec, self.name = inner, spec, inner.name
+        super().__init__(inner)
+        self.spec = spec
 
     def _call(self, fn, images, prompts):
         try:
@@ -124,31 +152,15 @@ class PluginReward(Reward):
     def evaluate(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         return self._call(self.inner.evaluate, images, prompts)
 
-    @property
-    def total_key(self) -> str:
-        return self.inner.total_key
 
-    def components(self) -> list[tuple[str, float]]:
-        return self.inner.components()
-
-    def modules(self) -> list[torch.nn.Module]:
-        return self.inner.modules()
-
-    def place(self, device) -> None:
-        self.inner.place(device)
-
-
-class OffloadedReward(Reward):
+class OffloadedReward(RewardWrapper):
     """``inner`` kept on the CPU and moved to ``device`` only while it scores, so the denoiser has
     the device's memory while it samples and trains (a PCIe round trip per scoring call)."""
 
     def __init__(self, inner: Reward, device: str | torch.device):
-        self.inner, self.device = inner, torch.device(device)
-        self.name = inner.name
+        super().__init__(inner)
+        self.device = torch.device(device)
         inner.place("cpu")
-
-    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        return self.inner.score(images, prompts)
 
     def evaluate(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         self.inner.place(self.device)
@@ -157,15 +169,9 @@ class OffloadedReward(Reward):
         finally:
             self.inner.place("cpu")
 
-    @property
-    def total_key(self) -> str:
-        return self.inner.total_key
-
-    def components(self) -> list[tuple[str, float]]:
-        return self.inner.components()
-
-    def modules(self) -> list[torch.nn.Module]:
-        return self.inner.modules()
+    def place(self, device) -> None:
+        """Where it scores; the weights stay on the CPU in between."""
+        self.device = torch.device(device)
 
 
 def check_scores(scores: torch.Tensor, what: str = "rewards") -> torch.Tensor:
