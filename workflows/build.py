@@ -2,12 +2,17 @@
 
     python workflows/build.py          # rewrite the .json files
     python workflows/build.py --check  # exit 1 if a file differs from what this script writes
+    python workflows/build.py --thumbnails DIR  # <name>.jpg from DIR/<name>_after_run.png
 
 The workflows are generated so that their links, slot indices and widget values always match
 the nodes' declared inputs (``nodes/``) and the stock nodes' signatures (:data:`STOCK`); the CI
 test ``tests/test_workflows.py`` checks them against its own copy of the stock signatures, and the
 host tests run them in a real ComfyUI. ComfyUI 0.33 serves the ``.json`` files of a pack's
-``workflows/`` folder as templates (Workflow → Browse Templates → this pack).
+``workflows/`` folder as templates (Templates → Extensions → the pack's folder name); its frontend
+(1.49.6) titles each card with the file name and shows the ``<name>.jpg`` beside it as the card's
+thumbnail. The thumbnails are screenshots of the workflows in that frontend after a run on the tiny
+models: ``PROGRPO_FRONTEND_SHOTS=DIR pytest tests/host/test_frontend.py`` writes them, ``--thumbnails
+DIR`` scales them to card size.
 """
 from __future__ import annotations
 
@@ -51,6 +56,11 @@ SD35_FILES = {
            "https://huggingface.co/stabilityai/stable-diffusion-3.5-medium/resolve/main/text_encoders/t5xxl_fp8_e4m3fn.safetensors"),
 }
 TRAINED_LORA = "progrpo/sd35m_pickscore"
+# The frontend (1.49.6) gives the trainer's widgets 798 px; its live preview (a fixed 512x512 image)
+# then grows the node to 1068 px at width 360 (measured). The workflows leave the preview room of
+# its own below the widgets, so nothing moves when it arrives; tests/host/test_frontend.py checks
+# in the browser that no two nodes overlap after a run.
+TRAINER_SIZE = (400, 1180)
 PROMPT = "a photo of a red fox sitting in a snowy forest, golden hour"
 
 MODEL_NOTE = """### Model files this workflow expects
@@ -170,7 +180,7 @@ def reward_loader(g: Graph, pos) -> dict:
 def training() -> dict:
     """(a) checkpoint → prompts → GRPO LoRA Trainer → Save LoRA → before/after sample."""
     g = Graph("7b0e7c52-7f0a-4d3e-9a51-000000000001")
-    g.add(NOTE, (0, -330), {"text": "## ProGRPO: train a LoRA with Pro-GRPO\n"
+    g.add(NOTE, (0, -360), {"text": "## ProGRPO: train a LoRA with Pro-GRPO\n"
                             "The trainer samples an expanded group per prompt, prunes it at the checkpoints with "
                             "OVF on the reward of one-step proxies, and trains the LoRA on the survivors (GRPO). "
                             "Its progress bar previews every epoch; interrupting keeps the LoRA trained so far in "
@@ -178,41 +188,42 @@ def training() -> dict:
                             f"`models/loras/{TRAINED_LORA}.safetensors`; below, the same seed without and with it.\n\n"
                             + MODEL_NOTE}, size=(620, 300))
     ckpt, clip = sd35_loaders(g)
-    prompts = g.add("ProGRPOPromptList", (0, 330), {"text": "\n".join([
+    prompts = g.add("ProGRPOPromptList", (0, 350), {"text": "\n".join([
         PROMPT, "a cozy cabin by a lake at dawn, highly detailed", "a bowl of ramen on a wooden table, studio light",
         "portrait of an astronaut in a sunflower field"]), "file": ""}, size=(320, 180))
-    reward = reward_loader(g, (0, 560))
-    latent = g.add("EmptySD3LatentImage", (0, 730), {"width": 512, "height": 512, "batch_size": 1}, size=(320, 110))
-    trainer = g.add("ProGRPOLoraTrainer", (400, 0), {
+    reward = reward_loader(g, (0, 590))
+    latent = g.add("EmptySD3LatentImage", (0, 780), {"width": 512, "height": 512, "batch_size": 1}, size=(320, 110))
+    trainer = g.add("ProGRPOLoraTrainer", (380, 0), {
         "method": "pro-grpo", "epochs": 100, "prompts_per_epoch": 1, "steps": 10, "group_size": 48,
         "checkpoints": "5,7", "keep": "24,12", "sampler": "auto", "noise_level": -1.0, "cfg": 4.5,
         "learning_rate": 0.0003, "rank": 32, "alpha": 64.0, "targets": "attention", "kl_beta": 0.0, "seed": 0,
         "gradient_checkpointing": True, "run_name": "sd35m_pickscore", "resume": False, "save_every": 5},
-        size=(360, 700))
+        size=TRAINER_SIZE)
     for slot, (src, s, name) in enumerate([(ckpt, 0, "model"), (ckpt, 2, "vae"), (reward, 0, "reward"),
                                            (prompts, 0, "prompts"), (latent, 0, "latent"), (clip, 0, "clip")]):
         g.connect(src, s, trainer, name)
-    save = g.add("ProGRPOSaveLoRA", (820, 0), {"filename": TRAINED_LORA, "overwrite": True}, size=(320, 110))
+    save = g.add("ProGRPOSaveLoRA", (840, 0), {"filename": TRAINED_LORA, "overwrite": True}, size=(440, 150))
     g.connect(trainer, 1, save, "lora")
-    curves = g.add("PreviewImage", (820, 150), title="reward and loss curves", size=(420, 300))
+    curves = g.add("PreviewImage", (840, 210), title="reward and loss curves", size=(440, 320))
     g.connect(trainer, 2, curves, "images")
-    pos = g.add("CLIPTextEncode", (400, 760), {"text": PROMPT}, size=(360, 120))
-    neg = g.add("CLIPTextEncode", (400, 910), {"text": ""}, title="negative", size=(360, 100))
+    pos = g.add("CLIPTextEncode", (0, 950), {"text": PROMPT}, size=(320, 120))
+    neg = g.add("CLIPTextEncode", (0, 1130), {"text": ""}, title="negative", size=(320, 100))
     for node in (pos, neg):
         g.connect(clip, 0, node, "clip")
     sample_widgets = {"seed": 42, "steps": 20, "cfg": 4.5, "sampler_name": "euler", "scheduler": "simple",
                       "denoise": 1.0}
     for i, (model_src, title, prefix) in enumerate([(ckpt, "before: base model", "progrpo/before"),
                                                    (trainer, "after: with the trained LoRA", "progrpo/after")]):
-        ks = g.add("KSampler", (820, 500 + 300 * i), sample_widgets, title=title, size=(320, 262))
+        y = 590 + 350 * i
+        ks = g.add("KSampler", (840, y), sample_widgets, title=title, size=(320, 262))
         g.connect(model_src, 0, ks, "model")
         g.connect(pos, 0, ks, "positive")
         g.connect(neg, 0, ks, "negative")
         g.connect(latent, 0, ks, "latent_image")
-        dec = g.add("VAEDecode", (1180, 500 + 300 * i), size=(200, 50))
+        dec = g.add("VAEDecode", (1200, y), size=(200, 50))
         g.connect(ks, 0, dec, "samples")
         g.connect(ckpt, 2, dec, "vae")
-        img = g.add("SaveImage", (1420, 500 + 300 * i), {"filename_prefix": prefix}, title=title, size=(300, 280))
+        img = g.add("SaveImage", (1440, y), {"filename_prefix": prefix}, title=title, size=(300, 280))
         g.connect(dec, 0, img, "images")
     return g.to_json()
 
@@ -221,7 +232,7 @@ def inspection() -> dict:
     """(b) one prompt, an expanded group, proxy previews at the checkpoints, reward histogram with
     the OVF selection, final survivors."""
     g = Graph("7b0e7c52-7f0a-4d3e-9a51-000000000002")
-    g.add(NOTE, (0, -330), {"text": "## ProGRPO: look inside expand-and-prune\n"
+    g.add(NOTE, (0, -360), {"text": "## ProGRPO: look inside expand-and-prune\n"
                             "One prompt, G_max = 16 trajectories, pruned to 8 after step 5 and to 4 after step 7 by OVF on "
                             "the reward of one-step x0 proxies. The projectors show every trajectory's proxy at the "
                             "two checkpoints; the scorer and the OVF Pruner re-run the first selection on those "
@@ -239,7 +250,7 @@ def inspection() -> dict:
     g.connect(clip, 0, neg, "clip")
     sampler = g.add("ProGRPOExpandedGroupSampler", (380, 300), {
         "group_size": 16, "steps": 10, "sampler": "auto", "noise_level": -1.0, "cfg": 4.5, "seed": 7,
-        "checkpoints": "5,7", "keep": "8,4", "selector": "ovf", "prompt": PROMPT}, size=(340, 470))
+        "checkpoints": "5,7", "keep": "8,4", "selector": "ovf", "prompt": PROMPT}, size=(340, 500))
     for src, s, name in [(ckpt, 0, "model"), (pos, 0, "positive"), (neg, 0, "negative"), (latent, 0, "latent"),
                          (reward, 0, "reward"), (ckpt, 2, "vae"), (text, 0, "prompt")]:
         g.connect(src, s, sampler, name)
@@ -255,7 +266,7 @@ def inspection() -> dict:
         g.connect(dec, 0, prev, "images")
         decoded.append(dec)
     scorer = g.add("ProGRPORewardScorer", (780, 680), {"prompt": PROMPT}, title="reward of the checkpoint-5 proxies",
-                   size=(320, 160))
+                   size=(320, 190))
     g.connect(reward, 0, scorer, "reward")
     g.connect(decoded[0], 0, scorer, "images")
     g.connect(text, 0, scorer, "prompt")
@@ -264,12 +275,12 @@ def inspection() -> dict:
     g.connect(decoded[0], 0, pruner, "images")
     hist = g.add("PreviewImage", (1460, 680), title="reward histogram: kept vs dropped", size=(400, 300))
     g.connect(pruner, 3, hist, "images")
-    kept = g.add("PreviewImage", (1460, 1010), title="kept proxies (OVF)", size=(400, 280))
+    kept = g.add("PreviewImage", (1460, 1040), title="kept proxies (OVF)", size=(400, 280))
     g.connect(pruner, 0, kept, "images")
     dec = g.add("VAEDecode", (780, 920), size=(200, 50))
     g.connect(sampler, 0, dec, "samples")
     g.connect(ckpt, 2, dec, "vae")
-    final = g.add("PreviewImage", (1120, 1010), title="final survivors", size=(300, 280))
+    final = g.add("PreviewImage", (1120, 1040), title="final survivors", size=(300, 280))
     g.connect(dec, 0, final, "images")
     return g.to_json()
 
@@ -277,7 +288,7 @@ def inspection() -> dict:
 def comparison() -> dict:
     """(c) base vs trained LoRA on fixed seeds, with their rewards."""
     g = Graph("7b0e7c52-7f0a-4d3e-9a51-000000000003")
-    g.add(NOTE, (0, -330), {"text": "## ProGRPO: base vs trained LoRA\n"
+    g.add(NOTE, (0, -360), {"text": "## ProGRPO: base vs trained LoRA\n"
                             "The same prompt and seeds (a batch of 4) with and without the LoRA trained by the "
                             f"training workflow (`models/loras/{TRAINED_LORA}.safetensors`, loaded with the stock "
                             "LoraLoaderModelOnly), each scored by the reward model.\n\n" + MODEL_NOTE},
@@ -306,10 +317,10 @@ def comparison() -> dict:
         dec = g.add("VAEDecode", (1120, y), size=(200, 50))
         g.connect(ks, 0, dec, "samples")
         g.connect(ckpt, 2, dec, "vae")
-        save = g.add("SaveImage", (1360, y), {"filename_prefix": prefix}, title=title, size=(360, 300))
+        save = g.add("SaveImage", (1480, y), {"filename_prefix": prefix}, title=title, size=(360, 300))
         g.connect(dec, 0, save, "images")
         scorer = g.add("ProGRPORewardScorer", (1120, y + 120), {"prompt": PROMPT}, title=f"reward: {title}",
-                       size=(220, 160))
+                       size=(320, 190))
         g.connect(reward, 0, scorer, "reward")
         g.connect(dec, 0, scorer, "images")
         g.connect(text, 0, scorer, "prompt")
@@ -329,7 +340,22 @@ def render() -> dict[str, str]:
     return {name: json.dumps(make(), indent=1) + "\n" for name, make in WORKFLOWS.items()}
 
 
+def thumbnails(shots: Path) -> None:
+    """``<name>.jpg`` (at most 512 px a side, well under 100 KB) from ``shots/<name>_after_run.png``."""
+    from PIL import Image
+
+    for name in WORKFLOWS:
+        stem = name.removesuffix(".json")
+        image = Image.open(shots / f"{stem}_after_run.png").convert("RGB")
+        image.thumbnail((512, 512), Image.LANCZOS)
+        image.save(HERE / f"{stem}.jpg", "JPEG", quality=82, optimize=True, progressive=True)
+        print(f"wrote {HERE / stem}.jpg {image.size[0]}x{image.size[1]}, {(HERE / f'{stem}.jpg').stat().st_size} bytes")
+
+
 def main(argv: list[str]) -> int:
+    if "--thumbnails" in argv:
+        thumbnails(Path(argv[argv.index("--thumbnails") + 1]))
+        return 0
     files = render()
     if "--check" in argv:
         stale = [n for n, text in files.items() if not (HERE / n).is_file() or (HERE / n).read_text() != text]
