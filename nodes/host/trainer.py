@@ -12,7 +12,7 @@ from progrpo_core.training import EpochRecord, ResumeSettingsError, RunFolder, T
 
 from .. import train_driver as training
 from .convert import latent_samples, pil_of
-from .files import autosave_path, run_folder
+from .files import autosave_path, loras_dir, run_folder
 from .lora import ComfyLoraAdapter, apply_lora
 from .model import ComfyDenoiser, check_vae, clone_conditioning, encode_text, model_family
 from .train_context import training_model
@@ -127,12 +127,15 @@ def _train(trainer: Trainer, den: ComfyDenoiser, folder: RunFolder, recorder, ru
 
 
 def _shown(path) -> str:
-    """A path as the node shows it: relative to ComfyUI's models or output folder."""
+    """A LoRA as the node shows it: its name in LoraLoader's list (relative to models/loras), else
+    relative to ComfyUI's models or output folder, else its file name."""
     import folder_paths
 
-    for base in (folder_paths.models_dir, folder_paths.get_output_directory()):
+    for base, parent in ((loras_dir(), False), (folder_paths.models_dir, True),
+                         (folder_paths.get_output_directory(), True)):
         try:
-            return str(Path(path).resolve().relative_to(Path(base).resolve().parent))
+            root = Path(base).resolve()
+            return Path(path).resolve().relative_to(root.parent if parent else root).as_posix()
         except ValueError:
             continue
     return Path(path).name
