@@ -218,7 +218,8 @@ def test_inspection_workflow(comfy_server):
     print(f"inspection workflow: {seconds:.1f} s")
     (gid,) = by_type(api, "ProGRPOExpandedGroupSampler")
     print("sampler:", texts(entry, gid))
-    assert "funnel [6, 4, 3] at steps [3, 4]" in texts(entry, gid)
+    assert texts(entry, gid).startswith("group 6 → 4 → 3 at steps 3, 4 of")        # the node's two lines ...
+    assert "step 3: kept" in texts(entry, gid, "details") and "survivors [" in texts(entry, gid, "details")  # ... the history's
     previews = {api[n]["_meta"]["title"]: comfy_server.images(entry, n) for n in by_type(api, "PreviewImage")}
     counts = {t: len(v) for t, v in previews.items()}
     print("previews:", counts)
