@@ -223,7 +223,7 @@ def training() -> dict:
         dec = g.add("VAEDecode", (1200, y), size=(200, 50))
         g.connect(ks, 0, dec, "samples")
         g.connect(ckpt, 2, dec, "vae")
-        img = g.add("SaveImage", (1440, y), {"filename_prefix": prefix}, title=title, size=(300, 280))
+        img = g.add("SaveImage", (1440, y), {"filename_prefix": prefix}, title=title, size=(300, 300))
         g.connect(dec, 0, img, "images")
     return g.to_json()
 
@@ -250,7 +250,7 @@ def inspection() -> dict:
     g.connect(clip, 0, neg, "clip")
     sampler = g.add("ProGRPOExpandedGroupSampler", (380, 300), {
         "group_size": 16, "steps": 10, "sampler": "auto", "noise_level": -1.0, "cfg": 4.5, "seed": 7,
-        "checkpoints": "5,7", "keep": "8,4", "selector": "ovf", "prompt": PROMPT}, size=(340, 500))
+        "checkpoints": "5,7", "keep": "8,4", "selector": "ovf", "prompt": PROMPT}, size=(340, 520))
     for src, s, name in [(ckpt, 0, "model"), (pos, 0, "positive"), (neg, 0, "negative"), (latent, 0, "latent"),
                          (reward, 0, "reward"), (ckpt, 2, "vae"), (text, 0, "prompt")]:
         g.connect(src, s, sampler, name)
@@ -266,7 +266,7 @@ def inspection() -> dict:
         g.connect(dec, 0, prev, "images")
         decoded.append(dec)
     scorer = g.add("ProGRPORewardScorer", (780, 680), {"prompt": PROMPT}, title="reward of the checkpoint-5 proxies",
-                   size=(320, 190))
+                   size=(320, 210))
     g.connect(reward, 0, scorer, "reward")
     g.connect(decoded[0], 0, scorer, "images")
     g.connect(text, 0, scorer, "prompt")
@@ -277,7 +277,7 @@ def inspection() -> dict:
     g.connect(pruner, 3, hist, "images")
     kept = g.add("PreviewImage", (1460, 1040), title="kept proxies (OVF)", size=(400, 280))
     g.connect(pruner, 0, kept, "images")
-    dec = g.add("VAEDecode", (780, 920), size=(200, 50))
+    dec = g.add("VAEDecode", (780, 950), size=(200, 50))
     g.connect(sampler, 0, dec, "samples")
     g.connect(ckpt, 2, dec, "vae")
     final = g.add("PreviewImage", (1120, 1040), title="final survivors", size=(300, 280))
@@ -320,7 +320,7 @@ def comparison() -> dict:
         save = g.add("SaveImage", (1480, y), {"filename_prefix": prefix}, title=title, size=(360, 300))
         g.connect(dec, 0, save, "images")
         scorer = g.add("ProGRPORewardScorer", (1120, y + 120), {"prompt": PROMPT}, title=f"reward: {title}",
-                       size=(320, 190))
+                       size=(320, 210))
         g.connect(reward, 0, scorer, "reward")
         g.connect(dec, 0, scorer, "images")
         g.connect(text, 0, scorer, "prompt")
