@@ -203,3 +203,36 @@ def test_names_the_model_files_it_expects(workflow):
         for f in n["widgets_values"]:
             assert f in text, f"the note does not name {f}"
     assert "reward_models" in text
+
+
+TITLE_BAR = 30  # the frontend draws a node's title above its pos (LiteGraph.NODE_TITLE_HEIGHT)
+GAP = 10  # as tests/host/test_frontend.py, which checks the same in the browser after a run
+
+
+def test_nodes_do_not_overlap_as_laid_out(workflow):
+    """The stored layout leaves room between nodes; the browser test checks it again once a run has
+    grown them (the trainer's preview, result texts, images)."""
+    boxes = [(n["id"], n["pos"][0], n["pos"][1] - TITLE_BAR, n["size"][0], n["size"][1] + TITLE_BAR)
+             for n in workflow["nodes"]]
+    for i, (a, ax, ay, aw, ah) in enumerate(boxes):
+        for b, bx, by, bw, bh in boxes[i + 1:]:
+            dx = min(ax + aw, bx + bw) - max(ax, bx)
+            dy = min(ay + ah, by + bh) - max(ay, by)
+            assert dx <= -GAP or dy <= -GAP, f"nodes {a} and {b} overlap or lie closer than {GAP}"
+
+
+def test_trainer_has_room_for_its_preview(workflow):
+    """ComfyUI's frontend (1.49.6) gives the trainer's widgets 798 px and its text and 512x512
+    preview 1084 px at least (measured in the browser test); the node keeps room above that."""
+    for n in workflow["nodes"]:
+        if n["type"] == "ProGRPOLoraTrainer":
+            assert n["size"][1] >= 1084 + 60, n["size"]
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
+def test_has_a_template_thumbnail(path):
+    """The frontend's template card shows ``<workflow>.jpg`` from beside the JSON."""
+    jpg = path.with_suffix(".jpg")
+    assert jpg.is_file(), f"no thumbnail {jpg.name} (python workflows/build.py --thumbnails DIR)"
+    data = jpg.read_bytes()
+    assert data[:3] == b"\xff\xd8\xff" and len(data) < 100_000, (jpg.name, len(data))
