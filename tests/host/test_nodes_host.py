@@ -420,7 +420,7 @@ def test_interrupt_keeps_the_lora_and_resume_continues(comfy_server):
     g["train"]["inputs"].update(epochs=done + 1, resume=True)
     entry, _ = run(comfy_server, g)
     print("resumed:", texts(entry, "train"))
-    assert f"epochs {done + 1}..{done + 1} of {done + 1}" in texts(entry, "train")
+    assert f"epochs {done + 1}–{done + 1}/{done + 1}" in texts(entry, "train")
 
 
 # ---- what the UI sees while training ------------------------------------------------------------
