@@ -109,6 +109,10 @@ class ScheduleConfig:
     keep: Optional[tuple[int, ...]] = _help("survivors after each checkpoint, shrinking (e.g. 24,12)")
     final_keep: Optional[int] = _help("static selection on the final reward: train this many of the group")
     selector: str = _help("subset rule at checkpoints and final selection: ovf, random, topk, all", "ovf")
+    sde_window: Optional[int] = _help("SDE steps per epoch, ODE elsewhere, only they trained (0: every step; "
+                                      "default: the method's)")
+    window_mode: Optional[str] = _help("where the SDE window sits: random (Flow-GRPO-Fast), sliding (MixGRPO), "
+                                       "after-pruning (default: the method's)")
 
     def __post_init__(self):
         _need(self.selector in ovf.SELECTORS,
@@ -118,8 +122,8 @@ class ScheduleConfig:
         """The method's preset for the model ``family`` (``methods.METHODS``, scaled to T steps) with
         this config's fields on top."""
         preset = METHODS[method].schedule(steps, self.selector, family)
-        overrides = {f: getattr(self, f) for f in ("group_size", "checkpoints", "keep", "final_keep")
-                     if getattr(self, f) is not None}
+        overrides = {f: getattr(self, f) for f in ("group_size", "checkpoints", "keep", "final_keep", "sde_window",
+                                                   "window_mode") if getattr(self, f) is not None}
         if self.checkpoints is not None and self.keep is None and len(preset.keep) != len(self.checkpoints):
             raise ValueError(f"schedule.checkpoints={list(self.checkpoints)} given without schedule.keep; "
                              "give one survivor count per checkpoint (e.g. --schedule.keep 24,12)")

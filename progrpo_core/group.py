@@ -103,7 +103,7 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
                  schedule: PruneSchedule, sampler: str, noise_level: float, cfg: float = 1.0,
                  score_fn: ScoreFn | None = None, select_generator: torch.Generator | None = None,
                  callback: Callable[[dict], None] | None = None, micro_batch: int | None = None,
-                 decode_micro_batch: int | None = None) -> Rollout:
+                 decode_micro_batch: int | None = None, sde_steps: Sequence[int] | None = None) -> Rollout:
     """Sample ``G_max`` trajectories for each prompt, pruning at the schedule's checkpoints.
 
     ``score_fn(images, prompts) -> (A,)`` scores the decoded proxies (needed when the schedule has
@@ -111,7 +111,9 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
     stream per prompt seeded from its seed. ``callback`` receives ``{"step", "active", "x0",
     "row_prompt", "row_id"}`` after every model call (progress bars, live previews).
     ``micro_batch`` caps the rows of one model call (a guided row counts two) and
-    ``decode_micro_batch`` the images of one decode-and-score call; results do not depend on them."""
+    ``decode_micro_batch`` the images of one decode-and-score call; results do not depend on them.
+    ``sde_steps``: the steps that draw noise (the SDE window); the others take the deterministic
+    step (noise level 0, std 0: not trained). None: every step."""
     schedule.validate(steps)
     check_sampler(model.family, sampler)
     if schedule.checkpoints and score_fn is None:
@@ -156,7 +158,8 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
             hist_logp = [h[kept_pos] for h in hist_logp]
         eps = noise.draw()[(row_prompt * G + row_id).to(device)]  # (A, C, H, W): each row's own noise
         with compute.phase("sampling"):
-            prev, _, std, logp = step_from_x0(model.family, sampler, x, x0, sigma, sigma_next, noise_level, noise=eps)
+            level = noise_level if sde_steps is None or i in sde_steps else 0.0
+            prev, _, std, logp = step_from_x0(model.family, sampler, x, x0, sigma, sigma_next, level, noise=eps)
         hist_x.append(x)
         hist_std.append(std.flatten(1)[:, 0])
         hist_logp.append(logp)

@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+
 from . import ovf
+
+WINDOW_MODES = ("random", "sliding", "after-pruning")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +31,11 @@ class PruneSchedule:
     keep: tuple[int, ...] = ()
     final_keep: int | None = None
     selector: str = "ovf"
+    sde_window: int = 0                  # SDE steps per epoch, the rest ODE (0: every step is an SDE step)
+    window_mode: str = "random"          # random (Flow-GRPO-Fast), sliding (MixGRPO), after-pruning
+    window_span: tuple[int, int] | None = None   # the window starts in [lo, hi) (default 0 .. T//2)
+    slide_every: int = 5                 # sliding: epochs between moves of one step
+    prune_after_window: bool = False     # the (single) checkpoint follows the window: prune right after it
 
     @property
     def survivors(self) -> int:
@@ -76,17 +85,69 @@ class PruneSchedule:
             prev = k
         if self.survivors < 2:
             raise ValueError(f"the funnel ends with {self.survivors} survivor(s); GRPO needs >= 2 per prompt")
+        if self.window_mode not in WINDOW_MODES:
+            raise ValueError(f"window mode {self.window_mode!r} unknown; expected one of {', '.join(WINDOW_MODES)}")
+        if not 0 <= self.sde_window < steps:
+            raise ValueError(f"sde_window={self.sde_window} must be in 0..T-1 = 0..{steps - 1} (0: SDE on every step)")
+        if self.prune_after_window and (len(self.checkpoints) != 1 or not self.sde_window
+                                        or self.window_mode == "after-pruning"):
+            raise ValueError(f"this method prunes once, right after its random or sliding SDE window, but the schedule "
+                             f"has checkpoints {list(self.checkpoints)} (window {self.sde_window}, "
+                             f"{self.window_mode}): give one survivor count (keep, e.g. 12) and no checkpoints of "
+                             "your own")
+        if self.sde_window and self.window_mode == "after-pruning" and self.checkpoints \
+                and self.checkpoints[-1] + self.sde_window > steps:
+            raise ValueError(f"an SDE window of {self.sde_window} step(s) after the last checkpoint "
+                             f"{self.checkpoints[-1]} does not fit in T={steps} steps")
         if self.final_keep is not None:
             if not 2 <= self.final_keep < self.survivors:
                 raise ValueError(f"final_keep={self.final_keep} must be in 2..{self.survivors - 1} "
                                  f"(fewer than the {self.survivors} finished trajectories, at least 2)")
 
+    def sde_steps(self, steps: int, epoch: int, seed: int) -> tuple[int, ...] | None:
+        """The steps sampled with the SDE this epoch (the others are deterministic ODE steps and are
+        not trained); None when every step is. ``random``: a window of ``sde_window`` steps at a
+        seeded random start in ``window_span`` each epoch (Flow-GRPO-Fast); ``sliding``: the start
+        moves one step every ``slide_every`` epochs across the span and wraps (MixGRPO);
+        ``after-pruning``: right after the last checkpoint, so pruning happens on the deterministic
+        ODE prefix, where the one-step proxy is the exact end point of a deterministic trajectory
+        up to the window."""
+        if not self.sde_window:
+            return None
+        w = self.sde_window
+        if self.window_mode == "after-pruning":
+            start = self.checkpoints[-1] if self.checkpoints else 0
+        else:
+            lo, hi = self.window_span or (0, max(1, steps // 2))
+            hi = max(lo + 1, min(hi, steps - w + 1))
+            if self.window_mode == "sliding":
+                start = lo + (epoch // max(1, self.slide_every)) % (hi - lo)
+            else:
+                g = torch.Generator().manual_seed(int(seed) * 7919 + epoch)
+                start = lo + int(torch.randint(hi - lo, (1,), generator=g))
+        return tuple(range(start, min(steps, start + w)))
+
+    def for_epoch(self, steps: int, epoch: int, seed: int) -> tuple["PruneSchedule", tuple[int, ...] | None]:
+        """This epoch's schedule and SDE steps: with ``prune_after_window`` the checkpoint moves to
+        the step right after this epoch's window, where the rest of every trajectory is the
+        deterministic ODE and the one-step proxy predicts its end."""
+        sde = self.sde_steps(steps, epoch, seed)
+        if not (self.prune_after_window and sde and self.checkpoints):
+            return self, sde
+        after = min(sde[-1] + 2, steps - 1)  # prune at the model call after the window's last step
+        return dataclasses.replace(self, checkpoints=(after,)), sde
+
     def describe(self) -> str:
         """``"48 → 24 → 12 after steps 5, 7"``-style one-liner."""
         funnel = " → ".join(str(k) for k in (self.group_size, *self.keep))
-        text = funnel + (f" after steps {', '.join(map(str, self.checkpoints))}" if self.checkpoints else "")
+        where_cp = "right after the SDE window" if self.prune_after_window else f"after steps {', '.join(map(str, self.checkpoints))}"
+        text = funnel + (f" {where_cp}" if self.checkpoints else "")
         if self.final_keep is not None:
             text += f", train the maximum-variance {self.final_keep} by final reward"
+        if self.sde_window:
+            where = {"random": "at a random early step each epoch", "sliding": "sliding over the early steps",
+                     "after-pruning": "right after the last checkpoint"}[self.window_mode]
+            text += f"; SDE on {self.sde_window} step(s) {where}, ODE elsewhere"
         return text
 
 
@@ -106,6 +167,10 @@ class MethodPreset:
     final_keep: int | None = None
     summary: str = ""
     eps: "MethodPreset | None" = None   # the funnel on ε/v-prediction models (SD1.x, SDXL), where it differs
+    sde_window: int = 0                 # see PruneSchedule.sde_steps
+    window_mode: str = "random"
+    window_span: tuple[float, float] | None = None   # as fractions of T
+    prune_after_window: bool = False
 
     def for_family(self, family: str) -> "MethodPreset":
         """This preset as it applies to a ``"flow"`` or ``"eps"`` model."""
@@ -113,7 +178,10 @@ class MethodPreset:
 
     def schedule(self, steps: int, selector: str = "ovf", family: str = "flow") -> PruneSchedule:
         p = self.for_family(family)
-        return PruneSchedule(p.group_size, checkpoint_steps(steps, p.fractions), p.keep, p.final_keep, selector)
+        span = (round(p.window_span[0] * steps), round(p.window_span[1] * steps)) if p.window_span else None
+        return PruneSchedule(p.group_size, checkpoint_steps(steps, p.fractions), p.keep, p.final_keep, selector,
+                             sde_window=p.sde_window, window_mode=p.window_mode, window_span=span,
+                             prune_after_window=p.prune_after_window)
 
     def describe(self, steps: int = 10) -> str:
         """``"pro-grpo: 48 → 24 → 12 after steps 5, 7 (of T = 10)"``."""
@@ -134,6 +202,24 @@ METHODS: dict[str, MethodPreset] = {p.name: p for p in (
                  eps=MethodPreset("ovf", 16, final_keep=8)),
     MethodPreset("grpo", 24, summary="Flow-GRPO (DanceGRPO's G = 16 on ε-models): train the whole group",
                  eps=MethodPreset("grpo", 16)),
+    MethodPreset("flow-grpo-fast", 24, sde_window=2, window_mode="random", window_span=(0.0, 0.5),
+                 summary="Flow-GRPO-Fast: ODE sampling with an SDE window of 2 steps at a random early step; "
+                         "only the window is trained"),
+    MethodPreset("mixgrpo", 24, sde_window=2, window_mode="sliding", window_span=(0.0, 0.5),
+                 summary="MixGRPO: the SDE window slides over the early steps as training goes on (ODE "
+                         "elsewhere, first-order); only the window is trained"),
+    MethodPreset("pro-grpo-fast", 24, (0.5,), (12,), sde_window=2, window_mode="random", window_span=(0.0, 0.5),
+                 prune_after_window=True,
+                 summary="ours: Flow-GRPO-Fast's random 2-step SDE window, then OVF halves the group on the proxy "
+                         "right after the window (the rest is deterministic ODE, so the proxy predicts the end); "
+                         "the survivors finish and their window is trained"),
+    MethodPreset("pro-mixgrpo", 24, (0.5,), (12,), sde_window=2, window_mode="sliding", window_span=(0.0, 0.5),
+                 prune_after_window=True,
+                 summary="ours: MixGRPO's sliding 2-step SDE window, then OVF halves the group on the proxy right "
+                         "after the window; the survivors finish and their window is trained"),
+    MethodPreset("pro-grpo-window", 48, (0.3,), (12,), sde_window=2, window_mode="after-pruning",
+                 summary="expand and prune on the deterministic ODE prefix (where the proxy is faithful), then "
+                         "an SDE window of 2 steps for the survivors only; only the window is trained"),
 )}
 
 

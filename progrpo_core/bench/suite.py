@@ -97,6 +97,23 @@ def method_specs(quick: bool = False) -> list[MethodSpec]:
         MethodSpec("pro-grpo-hybrid", "digits-flow",
                    pro_table(T, 48, (24,), (0.5,), schedule={"final_keep": 12}, **gold),
                    note="ours: 48 -> 24 on the proxy at 50 %, then OVF 12 of the 24 on the true final reward"),
+        MethodSpec("flow-grpo-fast", "digits-flow", preset_table("flow-grpo-fast", T, **gold),
+                   note="Flow-GRPO-Fast: G = 24, ODE with an SDE window of 2 steps at a random start in the first "
+                        "half, only the window trained"),
+        MethodSpec("mixgrpo", "digits-flow", preset_table("mixgrpo", T, **gold),
+                   note="MixGRPO (first-order ODE outside the window): G = 24, a 2-step SDE window sliding over "
+                        "the first half, one step every 5 epochs"),
+        MethodSpec("pro-grpo-fast", "digits-flow", preset_table("pro-grpo-fast", T, **gold),
+                   note="ours: Flow-GRPO-Fast's random 2-step window in the first half, then 24 -> 12 by OVF on the "
+                        "proxy right after the window; survivors finish by ODE"),
+        MethodSpec("pro-grpo-fast-48", "digits-flow",
+                   preset_table("pro-grpo-fast", T, schedule={"group_size": 48, "keep": [12]}, **gold),
+                   note="ours: pro-grpo-fast expanded, 48 -> 12 right after the window"),
+        MethodSpec("pro-mixgrpo", "digits-flow", preset_table("pro-mixgrpo", T, **gold),
+                   note="ours: MixGRPO's sliding window, then 24 -> 12 by OVF on the proxy right after it"),
+        MethodSpec("pro-grpo-window", "digits-flow", preset_table("pro-grpo-window", T, **gold),
+                   note="ours: 48 -> 12 by OVF on the proxy after 3 deterministic ODE steps, then a 2-step SDE "
+                        "window for the survivors only"),
     ]
     eps = [
         MethodSpec("grpo-16", "digits-eps", {"grpo": {"method": "grpo"}, "sampler": {"steps": E},

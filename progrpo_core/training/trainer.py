@@ -201,8 +201,9 @@ class Trainer:
     def sample_epoch(self, epoch: int, callback: Callable[[dict], None] | None = None) -> RolloutBatch:
         """Sample, score and select one epoch's trajectories; no gradient step."""
         prompts, seeds = self.epoch_prompts(epoch)
-        return rollouts.collect(self.model, self.reward, prompts, seeds, self.schedule, self.sampler, self.cfg.grpo,
-                                self.world, self.cfg.run.seed * 31 + epoch, callback, self.micro)
+        schedule, sde_steps = self.schedule.for_epoch(self.sampler.steps, epoch, self.cfg.run.seed)
+        return rollouts.collect(self.model, self.reward, prompts, seeds, schedule, self.sampler, self.cfg.grpo,
+                                self.world, self.cfg.run.seed * 31 + epoch, callback, self.micro, sde_steps)
 
     def train_on(self, batch: RolloutBatch, epoch: int, max_updates: int | None = None) -> UpdateStats:
         """The policy update on one epoch's trajectories (skipped, and counted, when its rewards

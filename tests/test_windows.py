@@ -1,0 +1,83 @@
+"""SDE windows: Flow-GRPO-Fast, MixGRPO and the expand-and-prune variants built on them."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from progrpo_core import config as C
+from progrpo_core.methods import METHODS, PruneSchedule
+
+
+def test_random_window_is_seeded_per_epoch_and_stays_in_its_span():
+    s = METHODS["flow-grpo-fast"].schedule(10)
+    windows = [s.sde_steps(10, e, seed=0) for e in range(40)]
+    assert all(len(w) == 2 and w[1] == w[0] + 1 and 0 <= w[0] < 5 for w in windows)
+    assert len({w[0] for w in windows}) == 5                       # every start in the first half is used
+    assert windows == [s.sde_steps(10, e, seed=0) for e in range(40)]
+    assert windows != [s.sde_steps(10, e, seed=1) for e in range(40)]
+
+
+def test_sliding_window_moves_one_step_every_few_epochs_and_wraps():
+    s = METHODS["mixgrpo"].schedule(10)
+    starts = [s.sde_steps(10, e, seed=0)[0] for e in range(0, 30, 5)]
+    assert starts == [0, 1, 2, 3, 4, 0]
+    assert s.sde_steps(10, 4, seed=0) == (0, 1) and s.sde_steps(10, 5, seed=0) == (1, 2)
+
+
+def test_no_window_means_every_step_and_pruning_follows_the_window():
+    assert METHODS["grpo"].schedule(10).sde_steps(10, 3, 0) is None
+    fast = METHODS["pro-grpo-fast"].schedule(10)
+    for e in range(10):
+        sched, sde = fast.for_epoch(10, e, seed=0)
+        assert sched.checkpoints == (sde[-1] + 2,)  # the model call after the window's last step
+        sched.validate(10)
+    window = METHODS["pro-grpo-window"].schedule(10)
+    assert window.sde_steps(10, 0, 0) == (3, 4) and window.for_epoch(10, 0, 0)[0] is window
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(sde_window=10), "sde_window=10 must be in 0..T-1"),
+    (dict(sde_window=2, window_mode="middle"), "window mode 'middle' unknown"),
+    (dict(sde_window=2, checkpoints=(5, 7), keep=(24, 12), prune_after_window=True),
+     "prunes once, right after its random or sliding SDE window"),
+    (dict(sde_window=3, window_mode="after-pruning", checkpoints=(8,), keep=(12,)), "does not fit in T=10"),
+])
+def test_bad_windows_name_the_fix(kw, match):
+    with pytest.raises(ValueError, match=match):
+        PruneSchedule(**{"group_size": 48, **kw}).validate(10)
+
+
+def test_sampling_is_deterministic_outside_the_window(flow_model):
+    from progrpo_core.group import sample_group
+
+    sched = PruneSchedule(6)
+    ro = sample_group(flow_model, ["a handwritten 3"], [0], 6, sched, "flow_sde", 0.7, sde_steps=(2, 3))
+    assert (ro.stds[:, [2, 3]] > 0).all() and (ro.stds[:, [0, 1, 4, 5]] == 0).all()
+    assert (ro.log_probs[:, [0, 1, 4, 5]] == 0).all()
+    ode = sample_group(flow_model, ["a handwritten 3"], [0], 6, sched, "flow_sde", 0.0)
+    torch.testing.assert_close(ro.latents[:, :3], ode.latents[:, :3])  # the same ODE prefix, then it branches
+    assert not torch.allclose(ro.latents[:, -1], ode.latents[:, -1])
+
+
+@pytest.mark.parametrize("method", ["flow-grpo-fast", "pro-grpo-fast", "pro-mixgrpo"])
+def test_only_the_window_is_trained(tmp_path, method):
+    from progrpo_core.training import Trainer
+
+    cfg = C.build_config({"grpo": {"method": method, "prompts_per_epoch": 2},
+                          "run": {"epochs": 3, "out": str(tmp_path / "r"), "eval_seeds": 1, "eval_every": 0}})
+    t = Trainer(cfg, log=lambda s: None)
+    t.run(progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        window = t.schedule.sde_steps(cfg.sampler.steps, r["epoch"] - 1, cfg.run.seed)
+        assert r["trained_steps"] == list(window)
+        if method != "flow-grpo-fast":  # pruned after the model call that follows the window's last step
+            assert [p["step"] for p in r["proxy"]] == [window[-1] + 2]
+    assert rows[-1]["optimizer_step"] > 0
+
+
+def test_windows_can_be_set_on_any_method():
+    s = C.build_config({"grpo": {"method": "grpo"}, "schedule": {"sde_window": 3, "window_mode": "sliding"}}).prune_schedule()
+    assert (s.sde_window, s.window_mode) == (3, "sliding") and s.sde_steps(10, 0, 0) == (0, 1, 2)
