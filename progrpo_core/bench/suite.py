@@ -127,6 +127,12 @@ def method_specs(quick: bool = False) -> list[MethodSpec]:
         MethodSpec("pro-grpo-eps-auto", "digits-eps", pro_table(E, 48, (32, 8), (0.6, 0.8), **gold), group="eps",
                    auto=dict(AUTO, keep=(32, 8)),
                    note="ours: 48 -> 32 -> 8 with the auto schedule (Spearman >= 0.85 / 0.95)"),
+        *[MethodSpec(f"{m}-16", "digits-eps",
+                     preset_table(m, E, schedule={"group_size": 16, **({"keep": [8]} if m.startswith("pro") else {})},
+                                  **gold), group="eps",
+                     note=f"{m} on the ε model with DanceGRPO's G = 16" + (" (16 -> 8 after the window)"
+                                                                        if m.startswith("pro") else ""))
+          for m in ("flow-grpo-fast", "mixgrpo", "pro-grpo-fast", "pro-mixgrpo")],
     ]
     ablation = [
         MethodSpec("pro-grpo-g64", "digits-flow", pro_table(T, 64, (32, 12), (0.5, 0.7), **gold), group="ablation",
