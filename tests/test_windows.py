@@ -81,3 +81,10 @@ def test_only_the_window_is_trained(tmp_path, method):
 def test_windows_can_be_set_on_any_method():
     s = C.build_config({"grpo": {"method": "grpo"}, "schedule": {"sde_window": 3, "window_mode": "sliding"}}).prune_schedule()
     assert (s.sde_window, s.window_mode) == (3, "sliding") and s.sde_steps(10, 0, 0) == (0, 1, 2)
+
+
+def test_a_windowed_method_keeps_its_window_under_a_users_funnel():
+    s = C.build_config({"grpo": {"method": "pro-mixgrpo"}, "schedule": {"group_size": 32, "keep": "8"}}).prune_schedule()
+    assert (s.group_size, s.keep, s.sde_window, s.window_mode, s.prune_after_window) == (32, (8,), 2, "sliding", True)
+    with pytest.raises(ValueError, match="sde_window=2 must be in 0..T-1 = 0..1"):
+        C.build_config({"grpo": {"method": "mixgrpo"}, "sampler": {"steps": 2}})
