@@ -133,6 +133,11 @@ def method_specs(quick: bool = False) -> list[MethodSpec]:
                      note=f"{m} on the ε model with DanceGRPO's G = 16" + (" (16 -> 8 after the window)"
                                                                         if m.startswith("pro") else ""))
           for m in ("flow-grpo-fast", "mixgrpo", "pro-grpo-fast", "pro-mixgrpo")],
+        *[MethodSpec(f"{m}-16-lr1e-3", "digits-eps",
+                     preset_table(m, E, schedule={"group_size": 16, **({"keep": [8]} if m.startswith("pro") else {})},
+                                  grpo={"lr": 1e-3}, **gold), group="eps",
+                     note=f"{m} on the ε model, G = 16, at a fifth of the learning rate (1e-3)")
+          for m in ("mixgrpo", "pro-mixgrpo")],
     ]
     ablation = [
         MethodSpec("pro-grpo-g64", "digits-flow", pro_table(T, 64, (32, 12), (0.5, 0.7), **gold), group="ablation",
