@@ -227,11 +227,10 @@ def run_in_page(pg, comfy_server, name: str, timeout: float = 600) -> dict:
     entry = comfy_server.wait(answer["prompt_id"], timeout=timeout)
     shown = [nid for nid, out in entry["outputs"].items() if out.get("images") and nid in
              {str(n["id"]) for n in ui["nodes"]}]
-    try:  # the page has the results once the output nodes with images show them
-        pg.wait_for_function("ids => ids.every(i => { const n = window.app.graph.getNodeById(i);"
-                             " return !n || (n.imgs && n.imgs.length) })", arg=shown, timeout=30_000)
-    except sync_api.TimeoutError:
-        pass  # some frontends draw images without node.imgs; the pause below covers them
+    # the page has the results once the output nodes with images show them (a timeout fails the test:
+    # the layout must be checked as grown by the results, not before they arrive)
+    pg.wait_for_function("ids => ids.every(i => { const n = window.app.graph.getNodeById(i);"
+                         " return !n || (n.imgs && n.imgs.length) })", arg=shown, timeout=30_000)
     pg.wait_for_timeout(1500)
     pg.evaluate("window.app.graph.setDirtyCanvas(true, true)")
     pg.wait_for_timeout(500)
