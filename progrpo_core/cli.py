@@ -188,7 +188,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from .embedded.pretrain import pretrain
 
     out = Path(args.out) if args.out else WEIGHTS_DIR
-    for name, path in pretrain(out, seed=args.seed, iters=args.iters).items():
+    for name, path in pretrain(out, seed=args.seed, iters=args.iters, only=args.only).items():
         print(f"{name}: {path}")
     return 0
 
@@ -228,14 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=cmd_plan)
 
     def sampling_flags(q):
-        q.add_argument("--model", default="digits-flow", help="built-in model: digits-flow or digits-eps")
+        q.add_argument("--model", default="digits-flow",
+                       help="built-in model: digits-flow, digits-eps, digits-pair-flow or digits-pair-eps")
         q.add_argument("--lora", help="LoRA file to apply (as saved by train)")
         q.add_argument("--sample-steps", type=_positive, default=10, help="deterministic sampling steps")
         q.add_argument("--cfg", type=float, default=1.0, help="guidance scale (1 = off)")
 
     s = sub.add_parser("sample", help="render a grid of deterministic samples, with or without a LoRA")
     sampling_flags(s)
-    s.add_argument("--prompt", action="append", help="prompt (repeatable; default: the ten digits)")
+    s.add_argument("--prompt", action="append", help="prompt (repeatable; default: the model's prompt set)")
     s.add_argument("--seeds", type=_positive, default=8, help="samples per prompt")
     s.add_argument("--seed", type=int, default=0, help="first seed")
     s.add_argument("--scale", type=int, default=4, help="pixel upscale of the grid")
@@ -252,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output folder (default: the package's weights folder)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--iters", type=int, default=None, help="generator iterations (default: the recipe's)")
+    r.add_argument("--only", action="append", default=None, metavar="NAME",
+                   help="rebuild only this one (repeatable): digit-classifier or a built-in model name")
     r.set_defaults(func=cmd_pretrain)
 
     try:

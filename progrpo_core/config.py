@@ -48,7 +48,8 @@ def _check_device_name(label: str, name: str) -> None:
 
 @dataclasses.dataclass
 class ModelConfig:
-    name: str = _help("built-in model (digits-flow, digits-eps) to train", "digits-flow")
+    name: str = _help("built-in model to train: digits-flow, digits-eps (one digit), digits-pair-flow, "
+                      "digits-pair-eps (two digits in the prompted order, the harder task)", "digits-flow")
     path: Optional[str] = _help("weights file overriding the built-in one")
     comfyui: Optional[str] = _help("path to a ComfyUI checkout, to train a real checkpoint with its library")
     checkpoint: Optional[str] = _help("checkpoint file to load through ComfyUI (with --model.comfyui)")

@@ -17,6 +17,8 @@ PANELS = {
     "eps: DanceGRPO-style": ("eps", None),
     "flow: ablations (G_max, checkpoints)": ("ablation", ("grpo", "pro-grpo", "pro-grpo-flash")),
     "flow, trained on stroke": ("gold", None),
+    "two digits, flow": ("pair", None),
+    "two digits, eps": ("pair-eps", None),
 }
 
 

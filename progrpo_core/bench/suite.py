@@ -22,6 +22,7 @@ clustering), :mod:`.auto` (the fidelity-chosen schedule), :mod:`.efficiency` (ti
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import multiprocessing
@@ -38,7 +39,7 @@ import numpy as np
 
 from .runs import MethodSpec, compute_to_reach, mean_std, preset_table, pro_table, run_method
 
-GROUPS = ("main", "eps", "ablation", "gold")
+GROUPS = ("main", "eps", "ablation", "gold", "pair", "pair-eps")
 FLOW_T = 10
 EPS_T = 10
 
@@ -133,12 +134,8 @@ def method_specs(quick: bool = False) -> list[MethodSpec]:
                      note=f"{m} on the ε model with DanceGRPO's G = 16" + (" (16 -> 8 after the window)"
                                                                         if m.startswith("pro") else ""))
           for m in ("flow-grpo-fast", "mixgrpo", "pro-grpo-fast", "pro-mixgrpo")],
-        *[MethodSpec(f"{m}-16-lr1e-3", "digits-eps",
-                     preset_table(m, E, schedule={"group_size": 16, **({"keep": [8]} if m.startswith("pro") else {})},
-                                  grpo={"lr": 1e-3}, **gold), group="eps",
-                     note=f"{m} on the ε model, G = 16, at a fifth of the learning rate (1e-3)")
-          for m in ("mixgrpo", "pro-mixgrpo")],
     ]
+    eps += [with_lr(s, 1e-3) for s in eps if s.name in ("grpo-16", "pro-grpo-eps", *(f"{m}-16" for m in WINDOWED))]
     ablation = [
         MethodSpec("pro-grpo-g64", "digits-flow", pro_table(T, 64, (32, 12), (0.5, 0.7), **gold), group="ablation",
                    note="G_max ablation: 64 -> 32 -> 12 (24 = flash, 48 = pro-grpo)"),
@@ -156,12 +153,47 @@ def method_specs(quick: bool = False) -> list[MethodSpec]:
         MethodSpec("pro-grpo-stroke", "digits-flow", pro_table(T, 48, (24, 12), (0.5, 0.7), **stroke), group="gold",
                    note="pro-grpo trained on stroke (ink), digit watched as gold"),
     ]
+    flow += [with_lr(s, 1e-3) for s in flow if s.name in ("grpo", "pro-grpo", *WINDOWED)]
+    pair = pair_specs(T, E, gold)
     if quick:
         return [s for s in flow if s.name != "pro-grpo-hybrid"] + [eps[0], eps[2]]
-    return flow + eps + ablation + gold_runs
+    return flow + eps + ablation + gold_runs + pair
 
 
-BASELINES = {"main": "grpo", "ablation": "grpo", "eps": "grpo-16", "gold": "grpo-stroke"}
+WINDOWED = ("flow-grpo-fast", "mixgrpo", "pro-grpo-fast", "pro-mixgrpo")
+
+
+def with_lr(spec: MethodSpec, lr: float) -> MethodSpec:
+    """``spec`` at learning rate ``lr``, named ``<name>-lr<lr>``."""
+    table = copy.deepcopy(spec.table)
+    table.setdefault("grpo", {})["lr"] = lr
+    tag = f"{lr:.0e}".replace("e-0", "e-")
+    return dataclasses.replace(spec, name=f"{spec.name}-lr{tag}", table=table, note=f"{spec.note}; lr {tag}")
+
+
+def pair_specs(T: int, E: int, gold: dict) -> list[MethodSpec]:
+    """The harder task: two digits side by side in the prompted order (``digits-pair-*``), the
+    same methods and presets as on one digit, at the default learning rate and a fifth of it."""
+    flow = [MethodSpec(f"{m}-pair", "digits-pair-flow", preset_table(m, T, **gold), group="pair",
+                       note=f"{m} on two digits side by side (flow)")
+            for m in ("grpo", "pro-grpo", *WINDOWED)]
+    eps_sched = {"group_size": 16}
+    eps = [
+        MethodSpec("grpo-16-pair", "digits-pair-eps", {"grpo": {"method": "grpo"}, "sampler": {"steps": E},
+                                                       "schedule": eps_sched, **gold}, group="pair-eps",
+                   note="DanceGRPO-style baseline on two digits: G = 16, all trained"),
+        MethodSpec("pro-grpo-eps-pair", "digits-pair-eps", pro_table(E, 48, (32, 8), (0.6, 0.8), **gold),
+                   group="pair-eps", note="48 -> 32 -> 8 at 60 % / 80 % on two digits"),
+        *[MethodSpec(f"{m}-16-pair", "digits-pair-eps",
+                     preset_table(m, E, schedule={**eps_sched, **({"keep": [8]} if m.startswith("pro") else {})},
+                                  **gold), group="pair-eps", note=f"{m} on two digits (ε), G = 16")
+          for m in WINDOWED],
+    ]
+    return [*flow, *[with_lr(s, 1e-3) for s in flow], *eps, *[with_lr(s, 1e-3) for s in eps]]
+
+
+BASELINES = {"main": "grpo", "ablation": "grpo", "eps": "grpo-16", "gold": "grpo-stroke", "pair": "grpo-pair",
+             "pair-eps": "grpo-16-pair"}
 
 
 def budget_for(spec: MethodSpec, plan: BenchPlan) -> float:

@@ -38,6 +38,25 @@ def prompt_for(digit: int) -> str:
     return f"a handwritten {digit}"
 
 
+def pair_prompt(left: int, right: int) -> str:
+    return f"a {left} left of a {right}"
+
+
+_TOKEN = re.compile(r"(?<![0-9])[0-9](?![0-9])|\b(?:" + "|".join(_WORDS) + r")\b", re.IGNORECASE)
+
+
+def pair_of(prompt: str) -> tuple[int, int]:
+    """The (left, right) digits a two-digit prompt names: "a 3 left of a 7" or "a 7 right of a 3"
+    (both give (3, 7)); digits as numerals or words. A clear error for any other count."""
+    found = [int(t) if t.isdigit() else _WORDS.index(t.lower()) for t in _TOKEN.findall(prompt)]
+    if len(found) != 2:
+        raise ValueError(
+            f"prompt {prompt!r} names {len(found)} digit(s); the two-digit built-in model wants prompts naming two "
+            "digits and their order, like 'a 3 left of a 7' or 'a 7 right of a 3'")
+    a, b = found
+    return (b, a) if re.search(r"\bright of\b", prompt, re.IGNORECASE) else (a, b)
+
+
 def digit_of(prompt: str) -> int:
     """The digit a prompt names ("a handwritten 7", "seven"); a clear error otherwise."""
     m = _DIGIT.search(prompt)

@@ -35,15 +35,23 @@ class Block(nn.Module):
 
 class DigitsNet(nn.Module):
     """Maps a noisy 8×8 digit (N, 1, 8, 8), a time in [0, 1] (N,) and a label (N,) to the
-    network output (N, 1, 8, 8): the velocity for the flow model, ε for the diffusion model."""
+    network output (N, 1, 8, 8): the velocity for the flow model, ε for the diffusion model.
 
-    def __init__(self, pixels: int = 64, hidden: int = 192, depth: int = 3, emb: int = 64):
+    With ``slots=2`` it draws two digits side by side, (N, 1, 8, 16) with ``pixels=128``, and
+    the labels are (N, 2): left and right digit, each embedded by its own table."""
+
+    def __init__(self, pixels: int = 64, hidden: int = 192, depth: int = 3, emb: int = 64, slots: int = 1):
         super().__init__()
+        if slots not in (1, 2) or pixels != 64 * slots:
+            raise ValueError(f"DigitsNet(pixels={pixels}, slots={slots}): expected slots 1 or 2 and pixels = 64 × slots")
         self.emb = emb
+        self.slots = slots
         self.proj_in = nn.Linear(pixels, hidden)
         self.time_fc1 = nn.Linear(emb, hidden)
         self.time_fc2 = nn.Linear(hidden, hidden)
         self.label = nn.Embedding(NUM_CLASSES + 1, hidden)
+        if slots == 2:
+            self.label_right = nn.Embedding(NUM_CLASSES + 1, hidden)
         self.blocks = nn.ModuleList(Block(hidden) for _ in range(depth))
         self.norm_out = nn.LayerNorm(hidden)
         self.proj_out = nn.Linear(hidden, pixels)
@@ -52,7 +60,8 @@ class DigitsNet(nn.Module):
         n = x.shape[0]
         h = self.proj_in(x.reshape(n, -1))  # (N, hidden)
         emb = timestep_embedding(t, self.emb).to(self.time_fc1.weight.dtype)  # the weights' (compute) dtype
-        c = self.time_fc2(F.silu(self.time_fc1(emb))) + self.label(labels)
+        c = self.time_fc2(F.silu(self.time_fc1(emb)))
+        c = c + (self.label(labels) if self.slots == 1 else self.label(labels[:, 0]) + self.label_right(labels[:, 1]))
         for blk in self.blocks:
             h = blk(h, c)
         return self.proj_out(self.norm_out(h)).reshape(x.shape)

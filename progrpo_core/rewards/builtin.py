@@ -1,7 +1,10 @@
 """Built-in rewards for the digits models: need no download.
 
 * ``digit``: the probability the built-in classifier (trained on digits the generators never
-  saw) gives the digit the prompt names, in [0, 1].
+  saw) gives the digit the prompt names, in [0, 1]. On a two-digit image (twice as wide as tall)
+  and a prompt naming two digits in order ("a 3 left of a 7"), the product of the left tile's
+  probability of the left digit and the right tile's of the right one: the chance both are right
+  and in their places.
 * ``stroke``: ink coverage, the mean pixel intensity, in [0, 1] — a reward of a different kind,
   easy to hack, so multi-reward and the "gold" (held-out reward) check work here too.
 """
@@ -23,14 +26,26 @@ class DigitReward(Reward):
         self.classifier = classifier.eval().requires_grad_(False)
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        from ..embedded.data import digit_of
+        from ..embedded.data import digit_of, pair_of
 
-        labels = torch.tensor([digit_of(p) for p in prompts], dtype=torch.long)
-        gray = images.float().mean(1, keepdim=True)  # (N, 1, H, W)
-        if gray.shape[-2:] != (8, 8):
-            gray = F.adaptive_avg_pool2d(gray, 8)
-        probs = self.classifier(gray.flatten(1).cpu()).softmax(-1)  # (N, 10)
-        return probs.gather(1, labels[:, None]).squeeze(1)
+        h, w = images.shape[-2:]
+        if w == 2 * h:
+            labels = torch.tensor([pair_of(p) for p in prompts], dtype=torch.long)  # (N, 2)
+            tiles = [images[..., :h], images[..., h:]]
+        elif w == h:
+            labels = torch.tensor([digit_of(p) for p in prompts], dtype=torch.long)[:, None]
+            tiles = [images]
+        else:
+            raise ValueError(f"the digit reward scores square images of one digit or images twice as wide as tall "
+                             f"of two; got {h}×{w}")
+        score = torch.ones(len(prompts))
+        for k, tile in enumerate(tiles):
+            gray = tile.float().mean(1, keepdim=True)  # (N, 1, H, H)
+            if gray.shape[-2:] != (8, 8):
+                gray = F.adaptive_avg_pool2d(gray, 8)
+            probs = self.classifier(gray.flatten(1).cpu()).softmax(-1)  # (N, 10)
+            score = score * probs.gather(1, labels[:, k:k + 1]).squeeze(1)
+        return score
 
 
 class StrokeReward(Reward):
