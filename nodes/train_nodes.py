@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from progrpo_core.devices import PRECISIONS
-from progrpo_core.methods import METHODS, presets_text
+from progrpo_core.methods import DEFAULT_METHOD, METHODS, presets_text
 
 from . import host
 from . import train_driver as training
@@ -69,7 +69,7 @@ class GRPOLoraTrainer:
                 "reward": (REWARD, {"tooltip": "the reward model to maximise"}),
                 "prompts": (PROMPTS, {"tooltip": "training prompts from the ProGRPO Prompt List"}),
                 "latent": ("LATENT", {"tooltip": "an empty latent of the training resolution; only its size is used"}),
-                "method": (list(METHODS), {"default": "pro-grpo", "tooltip":
+                "method": (list(METHODS), {"default": DEFAULT_METHOD, "tooltip":
                            "; ".join(f"{p.name}: {p.summary}" for p in METHODS.values())}),
                 "epochs": ("INT", {"default": 10, "min": 1, "max": 100000,
                                    "tooltip": "sampling rounds (each: sample, score, prune, train)"}),

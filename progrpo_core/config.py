@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from . import ovf
 from .grpo import ADV_NORMS
-from .methods import METHODS, PruneSchedule, presets_text
+from .methods import DEFAULT_METHOD, METHODS, PruneSchedule, presets_text
 from .samplers import DEFAULT_SAMPLER, SAMPLER_SPECS, check_sampler, noise_help
 from .toml_io import load_toml, toml_text  # noqa: F401  (load_toml: the config loader, re-exported)
 
@@ -135,10 +135,10 @@ class ScheduleConfig:
 
 @dataclasses.dataclass
 class GRPOConfig:
-    method: str = _help(f"training method and its default funnel: {presets_text()}", "pro-grpo")
+    method: str = _help(f"training method and its default funnel: {presets_text()}", DEFAULT_METHOD)
     prompts_per_epoch: int = _help("B: prompts sampled per epoch (each gets a whole group)", 8)
-    lr: Optional[float] = _help("AdamW learning rate (auto: 5e-3 for the built-in models, 3e-4 — Flow-GRPO's LoRA "
-                                "rate — for real ones)")
+    lr: Optional[float] = _help("AdamW learning rate (auto: 3e-4 — Flow-GRPO's LoRA rate — for real models; on the "
+                                "built-in ones 5e-3, or 1e-3 for the methods that train an SDE window)")
     weight_decay: float = _help("AdamW weight decay", 1e-4)
     clip_range: float = _help("PPO ratio clip epsilon", 1e-4)
     adv_clip: float = _help("advantages are clipped to +-this", 5.0)

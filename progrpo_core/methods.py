@@ -223,6 +223,27 @@ METHODS: dict[str, MethodPreset] = {p.name: p for p in (
 )}
 
 
+# The default ``--method``: the best measured in the bench on both model families and both tasks
+# (docs/BENCHMARKS.md).
+DEFAULT_METHOD = "pro-mixgrpo"
+
+# Auto learning rates (``grpo.lr`` left unset). Real models: Flow-GRPO's LoRA rate (SD3.5-M, FLUX).
+# The built-in digits models, measured in the bench (5 seeds, docs/BENCHMARKS.md): methods that
+# train the whole SDE trajectory learn fastest at 5e-3; methods that train only an SDE window take
+# 2-3x as many optimizer steps per unit of compute and at 5e-3 rise and then collapse (on the ε model
+# and on the two-digit task), while at 1e-3 they are stable and end highest on every task.
+MODEL_LR = 3e-4
+BUILTIN_LR = 5e-3
+BUILTIN_WINDOW_LR = 1e-3
+
+
+def auto_lr(method: str, builtin: bool) -> float:
+    """The learning rate ``grpo.lr = auto`` resolves to for ``method`` on a built-in or a real model."""
+    if not builtin:
+        return MODEL_LR
+    return BUILTIN_WINDOW_LR if METHODS[method].sde_window else BUILTIN_LR
+
+
 def method_names() -> tuple[str, ...]:
     return tuple(METHODS)
 

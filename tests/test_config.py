@@ -3,11 +3,13 @@ import pytest
 from progrpo_core import config as C
 
 
-def test_defaults_resolve_to_the_paper_schedule():
+def test_defaults_resolve_to_the_measured_best_method():
     cfg = C.build_config()
+    assert cfg.grpo.method == "pro-mixgrpo" and cfg.grpo.lr is None  # lr auto: 1e-3 on the built-in models
     s = cfg.prune_schedule()
-    assert (s.group_size, s.checkpoints, s.keep) == (48, (5, 7), (24, 12))
-    assert cfg.grpo.method == "pro-grpo"
+    assert (s.group_size, s.keep, s.sde_window, s.window_mode, s.prune_after_window) == (24, (12,), 2, "sliding", True)
+    p = C.build_config({"grpo": {"method": "pro-grpo"}}).prune_schedule()
+    assert (p.group_size, p.checkpoints, p.keep) == (48, (5, 7), (24, 12))  # the paper's schedule
 
 
 @pytest.mark.parametrize("method,expect", [
@@ -37,15 +39,15 @@ def test_eps_model_presets_follow_the_papers_sd14_setting(method, expect):
 
 def test_overrides_are_typed_from_strings():
     cfg = C.build_config({"sampler": {"steps": "12"}, "schedule": {"checkpoints": "6,9", "keep": "24,12"},
-                          "grpo": {"ema": "false", "lr": "1e-3"}})
+                          "grpo": {"method": "pro-grpo", "ema": "false", "lr": "1e-3"}})
     assert cfg.sampler.steps == 12 and cfg.schedule.checkpoints == (6, 9)
     assert cfg.grpo.ema is False and cfg.grpo.lr == 1e-3
 
 
 @pytest.mark.parametrize("table,match", [
-    ({"schedule": {"group_size": 8, "keep": "10,4"}}, "K=10 exceeds the 8 trajectories"),
-    ({"schedule": {"keep": "24,24"}}, "does not shrink"),
-    ({"schedule": {"checkpoints": "5,10"}}, "checkpoint step 10 is outside 1..T-1 = 1..9"),
+    ({"grpo": {"method": "pro-grpo"}, "schedule": {"group_size": 8, "keep": "10,4"}}, "K=10 exceeds the 8 trajectories"),
+    ({"grpo": {"method": "pro-grpo"}, "schedule": {"keep": "24,24"}}, "does not shrink"),
+    ({"grpo": {"method": "pro-grpo"}, "schedule": {"checkpoints": "5,10"}}, "checkpoint step 10 is outside 1..T-1 = 1..9"),
     ({"sampler": {"steps": 1}}, "sampler.steps=1: T must be an integer >= 2"),
     ({"grpo": {"method": "grpo"}, "schedule": {"group_size": 1}}, "G_max=1 is too small"),
     ({"grpo": {"method": "dpo"}}, "grpo.method='dpo' unknown; expected one of pro-grpo"),
@@ -58,7 +60,7 @@ def test_overrides_are_typed_from_strings():
     ({"model": {"name": "sdxl"}}, "model.name='sdxl' is not a built-in model"),
     ({"grpo": {"batch": 3}}, "unknown setting grpo.batch"),
     ({"optim": {"lr": 1}}, "unknown config section"),
-    ({"schedule": {"checkpoints": "3"}}, "give one survivor count per checkpoint"),
+    ({"grpo": {"method": "pro-grpo"}, "schedule": {"checkpoints": "3"}}, "give one survivor count per checkpoint"),
 ])
 def test_bad_values_get_their_message(table, match):
     with pytest.raises(ValueError, match=match):

@@ -28,7 +28,8 @@ from progrpo_core import distributed
 from progrpo_core.training import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = {"grpo": {"prompts_per_epoch": 4, "adv_norm": "batch", "train_batch_size": 5, "grad_accum": 3,
+SETTINGS = {"grpo": {"method": "pro-grpo", "prompts_per_epoch": 4, "adv_norm": "batch",
+                     "train_batch_size": 5, "grad_accum": 3,
                      "kl_beta": 0.01},
             "schedule": {"group_size": 8, "keep": "6,4", "final_keep": 3},
             "run": {"epochs": 3, "eval_seeds": 1, "eval_every": 2, "save_every": 0, "checkpoint_every": 1,

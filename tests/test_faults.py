@@ -19,7 +19,8 @@ B, G, K = 4, 8, 4  # prompts per epoch, group size, survivors
 
 
 def make_cfg(out, **run):
-    table = {"grpo": {"prompts_per_epoch": B, "train_batch_size": 8}, "schedule": {"group_size": G, "keep": "6,4"},
+    table = {"grpo": {"method": "pro-grpo", "prompts_per_epoch": B,
+                      "train_batch_size": 8}, "schedule": {"group_size": G, "keep": "6,4"},
              "run": {"out": str(out), "epochs": 3, "eval_seeds": 1, "eval_every": 0, "save_every": 0,
                      "checkpoint_every": 0, **run}}
     return C.build_config(table)

@@ -24,7 +24,7 @@ RTOL, ATOL = 1e-4, 1e-6
 def train_table(out: Path) -> dict:
     return {"run": {"out": str(out), "epochs": 4, "seed": 3, "eval_seeds": 2, "eval_every": 2, "checkpoint_every": 2,
                     "save_every": 0},
-            "grpo": {"prompts_per_epoch": 3, "lr": 1e-2, "kl_beta": 0.01},
+            "grpo": {"method": "pro-grpo", "prompts_per_epoch": 3, "lr": 1e-2, "kl_beta": 0.01},
             "schedule": {"group_size": 8, "keep": [6, 4], "checkpoints": [4, 7]},
             "reward": {"gold": "stroke"}}
 

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def make(tmp_path, **sections):
     table = {"run": {"out": str(tmp_path / "run"), "epochs": 2, "eval_seeds": 2, "eval_every": 0, "save_every": 0,
                      "checkpoint_every": 0},
-             "grpo": {"prompts_per_epoch": 2, "train_batch_size": 8, "lr": 1e-2},
+             "grpo": {"method": "pro-grpo", "prompts_per_epoch": 2, "train_batch_size": 8, "lr": 1e-2},
              "schedule": {"group_size": 8, "keep": "6,4"}}
     for k, v in sections.items():
         table.setdefault(k, {}).update(v)
@@ -70,7 +70,8 @@ def test_micro_batch_sizes_do_not_change_the_training(tmp_path):
 def test_half_precision_on_the_builtin_model(tmp_path, precision):
     """The model computes in bf16/fp16 (fp16 with loss scaling); the LoRA, its optimizer state and
     the EMA stay float32; the gradient reaches every entry fp32 reaches; a short run learns."""
-    larger = {"grpo": {"prompts_per_epoch": 8, "train_batch_size": 48}, "schedule": {"group_size": 24, "keep": "16,8"}}
+    larger = {"grpo": {"method": "pro-grpo", "prompts_per_epoch": 8, "train_batch_size": 48},
+              "schedule": {"group_size": 24, "keep": "16,8"}}
     ref = make(tmp_path / "fp32", run={"precision": "fp32", "epochs": 1}, **larger)
     next(ref.epochs())
     t = make(tmp_path / precision, run={"precision": precision, "epochs": 15}, **larger)

@@ -18,7 +18,8 @@ from progrpo_core.cli import main
 from progrpo_core.training import RunFolder, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--no-progress", "--run.eval_seeds", "1", "--grpo.prompts_per_epoch", "2", "--schedule.group_size", "6",
+SMALL = ["--no-progress", "--method", "pro-grpo", "--run.eval_seeds", "1",
+         "--grpo.prompts_per_epoch", "2", "--schedule.group_size", "6",
          "--schedule.keep", "4,3", "--grpo.train_batch_size", "6"]
 
 
@@ -112,7 +113,8 @@ def test_04_the_prompt_list_reads_only_inside_the_input_folder(tmp_path, monkeyp
 # -- 5-6: divergence -------------------------------------------------------------------------------
 def test_05_nan_images_skip_the_update_instead_of_stopping(tmp_path):
     t = Trainer(C.build_config({"run": {"out": str(tmp_path), "epochs": 3, "eval_seeds": 1},
-                                "grpo": {"prompts_per_epoch": 2}, "schedule": {"group_size": 6, "keep": "4,3"}}),
+                                "grpo": {"method": "pro-grpo", "prompts_per_epoch": 2},
+                                "schedule": {"group_size": 6, "keep": "4,3"}}),
                 log=lambda s: None)
     decode = t.model.decode
 
@@ -157,7 +159,8 @@ def test_07_config_files_that_are_not_sections(tmp_path, capsys, toml, message):
     (["--seed", "1", "--run.seed", "2"], "--seed 1 and --run.seed 2 say different things"),
     (["--sampler.noise_level", "0"], "every sampling step is deterministic"),
     # the budget is given: with the machine's free memory the answer would depend on the machine
-    (["--schedule.group_size", "1000000", "--schedule.keep", "24,12", "--run.memory_gib", "8"], "does not fit in memory"),
+    (["--method", "pro-grpo", "--schedule.group_size", "1000000", "--schedule.keep", "24,12",
+      "--run.memory_gib", "8"], "does not fit in memory"),
     (["--reward", "plugin_rewards:not_a_reward"], "returned a dict, expected a progrpo_core.rewards.Reward"),
     (["--reward", "plugin_rewards:wrong_count"], "returned 2 scores for 1 images; score(images, prompts) must"),
     (["--reward", "plugin_rewards:raising"], "reward plug-in 'plugin_rewards:raising' raised KeyError"),
@@ -216,7 +219,8 @@ def test_07_a_full_disk_mid_run_says_so_and_the_run_resumes(tmp_path, capsys, mo
 # -- 8: surprises that now get a word ----------------------------------------------------------------
 def test_08_a_constant_reward_warns_that_nothing_is_learnt(tmp_path):
     t = Trainer(C.build_config({"run": {"out": str(tmp_path), "epochs": 2, "eval_seeds": 1},
-                                "reward": {"name": "plugin_rewards:constant"}, "grpo": {"prompts_per_epoch": 2},
+                                "reward": {"name": "plugin_rewards:constant"},
+                                "grpo": {"method": "pro-grpo", "prompts_per_epoch": 2},
                                 "schedule": {"group_size": 6, "keep": "4,3"}}), log=lambda s: None)
     with pytest.warns(RuntimeWarning, match="every advantage is 0 and the epoch teaches nothing"):
         list(t.epochs())
@@ -234,7 +238,8 @@ def test_08_a_stopped_runs_lora_is_the_last_completed_epochs(tmp_path):
     from progrpo_core.lora_format import decode_header, read_lora_file
 
     t = Trainer(C.build_config({"run": {"out": str(tmp_path), "epochs": 4, "eval_seeds": 1, "checkpoint_every": 0},
-                                "grpo": {"prompts_per_epoch": 2}, "schedule": {"group_size": 6, "keep": "4,3"}}),
+                                "grpo": {"method": "pro-grpo", "prompts_per_epoch": 2},
+                                "schedule": {"group_size": 6, "keep": "4,3"}}),
                 log=lambda s: None)
     t.open(RunFolder(tmp_path))
     loop = t.epochs(RunFolder(tmp_path))

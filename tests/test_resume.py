@@ -25,7 +25,7 @@ from progrpo_core.training import Trainer
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 5
 # Tiny: 4 prompts x 8 trajectories pruned to 4, two optimizer steps per epoch (16 rows, minibatch 8).
-SETTINGS = {"grpo": {"prompts_per_epoch": 4, "train_batch_size": 8},
+SETTINGS = {"grpo": {"method": "pro-grpo", "prompts_per_epoch": 4, "train_batch_size": 8},
             "schedule": {"group_size": 8, "keep": "6,4"},
             "run": {"epochs": EPOCHS, "eval_seeds": 1, "eval_every": 2, "save_every": 0, "checkpoint_every": 1,
                     "keep_checkpoints": 2, "seed": 3}}

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cfg(tmp_path, **sections):
-    table = {"run": {"out": str(tmp_path / "run"), "eval_seeds": 4, "eval_every": 0, "save_every": 0}}
+    table = {"run": {"out": str(tmp_path / "run"), "eval_seeds": 4, "eval_every": 0, "save_every": 0},
+             "grpo": {"method": "pro-grpo"}}
     for k, v in sections.items():
         table.setdefault(k, {}).update(v)
     return C.build_config(table)
@@ -76,7 +77,8 @@ def test_progress_shows_the_group_mean_where_pruning_stopped_rows_early():
 
 def test_cli_train_writes_the_run_folder(tmp_path):
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "progrpo_core", "train", "--out", str(out), "--steps", "4", "--no-progress",
+    cmd = [sys.executable, "-m", "progrpo_core", "train", "--out", str(out), "--method", "pro-grpo", "--steps", "4",
+           "--no-progress",
            "--run.eval_seeds", "2", "--schedule.group_size", "8", "--schedule.keep", "6,4",
            "--reward.gold", "stroke"]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)

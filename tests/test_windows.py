@@ -88,3 +88,18 @@ def test_a_windowed_method_keeps_its_window_under_a_users_funnel():
     assert (s.group_size, s.keep, s.sde_window, s.window_mode, s.prune_after_window) == (32, (8,), 2, "sliding", True)
     with pytest.raises(ValueError, match="sde_window=2 must be in 0..T-1 = 0..1"):
         C.build_config({"grpo": {"method": "mixgrpo"}, "sampler": {"steps": 2}})
+
+
+@pytest.mark.parametrize("method, want", [("grpo", 5e-3), ("pro-grpo", 5e-3), ("mixgrpo", 1e-3), ("pro-mixgrpo", 1e-3),
+                                          ("pro-grpo-window", 1e-3)])
+def test_auto_learning_rate_follows_the_method_on_builtin_models_and_is_recorded(tmp_path, method, want):
+    from progrpo_core.methods import MODEL_LR, auto_lr
+    from progrpo_core.training import Trainer
+
+    cfg = C.build_config({"grpo": {"method": method}, "run": {"out": str(tmp_path / "run")}})
+    assert cfg.grpo.lr is None
+    tr = Trainer(cfg, log=lambda s: None)
+    assert cfg.grpo.lr == want and tr.optimizer.param_groups[0]["lr"] == want
+    assert auto_lr(method, builtin=False) == MODEL_LR
+    given = C.build_config({"grpo": {"method": method, "lr": 2e-3}, "run": {"out": str(tmp_path / "run2")}})
+    assert Trainer(given, log=lambda s: None).optimizer.param_groups[0]["lr"] == 2e-3

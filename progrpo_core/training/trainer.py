@@ -28,6 +28,7 @@ from .. import distributed, grad_checkpoint, planner
 from ..config import TrainConfig
 from ..denoiser import Denoiser
 from ..lora import LoraAdapter, LoraWeights, lora_from_file
+from ..methods import auto_lr
 from ..devices import bf16_supported, memory_info, resolve_device, resolve_precision
 from ..models import load_model, load_prompts
 from ..planner import Plan, Target
@@ -91,7 +92,7 @@ class Trainer:
         self.world.broadcast_(self.adapter.parameters())  # every rank starts from rank 0's LoRA
         g = cfg.grpo
         if g.lr is None:  # auto, written into the config (and so into the run folder and its resume check)
-            g.lr = BUILTIN_LR if getattr(self.model, "builtin", False) else MODEL_LR
+            g.lr = auto_lr(g.method, getattr(self.model, "builtin", False))
         self.optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=g.lr, weight_decay=g.weight_decay)
         self.ema = EMA(self.adapter.parameters(), g.ema_decay) if g.ema else None
         self.scaler = self.precision.scaler(self.device)
@@ -513,9 +514,6 @@ class Trainer:
 
         return run(self, progress=progress, resume=resume, overwrite=overwrite)
 
-
-BUILTIN_LR = 5e-3   # the built-in digits models (measured in the bench)
-MODEL_LR = 3e-4     # real models: Flow-GRPO's LoRA learning rate (SD3.5-M, FLUX)
 
 
 def _model_device(model) -> torch.device | None:

@@ -1,4 +1,4 @@
-"""Real-size architectures with random weights: two epochs of pro-grpo, measured against the plan.
+"""Real-size architectures with random weights: two epochs of a method, measured against the plan.
 
 Builds the full-size SD1.5, SDXL, SD3.5-Medium or Flux-dev network (and its full-size VAE)
 through ComfyUI's own library — the architecture is detected by ComfyUI from the network's keys,
@@ -13,6 +13,7 @@ Run with ComfyUI's python from the repository root; not part of the test suite (
 minutes to an hour per model; a GPU seconds)::
 
     python tests/gpu/real_size.py --comfyui PATH --model sd15 --resolution 128          # CPU, small
+    python tests/gpu/real_size.py --comfyui PATH --model sd15 --resolution 128 --method grpo   # a --method preset
     python tests/gpu/real_size.py --comfyui PATH --model sd35m --resolution 1024        # GPU
     python tests/gpu/real_size.py --comfyui PATH --model sd35m --resolution 1024 --precision bf16 \
         --gpus rtx4090,a100-80,h100                                                     # plan only
@@ -172,9 +173,9 @@ def run(args) -> dict:
     cfg = build_config({
         "model": {"comfyui": args.comfyui, "checkpoint": args.model},
         "sampler": {"steps": args.steps, "cfg": args.cfg, "eval_steps": 2},
-        "schedule": {"group_size": args.group, "checkpoints": args.checkpoints, "keep": args.keep},
-        "grpo": {"method": "pro-grpo", "prompts_per_epoch": args.prompts, "lr": 3e-4, "ema": True,
-                 "train_batch_size": args.group},
+        "schedule": {k: v for k, v in (("group_size", args.group), ("checkpoints", args.checkpoints),
+                                       ("keep", args.keep)) if v is not None},
+        "grpo": {"method": args.method, "prompts_per_epoch": args.prompts, "lr": 3e-4, "ema": True},
         "lora": {"rank": 16, "alpha": 16.0}, "reward": {"name": "stroke", "offload": False},
         "run": {"epochs": args.epochs, "eval_every": 0, "precision": precision.name, "gradient_checkpointing": 1,
                 **({"memory_gib": args.memory_gib} if args.memory_gib else {})}})
@@ -186,7 +187,8 @@ def run(args) -> dict:
         adapter = Adapter(den, 16, 16.0, seed=0)
         trainer = Trainer(cfg, model=den, reward=build_reward("stroke"), prompts=["a prompt"], adapter=adapter,
                           log=lambda s: None)
-        result: dict = {"model": args.model, "detected": detected, "resolution": args.resolution,
+        result: dict = {"model": args.model, "method": args.method, "schedule": str(trainer.schedule),
+                        "detected": detected, "resolution": args.resolution,
                         "device": str(device), "precision": precision.name,
                         "parameters": sum(p.numel() for p in den.net.parameters()), "build_s": round(build_s, 1)}
 
@@ -271,9 +273,35 @@ def _measure(trainer, den, adapter, device) -> dict:
     phases["training"] = round(sum(epochs) / len(epochs) - sum(phases.values()), 2)  # the rest of the epoch
     return {"measured": {"peak_bytes": int(peak), "epoch_s": sum(epochs) / len(epochs),
                          "epochs_s": [r.epoch_wall_s for r in records], "seconds": phases,
+                         "gflops": epoch_gflops(trainer, den, records, timed),
                          "grad_reached_fraction": reached, "grad_finite": finite,
                          "lora_changed_output": float((out - base).abs().max()),
                          "optimizer_steps": trainer.optimizer_steps}}
+
+
+def epoch_gflops(trainer, den, records, timed) -> dict:
+    """GFLOPs of one timed epoch by phase, from the run's exact row counts and FLOPs counted on one
+    row (``torch.utils.flop_counter``): sampling, training (forward + backward, the backward 2 forwards
+    plus 1 recomputed under gradient checkpointing), decodes; the reward (stroke) costs nothing."""
+    import torch
+
+    from progrpo_core.compute import count_flops
+
+    device = next(den.net.parameters()).device
+    x = torch.randn((1, *den.latent_shape)).to(device)
+    sigma = den.sigmas(4)[1:2].to(device)
+    cond = den.encode_prompts(["a prompt"])
+    fwd = count_flops(lambda: den.denoise(x, sigma, cond, 1.0))
+    dec = count_flops(lambda: den.decode(x))
+    first = records[-len(timed) - 1].compute if len(records) > len(timed) else {k: 0 for k in records[0].compute}
+    d = {k: (records[-1].compute[k] - first[k]) / len(timed) for k in first}
+    backward = 2.0 + (1.0 if trainer.cfg.run.gradient_checkpointing else 0.0)
+    out = {"sampling": d["nfe"] * fwd, "training": (d["nfe_train_fwd"] + backward * d["nfe_train_bwd"]) * fwd,
+           "decodes": d["decodes"] * dec}
+    out = {k: round(v / 1e9, 1) for k, v in out.items()}
+    out["total"] = round(sum(out.values()), 1)
+    out["rows"] = d
+    return out
 
 
 def main(argv=None) -> int:
@@ -286,9 +314,10 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--prompts", type=int, default=1)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--group", type=int, default=48)
-    ap.add_argument("--checkpoints", default="5,7")
-    ap.add_argument("--keep", default="24,12")
+    ap.add_argument("--method", default="pro-grpo", help="a --method preset (progrpo_core.methods.METHODS)")
+    ap.add_argument("--group", type=int, help="group size (default: the method's)")
+    ap.add_argument("--checkpoints", help="checkpoints, e.g. 5,7 (default: the method's)")
+    ap.add_argument("--keep", help="survivors per checkpoint, e.g. 24,12 (default: the method's)")
     ap.add_argument("--cfg", type=float, default=1.0)
     ap.add_argument("--memory-gib", type=float)
     ap.add_argument("--gpus", help="only plan, for these GPUs (comma-separated names of progrpo_core.planner.GPUS), "
