@@ -129,6 +129,10 @@ class ScheduleConfig:
             raise ValueError(f"schedule.checkpoints={list(self.checkpoints)} given without schedule.keep; "
                              "give one survivor count per checkpoint (e.g. --schedule.keep 24,12)")
         sched = dataclasses.replace(preset, **overrides)
+        if sched.prune_after_window and self.checkpoints is None and len(sched.keep) != 1:
+            raise ValueError(f"schedule.keep={list(sched.keep)}: grpo.method={method!r} prunes once, right after "
+                             "its SDE window, so it takes one survivor count (e.g. --schedule.keep 12); for a funnel "
+                             "with several checkpoints use --method pro-grpo")
         sched.validate(steps)
         return sched
 

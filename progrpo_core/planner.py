@@ -341,7 +341,8 @@ def _epoch_seconds(costs: Costs, cfg, schedule, sampler, B: int, sample_mb: int,
                 scoring += _time(costs.decode_s, costs.flops["decode"], _calls(B * alive, decode_mb), target)
                 alive = k
     scoring += _time(costs.decode_s, costs.flops["decode"], _calls(B * alive, decode_mb), target)
-    steps = max(1, round(cfg.grpo.timestep_fraction * (sampler.steps - 1)))
+    stochastic = schedule.sde_window or sampler.steps - 1  # a windowed method trains only its window's steps
+    steps = max(1, round(cfg.grpo.timestep_fraction * stochastic))
     rows = B * schedule.trained
     per_call = max(1, train_mb // mult)
     training = steps * _time(costs.train_s, costs.flops["train"], _calls(rows, per_call), target)

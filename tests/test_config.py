@@ -61,6 +61,7 @@ def test_overrides_are_typed_from_strings():
     ({"grpo": {"batch": 3}}, "unknown setting grpo.batch"),
     ({"optim": {"lr": 1}}, "unknown config section"),
     ({"grpo": {"method": "pro-grpo"}, "schedule": {"checkpoints": "3"}}, "give one survivor count per checkpoint"),
+    ({"schedule": {"keep": "24,12"}}, "'pro-mixgrpo' prunes once, right after its SDE window"),
 ])
 def test_bad_values_get_their_message(table, match):
     with pytest.raises(ValueError, match=match):

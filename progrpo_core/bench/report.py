@@ -411,7 +411,8 @@ def report_markdown(results: dict) -> str:
         f"Machine: {mach['cpu']}, {mach['cores']} cores, {mach['platform']}, torch {mach['torch']}, "
         f"load average at start {mach['loadavg_at_start']}  ",
         f"Plan: {plan['seeds']} seeds, budgets flow {plan['budget_flow']:.0f} / eps {plan['budget_eps']:.0f} / "
-        f"gold {plan['budget_gold']:.0f} units, {plan['jobs']} parallel job(s), eval {plan['eval_seeds']} seeds × 10 prompts; "
+        f"gold {plan['budget_gold']:.0f} units, {plan['jobs']} parallel job(s), eval {plan['eval_seeds']} seeds × "
+        "each model's eval prompts (10 digits; 16 of the 90 pairs); "
         f"bench wall {results['bench_wall_s'] / 60:.1f} min.  ",
         f"Unit: {results['unit']}.", "",
         "## Results per method", "", results_table(m), "",

@@ -54,7 +54,7 @@ class BenchPlan:
     budget_eps: float = 300_000.0
     budget_gold: float = 150_000.0
     n_evals: int = 10                  # eval points per run (plus the start)
-    eval_seeds: int = 32               # eval samples per prompt (10 prompts)
+    eval_seeds: int = 32               # eval samples per prompt (10 digit prompts; 16 of the 90 pair prompts)
     probe_prompts: int = 20            # base-model fidelity probe: groups of 48
     probe_at: tuple[float, ...] = (0.0, 1 / 3, 2 / 3, 1.0)  # live-policy probes of the baseline's first seed
     efficiency_repeats: int = 5
