@@ -8,6 +8,10 @@ allocator's peak, on the CPU the bytes of the tensors the work allocates
 micro-batches that fit the memory budget (``run.memory_gib``, default 0.9 × what is free), the peak
 memory of every phase, and the seconds per epoch and for the whole run.
 
+Once the micro-batches are chosen, :func:`retime` times one call of each phase at its micro-batch
+(known to fit) and refits the seconds through that and the 1-row time: the 2-row line extrapolates
+badly to large micro-batches.
+
 Planning for a GPU this machine does not have (``plan --plan.gpu h100``): memory per row is measured
 here in the run's precision, and time is the counted FLOPs at an assumed 40 % of the GPU's dense
 bf16/fp16 throughput.
@@ -76,14 +80,11 @@ def _param_bytes(module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters()) if module is not None else 0
 
 
-def measure_costs(model, adapter, reward, sampler, device: torch.device, precision: str, prompt: str,
-                  timed: bool = True) -> Costs:
-    """Probe the model, the LoRA and the reward with 1 and 2 rows per phase (see the module
-    docstring). ``timed=False`` measures memory and FLOPs only (planning for another device)."""
+def _phase_calls(model, adapter, reward, sampler, device: torch.device, prompt: str) -> dict:
+    """``{phase: make(n)}``: ``make(n)`` returns a call doing that phase's work on ``n`` rows —
+    a sampling call, a forward and backward of one trained step, a decode and reward call."""
     from .samplers import step_from_x0
 
-    device = torch.device(device)
-    mult = 1 if sampler.cfg == 1.0 else 2
     sig = model.sigmas(sampler.steps)
     i = max(0, len(sig) // 2 - 1)
     prompt = [prompt]
@@ -114,19 +115,39 @@ def measure_costs(model, adapter, reward, sampler, device: torch.device, precisi
         x, _, _ = inputs(n)
         return lambda: _no_grad(lambda: reward.evaluate(model.decode(x), prompt * n))
 
-    phases = {"sample": sample_call, "train": train_call, "decode": decode_call}
+    return {"sample": sample_call, "train": train_call, "decode": decode_call}
+
+
+class _TrainMode:
+    """The network in training mode while probed (checkpointing is active in training mode, as in
+    the update), restored after."""
+
+    def __init__(self, net):
+        self.net, self.was = net, net.training
+
+    def __enter__(self):
+        self.net.train()
+
+    def __exit__(self, *exc):
+        self.net.train(self.was)
+
+
+def measure_costs(model, adapter, reward, sampler, device: torch.device, precision: str, prompt: str,
+                  timed: bool = True) -> Costs:
+    """Probe the model, the LoRA and the reward with 1 and 2 rows per phase (see the module
+    docstring). ``timed=False`` measures memory and FLOPs only (planning for another device)."""
+    device = torch.device(device)
+    mult = 1 if sampler.cfg == 1.0 else 2
+    lora = adapter.parameters()
+    phases = _phase_calls(model, adapter, reward, sampler, device, prompt)
     mem, sec, flops = {}, {}, {}
-    was_training = model.net.training
-    model.net.train()  # as in the update (checkpointing is active in training mode)
-    try:
+    with _TrainMode(model.net):
         for name, make in phases.items():
             if timed and device.type == "cuda":
                 make(1)()  # warm-up (lazy initialisation, kernels, the allocator)
             m1, t1, flops[name] = _probe(make(1), device, repeats=3 if timed else 0, count_flops=True)
             m2, t2, _ = _probe(make(2), device, repeats=3 if timed else 0)
             mem[name], sec[name] = Linear.fit(m1, m2), Linear.fit(t1, t2)
-    finally:
-        model.net.train(was_training)
     if mult == 2:  # per network row while sampling
         mem["sample"] = Linear(mem["sample"].fixed, mem["sample"].per / 2)
         sec["sample"] = Linear(sec["sample"].fixed, sec["sample"].per / 2)
@@ -141,6 +162,35 @@ def measure_costs(model, adapter, reward, sampler, device: torch.device, precisi
                  sample_s=sec["sample"], train_s=sec["train"], decode_s=sec["decode"], flops=flops)
 
 
+def retime(costs: Costs, plan: "Plan", model, adapter, reward, sampler, device: torch.device, prompt: str) -> Costs:
+    """``costs`` with each phase's seconds refitted through its 1-row time and one call at the
+    plan's micro-batch. A line through 1 and 2 rows extrapolates badly to a micro-batch of 16 or
+    more (on a real-size SD1.5 on the CPU it put GRPO's training at 46 s against 105 s measured);
+    the plan's micro-batch is known to fit, so timing it is safe."""
+    device = torch.device(device)
+    mult = costs.cfg_rows
+    rows = {"sample": max(1, plan.sample_micro_batch // mult), "train": max(1, plan.train_micro_batch // mult),
+            "decode": plan.decode_micro_batch}
+    old = {"sample": costs.sample_s, "train": costs.train_s, "decode": costs.decode_s}
+    new = dict(old)
+    phases = _phase_calls(model, adapter, reward, sampler, device, prompt)
+    with _TrainMode(model.net):
+        for name, n in rows.items():
+            if n <= 2:  # the 1- and 2-row fit already covers it
+                continue
+            unit = mult if name == "sample" else 1  # sample_s is per network row: a row samples `mult` of them
+            call = phases[name](n)
+            if device.type == "cuda":
+                call()  # warm-up at this size
+            t = _seconds(call, device)
+            t_one = old[name].at(unit)
+            per = max(0.0, (t - t_one) / ((n - 1) * unit))
+            fixed = t_one - per * unit
+            # a row in a large call dearer than one alone (no fixed cost left): keep the micro-batch's time exact
+            new[name] = Linear(fixed, per) if fixed >= 0 else Linear(0.0, t / (n * unit))
+    return dataclasses.replace(costs, sample_s=new["sample"], train_s=new["train"], decode_s=new["decode"])
+
+
 def _no_grad(fn, *args):
     with torch.no_grad():
         return fn(*args)
@@ -151,14 +201,20 @@ def _probe(fn, device: torch.device, repeats: int = 3, enough_s: float = 0.5,
     """Peak bytes (metered), the median seconds of up to ``repeats`` unmetered calls (fewer once
     they add up to ``enough_s``: a slow call times itself well) and, if asked, the matmul and
     convolution FLOPs of the metered call."""
-    import statistics
-    import time
-
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) if count_flops else _nothing() as counter:
         peak, _ = measure(fn, device)
     flops = float(counter.get_total_flops()) if count_flops else 0.0
+    return float(peak), _seconds(fn, device, repeats, enough_s), flops
+
+
+def _seconds(fn, device: torch.device, repeats: int = 3, enough_s: float = 0.5) -> float:
+    """The median seconds of up to ``repeats`` calls of ``fn`` (fewer once they add up to
+    ``enough_s``); 0 for ``repeats=0``."""
+    import statistics
+    import time
+
     times: list[float] = []
     while len(times) < repeats and sum(times) < enough_s:
         if device.type == "cuda":
@@ -168,7 +224,7 @@ def _probe(fn, device: torch.device, repeats: int = 3, enough_s: float = 0.5,
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
-    return float(peak), (float(statistics.median(times)) if times else 0.0), flops
+    return float(statistics.median(times)) if times else 0.0
 
 
 def _nothing():

@@ -196,3 +196,35 @@ def test_the_planner_times_only_the_steps_a_windowed_method_trains(tmp_path):
     window = planner._epoch_seconds(costs, t.cfg, METHODS["mixgrpo"].schedule(10), sampler, 2, 48, 8, 48, target)
     assert window["sampling"] == pytest.approx(full["sampling"])
     assert window["training"] == pytest.approx(full["training"] * 2 / 8)  # 2 window steps against 0.9 x 9
+
+
+def test_retime_refits_each_phase_through_one_row_and_its_micro_batch(tmp_path, monkeypatch):
+    """The 2-row line extrapolates badly; the refit passes through the 1-row time and a call timed
+    at the plan's micro-batch (here a fake clock: 0.5 s + 0.25 s per row)."""
+    import dataclasses
+
+    from progrpo_core import planner
+
+    t = make(tmp_path / "r")
+    plan = t.make_plan()
+    sizes: list[int] = []
+
+    def fake_calls(*a, **k):
+        return {name: (lambda n: (sizes.append(n), (lambda: n))[1]) for name in ("sample", "train", "decode")}
+
+    monkeypatch.setattr(planner, "_phase_calls", fake_calls)
+    monkeypatch.setattr(planner, "_seconds", lambda fn, device, *a, **k: 0.5 + 0.25 * fn())
+    micro = {"sample": plan.sample_micro_batch, "train": plan.train_micro_batch, "decode": plan.decode_micro_batch}
+    assert min(micro.values()) > 2
+    for one_row, exact_at_one in ((planner.Linear(0.5, 0.1), True), (planner.Linear(0.0, 0.001), False)):
+        costs = dataclasses.replace(plan.costs, sample_s=one_row, train_s=one_row, decode_s=one_row)
+        sizes.clear()
+        new = planner.retime(costs, plan, t.model, t.adapter, t.reward, t.sampler, t.device, "a handwritten 3")
+        assert sizes == list(micro.values())
+        for name, n in micro.items():
+            line = getattr(new, f"{name}_s")
+            assert line.at(n) == pytest.approx(0.5 + 0.25 * n)          # the micro-batch's time, exactly
+            if exact_at_one:                                             # and the measured 1-row time
+                assert line.at(1) == pytest.approx(0.6)
+            else:                                                        # no negative fixed cost
+                assert line.fixed == 0.0

@@ -146,6 +146,7 @@ class Trainer:
     def make_plan(self, target: Target | None = None, costs: planner.Costs | None = None) -> Plan:
         """The plan of this run on ``target`` (default: this device and the memory budget), from
         ``costs`` or from costs measured now (memory and FLOPs only when the target has its own speed)."""
+        measured = costs is None
         if costs is None:
             costs = planner.measure_costs(self.model, self.adapter, self.reward, self.sampler, self.device,
                                           self.precision.name, self.prompts[0],
@@ -155,8 +156,16 @@ class Trainer:
                       else 0.9 * memory_info(self.device)[0] + costs.weights + costs.reward_weights)
             target = Target(str(self.device), int(budget))
         B = self.cfg.grpo.prompts_per_epoch // self.world.world_size
-        return planner.make_plan(costs, self.cfg, self.schedule, self.sampler, B, len(self.eval_prompts()[0]), target,
-                                 given=dict(self.micro), reward_offload=self.cfg.reward.offload)
+
+        def plan(c: planner.Costs) -> Plan:
+            return planner.make_plan(c, self.cfg, self.schedule, self.sampler, B, len(self.eval_prompts()[0]), target,
+                                     given=dict(self.micro), reward_offload=self.cfg.reward.offload)
+
+        first = plan(costs)
+        if measured and not target.tflops and first.fits:  # time each phase at its chosen micro-batch
+            return plan(planner.retime(costs, first, self.model, self.adapter, self.reward, self.sampler, self.device,
+                                       self.prompts[0]))
+        return first
 
     def rehome(self) -> None:
         """Keep the optimizer state and the EMA beside the LoRA parameters (a host may have moved
