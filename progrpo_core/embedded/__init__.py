@@ -10,9 +10,9 @@ Latents are pixels in [-1, 1], shape (1, 8, 8); decoding maps them to [0, 1] gra
 Prompts name a digit ("a handwritten 7"); the null label serves classifier-free guidance.
 
 * ``digits-pair-flow`` / ``digits-pair-eps``: the harder task, two digits side by side in the
-  prompted order ("a 3 left of a 7"), latents (1, 8, 16). Trained on captions that name a wrong
-  digit or the wrong order as often as scraped captions do, so the base model gets both digits
-  right in their places for only a few prompts in ten.
+  prompted order ("a 3 left of a 7"), latents (1, 8, 16). Trained on captions that often name a
+  wrong digit or the wrong order, as scraped captions do, so the base model gets both digits right
+  in their places for fewer than one sample in ten.
 """
 from __future__ import annotations
 
