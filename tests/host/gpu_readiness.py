@@ -71,7 +71,7 @@ def _tiny_trainer(kind: str, models: Path, dtype, precision: str, epochs: int = 
         "model": {"comfyui": "(test)", "checkpoint": kind},
         "sampler": {"steps": 4, "cfg": 1.0, "eval_steps": 2},
         "schedule": {"group_size": 4, "checkpoints": [2], "keep": [3]},
-        "grpo": {"prompts_per_epoch": 1, "lr": lr, "ema": True},
+        "grpo": {"method": "pro-grpo", "prompts_per_epoch": 1, "lr": lr, "ema": True},
         "lora": {"rank": 4, "alpha": 4.0}, "reward": {"name": "stroke"},
         "run": {"epochs": epochs, "eval_every": 0, "eval_seeds": 4, "precision": precision, "device": "cpu",
                 "gradient_checkpointing": 1}})
