@@ -18,6 +18,7 @@ bf16/fp16 throughput.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any, Sequence
@@ -118,18 +119,16 @@ def _phase_calls(model, adapter, reward, sampler, device: torch.device, prompt: 
     return {"sample": sample_call, "train": train_call, "decode": decode_call}
 
 
-class _TrainMode:
+@contextlib.contextmanager
+def _train_mode(net):
     """The network in training mode while probed (checkpointing is active in training mode, as in
     the update), restored after."""
-
-    def __init__(self, net):
-        self.net, self.was = net, net.training
-
-    def __enter__(self):
-        self.net.train()
-
-    def __exit__(self, *exc):
-        self.net.train(self.was)
+    was = net.training
+    net.train()
+    try:
+        yield
+    finally:
+        net.train(was)
 
 
 def measure_costs(model, adapter, reward, sampler, device: torch.device, precision: str, prompt: str,
@@ -141,7 +140,7 @@ def measure_costs(model, adapter, reward, sampler, device: torch.device, precisi
     lora = adapter.parameters()
     phases = _phase_calls(model, adapter, reward, sampler, device, prompt)
     mem, sec, flops = {}, {}, {}
-    with _TrainMode(model.net):
+    with _train_mode(model.net):
         for name, make in phases.items():
             if timed and device.type == "cuda":
                 make(1)()  # warm-up (lazy initialisation, kernels, the allocator)
@@ -174,7 +173,7 @@ def retime(costs: Costs, plan: "Plan", model, adapter, reward, sampler, device: 
     old = {"sample": costs.sample_s, "train": costs.train_s, "decode": costs.decode_s}
     new = dict(old)
     phases = _phase_calls(model, adapter, reward, sampler, device, prompt)
-    with _TrainMode(model.net):
+    with _train_mode(model.net):
         for name, n in rows.items():
             if n <= 2:  # the 1- and 2-row fit already covers it
                 continue
