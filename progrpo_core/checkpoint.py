@@ -19,7 +19,6 @@ import random
 import re
 import shutil
 import tempfile
-import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -76,8 +75,11 @@ def to_cpu(obj: Any) -> Any:
     return obj
 
 
-def rng_state(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
-    """The states of the global generators (torch, CUDA, Python ``random``, NumPy) and of the
+def rng_state(generators: dict[str, torch.Generator] | None = None,
+              device: torch.device | str | None = None) -> dict[str, Any]:
+    """The states of the global generators (torch, Python ``random``, NumPy, and the CUDA
+    generator of the run's ``device`` — only that one: asking every GPU for its state makes a
+    context on each, which under ``torchrun`` costs every process memory on every GPU) and of the
     named ``generators``, as tensors and numbers."""
     py_version, py_state, py_gauss = random.getstate()
     out: dict[str, Any] = {
@@ -85,8 +87,9 @@ def rng_state(generators: dict[str, torch.Generator] | None = None) -> dict[str,
         "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
         "generators": {k: g.get_state() for k, g in (generators or {}).items()},
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["cuda"] = torch.cuda.get_rng_state_all()
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda" and torch.cuda.is_initialized():
+        out["cuda_device"] = torch.cuda.get_rng_state(device)
     try:
         import numpy as np
     except ImportError:  # pragma: no cover - numpy is a dependency
@@ -98,20 +101,18 @@ def rng_state(generators: dict[str, torch.Generator] | None = None) -> dict[str,
     return out
 
 
-def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
-    """Restore what :func:`rng_state` saved."""
+def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None,
+                  device: torch.device | str | None = None) -> None:
+    """Restore what :func:`rng_state` saved (the CUDA state into the run's ``device``)."""
     torch.set_rng_state(state["torch"])
     py = state["python"]
     random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
     for k, g in (generators or {}).items():
         if k in state.get("generators", {}):
             g.set_state(state["generators"][k])
-    if "cuda" in state and torch.cuda.is_available():
-        if len(state["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(state["cuda"])
-        else:
-            warnings.warn(f"the checkpoint has CUDA RNG states for {len(state['cuda'])} device(s), this machine "
-                          f"has {torch.cuda.device_count()}; CUDA generators start fresh", RuntimeWarning)
+    device = torch.device(device) if device is not None else None
+    if "cuda_device" in state and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_device"], device)
     if "numpy" in state:
         import numpy as np
 

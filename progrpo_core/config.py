@@ -11,7 +11,6 @@ import dataclasses
 import math
 import types
 import typing
-from pathlib import Path
 from typing import Any, Optional
 
 from . import ovf

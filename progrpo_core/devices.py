@@ -56,14 +56,34 @@ class Precision:
     grad_scaler: bool
 
     def scaler(self, device: torch.device):
-        """A ``torch.amp.GradScaler`` for fp16, else None."""
-        return torch.amp.GradScaler(device.type) if self.grad_scaler else None
+        """A ``torch.amp.GradScaler`` for fp16 (its scale made now, so a rank whose first losses are all
+        non-finite can still take part in the step), else None."""
+        if not self.grad_scaler:
+            return None
+        scaler = torch.amp.GradScaler(device.type)
+        scaler.scale(torch.zeros((), device=device))  # the scale is otherwise made at the first backward
+        return scaler
 
 
 def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively: on NVIDIA, compute capability 8.0 (Ampere) or
+    newer. Not ``torch.cuda.is_bf16_supported()`` as called by default: it counts bf16 that is only
+    emulated (slowly, on T4, V100, RTX 20xx) and asks about the current device, not this one."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        if torch.version.hip:  # ROCm: ask PyTorch, on this device
+            with torch.cuda.device(device):
+                return torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.cuda.get_device_capability(device) >= (8, 0)
     return device.type in ("cpu", "meta")
+
+
+def auto_reward_dtype(device: str | torch.device) -> str:
+    """The reward model's dtype for ``reward.dtype auto``: float32 on the CPU, bfloat16 on a GPU that
+    computes it natively, else float16."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "float32"
+    return "bfloat16" if bf16_supported(device) else "float16"
 
 
 def resolve_precision(name: str, device: torch.device) -> Precision:
@@ -86,10 +106,70 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def memory_info(device: torch.device) -> tuple[int, int]:
-    """``(free, total)`` bytes of ``device`` (the CPU: available and total RAM)."""
+    """``(free, total)`` bytes of ``device``. On CUDA, free counts what PyTorch's caching allocator
+    holds but no tensor uses (the driver counts it as taken; this process can use it). On the CPU,
+    free is the least of the available RAM, what the process's address-space limit (``ulimit -v``)
+    leaves and what its container's memory limit (cgroup) leaves."""
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
-        return int(free), int(total)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free) + max(0, int(cached)), int(total)
+    free, total = _ram()
+    return min([free] + [limit for limit in _process_limits() if limit is not None]), total
+
+
+def _process_limits() -> list[int | None]:
+    """Bytes this process may still allocate under its address-space limit and its cgroup's memory
+    limit (None where there is none)."""
+    import resource
+
+    out: list[int | None] = []
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    out.append(max(0, soft - _vm_size()) if soft != resource.RLIM_INFINITY else None)
+    out.append(_cgroup_room())
+    return out
+
+
+def _vm_size() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _cgroup_room(root: str = "/sys/fs/cgroup") -> int | None:
+    """The memory limit minus the usage of this process's cgroup (v2, else v1), or None."""
+    from pathlib import Path
+
+    try:
+        rel = ""
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            parts = line.split(":", 2)
+            if len(parts) == 3 and (parts[0] == "0" or "memory" in parts[1].split(",")):
+                rel = parts[2].lstrip("/")
+                break
+    except OSError:
+        return None
+    for limit_name, usage_name, base in (("memory.max", "memory.current", Path(root)),
+                                         ("memory.limit_in_bytes", "memory.usage_in_bytes", Path(root) / "memory")):
+        for d in (base / rel, base):
+            try:
+                limit = (d / limit_name).read_text().strip()
+                usage = int((d / usage_name).read_text().strip())
+            except (OSError, ValueError):
+                continue
+            if limit == "max" or not limit.isdigit() or int(limit) >= 2**60:
+                return None
+            return max(0, int(limit) - usage)
+    return None
+
+
+def _ram() -> tuple[int, int]:
+    """Available and total RAM."""
     try:
         info = {}
         with open("/proc/meminfo") as f:

@@ -25,10 +25,13 @@ from typing import Any, Sequence
 
 import torch
 
+from torch.utils._python_dispatch import TorchDispatchMode
+
 from .memory import measure
 
 GiB = 1024**3
 MFU = 0.4  # assumed fraction of a GPU's peak dense throughput reached by these workloads
+LAUNCH_S = 8e-6  # the least a GPU operation costs: PyTorch launches each one from the CPU (eager mode)
 
 # Memory (GiB) and dense bf16/fp16 tensor throughput (TFLOPS) of common GPUs, for --plan.gpu.
 GPUS: dict[str, tuple[float, float]] = {
@@ -72,6 +75,7 @@ class Costs:
     train_s: Linear
     decode_s: Linear
     flops: dict[str, float]  # per sampling network row, per trained row (fwd+bwd), per image
+    ops: dict[str, float] = dataclasses.field(default_factory=dict)  # operations one call launches, per phase
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -139,13 +143,13 @@ def measure_costs(model, adapter, reward, sampler, device: torch.device, precisi
     mult = 1 if sampler.cfg == 1.0 else 2
     lora = adapter.parameters()
     phases = _phase_calls(model, adapter, reward, sampler, device, prompt)
-    mem, sec, flops = {}, {}, {}
+    mem, sec, flops, ops = {}, {}, {}, {}
     with _train_mode(model.net):
         for name, make in phases.items():
             if timed and device.type == "cuda":
                 make(1)()  # warm-up (lazy initialisation, kernels, the allocator)
-            m1, t1, flops[name] = _probe(make(1), device, repeats=3 if timed else 0, count_flops=True)
-            m2, t2, _ = _probe(make(2), device, repeats=3 if timed else 0)
+            m1, t1, flops[name], ops[name] = _probe(make(1), device, repeats=3 if timed else 0, count_flops=True)
+            m2, t2, _, _ = _probe(make(2), device, repeats=3 if timed else 0)
             mem[name], sec[name] = Linear.fit(m1, m2), Linear.fit(t1, t2)
     if mult == 2:  # per network row while sampling
         mem["sample"] = Linear(mem["sample"].fixed, mem["sample"].per / 2)
@@ -158,7 +162,7 @@ def measure_costs(model, adapter, reward, sampler, device: torch.device, precisi
                  lora_state=4 * n_lora * 5, reward_weights=sum(_param_bytes(m) for m in _modules(reward)),
                  latent=4 * math.prod(model.latent_shape), cfg_rows=mult,
                  sample=mem["sample"], train=mem["train"], decode=mem["decode"],
-                 sample_s=sec["sample"], train_s=sec["train"], decode_s=sec["decode"], flops=flops)
+                 sample_s=sec["sample"], train_s=sec["train"], decode_s=sec["decode"], flops=flops, ops=ops)
 
 
 def retime(costs: Costs, plan: "Plan", model, adapter, reward, sampler, device: torch.device, prompt: str) -> Costs:
@@ -196,16 +200,30 @@ def _no_grad(fn, *args):
 
 
 def _probe(fn, device: torch.device, repeats: int = 3, enough_s: float = 0.5,
-           count_flops: bool = False) -> tuple[float, float, float]:
+           count_flops: bool = False) -> tuple[float, float, float, float]:
     """Peak bytes (metered), the median seconds of up to ``repeats`` unmetered calls (fewer once
     they add up to ``enough_s``: a slow call times itself well) and, if asked, the matmul and
-    convolution FLOPs of the metered call."""
+    convolution FLOPs and the number of operations of the metered call."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) if count_flops else _nothing() as counter:
+    ops = _OpCounter()
+    with FlopCounterMode(display=False) if count_flops else _nothing() as counter, ops if count_flops else _nothing():
         peak, _ = measure(fn, device)
     flops = float(counter.get_total_flops()) if count_flops else 0.0
-    return float(peak), _seconds(fn, device, repeats, enough_s), flops
+    return float(peak), _seconds(fn, device, repeats, enough_s), flops, float(ops.count)
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the operations a call runs (each a kernel launch on a GPU; views launch none)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if torch.Tag.view_copy not in func.tags and not func.is_view:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
 
 
 def _seconds(fn, device: torch.device, repeats: int = 3, enough_s: float = 0.5) -> float:
@@ -379,30 +397,35 @@ def _calls(rows: int, per_call: int) -> list[int]:
     return [per_call] * full + ([rest] if rest else [])
 
 
-def _time(cost_s: Linear, flops_per_row: float, rows: list[int], target: Target) -> float:
+def _time(cost_s: Linear, flops_per_row: float, rows: list[int], target: Target, ops_per_call: float = 0.0) -> float:
+    """Seconds of calls of ``rows`` rows each: measured here, or on a named GPU its FLOPs at ``MFU``
+    of its throughput, but never less than the call's operations at ``LAUNCH_S`` each (a small
+    model on a fast GPU waits on the CPU launching kernels, not on arithmetic)."""
     if target.tflops:
-        return sum(rows) * flops_per_row / (target.tflops * 1e12 * MFU)
+        return sum(max(r * flops_per_row / (target.tflops * 1e12 * MFU), ops_per_call * LAUNCH_S) for r in rows)
     return sum(cost_s.at(r) for r in rows)
 
 
 def _epoch_seconds(costs: Costs, cfg, schedule, sampler, B: int, sample_mb: int, train_mb: int, decode_mb: int,
                    target: Target) -> dict[str, float]:
     mult = costs.cfg_rows
+    ops = {k: costs.ops.get(k, 0.0) for k in ("sample", "train", "decode")}
     alive, sampling, scoring = schedule.group_size, 0.0, 0.0
     for i in range(sampler.steps):
-        sampling += _time(costs.sample_s, costs.flops["sample"], _calls(B * alive * mult, sample_mb), target)
+        sampling += _time(costs.sample_s, costs.flops["sample"], _calls(B * alive * mult, sample_mb), target, ops["sample"])
         for c, k in zip(schedule.checkpoints, schedule.keep):
             if c - 1 == i:
-                scoring += _time(costs.decode_s, costs.flops["decode"], _calls(B * alive, decode_mb), target)
+                scoring += _time(costs.decode_s, costs.flops["decode"], _calls(B * alive, decode_mb), target, ops["decode"])
                 alive = k
-    scoring += _time(costs.decode_s, costs.flops["decode"], _calls(B * alive, decode_mb), target)
+    scoring += _time(costs.decode_s, costs.flops["decode"], _calls(B * alive, decode_mb), target, ops["decode"])
     stochastic = schedule.sde_window or sampler.steps - 1  # a windowed method trains only its window's steps
     steps = max(1, round(cfg.grpo.timestep_fraction * stochastic))
     rows = B * schedule.trained
     per_call = max(1, train_mb // mult)
-    training = steps * _time(costs.train_s, costs.flops["train"], _calls(rows, per_call), target)
+    training = steps * _time(costs.train_s, costs.flops["train"], _calls(rows, per_call), target, ops["train"])
     if cfg.grpo.kl_beta > 0:  # the reference policy's forward
-        training += steps * _time(costs.sample_s, costs.flops["sample"], _calls(rows * mult, sample_mb), target)
+        training += steps * _time(costs.sample_s, costs.flops["sample"], _calls(rows * mult, sample_mb), target,
+                                  ops["sample"])
     return {"sampling": sampling, "scoring": scoring, "training": training}
 
 
@@ -411,6 +434,6 @@ def _eval_seconds(costs: Costs, sampler, images: int, sample_mb: int, decode_mb:
         return 0.0
     mult = costs.cfg_rows
     calls = _calls(images * mult, sample_mb)
-    return (sampler.eval_steps * _time(costs.sample_s, costs.flops["sample"], calls, target)
-            + _time(costs.decode_s, costs.flops["decode"], _calls(images, decode_mb), target))
+    return (sampler.eval_steps * _time(costs.sample_s, costs.flops["sample"], calls, target, costs.ops.get("sample", 0.0))
+            + _time(costs.decode_s, costs.flops["decode"], _calls(images, decode_mb), target, costs.ops.get("decode", 0.0)))
 

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from progrpo_core.devices import auto_reward_dtype
 from progrpo_core.lora_format import decode_header, read_lora_file
 
 from ..trace import safe_relative_name
@@ -114,12 +115,9 @@ def reward_device(choice: str) -> str:
 
 
 def reward_dtype(device: str) -> str:
-    """``auto`` reward precision: float32 on the CPU, bfloat16 (else float16) on a GPU."""
-    import torch
-
-    if torch.device(device).type != "cuda":
-        return "float32"
-    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    """``auto`` reward precision: float32 on the CPU, bfloat16 on a GPU that computes it natively,
+    else float16."""
+    return auto_reward_dtype(device)
 
 
 def lora_metadata_of(path: Path) -> dict[str, Any]:

@@ -26,16 +26,21 @@ from .model import ComfyDenoiser
 def import_comfyui(comfyui_path: str | os.PathLike, device: str = "cpu") -> None:
     """Put a ComfyUI checkout on ``sys.path`` and import its model management, on the CPU when
     ``device`` is the CPU or no GPU is visible (``comfy.cli_args`` must know before
-    ``comfy.model_management`` is imported, or it probes CUDA)."""
+    ``comfy.model_management`` is imported, or it probes CUDA). ComfyUI loads models on its current
+    CUDA device, so a ``cuda:N`` device is made current first."""
     root = Path(comfyui_path).expanduser().resolve()
     if not (root / "comfy" / "model_management.py").is_file():
         raise FileNotFoundError(f"model.comfyui={str(comfyui_path)!r} is not a ComfyUI checkout (no comfy/model_management.py); "
                                 "point it at the folder holding ComfyUI's main.py")
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is not None and torch.cuda.is_available():
+        torch.cuda.set_device(dev)
     if "comfy.model_management" in sys.modules:
         return
-    import torch
 
     saved, sys.argv = sys.argv, [sys.argv[0]]  # ComfyUI parses sys.argv when cli_args is imported
     try:

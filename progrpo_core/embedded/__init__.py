@@ -110,7 +110,7 @@ class DigitsDenoiser:
 
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
         parse = digit_of if self.slots == 1 else pair_of
-        return torch.tensor([parse(p) for p in prompts], dtype=torch.long)
+        return torch.tensor([parse(p) for p in prompts], dtype=torch.long, device=self.device)
 
     def select_cond(self, cond: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return cond[index.to(cond.device)]
@@ -130,7 +130,7 @@ class DigitsDenoiser:
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, cfg: float = 1.0) -> torch.Tensor:
         x = x.float()
-        sigma = sigma.reshape(-1).expand(x.shape[0])
+        sigma = sigma.to(x.device).reshape(-1).expand(x.shape[0])  # σ may come from the CPU schedule
         xc, dt = x.to(self.compute_dtype), self.compute_dtype
         if cfg == 1.0:
             out = self.net(xc, self.net_time(sigma).to(dt), cond).float()

@@ -38,12 +38,14 @@ class DigitReward(Reward):
         else:
             raise ValueError(f"the digit reward scores square images of one digit or images twice as wide as tall "
                              f"of two; got {h}×{w}")
-        score = torch.ones(len(prompts))
+        device = next(self.classifier.parameters()).device  # where place() put it (the CPU unless offloaded)
+        labels = labels.to(device)
+        score = torch.ones(len(prompts), device=device)
         for k, tile in enumerate(tiles):
             gray = tile.float().mean(1, keepdim=True)  # (N, 1, H, H)
             if gray.shape[-2:] != (8, 8):
                 gray = F.adaptive_avg_pool2d(gray, 8)
-            probs = self.classifier(gray.flatten(1).cpu()).softmax(-1)  # (N, 10)
+            probs = self.classifier(gray.flatten(1).to(device)).softmax(-1)  # (N, 10)
             score = score * probs.gather(1, labels[:, k:k + 1]).squeeze(1)
         return score
 

@@ -157,7 +157,7 @@ def nonfinite_parts(tensors: dict[str, Sequence[torch.Tensor]]) -> list[str]:
 
 def snapshot(state: RunState, adapter: LoraWeights, optimizer: torch.optim.Optimizer, ema: EMA | None,
              generators: dict[str, torch.Generator], cfg: TrainConfig, world_size: int,
-             wall_s: float = 0.0) -> dict[str, Any]:
+             wall_s: float = 0.0, device: torch.device | None = None) -> dict[str, Any]:
     """Everything a resumed run needs, as plain tensors, numbers, strings, lists and dicts, copied
     to the CPU. Describes the state after ``state.epoch`` completed epochs."""
     return {
@@ -166,7 +166,7 @@ def snapshot(state: RunState, adapter: LoraWeights, optimizer: torch.optim.Optim
         "lora": {n: p.detach().cpu().clone() for n, p in adapter.named_parameters()},
         "optimizer": ckpt.to_cpu(optimizer.state_dict()),
         "ema": [s.detach().cpu().clone() for s in ema.shadow] if ema is not None else None,
-        "rng": ckpt.rng_state(generators),
+        "rng": ckpt.rng_state(generators, device),
         "compute": {f.name: ckpt.to_cpu(getattr(state.compute, f.name)) for f in dataclasses.fields(Compute)},
         "metrics": state.metrics_text(),
         "before": {k: v for k, v in (state.before or {}).items() if k != "latents"},
@@ -204,7 +204,7 @@ def check_resume_config(saved: dict[str, dict[str, Any]], now: dict[str, dict[st
 
 
 def restore(snap: dict[str, Any], adapter: LoraWeights, optimizer: torch.optim.Optimizer, ema: EMA | None,
-            generators: dict[str, torch.Generator], cfg: TrainConfig) -> RunState:
+            generators: dict[str, torch.Generator], cfg: TrainConfig, device: torch.device | None = None) -> RunState:
     """Put :func:`snapshot` ``snap`` back into the adapter, optimizer, EMA and generators and return
     its :class:`RunState` (the same settings are required, see ``RESUMABLE_CHANGES``)."""
     check_resume_config(snap["config"], cfg.to_dict())
@@ -226,7 +226,7 @@ def restore(snap: dict[str, Any], adapter: LoraWeights, optimizer: torch.optim.O
             for s_, v in zip(ema.shadow, snap["ema"]):
                 s_.copy_(v.to(s_))
     optimizer.load_state_dict(snap["optimizer"])
-    ckpt.set_rng_state(snap["rng"], generators)
+    ckpt.set_rng_state(snap["rng"], generators, device)
     comp = dict(snap["compute"])
     epoch = int(snap["epoch"])
     return RunState(

@@ -29,7 +29,7 @@ from ..config import TrainConfig
 from ..denoiser import Denoiser
 from ..lora import LoraAdapter, LoraWeights, lora_from_file
 from ..methods import auto_lr
-from ..devices import bf16_supported, memory_info, resolve_device, resolve_precision
+from ..devices import auto_reward_dtype, memory_info, resolve_device, resolve_precision
 from ..models import load_model, load_prompts
 from ..planner import Plan, Target
 from ..rewards import OffloadedReward, Reward, build_reward
@@ -62,6 +62,7 @@ class Trainer:
         self.world = distributed.setup(str(self.device))
         self.log = log if self.world.is_main else (lambda s: None)
         self.model = model if model is not None else load_model(cfg, self.device)
+        _check_model_device(self.model, self.device)
         self.precision = resolve_precision(cfg.run.precision, self.device)
         self.sampler = cfg.sampler.resolved(self.model.family, getattr(self.model, "default_cfg", 1.0))
         if self.sampler.sampler == "ode" or not self.sampler.noise_level:
@@ -112,11 +113,7 @@ class Trainer:
         bfloat16 or float16 on a GPU)."""
         r = self.cfg.reward
         device = self.device if r.device == "auto" else resolve_device(r.device, "reward.device")
-        if r.dtype != "auto":
-            return str(device), r.dtype
-        if device.type != "cuda":
-            return str(device), "float32"
-        return str(device), "bfloat16" if bf16_supported(device) else "float16"
+        return str(device), r.dtype if r.dtype != "auto" else auto_reward_dtype(device)
 
     # -- memory: the plan and the micro-batches ---------------------------------------------------
     def ensure_plan(self, refuse: bool = True) -> Plan | None:
@@ -336,11 +333,12 @@ class Trainer:
     def state_dict(self, wall_s: float = 0.0) -> dict[str, Any]:
         """A resumable snapshot of the state after ``self.epoch`` completed epochs."""
         return state.snapshot(self.state, self.adapter, self.optimizer, self.ema, self._generators(), self.cfg,
-                              self.world.world_size, wall_s)
+                              self.world.world_size, wall_s, self.device)
 
     def load_state_dict(self, snap: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (the same settings are required, see ``state.RESUMABLE_CHANGES``)."""
-        self.state = state.restore(snap, self.adapter, self.optimizer, self.ema, self._generators(), self.cfg)
+        self.state = state.restore(snap, self.adapter, self.optimizer, self.ema, self._generators(), self.cfg,
+                                   self.device)
 
     def save_checkpoint(self, folder: RunFolder, snap: dict[str, Any] | None = None) -> Path | None:
         """Write a checkpoint of ``snap`` (default: now) — on rank 0; the others return None.
@@ -528,6 +526,21 @@ class Trainer:
 def _model_device(model) -> torch.device | None:
     device = getattr(model, "device", None) if model is not None else None
     return torch.device(device) if device is not None else None
+
+
+def _check_model_device(model: Denoiser, device: torch.device) -> None:
+    """A model its loader put on another device than ``run.device`` would be metered, sampled and
+    trained on the wrong GPU: refuse it."""
+    actual = _model_device(model)
+    if actual is None:
+        return
+
+    def index(d: torch.device) -> int | None:
+        return d.index if d.index is not None or d.type != "cuda" else torch.cuda.current_device()
+
+    if actual.type != device.type or index(actual) != index(device):
+        raise ValueError(f"the model was loaded on {actual}, but run.device={device}: its loader did not put it on the "
+                         "device the run names. Set --run.device to where the model is, or fix the loader")
 
 
 def _divisors(n: int) -> str:

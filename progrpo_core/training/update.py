@@ -140,8 +140,12 @@ def _optimizer_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Opt
                     scaler: torch.amp.GradScaler | None = None) -> float | None:
     """Sum gradients over ranks, unscale (fp16), clip, step (and the EMA); the gradient norm, or
     None when this or another rank's loss or the gradient is not finite (the step is skipped; with
-    fp16 the loss scale then shrinks)."""
+    fp16 the loss scale then shrinks). Where no backward ran at all (every loss was non-finite on a
+    single process) there is nothing to unscale: the step is skipped and the scale kept."""
     bad_ranks = world.sync_grads(params, 1.0 if poisoned else 0.0)
+    if all(p.grad is None for p in params):
+        optimizer.zero_grad(set_to_none=True)
+        return None
     if scaler is not None:
         scaler.unscale_(optimizer)
     gn = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
