@@ -3,9 +3,20 @@ LoRA, metrics and bench numbers. They pin behaviour across refactors (the traini
 sampler, the bench) — a change that moves them is a behaviour change and must say so.
 
 The recordings live in ``tests/golden/``; after an intended change, regenerate them with
-``python tests/test_golden.py --update`` and say why in the commit. Comparisons allow float
-rounding (another CPU may round matmuls differently); discrete results — which trajectories each
-checkpoint kept, step counts, compute counts — must match exactly.
+``python tests/test_golden.py --update`` and say why in the commit. Discrete results — which
+trajectories each checkpoint kept, step counts, compute counts — must match exactly; numbers to a
+tolerance that another CPU's rounding cannot break but a behaviour change does:
+
+* measured spread, the recording (made elsewhere) against this project's AMD EPYC with
+  ``ATEN_CPU_CAPABILITY`` ``default`` and ``avx2`` at 1 and 2 threads (threads changed nothing):
+  LoRA entries up to 6.1e-6 apart (the relative norm of a tensor's difference up to 1.5e-5),
+  metrics up to 2.4e-7 apart; no discrete result moved. The issue that asked for this measured
+  5e-6 on an AVX-512 EPYC.
+* measured effect of small behaviour changes on the LoRA: the learning rate 1 % higher moves an
+  entry by up to 4.1e-3 (relative norm 1.1e-2), the KL weight 10 % higher by 3.4e-3 (2.1e-3).
+
+So LoRA tensors may differ by ``LORA_ATOL`` = 1e-4 per entry and ``LORA_RELNORM`` = 2e-4 as a whole
+(16× and 13× the spread, 34× and 10× below those changes), metrics by ``ATOL`` = 5e-6 or ``RTOL``.
 """
 from __future__ import annotations
 
@@ -18,7 +29,8 @@ import torch
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 TIMING = {"epoch_wall_s", "wall_s", "wall", "cpu", "run_wall_s", "job_wall_s", "cpu_s"}
-RTOL, ATOL = 1e-4, 1e-6
+RTOL, ATOL = 1e-4, 5e-6
+LORA_ATOL, LORA_RELNORM = 1e-4, 2e-4
 
 
 def train_table(out: Path) -> dict:
@@ -80,7 +92,9 @@ def test_training_run_matches_the_recording(tmp_path):
     want_lora = load_file(str(GOLDEN / "training_lora.safetensors"))
     assert set(lora) == set(want_lora)
     for k in want_lora:
-        torch.testing.assert_close(lora[k], want_lora[k], rtol=RTOL, atol=ATOL, msg=f"LoRA tensor {k}")
+        torch.testing.assert_close(lora[k], want_lora[k], rtol=0, atol=LORA_ATOL, msg=f"LoRA tensor {k}")
+        rel = float((lora[k] - want_lora[k]).norm() / want_lora[k].norm().clamp_min(1e-12))
+        assert rel <= LORA_RELNORM, f"LoRA tensor {k}: relative difference {rel:.2e} > {LORA_RELNORM:g}"
 
 
 def test_bench_run_matches_the_recording():
