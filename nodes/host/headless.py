@@ -36,9 +36,8 @@ def import_comfyui(comfyui_path: str | os.PathLike, device: str = "cpu") -> None
         sys.path.insert(0, str(root))
     import torch
 
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is not None and torch.cuda.is_available():
-        torch.cuda.set_device(dev)
+    if str(device).startswith("cuda:") and torch.cuda.is_available():
+        torch.cuda.set_device(torch.device(device))
     if "comfy.model_management" in sys.modules:
         return
 

@@ -10,8 +10,9 @@ ComfyUI's latent is ``x_comfy = x0 + σ·ε``, the core's VP latent is
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -61,6 +62,28 @@ def target_modules(net: nn.Module, preset: str) -> list[str]:
     if not out:
         raise ValueError(f"the model has no Linear layer matching LoRA targets {preset!r}; try 'all linear'")
     return out
+
+
+@contextlib.contextmanager
+def kept_loaded(patcher) -> Iterator[None]:
+    """Keep ``patcher``'s model loaded on its device while the body runs. To make room for another
+    load (the VAE decoding a proxy, a managed reward model) ComfyUI frees the loaded models it is not
+    asked to keep, and a training session would find its model's weights moved off the device
+    mid-epoch; here ComfyUI's unload of this one model is refused until the body ends."""
+    import comfy.model_management as mm
+
+    entries = [m for m in mm.current_loaded_models if m.model is patcher]
+    for entry in entries:
+        entry.model_unload = _refuse_unload  # an instance attribute: only this entry, only for now
+    try:
+        yield
+    finally:
+        for entry in entries:
+            entry.__dict__.pop("model_unload", None)
+
+
+def _refuse_unload(memory_to_free=None, unpatch_weights=True) -> bool:
+    return False
 
 
 class RowConds:
@@ -237,7 +260,8 @@ class ComfyDenoiser:
             all_conds = model_wrap.conds
             self._session = (model_wrap, extra_args, all_conds)
             try:
-                return body()
+                with kept_loaded(self.patcher) if self.full_load else contextlib.nullcontext():
+                    return body()
             finally:
                 model_wrap.conds = all_conds
                 self._session = None

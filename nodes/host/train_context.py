@@ -26,6 +26,8 @@ def training_model(model) -> Iterator[tuple[Any, bool]]:
     old_flag = getattr(mm, "in_training", False)
     with torch.inference_mode(False):
         mp, shares = _clone_for_training(model)
+        log.info("ProGRPO: training a %s copy of the %s%s", type(mp).__name__, type(model).__name__,
+                 " (weights shared)" if shares else "")
         try:
             mp.model.requires_grad_(False)
             mm.in_training = True  # fused kernels without autograd (e.g. RoPE) are skipped in training
@@ -39,10 +41,23 @@ def training_model(model) -> Iterator[tuple[Any, bool]]:
 
 
 def _clone_for_training(model) -> tuple[Any, bool]:
-    try:  # ComfyUI >= 0.4: reload the weights outside inference mode
-        return model.clone(force_deepcopy=True), False
-    except TypeError:  # no force_deepcopy in this ComfyUI
-        pass
-    except RuntimeError as e:  # a MODEL not made by a standard loader cannot be reloaded
-        log.info("ProGRPO: cannot deep-copy the MODEL (%s); training on a weight-sharing clone", e)
+    """A copy whose weights the trainer controls. Under dynamic VRAM (ComfyUI 0.33 on NVIDIA, the
+    default) the MODEL is a ``ModelPatcherDynamic``: its weights stream through reused cast buffers
+    and are never all on the GPU, so tensors autograd saved for backward could be overwritten; the
+    training copy is always a plain ``ModelPatcher`` (``disable_dynamic``), loaded whole."""
+    dynamic = bool(getattr(model, "is_dynamic", lambda: False)())
+    for kwargs in ({"disable_dynamic": True, "force_deepcopy": True}, {"force_deepcopy": True}):
+        try:  # reload the weights outside inference mode, as a plain patcher
+            return model.clone(**kwargs), False
+        except TypeError:  # an older ComfyUI without these arguments
+            continue
+        except RuntimeError as e:  # a MODEL not made by a standard loader cannot be reloaded
+            if dynamic:
+                raise ValueError(
+                    "this MODEL is under ComfyUI's dynamic VRAM and was not made by a standard loader, so no copy "
+                    "with its weights on the GPU can be made to train (ComfyUI: {e}); load it with a standard loader "
+                    "(Load Checkpoint, Load Diffusion Model) or start ComfyUI with --disable-dynamic-vram".format(e=e)
+                ) from None
+            log.info("ProGRPO: cannot deep-copy the MODEL (%s); training on a weight-sharing clone", e)
+            break
     return model.clone(), True

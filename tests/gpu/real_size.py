@@ -227,9 +227,9 @@ def run(args) -> dict:
     return result
 
 
-def _measure(trainer, den, adapter, device) -> dict:
+def _measure(trainer, den, adapter, device, prompt: str = "a prompt") -> dict:
     """Two epochs with peak memory, seconds per phase, the first step's gradient reach and the
-    LoRA's effect on the output."""
+    LoRA's effect on the output (on ``prompt``)."""
     import torch
 
     from progrpo_core.memory import MemoryMeter
@@ -262,7 +262,7 @@ def _measure(trainer, den, adapter, device) -> dict:
     finite = all(bool(torch.isfinite(g).all()) for g in grads)
     x = torch.randn((1, *den.latent_shape), generator=torch.Generator().manual_seed(5)).to(device)
     sigma = den.sigmas(4)[1:2].to(device)
-    cond = den.encode_prompts(["a prompt"])
+    cond = den.encode_prompts([prompt])
     with torch.no_grad():
         out = den.denoise(x, sigma, cond, 1.0)
         with adapter.disabled():
@@ -273,13 +273,13 @@ def _measure(trainer, den, adapter, device) -> dict:
     phases["training"] = round(sum(epochs) / len(epochs) - sum(phases.values()), 2)  # the rest of the epoch
     return {"measured": {"peak_bytes": int(peak), "epoch_s": sum(epochs) / len(epochs),
                          "epochs_s": [r.epoch_wall_s for r in records], "seconds": phases,
-                         "gflops": epoch_gflops(trainer, den, records, timed),
+                         "gflops": epoch_gflops(trainer, den, records, timed, prompt),
                          "grad_reached_fraction": reached, "grad_finite": finite,
                          "lora_changed_output": float((out - base).abs().max()),
                          "optimizer_steps": trainer.optimizer_steps}}
 
 
-def epoch_gflops(trainer, den, records, timed) -> dict:
+def epoch_gflops(trainer, den, records, timed, prompt: str = "a prompt") -> dict:
     """GFLOPs of one timed epoch by phase, from the run's exact row counts and FLOPs counted on one
     row (``torch.utils.flop_counter``): sampling, training (forward + backward, the backward 2 forwards
     plus 1 recomputed under gradient checkpointing), decodes; the reward (stroke) costs nothing."""
@@ -290,7 +290,7 @@ def epoch_gflops(trainer, den, records, timed) -> dict:
     device = next(den.net.parameters()).device
     x = torch.randn((1, *den.latent_shape)).to(device)
     sigma = den.sigmas(4)[1:2].to(device)
-    cond = den.encode_prompts(["a prompt"])
+    cond = den.encode_prompts([prompt])
     fwd = count_flops(lambda: den.denoise(x, sigma, cond, 1.0))
     dec = count_flops(lambda: den.decode(x))
     first = records[-len(timed) - 1].compute if len(records) > len(timed) else {k: 0 for k in records[0].compute}

@@ -23,6 +23,12 @@ tests (``test_gpu_readiness.py``) run them and assert on the numbers. Checks:
                           with checkpointing trains (the recomputed blocks slice alike).
 ``rehome``                an epoch, ComfyUI unloading every model, another epoch: the devices of the
                           LoRA, its optimizer state and its EMA.
+``dynamic``               a MODEL under dynamic VRAM (a real ``ModelPatcherDynamic`` on a non-CPU load
+                          device; comfy-aimdo's host buffers, which need a GPU, stubbed): the class of
+                          the training copy the node makes, and whether its weights are inference tensors.
+``kept_loaded``           a training session in which ComfyUI frees memory for another model (as a VAE
+                          or reward load does when memory is tight): whether the trained model stays
+                          loaded during the session, and is unloadable again after it.
 """
 from __future__ import annotations
 
@@ -241,6 +247,60 @@ def check_rehome(models: Path) -> dict:
     return {"check": "rehome", "devices": devices, "steps": tr.optimizer_steps}
 
 
+def check_dynamic(models: Path) -> dict:
+    import comfy.model_patcher
+    import comfy.sd
+    import comfy_aimdo.host_buffer
+    import tiny_models as T
+    import torch
+
+    from progrpo_core.models import resolve_loader
+
+    training_model = resolve_loader("nodes.host.train_context:training_model")
+
+    class HostBuffer:  # comfy-aimdo's pinned host buffer: its library loads only where there is a GPU
+        def __init__(self, *a, **k):
+            pass
+
+    comfy_aimdo.host_buffer.HostBuffer = HostBuffer
+    loaded = comfy.sd.load_diffusion_model(str(models / T.FILES["sd3"]))  # a standard loader: it can reload
+    with torch.inference_mode():  # as the executor runs every node
+        given = comfy.model_patcher.ModelPatcherDynamic(loaded.model, load_device=torch.device("meta"),
+                                                        offload_device=torch.device("cpu"))
+        given.cached_patcher_init = loaded.cached_patcher_init
+    with training_model(given) as (mp, shares):
+        weight = next(mp.model.diffusion_model.parameters())
+        out = {"check": "dynamic", "given_class": type(given).__name__, "given_dynamic": given.is_dynamic(),
+               "class": type(mp).__name__, "dynamic": mp.is_dynamic(), "shares_weights": shares,
+               "inference_weights": weight.is_inference(), "same_model": mp.model is given.model}
+    return out
+
+
+def check_kept_loaded(models: Path) -> dict:
+    import comfy.model_management as mm
+    import torch
+
+    tr = _tiny_trainer("sd3", models, torch.float32, "fp32", epochs=1)
+    den = tr.model
+    cond = den.encode_prompts(["a red apple"])
+
+    def loaded() -> bool:
+        return any(m.model is den.patcher for m in mm.current_loaded_models)
+
+    seen: dict = {}
+
+    def body():
+        seen["before"] = loaded()
+        mm.free_memory(1e30, den.device)  # room for another model, as much as there is
+        seen["during"] = loaded()
+        x = torch.randn((1, *den.latent_shape), generator=torch.Generator().manual_seed(0))
+        seen["finite"] = bool(torch.isfinite(den.denoise(x, den.sigmas(4)[1:2], cond)).all())
+
+    den.run(body)
+    mm.free_memory(1e30, den.device)
+    return {"check": "kept_loaded", **seen, "after": loaded()}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--comfyui", required=True)
@@ -254,7 +314,8 @@ def main(argv=None) -> int:
     name, args = a.check[0], a.check[1:]
     result = {"precision": lambda: check_precision(args[0], args[1], a.models), "branch": check_branch,
               "checkpointing": lambda: check_checkpointing(args[0]), "rehome": lambda: check_rehome(a.models),
-              "sliced_attention": lambda: check_sliced_attention(a.models)}[name]()
+              "sliced_attention": lambda: check_sliced_attention(a.models),
+              "dynamic": lambda: check_dynamic(a.models), "kept_loaded": lambda: check_kept_loaded(a.models)}[name]()
     print(json.dumps(result))
     return 0
 

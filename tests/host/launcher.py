@@ -99,9 +99,16 @@ class ComfyServer:
                 link.symlink_to(self.pack.resolve(), target_is_directory=True)
 
     def command(self) -> list[str]:
+        """The server's command line: on the CPU, or — with ``PROGRPO_COMFYUI_GPU=1`` — as a user
+        starts it on a GPU machine (no device flag: ComfyUI picks the GPU and, on NVIDIA, dynamic
+        VRAM). ``PROGRPO_COMFYUI_FRONTEND_ROOT`` serves that folder as the frontend (for a server
+        without the frontend package, e.g. on a machine the check's wheels travel to)."""
+        device = [] if os.environ.get("PROGRPO_COMFYUI_GPU") == "1" else ["--cpu"]
+        frontend = os.environ.get("PROGRPO_COMFYUI_FRONTEND_ROOT")
         return [
             self.python, str(self.comfyui / "main.py"),
-            "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            *device, *(["--front-end-root", frontend] if frontend else []),
+            "--listen", "127.0.0.1", "--port", str(self.port),
             "--base-directory", str(self.base),
             # the default database lives in the ComfyUI checkout (user/comfyui.db), not in base
             "--database-url", f"sqlite:///{self.base / 'comfyui.db'}",

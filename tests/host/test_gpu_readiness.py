@@ -60,3 +60,18 @@ def test_training_under_memory_sliced_attention(comfy_env, comfy_models):
     r = readiness(comfy_env, comfy_models, "sliced_attention")
     assert r["attention"] in ("attention_sub_quad", "attention_split"), r  # what the CPU runs by default
     assert r["steps"] == 1 and r["loss"] is not None, r
+
+
+def test_the_training_copy_of_a_dynamic_vram_model_is_a_plain_fully_loaded_patcher(comfy_env, comfy_models):
+    # ComfyUI 0.33 started by main.py on NVIDIA gives every standard loader's MODEL a ModelPatcherDynamic,
+    # whose weights stream through reused buffers; training needs its own whole copy
+    r = readiness(comfy_env, comfy_models, "dynamic")
+    assert r["given_class"] == "ModelPatcherDynamic" and r["given_dynamic"], r
+    assert r["class"] == "ModelPatcher" and not r["dynamic"], r
+    assert not r["shares_weights"] and not r["same_model"] and not r["inference_weights"], r
+
+
+def test_the_trained_model_stays_loaded_while_comfyui_frees_memory_mid_session(comfy_env, comfy_models):
+    r = readiness(comfy_env, comfy_models, "kept_loaded")
+    assert r["before"] and r["during"] and r["finite"], r
+    assert not r["after"], r  # after the session ComfyUI may unload it again

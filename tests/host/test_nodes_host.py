@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -194,6 +195,16 @@ def test_training_workflow(comfy_server, trained):
     assert abs(pixels(comfy_server, before) - pixels(comfy_server, after)).max() > 0, "the trained MODEL changed nothing"
     curves = [comfy_server.images(entry, nid) for nid in by_type(api, "PreviewImage")]
     assert curves and curves[0], "no curves image"
+
+
+@pytest.mark.skipif(os.environ.get("PROGRPO_COMFYUI_GPU") != "1", reason="a GPU server: PROGRPO_COMFYUI_GPU=1 "
+                    "(tests/gpu/device_check.sh sets it)")
+def test_on_a_gpu_server_the_trainer_trains_a_plain_copy_under_dynamic_vram(comfy_server, trained):
+    """ComfyUI started as a user starts it on NVIDIA gives the loaders' MODELs a ModelPatcherDynamic;
+    the trainer's copy is a plain patcher, loaded whole, and the training workflow still succeeds."""
+    log = comfy_server.server.log_text()
+    assert "DynamicVRAM support detected and enabled" in log, log[-4000:]
+    assert "ProGRPO: training a ModelPatcher copy of the ModelPatcherDynamic" in log, log[-4000:]
 
 
 def test_comparison_workflow_loads_the_lora_in_the_stock_loader(comfy_server, trained):
