@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from progrpo_core import plots
+from progrpo_core.devices import LONG_NAMES
 from progrpo_core.rewards import WeightedReward, available_rewards, build_reward, reward_help
 from progrpo_core.rewards.weighted import component_names
 from progrpo_core.rewards.weights import WEIGHT_SOURCES
@@ -12,7 +13,7 @@ from . import host
 from .sampling_nodes import CATEGORY, SEED_MAX, SELECTORS
 from .trace import PROMPTS, REWARD, SCORES, RewardHandle, Scores, kept_json, parse_ints, prune, score_images
 
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+DTYPES = ("auto", *LONG_NAMES.values())  # the long names, as saved workflows hold them
 
 
 def reward_choices() -> list[str]:

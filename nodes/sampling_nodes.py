@@ -2,21 +2,12 @@
 from __future__ import annotations
 
 from progrpo_core import ovf
-from progrpo_core.samplers import noise_help, sampler_help
 
 from . import host
 from .trace import GROUP, REWARD, GroupTrace, kept_json, prune_schedule
-from .train_driver import SAMPLER_CHOICES
+from .widgets import CATEGORY, CFG_TIP, NOISE_TIP, SAMPLER_CHOICES, SAMPLER_TIP, SEED_MAX
 
-CATEGORY = "ProGRPO"
-SEED_MAX = 0xFFFFFFFFFFFFFFFF
 SELECTORS = tuple(s for s in ovf.SELECTORS if s != "all")
-
-_SAMPLER_TIP = ("exploration sampler with log-probabilities: auto = flow_sde for flow models (SD3, Flux), ddim for "
-                f"eps/v models (SD1.x, SDXL); {sampler_help()}")
-_NOISE_TIP = f"SDE noise level a (flow samplers) or DDIM eta; -1 = the sampler's default ({noise_help()})"
-_CFG_TIP = ("classifier-free guidance scale in sampling and training (1 = off); 0 = the model's default: 1 for Flux "
-            "(guidance-distilled: use FluxGuidance on the conditioning), 4.5 otherwise")
 
 
 class ExpandedGroupSampler:
@@ -47,10 +38,10 @@ class ExpandedGroupSampler:
                 "group_size": ("INT", {"default": 8, "min": 2, "max": 512,
                                        "tooltip": "G_max: trajectories sampled for the prompt"}),
                 "steps": ("INT", {"default": 10, "min": 2, "max": 1000, "tooltip": "sampling steps T"}),
-                "sampler": (list(SAMPLER_CHOICES), {"default": "auto", "tooltip": _SAMPLER_TIP}),
+                "sampler": (list(SAMPLER_CHOICES), {"default": "auto", "tooltip": SAMPLER_TIP}),
                 "noise_level": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 10.0, "step": 0.01,
-                                          "tooltip": _NOISE_TIP}),
-                "cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": _CFG_TIP}),
+                                          "tooltip": NOISE_TIP}),
+                "cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": CFG_TIP}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX,
                                  "tooltip": "seed of the group's noise (each trajectory gets its own stream)"}),
                 "checkpoints": ("STRING", {"default": "", "tooltip":

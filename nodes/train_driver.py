@@ -13,69 +13,17 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.nn import functional as F
 
-from progrpo_core.config import TrainConfig, build_config
 from progrpo_core import plots
-from progrpo_core.methods import METHODS
 from progrpo_core.rewards import Reward, RewardWrapper
 from progrpo_core.training import EpochRecord
-from progrpo_core.training.state import Words
-from progrpo_core.samplers import SAMPLER_SPECS
 
-SAMPLER_CHOICES = ("auto", *SAMPLER_SPECS)
 TILE_PX = 96
 PREVIEW_PX = (512, 512)   # (height, width) of the trainer node's live preview
 PREVIEW_GAP = 8
 
 
-def build_train_config(*, method: str, epochs: int, prompts_per_epoch: int, steps: int, group_size: int,
-                       checkpoints: str, keep: str, sampler: str, noise_level: float, cfg: float,
-                       learning_rate: float, rank: int, alpha: float, kl_beta: float, seed: int,
-                       reward_spec: str, separate_reward_norm: bool = False, model_name: str = "ComfyUI MODEL",
-                       precision: str = "auto",
-                       sample_micro_batch: int = 0, train_micro_batch: int = 0,
-                       gradient_checkpointing: bool = True, checkpoint_depth: int = 1) -> TrainConfig:
-    """A validated TrainConfig from the trainer node's widgets. ``group_size`` 0 and empty
-    ``checkpoints``/``keep`` take the method's preset; ``noise_level`` < 0 the sampler's default;
-    ``cfg`` 0 the model's default; micro-batches 0 are chosen from the free memory."""
-    if method not in METHODS:
-        raise ValueError(f"method {method!r} unknown; expected one of {', '.join(METHODS)}")
-    table = {
-        "model": {"comfyui": "(inside ComfyUI)", "checkpoint": model_name},
-        "sampler": {"sampler": None if sampler == "auto" else sampler, "steps": int(steps),
-                    "noise_level": None if noise_level < 0 else float(noise_level),
-                    "cfg": float(cfg) if cfg > 0 else None},
-        "schedule": {"group_size": int(group_size) if group_size > 0 else None,
-                     "checkpoints": checkpoints.strip() or None, "keep": keep.strip() or None},
-        "grpo": {"method": method, "prompts_per_epoch": int(prompts_per_epoch), "lr": float(learning_rate),
-                 "kl_beta": float(kl_beta), "separate_reward_norm": bool(separate_reward_norm)},
-        "lora": {"rank": int(rank), "alpha": float(alpha)},
-        "reward": {"name": reward_spec},
-        "run": {"seed": int(seed), "epochs": int(epochs), "eval_every": 0, "save_every": 0, "precision": precision,
-                "sample_micro_batch": int(sample_micro_batch) or None,
-                "train_micro_batch": int(train_micro_batch) or None,
-                "gradient_checkpointing": int(checkpoint_depth) if gradient_checkpointing else 0},
-    }
-    return build_config(table)
-
-
-# the trainer node's widgets (and inputs) by the config setting each one sets (build_train_config)
-SETTING_WIDGETS = {
-    "model.checkpoint": "the MODEL input", "reward.name": "the reward input",
-    "sampler.sampler": "sampler", "sampler.steps": "steps", "sampler.noise_level": "noise_level",
-    "sampler.cfg": "cfg", "schedule.group_size": "group_size", "schedule.checkpoints": "checkpoints",
-    "schedule.keep": "keep", "grpo.method": "method", "grpo.prompts_per_epoch": "prompts_per_epoch",
-    "grpo.lr": "learning_rate", "grpo.kl_beta": "kl_beta", "grpo.separate_reward_norm": "the reward input's "
-    "normalise_separately (Combine Rewards)", "lora.rank": "rank", "lora.alpha": "alpha", "run.seed": "seed",
-    "run.epochs": "epochs", "run.precision": "precision", "run.sample_micro_batch": "sample_micro_batch",
-    "run.train_micro_batch": "train_micro_batch", "run.gradient_checkpointing": "gradient_checkpointing / "
-    "checkpoint_depth",
-}
-
-
-# the loop's messages in the node's words
-NODE_WORDS = Words(settings={**SETTING_WIDGETS, "run.max_bad_updates": "the limit of bad updates in a row",
-                             "run.checkpoint_every": "save_every", "grpo.grad_clip": "gradient clipping"},
-                   resume_how="'resume' on (same run_name)")
+# the config from the widgets, and messages in their words: nodes.widgets
+from .widgets import NODE_WORDS, SETTING_WIDGETS, build_train_config  # noqa: E402,F401  (re-exported)
 
 
 def resume_refusal(e, run_name: str) -> str:

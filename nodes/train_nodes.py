@@ -3,17 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from progrpo_core.devices import PRECISIONS
-from progrpo_core.methods import DEFAULT_METHOD, METHODS, presets_text
-
-from . import host
+from . import host, widgets
 from . import train_driver as training
 from .reward_nodes import check_reward
-
-from .sampling_nodes import _CFG_TIP, _NOISE_TIP, _SAMPLER_TIP, CATEGORY, SEED_MAX
 from .trace import LORA, PROMPTS, REWARD, file_in_folder, save_lora_tensors
-
-_PRESETS = f"presets (checkpoints scale with T): {presets_text()}"
+from .widgets import CATEGORY
 
 
 class PromptList:
@@ -62,93 +56,30 @@ class GRPOLoraTrainer:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {
-            "required": {
+        return widgets.input_types(
+            required={
                 "model": ("MODEL", {"tooltip": "the model to train a LoRA for (SD3.x, Flux, SD1.x, SDXL)"}),
                 "vae": ("VAE", {"tooltip": "the model's VAE (decodes images for the reward)"}),
                 "reward": (REWARD, {"tooltip": "the reward model to maximise"}),
                 "prompts": (PROMPTS, {"tooltip": "training prompts from the ProGRPO Prompt List"}),
                 "latent": ("LATENT", {"tooltip": "an empty latent of the training resolution; only its size is used"}),
-                "method": (list(METHODS), {"default": DEFAULT_METHOD, "tooltip":
-                           "; ".join(f"{p.name}: {p.summary}" for p in METHODS.values())}),
-                "epochs": ("INT", {"default": 10, "min": 1, "max": 100000,
-                                   "tooltip": "sampling rounds (each: sample, score, prune, train)"}),
-                "prompts_per_epoch": ("INT", {"default": 1, "min": 1, "max": 256,
-                                              "tooltip": "B: prompts per epoch, each with a whole group"}),
-                "steps": ("INT", {"default": 10, "min": 2, "max": 1000, "tooltip": "sampling steps T per trajectory"}),
-                "group_size": ("INT", {"default": 0, "min": 0, "max": 512,
-                                       "tooltip": "G_max per prompt; 0 = the method's preset. " + _PRESETS}),
-                "checkpoints": ("STRING", {"default": "", "tooltip":
-                                "prune after this many steps (e.g. '5,7' of T=10), each in 1..T-1; empty = the method's preset"}),
-                "keep": ("STRING", {"default": "", "tooltip":
-                         "survivors after each checkpoint (e.g. '24,12'); empty = the method's preset"}),
-                "sampler": (list(training.SAMPLER_CHOICES), {"default": "auto", "tooltip": _SAMPLER_TIP}),
-                "noise_level": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 10.0, "step": 0.01,
-                                          "tooltip": _NOISE_TIP}),
-                "cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": _CFG_TIP}),
-                "learning_rate": ("FLOAT", {"default": 0.0003, "min": 0.0000001, "max": 1.0, "step": 0.0000001,
-                                            "tooltip": "AdamW learning rate of the LoRA"}),
-                "rank": ("INT", {"default": 8, "min": 1, "max": 512, "tooltip": "LoRA rank"}),
-                "alpha": ("FLOAT", {"default": 16.0, "min": 0.01, "max": 4096.0, "step": 0.01,
-                                    "tooltip": "LoRA alpha (scale = alpha / rank)"}),
-                "targets": (list(host.TARGET_PRESETS), {"default": "attention", "tooltip":
-                            "layers that get a LoRA: attention projections, or every linear layer"}),
-                "kl_beta": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.001, "tooltip":
-                            "weight of the KL penalty to the model without LoRA (0 = off; costs one more forward)"}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": SEED_MAX,
-                                 "tooltip": "seed of the noise, prompt order and LoRA initialisation"}),
-                "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip":
-                                           "recompute activations in backward: less memory, more time "
-                                           "(needed for Flux, whose blocks work in place); depth in checkpoint_depth"}),
-                "run_name": ("STRING", {"default": "progrpo", "tooltip":
-                             "name of the autosave file models/loras/progrpo/autosave/<run_name>.safetensors"}),
-                "resume": ("BOOLEAN", {"default": False, "tooltip":
-                           "continue this run_name's run from its newest checkpoint (its LoRA, optimizer and epoch "
-                           "count); off: a new run, refused if run_name already holds one (see overwrite)"}),
-                "save_every": ("INT", {"default": 1, "min": 0, "max": 100000, "tooltip":
-                               "autosave every N epochs (0 = only at the end or when stopped)"}),
             },
-            "optional": {
-                "precision": (list(PRECISIONS), {"default": "auto", "tooltip":
-                              "the model's compute dtype while training: auto = bf16 on GPUs that have it, else "
-                              "fp16 with loss scaling; fp32 on the CPU. The LoRA, its optimizer and EMA stay fp32"}),
-                "sample_micro_batch": ("INT", {"default": 0, "min": 0, "max": 4096, "tooltip":
-                                       "rows per model call while sampling (a guided row counts two); 0 = chosen "
-                                       "from the free memory by the planner"}),
-                "train_micro_batch": ("INT", {"default": 0, "min": 0, "max": 4096, "tooltip":
-                                      "rows per forward/backward in training (gradients accumulate); 0 = chosen "
-                                      "from the free memory by the planner"}),
-                "checkpoint_depth": ("INT", {"default": 1, "min": 1, "max": 4, "tooltip":
-                                     "gradient checkpointing at this module depth: 1 = the model's blocks (most "
-                                     "memory saved), 2 = their parts"}),
-                "overwrite": ("BOOLEAN", {"default": False, "tooltip":
-                              "start run_name over if it already holds a run (deletes that run's checkpoints); "
-                              "off: such a run_name is refused unless 'resume' is on"}),
+            optional={
                 "clip": ("CLIP", {"tooltip": "the model's text encoder, to encode the prompt list"}),
                 "positive": ("CONDITIONING", {"tooltip": "instead of a CLIP: the conditioning of the (single) prompt"}),
                 "negative": ("CONDITIONING", {"tooltip": "negative conditioning (default: the empty prompt)"}),
-            },
-            "hidden": {"unique_id": "UNIQUE_ID"},
-        }
+            })
 
-    def train(self, model, vae, reward, prompts, latent, method, epochs, prompts_per_epoch, steps, group_size,
-              checkpoints, keep, sampler, noise_level, cfg, learning_rate, rank, alpha, targets, kl_beta, seed,
-              gradient_checkpointing, run_name, resume, save_every, precision="auto", sample_micro_batch=0,
-              train_micro_batch=0, checkpoint_depth=1, overwrite=False, clip=None, positive=None, negative=None,
-              unique_id=None):
+    def train(self, model, vae, reward, prompts, latent, clip=None, positive=None, negative=None, unique_id=None,
+              **values):
         handle = check_reward(reward)
         prompts = training.check_prompts(prompts)
-        config = training.build_train_config(
-            method=method, epochs=epochs, prompts_per_epoch=prompts_per_epoch, steps=steps, group_size=group_size,
-            checkpoints=checkpoints, keep=keep, sampler=sampler, noise_level=noise_level, cfg=cfg,
-            learning_rate=learning_rate, rank=rank, alpha=alpha, kl_beta=kl_beta, seed=seed, reward_spec=handle.spec,
-            separate_reward_norm=handle.separate_norm,
-            model_name=type(getattr(model, "model", model)).__name__, precision=precision,
-            sample_micro_batch=sample_micro_batch, train_micro_batch=train_micro_batch,
-            gradient_checkpointing=gradient_checkpointing, checkpoint_depth=checkpoint_depth)
+        w = widgets.widget_values(values)
+        config = widgets.build_train_config(**w, reward_spec=handle.spec, separate_reward_norm=handle.separate_norm,
+                                            model_name=type(getattr(model, "model", model)).__name__)
         out_model, lora, curves, summary = host.train_lora(
-            model, vae, clip, positive, negative, latent, prompts, config, handle, targets=targets,
-            run_name=run_name, resume=resume, save_every=save_every, node_id=unique_id, overwrite=overwrite)
+            model, vae, clip, positive, negative, latent, prompts, config, handle, targets=w["targets"],
+            run_name=w["run_name"], resume=w["resume"], node_id=unique_id, overwrite=w["overwrite"])
         short, full = summary
         host.show_text(unique_id, short)
         return {"ui": {"text": [short], "details": [full]}, "result": (out_model, lora, curves)}

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Sequence
 
 from . import config as C
+from .methods import METHODS
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML config file (sections: " + ", ".join(C.SECTIONS) + ")")
     p.add_argument("--out", help="run folder (= --run.out)")
-    p.add_argument("--method", help="pro-grpo, pro-grpo-flash, ovf or grpo (= --grpo.method)")
+    p.add_argument("--method", help=f"{', '.join(METHODS)} (= --grpo.method)")
     p.add_argument("--steps", type=int, help="cap on optimizer steps (= --run.max_steps)")
     p.add_argument("--seed", type=int, help="seed (= --run.seed)")
     p.add_argument("--model", dest="model_name", help="built-in model (= --model.name)")
@@ -93,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, terminate)
-    trainer = Trainer(cfg)
+    trainer = Trainer.build(cfg)
     try:
         trainer.run(progress=not args.no_progress, resume=bool(args.resume), overwrite=args.overwrite)
     except TrainingStopped as e:
@@ -124,11 +125,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
             raise ValueError("planning for a GPU needs its memory and speed: --gpu NAME, or --gpu-memory GIB and "
                              "--gpu-tflops T (dense bf16/fp16 TFLOPS)")
         # measured here in the GPU's precision (bf16 unless given), timed by FLOPs
-        cfg.run.device = "cpu"
-        if cfg.run.precision == "auto":
-            cfg.run.precision = "bf16"
+        cfg = cfg.replace(run={"device": "cpu", "precision": "bf16" if cfg.run.precision == "auto" else cfg.run.precision})
         target = Target(args.gpu or f"a {memory:g} GiB GPU", int(0.9 * memory * GiB), float(tflops))
-    trainer = Trainer(cfg, log=lambda s: None)
+    trainer = Trainer.build(cfg, log=lambda s: None, plan=False)
     try:
         plan = trainer.make_plan(target)
     finally:

@@ -15,8 +15,8 @@ from typing import Any, Optional
 
 from . import ovf
 from .grpo import ADV_NORMS
-from .methods import DEFAULT_METHOD, METHODS, PruneSchedule, presets_text
-from .samplers import DEFAULT_SAMPLER, SAMPLER_SPECS, check_sampler, noise_help
+from .methods import DEFAULT_METHOD, METHODS, PruneSchedule, auto_lr_help, presets_text
+from .samplers import DEFAULT_SAMPLER, SAMPLER_SPECS, check_sampler, noise_help, sampler_names
 from .toml_io import load_toml, toml_text  # noqa: F401  (load_toml: the config loader, re-exported)
 
 
@@ -45,7 +45,7 @@ def _check_device_name(label: str, name: str) -> None:
                          f"{', '.join(available_devices())}") from None
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     name: str = _help("built-in model to train: digits-flow, digits-eps (one digit), digits-pair-flow, "
                       "digits-pair-eps (two digits in the prompted order, the harder task)", "digits-flow")
@@ -70,10 +70,10 @@ class ModelConfig:
               f"model.resolution={self.resolution} must be a number of pixels >= 8")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class SamplerConfig:
-    sampler: Optional[str] = _help("exploration sampler: flow_sde, cps, dance_sde (flow) or ddim (eps); "
-                                   "default flow_sde / ddim by model family")
+    sampler: Optional[str] = _help(f"exploration sampler: {sampler_names()}; default "
+                                   f"{DEFAULT_SAMPLER['flow']} / {DEFAULT_SAMPLER['eps']} by model family")
     steps: int = _help("sampling steps T per rollout", 10)
     noise_level: Optional[float] = _help(f"SDE noise level a or DDIM eta (default: {noise_help()})")
     cfg: Optional[float] = _help("classifier-free guidance scale in sampling and training (1 = off; auto: the "
@@ -102,7 +102,7 @@ class SamplerConfig:
         return dataclasses.replace(self, sampler=sampler, noise_level=noise, cfg=cfg)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ScheduleConfig:
     group_size: Optional[int] = _help("G_max: trajectories sampled per prompt")
     checkpoints: Optional[tuple[int, ...]] = _help("pruning steps, each in 1..T-1, increasing (e.g. 5,7)")
@@ -136,12 +136,11 @@ class ScheduleConfig:
         return sched
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class GRPOConfig:
     method: str = _help(f"training method and its default funnel: {presets_text()}", DEFAULT_METHOD)
     prompts_per_epoch: int = _help("B: prompts sampled per epoch (each gets a whole group)", 8)
-    lr: Optional[float] = _help("AdamW learning rate (auto: 3e-4 — Flow-GRPO's LoRA rate — for real models; on the "
-                                "built-in ones 5e-3, or 1e-3 for the methods that train an SDE window)")
+    lr: Optional[float] = _help(f"AdamW learning rate (auto: {auto_lr_help()})")
     weight_decay: float = _help("AdamW weight decay", 1e-4)
     clip_range: float = _help("PPO ratio clip epsilon", 1e-4)
     adv_clip: float = _help("advantages are clipped to +-this", 5.0)
@@ -181,7 +180,7 @@ class GRPOConfig:
         _need(0 <= self.ema_decay < 1, f"grpo.ema_decay={self.ema_decay} must be in [0, 1)")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class LoRAConfig:
     rank: int = _help("LoRA rank", 8)
     alpha: float = _help("LoRA alpha (scale = alpha / rank)", 16.0)
@@ -193,14 +192,14 @@ class LoRAConfig:
         _need(math.isfinite(self.alpha) and self.alpha > 0, f"lora.alpha={self.alpha!r} must be > 0")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class RewardConfig:
     name: str = _help("reward to train on (digit, stroke, pickscore, hpsv2.1, …, or module:callable)", "digit")
     path: Optional[str] = _help("weights file or folder of the reward model")
     gold: Optional[str] = _help("a second reward that is only watched, never trained on (e.g. stroke)")
     device: str = _help("device for the reward model (auto = the generator's device)", "auto")
-    dtype: str = _help("reward model dtype: float32, float16, bfloat16, or auto (float32 on the CPU, "
-                       "bfloat16/float16 on a GPU)", "auto")
+    dtype: str = _help("reward model dtype: fp32, bf16, fp16 (or float32, bfloat16, float16), or auto (fp32 on the "
+                       "CPU, bf16 on a GPU that has it, else fp16)", "auto")
     offload: Optional[bool] = _help("keep the reward model on the CPU between scorings, so sampling and training "
                                     "have the GPU's memory (auto: when the planner finds memory short)")
 
@@ -210,12 +209,13 @@ class RewardConfig:
             if n is not None and n not in available_rewards() and ":" not in n and "," not in n and "=" not in n:
                 raise ValueError(f"{label}={n!r} is not a known reward; expected one of "
                                  f"{', '.join(available_rewards())}, or 'package.module:callable'")
-        _need(self.dtype in ("auto", "float32", "float16", "bfloat16"),
-              f"reward.dtype={self.dtype!r}; expected auto, float32, float16 or bfloat16")
+        from .devices import DTYPE_ALIASES, DTYPES
+        _need(self.dtype == "auto" or self.dtype in DTYPES or self.dtype in DTYPE_ALIASES,
+              f"reward.dtype={self.dtype!r}; expected auto, {', '.join(DTYPES)} (or {', '.join(DTYPE_ALIASES)})")
         _check_device_name("reward.device", self.device)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     out: Optional[str] = _help("run folder (LoRA, metrics.jsonl, summary.json, plots); default: a new "
                                "runs/<date>-<time>-<method>, and runs/latest points at it")
@@ -270,7 +270,7 @@ class RunConfig:
         _need(self.max_bad_updates >= 0, f"run.max_bad_updates={self.max_bad_updates} must be >= 0 (0 = never stop)")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
@@ -281,15 +281,30 @@ class TrainConfig:
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
     def __post_init__(self):
-        # Validate the schedule against the step count up front, not at the first checkpoint.
+        # The schedule checked against the step count up front, not at the first checkpoint: for the
+        # built-in model's family, or for flow models when the model is only known once loaded.
         self.prune_schedule()
 
-    def prune_schedule(self, family: str = "flow") -> PruneSchedule:
-        return self.schedule.resolved(self.grpo.method, self.sampler.steps, family)
+    @property
+    def known_family(self) -> str | None:
+        """The model family when the config alone says it (the built-in models), else None."""
+        if self.model.comfyui is not None or self.model.path is not None:
+            return None
+        return "flow" if self.model.name.endswith("flow") else "eps"
+
+    def prune_schedule(self, family: str | None = None) -> PruneSchedule:
+        """The method's funnel for a ``family`` model (default: the one the config knows, else
+        flow), with this config's overrides."""
+        return self.schedule.resolved(self.grpo.method, self.sampler.steps, family or self.known_family or "flow")
 
     def to_dict(self) -> dict:
         return {s.name: {k: v for k, v in dataclasses.asdict(getattr(self, s.name)).items() if v is not None}
                 for s in dataclasses.fields(self)}
+
+    def replace(self, **sections: dict[str, Any]) -> "TrainConfig":
+        """A new validated config with ``sections``' settings on top (``cfg.replace(run={"out": d})``):
+        a config is never changed once built."""
+        return build_config(merge(self.to_dict(), sections))
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "sampler": SamplerConfig, "schedule": ScheduleConfig, "grpo": GRPOConfig,

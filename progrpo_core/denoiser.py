@@ -68,6 +68,19 @@ class Denoiser(Protocol):
         """A short hash of the base weights, written into LoRA headers."""
 
 
+def cfg_rows(cfg: float) -> int:
+    """Network rows one latent row costs at guidance scale ``cfg``: a guided row (cfg ≠ 1) runs the
+    model twice, conditioned and unconditioned."""
+    return 1 if cfg == 1.0 else 2
+
+
+def call_slices(n: int, micro_batch: int | None, cfg: float = 1.0) -> list[slice]:
+    """``n`` rows cut into consecutive model calls of at most ``micro_batch`` network rows each (a
+    guided row counts two); one call for all of them when ``micro_batch`` is None."""
+    per = max(1, n if not micro_batch else micro_batch // cfg_rows(cfg))
+    return [slice(lo, min(lo + per, n)) for lo in range(0, n, per)]
+
+
 def alpha_bar(sigma: torch.Tensor) -> torch.Tensor:
     """ᾱ for a VP sigma: ``1/(1+σ²)``."""
     return 1.0 / (1.0 + sigma.double() ** 2)

@@ -16,8 +16,32 @@ import dataclasses
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# The one dtype vocabulary: the short names are canonical (what a run records); the long names and
+# ``half`` are accepted everywhere a dtype is named (the reward nodes offer the long ones).
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
+LONG_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+PRECISIONS = ("auto", *DTYPES)
+
+
+def dtype_name(dtype: str | torch.dtype) -> str:
+    """The canonical short name (``fp32``, ``bf16``, ``fp16``) of a dtype or any of its names."""
+    if isinstance(dtype, torch.dtype):
+        for k, v in DTYPES.items():
+            if v == dtype:
+                return k
+        raise ValueError(f"dtype {dtype} is not supported; use float32, bfloat16 or float16")
+    name = str(dtype).strip().lower()
+    name = DTYPE_ALIASES.get(name, name)
+    if name not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} unknown; expected one of {', '.join(DTYPES)} "
+                         f"(or {', '.join(DTYPE_ALIASES)})")
+    return name
+
+
+def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A dtype or any of its names as a torch dtype."""
+    return DTYPES[dtype_name(dtype)]
 
 
 def available_devices() -> list[str]:
@@ -78,12 +102,12 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def auto_reward_dtype(device: str | torch.device) -> str:
-    """The reward model's dtype for ``reward.dtype auto``: float32 on the CPU, bfloat16 on a GPU that
-    computes it natively, else float16."""
+    """The reward model's dtype for ``reward.dtype auto``: fp32 on the CPU, bf16 on a GPU that
+    computes it natively, else fp16."""
     device = torch.device(device)
     if device.type != "cuda":
-        return "float32"
-    return "bfloat16" if bf16_supported(device) else "float16"
+        return "fp32"
+    return "bf16" if bf16_supported(device) else "fp16"
 
 
 def resolve_precision(name: str, device: torch.device) -> Precision:
@@ -99,10 +123,6 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
         raise ValueError(f"run.precision=bf16, but {device} has no bfloat16 support; use fp16 (trained with loss "
                          "scaling) or fp32")
     return Precision(name, DTYPES[name], grad_scaler=name == "fp16")
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype).replace("torch.", ""))
 
 
 def memory_info(device: torch.device) -> tuple[int, int]:

@@ -24,7 +24,7 @@ import torch
 
 from . import ovf
 from .compute import Compute
-from .denoiser import Denoiser, noise_to_start
+from .denoiser import Denoiser, call_slices, cfg_rows, noise_to_start
 from .methods import PruneSchedule
 from .samplers import check_sampler, step_from_x0
 
@@ -75,27 +75,23 @@ def denoise_rows(model: Denoiser, x: torch.Tensor, sigma: torch.Tensor, cond: An
                  micro_batch: int | None, compute: Compute | None = None) -> torch.Tensor:
     """``model.denoise`` of the rows of ``x`` (A, C, H, W) at ``sigma`` (A,), at most
     ``micro_batch`` network rows per call (a guided row counts two). Float32 x0, (A, C, H, W)."""
-    mult = 1 if cfg == 1.0 else 2
-    per = len(x) if not micro_batch else max(1, micro_batch // mult)
+    calls = call_slices(len(x), micro_batch, cfg)
     outs = []
-    for lo in range(0, len(x), per):
-        idx = torch.arange(lo, min(lo + per, len(x)))
-        c = cond if per >= len(x) else model.select_cond(cond, idx)
-        outs.append(model.denoise(x[lo:lo + per], sigma[lo:lo + per], c, cfg).float())
+    for sl in calls:
+        c = cond if len(calls) == 1 else model.select_cond(cond, torch.arange(sl.start, sl.stop))
+        outs.append(model.denoise(x[sl], sigma[sl], c, cfg).float())
         if compute is not None:
-            compute.model_calls += mult
+            compute.model_calls += cfg_rows(cfg)
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
 def score_images_of(model: Denoiser, x0: torch.Tensor, prompts: Sequence[str], score_fn: ScoreFn,
                     micro_batch: int | None) -> torch.Tensor:
     """Decode ``x0`` (A, C, H, W) and score the images, ``micro_batch`` at a time → (A,) float32 on the CPU."""
-    per = len(x0) if not micro_batch else micro_batch
     out = []
     with torch.no_grad():
-        for lo in range(0, len(x0), per):
-            images = model.decode(x0[lo:lo + per])
-            out.append(score_fn(images, list(prompts[lo:lo + per])).float().cpu())
+        for sl in call_slices(len(x0), micro_batch):
+            out.append(score_fn(model.decode(x0[sl]), list(prompts[sl])).float().cpu())
     return torch.cat(out)
 
 
@@ -134,7 +130,7 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
     hist_logp: list[torch.Tensor] = []
     checkpoints: list[dict] = []
     keep_after = {c - 1: k for c, k in zip(schedule.checkpoints, schedule.keep)}  # step index → K
-    mult = 1 if cfg == 1.0 else 2
+    mult = cfg_rows(cfg)
 
     for i in range(T):
         a = x.shape[0]

@@ -63,11 +63,6 @@ def clipped_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, adv: torch.
     return loss, stats
 
 
-# samplers whose Flow-GRPO-style KL divides by the SDE's diffusion coefficient (std²/|dt|), not by
-# the transition's variance std²
-PER_UNIT_TIME_KL = ("flow_sde", "dance_sde")
-
-
 def kl_to_reference(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor,
                     dt: torch.Tensor | float | None = None) -> torch.Tensor:
     """KL between the policy and reference Gaussian transitions of equal std, per row (N,):

@@ -244,6 +244,12 @@ def auto_lr(method: str, builtin: bool) -> float:
     return BUILTIN_WINDOW_LR if METHODS[method].sde_window else BUILTIN_LR
 
 
+def auto_lr_help() -> str:
+    """What ``grpo.lr = auto`` means, for help texts and tooltips."""
+    return (f"{MODEL_LR:g} (Flow-GRPO's LoRA rate) for real models; on the built-in ones {BUILTIN_LR:g}, or "
+            f"{BUILTIN_WINDOW_LR:g} for the methods that train an SDE window")
+
+
 def method_names() -> tuple[str, ...]:
     return tuple(METHODS)
 

@@ -2,32 +2,53 @@
 
 A model source is a callable returning a :class:`~progrpo_core.denoiser.Denoiser`. The built-in
 digits models need nothing else. A real checkpoint (``--model.comfyui CHECKOUT --model.checkpoint
-FILE``) is loaded by a *host loader* named ``"module:function"`` in ``model.loader``; by default
-that is the pack's own ComfyUI adapter, ``nodes/host/headless.py:load_comfy_denoiser``, which is
-imported from the pack folder as a plug-in (under a private package name, so it never collides
-with ComfyUI's own ``nodes`` module). The core itself imports neither ComfyUI nor ``nodes``.
+FILE``) is loaded by a *model loader*: ``model.loader`` names one as ``"package.module:function"``;
+by default it is the loader registered under the name ``comfyui`` — by a plug-in, in the
+entry-point group ``progrpo_core.model_loaders`` (the node pack registers its ComfyUI adapter there,
+``pyproject.toml``), or in this process with :func:`register_loader`. The core itself imports
+neither ComfyUI nor the node pack, and names no module of either.
 """
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable
 
 from .config import TrainConfig
 from .denoiser import Denoiser
 
-PACK_ROOT = Path(__file__).resolve().parents[1]
-COMFYUI_LOADER = "nodes.host.headless:load_comfy_denoiser"  # relative to the pack folder
-_PLUGIN_PACKAGE = "progrpo_pack_nodes"
+LOADER_GROUP = "progrpo_core.model_loaders"
+_LOADERS: dict[str, Callable[..., Denoiser]] = {}
+
+
+def register_loader(name: str, loader: Callable[..., Denoiser]) -> None:
+    """Make ``loader(comfyui, checkpoint, device=, resolution=, clip=, clip_type=, vae=)`` the model
+    loader called ``name`` in this process (``comfyui`` is the default one)."""
+    _LOADERS[name] = loader
+
+
+def model_loader(name: str = "comfyui") -> Callable[..., Denoiser]:
+    """The model loader registered as ``name``: in this process, else by a plug-in's entry point."""
+    if name in _LOADERS:
+        return _LOADERS[name]
+    found = [ep for ep in entry_points(group=LOADER_GROUP) if ep.name == name]
+    if not found:
+        raise ValueError(f"no model loader called {name!r} is registered (entry-point group {LOADER_GROUP}). The node "
+                         "pack registers 'comfyui' when it is installed: run `python -m pip install -e .` in its folder "
+                         "with the python that has ComfyUI's requirements, or name a loader with --model.loader "
+                         "package.module:function")
+    try:
+        return found[0].load()
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"the model loader {name!r} ({found[0].value}) cannot be imported: {e}") from e
 
 
 def load_model(cfg: TrainConfig, device) -> Denoiser:
     """The denoiser ``cfg.model`` names, on ``device``."""
     m = cfg.model
     if m.comfyui:
-        loader = resolve_loader(m.loader or COMFYUI_LOADER)
+        loader = resolve_loader(m.loader) if m.loader else model_loader("comfyui")
         return loader(m.comfyui, m.checkpoint, device=str(device), resolution=m.resolution, clip=m.clip,
                       clip_type=m.clip_type, vae=m.vae)
     from .embedded import load_digits_model
@@ -38,38 +59,18 @@ def load_model(cfg: TrainConfig, device) -> Denoiser:
 
 
 def resolve_loader(spec: str) -> Callable[..., Any]:
-    """The callable a ``"module:function"`` spec names. ``nodes.…`` specs are the pack's own host
-    adapter, imported from the pack folder."""
+    """The callable a ``"package.module:function"`` spec names."""
     module, _, attr = spec.partition(":")
     if not module or not attr:
         raise ValueError(f"model.loader={spec!r} must be 'package.module:function'")
     try:
-        mod = _import_pack_nodes(module) if module.split(".")[0] == "nodes" else importlib.import_module(module)
-        fn = getattr(mod, attr)
+        fn = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"model.loader={spec!r}: cannot import it ({e}). Run from the pack's folder with a python "
-                         "that has ComfyUI's requirements, or name your own loader as 'package.module:function'") from e
+        raise ValueError(f"model.loader={spec!r}: cannot import it ({e}); name an importable "
+                         "'package.module:function'") from e
     if not callable(fn):
         raise ValueError(f"model.loader={spec!r} is not callable")
     return fn
-
-
-def _import_pack_nodes(module: str):
-    """``nodes.<sub>`` of this pack, imported as ``progrpo_pack_nodes.<sub>``."""
-    if _PLUGIN_PACKAGE not in sys.modules:
-        init = PACK_ROOT / "nodes" / "__init__.py"
-        if not init.is_file():
-            raise ImportError(f"the pack's host adapter is not beside the core (no {init})")
-        spec = importlib.util.spec_from_file_location(_PLUGIN_PACKAGE, init,
-                                                      submodule_search_locations=[str(init.parent)])
-        package = importlib.util.module_from_spec(spec)
-        sys.modules[_PLUGIN_PACKAGE] = package
-        try:
-            spec.loader.exec_module(package)
-        except BaseException:
-            del sys.modules[_PLUGIN_PACKAGE]
-            raise
-    return importlib.import_module(_PLUGIN_PACKAGE + module[len("nodes"):])
 
 
 def load_prompts(path: str | None, model: Denoiser) -> list[str]:

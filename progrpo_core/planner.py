@@ -27,6 +27,7 @@ import torch
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .denoiser import cfg_rows
 from .memory import measure
 
 GiB = 1024**3
@@ -140,7 +141,7 @@ def measure_costs(model, adapter, reward, sampler, device: torch.device, precisi
     """Probe the model, the LoRA and the reward with 1 and 2 rows per phase (see the module
     docstring). ``timed=False`` measures memory and FLOPs only (planning for another device)."""
     device = torch.device(device)
-    mult = 1 if sampler.cfg == 1.0 else 2
+    mult = cfg_rows(sampler.cfg)
     lora = adapter.parameters()
     phases = _phase_calls(model, adapter, reward, sampler, device, prompt)
     mem, sec, flops, ops = {}, {}, {}, {}

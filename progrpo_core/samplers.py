@@ -160,28 +160,40 @@ def ddim_step(x: torch.Tensor, eps: torch.Tensor, alpha_bar, alpha_bar_prev, eta
 @dataclasses.dataclass(frozen=True)
 class SamplerSpec:
     """One exploration sampler: the model families it fits, its default noise level (the SDE's
-    ``a``/``η`` or DDIM's ``η``) and its step function (``None`` for ``ode``, the deterministic
-    step of either family)."""
+    ``a``/``η`` or DDIM's ``η``) and its step function in its family's own terms — for flow models
+    ``step(x, v, σ, σ_next, noise, prev_sample, generator, noise_tensor)`` with the velocity ``v``,
+    for ε models ``step(x, ε, ᾱ, ᾱ_next, noise, …)`` — or ``None`` for ``ode``, the deterministic
+    step of either family. ``kl_per_unit_time``: its Flow-GRPO-style KL divides by the SDE's noise
+    coefficient (``std²/|dt|``), not by the transition's variance (docs/METHOD.md §6).
+
+    A new sampler is a step function and a row in :data:`SAMPLER_SPECS`: the config, the nodes'
+    choices, their tooltips and the README's table follow from the table."""
 
     name: str
     families: tuple[str, ...]
     default_noise: float
     step: Callable[..., StepOut] | None
     summary: str
+    kl_per_unit_time: bool = False
 
 
 SAMPLER_SPECS: dict[str, SamplerSpec] = {s.name: s for s in (
-    SamplerSpec("flow_sde", ("flow",), 0.7, flow_sde_step, "Flow-GRPO's SDE"),
+    SamplerSpec("flow_sde", ("flow",), 0.7, flow_sde_step, "Flow-GRPO's SDE", kl_per_unit_time=True),
     SamplerSpec("cps", ("flow",), 0.7, cps_step, "coefficients-preserving sampling (Flow-GRPO's log-prob -(x-mean)^2)"),
     SamplerSpec("cps_gaussian", ("flow",), 0.7, cps_gaussian_step,
                 "coefficients-preserving sampling with the full Gaussian log-density"),
-    SamplerSpec("dance_sde", ("flow",), 0.3, dance_sde_step, "DanceGRPO's flow SDE with constant eta"),
+    SamplerSpec("dance_sde", ("flow",), 0.3, dance_sde_step, "DanceGRPO's flow SDE with constant eta",
+                kl_per_unit_time=True),
     SamplerSpec("ddim", ("eps",), 1.0, ddim_step, "DDIM with eta (DDPO, DanceGRPO)"),
     SamplerSpec("ode", ("flow", "eps"), 0.0, None, "deterministic: Euler (flow) or DDIM eta = 0 (eps)"),
 )}
 DEFAULT_SAMPLER = {"flow": "flow_sde", "eps": "ddim"}
-SAMPLERS = {fam: tuple(n for n, s in SAMPLER_SPECS.items() if fam in s.families) for fam in DEFAULT_SAMPLER}
-FLOW_SAMPLERS, EPS_SAMPLERS = SAMPLERS["flow"], SAMPLERS["eps"]
+ODE_STEPS = {"flow": flow_sde_step, "eps": ddim_step}  # ``ode``: the family's step at noise 0
+
+
+def samplers_for(family: str) -> tuple[str, ...]:
+    """The samplers that fit a ``family`` model."""
+    return tuple(n for n, s in SAMPLER_SPECS.items() if family in s.families)
 
 
 def sampler_help() -> str:
@@ -197,18 +209,23 @@ def samplers_markdown() -> str:
     return "\n".join(rows)
 
 
+def sampler_names() -> str:
+    """Every sampler and the families it fits, in a few words: ``"flow_sde, cps (flow), ddim (eps), …"``."""
+    return ", ".join(f"{n} ({'/'.join(s.families)})" for n, s in SAMPLER_SPECS.items())
+
+
 def noise_help() -> str:
     """Every sampler's default noise level, for help texts and tooltips."""
     return ", ".join(f"{n} {s.default_noise:g}" for n, s in SAMPLER_SPECS.items() if n != "ode")
 
 
 def check_sampler(family: str, sampler: str) -> None:
-    if family not in SAMPLERS:
+    if family not in DEFAULT_SAMPLER:
         raise ValueError(f"model family {family!r} is not supported; expected 'flow' or 'eps'")
-    if sampler not in SAMPLERS[family]:
+    if sampler not in samplers_for(family):
         raise ValueError(
             f"sampler {sampler!r} does not fit a {family!r} model; expected one of "
-            f"{', '.join(SAMPLERS[family])}")
+            f"{', '.join(samplers_for(family))}")
 
 
 def step_from_x0(family: str, sampler: str, x: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor,
@@ -217,15 +234,13 @@ def step_from_x0(family: str, sampler: str, x: torch.Tensor, x0: torch.Tensor, s
     """Take (or re-score) one step given the model's x0 estimate. ``sampler="ode"`` is the
     deterministic Euler (flow) / DDIM η=0 (eps) step used for evaluation. ``noise`` (standard
     normal, shaped like ``x``) is used instead of drawing from ``generator``."""
+    spec = SAMPLER_SPECS[sampler]
+    step, level = (ODE_STEPS[family], 0.0) if spec.step is None else (spec.step, noise_level)
     if family == "flow":
-        v = velocity(x.float(), x0.float(), sigma)
-        if sampler == "ode":
-            return flow_sde_step(x, v, sigma, sigma_next, 0.0, prev_sample, generator, noise)
-        return SAMPLER_SPECS[sampler].step(x, v, sigma, sigma_next, noise_level, prev_sample, generator, noise)
+        return step(x, velocity(x.float(), x0.float(), sigma), sigma, sigma_next, level, prev_sample, generator, noise)
     eps = epsilon(x.float(), x0.float(), sigma)
-    eta = 0.0 if sampler == "ode" else noise_level
-    return ddim_step(x, eps, alpha_bar(torch.as_tensor(sigma)).float(),
-                     alpha_bar(torch.as_tensor(sigma_next)).float(), eta, prev_sample, generator, noise)
+    return step(x, eps, alpha_bar(torch.as_tensor(sigma)).float(), alpha_bar(torch.as_tensor(sigma_next)).float(),
+                level, prev_sample, generator, noise)
 
 
 def sample_ode(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,

@@ -23,9 +23,10 @@ import torch
 from safetensors.torch import load_file
 
 from progrpo_core import checkpoint as ckpt
-from progrpo_core import config as C
 from progrpo_core import distributed
 from progrpo_core.training import Trainer
+
+from helpers import config_with, metrics_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"grpo": {"method": "pro-grpo", "prompts_per_epoch": 4, "adv_norm": "batch",
@@ -39,13 +40,10 @@ RTOL, ATOL = 1e-4, 1e-6  # float32 sums in a different order (smaller batches pe
 
 
 def make_cfg(out, **run):
-    table = {k: dict(v) for k, v in SETTINGS.items()}
-    table["run"].update(out=str(out), **run)
-    return C.build_config(table)
+    return config_with(SETTINGS, out, **run)
 
 
-def rows(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+rows = metrics_rows
 
 
 def compare(a, b, path="row"):
@@ -73,7 +71,7 @@ def runs(tmp_path_factory):
            "-m", "progrpo_core", "train", "--out", str(two), "--no-progress", *flags]
     p = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    Trainer(make_cfg(one), log=lambda s: None).run(progress=False)  # meanwhile, one process
+    Trainer.build(make_cfg(one), log=lambda s: None).run(progress=False)  # meanwhile, one process
     out, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
     return one, two, out
@@ -96,7 +94,7 @@ def test_two_processes_train_like_one(runs):
         ckpt.checkpoint_path(d, 1))["optimizer"]["state"].items())]) for d in (one, two))
     grad_diff = float((m1 - m2).norm() / m1.norm())
     a, b = load_file(one / "lora.safetensors"), load_file(two / "lora.safetensors")
-    init = Trainer(make_cfg(one / "init"), log=lambda s: None).adapter.comfy_state_dict()
+    init = Trainer.build(make_cfg(one / "init"), log=lambda s: None).adapter.comfy_state_dict()
     lora_diff = max(float((a[k] - b[k]).abs().max()) for k in a)
     moved = max(float((a[k] - init[k]).abs().max()) for k in a)
     print(f"max |metric diff| {metrics_diff:.3g}, first gradient relative diff {grad_diff:.3g}, "
@@ -113,7 +111,7 @@ def test_a_two_process_checkpoint_resumes_on_one_process(runs, tmp_path):
         if epoch > 1:
             path.unlink()
     assert ckpt.load_latest(run)[1]["world_size"] == 2
-    Trainer(make_cfg(run), log=lambda s: None).run(progress=False, resume=True)
+    Trainer.build(make_cfg(run), log=lambda s: None).run(progress=False, resume=True)
     compare(rows(two), rows(run))
     a, b = load_file(two / "lora.safetensors"), load_file(run / "lora.safetensors")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 5e-4
@@ -153,7 +151,7 @@ def test_the_global_batch_must_split_evenly(tmp_path, monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "0")
     with pytest.raises(ValueError, match=r"grpo.prompts_per_epoch=4 is the global batch and must be divisible by "
                                          r"the 3 processes \(WORLD_SIZE\); use 3 or 6 prompts, or 1, 2, 4 processes"):
-        Trainer(make_cfg(tmp_path), log=lambda s: None)
+        Trainer.build(make_cfg(tmp_path), log=lambda s: None)
 
 
 @pytest.mark.parametrize("env,match", [

@@ -82,19 +82,19 @@ def test_group_sampler_prunes_on_the_gpu(gpu, tmp_path):
     """Expand-and-prune sampling with proxy scoring on the GPU, deterministic for a seed. The
     emulated GPU draws its noise from CPU generators, so there the trajectories and pruning
     decisions are the CPU's exactly; a real GPU's random stream differs, so it is compared with itself."""
-    t = Trainer(table(tmp_path / "gpu", gpu), log=lambda s: None)
+    t = Trainer.build(table(tmp_path / "gpu", gpu), log=lambda s: None)
     t.ensure_plan()
     b = t.sample_epoch(0)
     assert b.rollout.latents.device.type == "cuda"
     assert len(b.stats.proxy) == 2  # pruned at both checkpoints
-    a = t.sample_epoch(0) if REAL_GPU else Trainer(table(tmp_path / "cpu", "cpu"), log=lambda s: None).sample_epoch(0)
+    a = t.sample_epoch(0) if REAL_GPU else Trainer.build(table(tmp_path / "cpu", "cpu"), log=lambda s: None).sample_epoch(0)
     assert [p["kept"] for p in b.stats.proxy] == [p["kept"] for p in a.stats.proxy]
     same(b.rollout.latents, a.rollout.latents, "trajectories")
     same(b.advantages, a.advantages, "advantages")
 
 
 def test_the_planner_probes_the_gpu(gpu, tmp_path):
-    t = Trainer(table(tmp_path / "run", gpu), log=lambda s: None)
+    t = Trainer.build(table(tmp_path / "run", gpu), log=lambda s: None)
     plan = t.ensure_plan()
     assert plan.fits and plan.target.startswith("cuda")
     assert min(plan.sample_micro_batch, plan.train_micro_batch, plan.decode_micro_batch) >= 1
@@ -106,7 +106,7 @@ def test_the_planner_probes_the_gpu(gpu, tmp_path):
 def test_one_training_update_in_half_precision(gpu, tmp_path, precision):
     """The model computes in bf16/fp16 on the GPU (fp16 with loss scaling); the LoRA, its
     gradients and Adam's moments stay float32 on the GPU, and an update changes the LoRA."""
-    t = Trainer(table(tmp_path / "run", gpu, run={"precision": precision}), log=lambda s: None)
+    t = Trainer.build(table(tmp_path / "run", gpu, run={"precision": precision}), log=lambda s: None)
     assert (t.scaler is not None) == (precision == "fp16")
     before = lora_of(t)
     record = next(t.epochs())
@@ -135,7 +135,7 @@ def test_fp16_skips_minibatches_whose_losses_are_all_non_finite(gpu, tmp_path, m
         return (loss * float("nan"), stats) if poisoned["on"] else (loss, stats)
 
     monkeypatch.setattr(grpo, "clipped_loss", clipped_loss)
-    t = Trainer(table(tmp_path / "run", gpu, run={"precision": "fp16", "epochs": 3, "max_bad_updates": 0}),
+    t = Trainer.build(table(tmp_path / "run", gpu, run={"precision": "fp16", "epochs": 3, "max_bad_updates": 0}),
                 log=lambda s: None)
     with pytest.warns(RuntimeWarning, match="update skipped"):
         loop = t.epochs()
@@ -151,8 +151,8 @@ def test_fp16_skips_minibatches_whose_losses_are_all_non_finite(gpu, tmp_path, m
 
 
 def test_evaluation_on_the_gpu_matches_the_cpu(gpu, tmp_path):
-    cpu = Trainer(table(tmp_path / "cpu", "cpu"), log=lambda s: None)
-    t = Trainer(table(tmp_path / "gpu", gpu), log=lambda s: None)
+    cpu = Trainer.build(table(tmp_path / "cpu", "cpu"), log=lambda s: None)
+    t = Trainer.build(table(tmp_path / "gpu", gpu), log=lambda s: None)
     a, b = cpu.evaluate(), t.evaluate()
     assert b["latents"].device.type == "cuda"
     same(b["latents"], a["latents"], "eval latents")
@@ -174,15 +174,15 @@ def test_checkpoints_hold_cpu_tensors_and_resume_on_the_gpu(gpu, tmp_path):
             for v in obj:
                 yield from tensors(v)
 
-    whole = Trainer(table(tmp_path / "whole", gpu, run={"epochs": 3, "checkpoint_every": 1}), log=lambda s: None)
+    whole = Trainer.build(table(tmp_path / "whole", gpu, run={"epochs": 3, "checkpoint_every": 1}), log=lambda s: None)
     whole.run(progress=False)
-    first = Trainer(table(tmp_path / "parts", gpu, run={"epochs": 2, "checkpoint_every": 1}), log=lambda s: None)
+    first = Trainer.build(table(tmp_path / "parts", gpu, run={"epochs": 2, "checkpoint_every": 1}), log=lambda s: None)
     first.run(progress=False)
     first.close()
     (_, path), *_ = list_checkpoints(tmp_path / "parts")[-1:]
     snap = load_checkpoint(path)
     assert all(t.device.type == "cpu" for t in tensors(snap))
-    rest = Trainer(table(tmp_path / "parts", gpu, run={"epochs": 3, "checkpoint_every": 1}), log=lambda s: None)
+    rest = Trainer.build(table(tmp_path / "parts", gpu, run={"epochs": 3, "checkpoint_every": 1}), log=lambda s: None)
     rest.run(progress=False, resume=True)
     for k, v in lora_of(whole).items():
         same(lora_of(rest)[k], v, f"resumed LoRA {k}")
@@ -201,7 +201,7 @@ def test_the_command_line_trains_on_the_gpu(gpu, tmp_path):
 
 def test_the_reward_model_offloaded_between_scorings(gpu, tmp_path):
     """``reward.offload``: the classifier waits on the CPU and scores on the GPU."""
-    t = Trainer(table(tmp_path / "run", gpu, reward={"offload": True}), log=lambda s: None)
+    t = Trainer.build(table(tmp_path / "run", gpu, reward={"offload": True}), log=lambda s: None)
     t.ensure_plan()
     assert type(t.reward).__name__ == "OffloadedReward"
     batch = t.sample_epoch(0)
@@ -219,12 +219,12 @@ def test_auto_precision_is_fp16_where_bf16_is_only_emulated():
     with FakeCuda(bf16=False, capability=(7, 5)):
         assert torch.cuda.is_bf16_supported()  # what PyTorch answers by default
         assert resolve_precision("auto", torch.device("cuda")).name == "fp16"
-        assert auto_reward_dtype("cuda") == "float16"
+        assert auto_reward_dtype("cuda") == "fp16"
         with pytest.raises(ValueError, match="no bfloat16 support"):
             resolve_precision("bf16", torch.device("cuda"))
     with FakeCuda(capability=(8, 6)):
         assert resolve_precision("auto", torch.device("cuda")).name == "bf16"
-        assert auto_reward_dtype("cuda:0") == "bfloat16"
+        assert auto_reward_dtype("cuda:0") == "bf16"
 
 
 def test_checkpoints_ask_only_the_run_device_for_its_random_state(tmp_path, monkeypatch):
@@ -237,7 +237,7 @@ def test_checkpoints_ask_only_the_run_device_for_its_random_state(tmp_path, monk
             raise AssertionError("get_rng_state_all() makes a CUDA context on every GPU")
 
         monkeypatch.setattr(torch.cuda, "get_rng_state_all", every_gpu)
-        t = Trainer(table(tmp_path / "run", "cuda", run={"epochs": 1, "checkpoint_every": 1}), log=lambda s: None)
+        t = Trainer.build(table(tmp_path / "run", "cuda", run={"epochs": 1, "checkpoint_every": 1}), log=lambda s: None)
         t.run(progress=False)
         snap = ckpt.load_checkpoint(ckpt.list_checkpoints(tmp_path / "run")[-1][1])
         assert snap["rng"]["cuda_device"].dtype == torch.uint8
@@ -261,7 +261,7 @@ def test_a_named_gpu_plan_costs_at_least_its_kernel_launches(tmp_path):
     a launch from the CPU, which the plan for a named GPU counts."""
     from progrpo_core.planner import GPUS, LAUNCH_S, Target
 
-    t = Trainer(table(tmp_path / "run", "cpu", run={"precision": "bf16"}), log=lambda s: None)
+    t = Trainer.build(table(tmp_path / "run", "cpu", run={"precision": "bf16"}), log=lambda s: None)
     memory, tflops = GPUS["h100"]
     plan = t.make_plan(Target("h100", int(memory * 2**30), tflops))
     assert plan.costs.ops["sample"] > 10
@@ -311,4 +311,4 @@ def test_a_model_loaded_on_another_device_than_the_run_names_is_refused(tmp_path
     cfg = table(tmp_path / "run", "cuda:1", model={"comfyui": str(tmp_path), "checkpoint": "x.safetensors",
                                                    "loader": "stray_loader:load"})
     with FakeCuda(devices=2), pytest.raises(ValueError, match="cuda:0.*run.device=cuda:1"):
-        Trainer(cfg, log=lambda s: None)
+        Trainer.build(cfg, log=lambda s: None)

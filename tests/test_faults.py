@@ -55,8 +55,8 @@ class NaNReward(Reward):
 @pytest.mark.parametrize("where,rows", [("final", B * K), ("proxy", B * G)])
 def test_a_nan_reward_skips_that_epochs_update_and_is_counted(tmp_path, where, rows):
     holder = {}
-    reward = NaNReward(lambda n: holder["t"].epoch == 2 and n == rows)
-    t = holder["t"] = Trainer(make_cfg(tmp_path / "run"), reward=reward, log=lambda s: None)
+    reward = NaNReward(lambda n: "t" in holder and holder["t"].epoch == 2 and n == rows)
+    t = holder["t"] = Trainer.build(make_cfg(tmp_path / "run"), reward=reward, log=lambda s: None)
     with pytest.warns(RuntimeWarning, match="epoch 2: 1 reward.s. are NaN or infinite; update skipped"):
         summary = t.run(progress=False)
     r = strict_rows(tmp_path / "run")
@@ -71,7 +71,7 @@ def test_a_nan_reward_skips_that_epochs_update_and_is_counted(tmp_path, where, r
 def test_a_non_finite_loss_skips_the_update_and_is_counted(tmp_path, monkeypatch):
     from progrpo_core.training import update as T
 
-    t = Trainer(make_cfg(tmp_path / "run"), log=lambda s: None)
+    t = Trainer.build(make_cfg(tmp_path / "run"), log=lambda s: None)
     real = T.grpo.clipped_loss
 
     def loss(*a, **k):
@@ -90,8 +90,8 @@ def test_a_non_finite_loss_skips_the_update_and_is_counted(tmp_path, monkeypatch
 def test_bad_updates_in_a_row_stop_the_run_with_a_clear_message(tmp_path):
     run = tmp_path / "run"
     holder = {}
-    reward = NaNReward(lambda n: holder["t"].epoch >= 3 and n == B * K)
-    t = holder["t"] = Trainer(make_cfg(run, epochs=8, checkpoint_every=1, max_bad_updates=2, keep_checkpoints=5),
+    reward = NaNReward(lambda n: "t" in holder and holder["t"].epoch >= 3 and n == B * K)
+    t = holder["t"] = Trainer.build(make_cfg(run, epochs=8, checkpoint_every=1, max_bad_updates=2, keep_checkpoints=5),
                               reward=reward, log=lambda s: None)
     with pytest.warns(RuntimeWarning), pytest.raises(TrainingStopped) as e:
         t.run(progress=False)
@@ -106,7 +106,7 @@ def test_bad_updates_in_a_row_stop_the_run_with_a_clear_message(tmp_path):
 @pytest.mark.filterwarnings("ignore:epoch 3. the loss or gradient is NaN")  # the inf LoRA's next step
 def test_a_non_finite_lora_is_never_written_over_good_files(tmp_path):
     run = tmp_path / "run"
-    t = Trainer(make_cfg(run, epochs=4, checkpoint_every=1, save_every=1), log=lambda s: None)
+    t = Trainer.build(make_cfg(run, epochs=4, checkpoint_every=1, save_every=1), log=lambda s: None)
     real_step = t.optimizer.step
 
     def poisoning_step(*a, **k):
@@ -133,7 +133,7 @@ def test_a_non_finite_lora_is_never_written_over_good_files(tmp_path):
 
 def test_a_full_disk_fails_before_training(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    t = Trainer(make_cfg(run), log=lambda s: None)
+    t = Trainer.build(make_cfg(run), log=lambda s: None)
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 80_000, 80_000))
     t.sample_epoch = lambda *a, **k: pytest.fail("training started on a full disk")
@@ -146,7 +146,7 @@ def test_a_full_disk_fails_before_training(tmp_path, monkeypatch, capsys):
 
 def test_the_space_estimate_covers_what_a_run_writes(tmp_path):
     run = tmp_path / "run"
-    t = Trainer(make_cfg(run, checkpoint_every=1, save_every=1, keep_checkpoints=2), log=lambda s: None)
+    t = Trainer.build(make_cfg(run, checkpoint_every=1, save_every=1, keep_checkpoints=2), log=lambda s: None)
     need, breakdown = t._space_needed()
     t.run(progress=False)
     written = sum(p.stat().st_size for p in run.rglob("*") if p.is_file())
@@ -156,14 +156,14 @@ def test_the_space_estimate_covers_what_a_run_writes(tmp_path):
 def test_an_unwritable_run_folder_fails_before_training(tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    t = Trainer(make_cfg(blocker / "run"), log=lambda s: None)
+    t = Trainer.build(make_cfg(blocker / "run"), log=lambda s: None)
     with pytest.raises(ckpt.RunFolderError, match="cannot create the run folder .*a-file/run"):
         t.run(progress=False)
 
     def read_only(fd):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    t = Trainer(make_cfg(tmp_path / "run"), log=lambda s: None)
+    t = Trainer.build(make_cfg(tmp_path / "run"), log=lambda s: None)
     monkeypatch.setattr(ckpt.os, "fsync", read_only)
     with pytest.raises(ckpt.RunFolderError, match="is not writable \\(Read-only file system\\)"):
         t.run(progress=False)
@@ -199,7 +199,7 @@ def test_a_malicious_checkpoint_is_refused_never_unpickled(tmp_path, capsys):
 @pytest.mark.parametrize("bad", ["malicious", "truncated"])
 def test_resume_skips_an_unusable_newest_checkpoint(tmp_path, bad):
     run, marker = tmp_path / "run", tmp_path / "pwned"
-    Trainer(make_cfg(run, epochs=1, checkpoint_every=1), log=lambda s: None).run(progress=False)
+    Trainer.build(make_cfg(run, epochs=1, checkpoint_every=1), log=lambda s: None).run(progress=False)
     newest = ckpt.checkpoint_path(run, 7)
     if bad == "malicious":
         torch.save({"format": ckpt.FORMAT, "version": ckpt.VERSION, "epoch": 7, "lora": Payload(marker)}, newest)
@@ -207,7 +207,7 @@ def test_resume_skips_an_unusable_newest_checkpoint(tmp_path, bad):
         data = ckpt.checkpoint_path(run, 1).read_bytes()
         newest.write_bytes(data[:len(data) // 3])
     with pytest.warns(RuntimeWarning, match="skipping checkpoint epoch-000007.pt"):
-        Trainer(make_cfg(run, epochs=2, checkpoint_every=1), log=lambda s: None).run(progress=False, resume=True)
+        Trainer.build(make_cfg(run, epochs=2, checkpoint_every=1), log=lambda s: None).run(progress=False, resume=True)
     assert [x["epoch"] for x in strict_rows(run)] == [1, 2]
     assert [e for e, _ in ckpt.list_checkpoints(run)] == [1, 2]  # the unusable file no longer counts ...
     assert (run / "checkpoints" / "epoch-000007.pt.unusable").exists()  # ... but is kept for inspection
@@ -216,7 +216,7 @@ def test_resume_skips_an_unusable_newest_checkpoint(tmp_path, bad):
 
 def test_a_checkpoint_holds_only_plain_data(tmp_path):
     run = tmp_path / "run"
-    Trainer(make_cfg(run, epochs=1, checkpoint_every=1), log=lambda s: None).run(progress=False)
+    Trainer.build(make_cfg(run, epochs=1, checkpoint_every=1), log=lambda s: None).run(progress=False)
     state = torch.load(ckpt.checkpoint_path(run, 1), weights_only=True)
 
     def kinds(x):

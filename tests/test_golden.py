@@ -47,7 +47,7 @@ def run_training(out: Path) -> tuple[list[dict], dict[str, torch.Tensor]]:
     from progrpo_core.config import build_config
     from progrpo_core.training import Trainer
 
-    Trainer(build_config(train_table(out)), log=lambda s: None).run(progress=False)
+    Trainer.build(build_config(train_table(out)), log=lambda s: None).run(progress=False)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return rows, load_file(str(out / "lora.safetensors"))
 

@@ -58,6 +58,34 @@ def test_the_core_imports_neither_comfyui_nor_the_node_pack():
     assert not found, found
 
 
+def test_the_core_reaches_the_pack_only_through_its_loader_registry(tmp_path):
+    """At run time, too: a run of the command line on the built-in model loads no module of the pack
+    or of ComfyUI, the core's source names no module of the pack (not even in a string), and the
+    default loader for ComfyUI checkpoints is the one the pack registered (its entry point)."""
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import sys
+        from progrpo_core.cli import main
+        main(["train", "--out", {str(tmp_path / "run")!r}, "--run.epochs", "1", "--grpo.prompts_per_epoch", "1",
+              "--schedule.group_size", "4", "--schedule.keep", "2", "--run.eval_seeds", "1", "--run.eval_prompts", "1",
+              "--no-progress"])
+        print(sorted(m for m in sys.modules if m.split(".")[0] in
+                     ("nodes", "progrpo_pack_nodes", "progrpo_headless", "comfy", "folder_paths", "server")))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    strings = [f"{p.relative_to(ROOT)}" for p in (ROOT / "progrpo_core").rglob("*.py")
+               if any(w in p.read_text() for w in ("nodes.host", "progrpo_pack_nodes", "progrpo_headless"))]
+    assert not strings, strings
+    from progrpo_core.models import model_loader
+
+    loader = model_loader("comfyui")
+    assert (loader.__module__, loader.__name__) == ("progrpo_headless", "load_comfy_denoiser")
+
+
 # ---- declarations -------------------------------------------------------------------------------
 
 def _inputs(cls):
@@ -85,8 +113,11 @@ def test_node_declaration_is_valid(node_id):
     for section, name, s in _inputs(cls):
         kind, opts = s[0], (s[1] if len(s) > 1 else {})
         assert opts.get("tooltip", "").strip(), f"{node_id}.{name} has no tooltip"
-        assert name in params, f"{node_id}.{cls.FUNCTION} does not take {name}"
-        if section == "optional":
+        takes_all = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
+        assert name in params or takes_all, f"{node_id}.{cls.FUNCTION} does not take {name}"
+        if name not in params:  # a widget of a table the function takes as **values, defaults from the table
+            pass
+        elif section == "optional":
             assert params[name].default is not inspect.Parameter.empty, f"optional {name} needs a default"
         else:
             assert params[name].default is inspect.Parameter.empty, f"required {name} must not have a default"
@@ -106,7 +137,8 @@ def test_node_declaration_is_valid(node_id):
             assert kind in CUSTOM | STOCK_SOCKETS, (node_id, name, kind)
     for hidden in (spec.get("hidden") or {}):
         assert hidden in params and params[hidden].default is None
-    extra = [p for p in params if p != "self" and p not in {n for _, n, _ in _inputs(cls)} | set(spec.get("hidden") or {})]
+    extra = [p for p, v in params.items() if p != "self" and v.kind != inspect.Parameter.VAR_KEYWORD
+             and p not in {n for _, n, _ in _inputs(cls)} | set(spec.get("hidden") or {})]
     assert not extra, f"{node_id}.{cls.FUNCTION} takes undeclared {extra}"
 
 
@@ -295,11 +327,10 @@ def test_training_loop_preview_and_curves(digits, tmp_path):
     from progrpo_core.rewards import build_reward
     from progrpo_core.training import Trainer
 
-    cfg = training.build_train_config(**_train_widgets())
-    cfg.run.out = str(tmp_path)
+    cfg = training.build_train_config(**_train_widgets(), run={"out": str(tmp_path)})
     recorder = training.RecordingReward(build_reward("digit"))
     model = load_digits_model("digits-flow")
-    trainer = Trainer(cfg, model=model, reward=recorder, prompts=["a handwritten 1", "a handwritten 4"],
+    trainer = Trainer.build(cfg, model=model, reward=recorder, prompts=["a handwritten 1", "a handwritten 4"],
                       log=lambda s: None)
     steps_seen, previews = [], []
 
@@ -411,3 +442,43 @@ def test_lora_headers_name_the_base_model_for_model_browsers():
     digits = lora_format.header(4, 4.0, ["attn"], "abc", {"method": "grpo", "architecture": None})
     assert "ss_base_model_version" not in digits and digits["modelspec.title"] == "ProGRPO grpo LoRA"
 
+
+
+def test_a_trainer_widget_for_a_config_field_is_one_row_of_one_table():
+    """Adding a widget: one row in nodes/widgets.py's table (here written into a copy of the module)
+    gives the node's input, the config it sets, the resume check's and the errors' words."""
+    import types
+
+    import nodes.widgets as W
+
+    src = Path(W.__file__).read_text()
+    row = ('    Widget("weight_decay", "FLOAT", 1e-4, "AdamW weight decay", ("grpo.weight_decay",), optional=True,\n'
+           '           opts={"min": 0.0, "max": 1.0, "step": 0.0001}),\n')
+    end = src.index("\n)\n", src.index("WIDGETS: tuple[Widget, ...] = ("))
+    copy = types.ModuleType("nodes._widgets_plus_one")
+    copy.__package__ = "nodes"
+    sys.modules[copy.__name__] = copy  # dataclasses look their module up
+    try:
+        exec(compile(src[:end + 1] + row + src[end + 1:], "widgets_plus_one", "exec"), copy.__dict__)
+    finally:
+        del sys.modules[copy.__name__]
+    spec = copy.input_types({}, {})
+    assert spec["optional"]["weight_decay"][1]["default"] == 1e-4
+    assert list(spec["required"]) == list(W.input_types({}, {})["required"])  # saved workflows keep their order
+    cfg = copy.build_train_config(reward_spec="digit", weight_decay=0.05)
+    assert cfg.grpo.weight_decay == 0.05
+    assert copy.SETTING_WIDGETS["grpo.weight_decay"] == "weight_decay"
+    with pytest.raises(ValueError, match=r"^weight_decay=-1\.0 must be") as e:
+        copy.build_train_config(reward_spec="digit", weight_decay=-1.0)
+    assert "grpo." not in str(e.value)
+
+
+def test_the_trainer_node_has_auto_where_the_command_line_does():
+    import nodes.widgets as W
+
+    cfg = W.build_train_config(reward_spec="digit")
+    auto = {"grpo.lr": cfg.grpo.lr, "sampler.cfg": cfg.sampler.cfg, "sampler.noise_level": cfg.sampler.noise_level,
+            "sampler.sampler": cfg.sampler.sampler, "schedule.group_size": cfg.schedule.group_size,
+            "run.sample_micro_batch": cfg.run.sample_micro_batch}
+    assert all(v is None for v in auto.values()), auto
+    assert W.build_train_config(reward_spec="digit", learning_rate=0.002).grpo.lr == 0.002

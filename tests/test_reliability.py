@@ -112,7 +112,7 @@ def test_04_the_prompt_list_reads_only_inside_the_input_folder(tmp_path, monkeyp
 
 # -- 5-6: divergence -------------------------------------------------------------------------------
 def test_05_nan_images_skip_the_update_instead_of_stopping(tmp_path):
-    t = Trainer(C.build_config({"run": {"out": str(tmp_path), "epochs": 3, "eval_seeds": 1},
+    t = Trainer.build(C.build_config({"run": {"out": str(tmp_path), "epochs": 3, "eval_seeds": 1},
                                 "grpo": {"method": "pro-grpo", "prompts_per_epoch": 2},
                                 "schedule": {"group_size": 6, "keep": "4,3"}}),
                 log=lambda s: None)
@@ -218,7 +218,7 @@ def test_07_a_full_disk_mid_run_says_so_and_the_run_resumes(tmp_path, capsys, mo
 
 # -- 8: surprises that now get a word ----------------------------------------------------------------
 def test_08_a_constant_reward_warns_that_nothing_is_learnt(tmp_path):
-    t = Trainer(C.build_config({"run": {"out": str(tmp_path), "epochs": 2, "eval_seeds": 1},
+    t = Trainer.build(C.build_config({"run": {"out": str(tmp_path), "epochs": 2, "eval_seeds": 1},
                                 "reward": {"name": "plugin_rewards:constant"},
                                 "grpo": {"method": "pro-grpo", "prompts_per_epoch": 2},
                                 "schedule": {"group_size": 6, "keep": "4,3"}}), log=lambda s: None)
@@ -228,16 +228,16 @@ def test_08_a_constant_reward_warns_that_nothing_is_learnt(tmp_path):
 
 def test_08_the_disk_estimate_follows_the_step_cap(tmp_path):
     cfg = {"run": {"out": str(tmp_path), "epochs": 100_000}}
-    full = Trainer(C.build_config(cfg), log=lambda s: None)._space_needed()[0]
+    full = Trainer.build(C.build_config(cfg), log=lambda s: None)._space_needed()[0]
     cfg["run"]["max_steps"] = 4
-    capped = Trainer(C.build_config(cfg), log=lambda s: None)._space_needed()[0]
+    capped = Trainer.build(C.build_config(cfg), log=lambda s: None)._space_needed()[0]
     assert capped < full / 100
 
 
 def test_08_a_stopped_runs_lora_is_the_last_completed_epochs(tmp_path):
     from progrpo_core.lora_format import decode_header, read_lora_file
 
-    t = Trainer(C.build_config({"run": {"out": str(tmp_path), "epochs": 4, "eval_seeds": 1, "checkpoint_every": 0},
+    t = Trainer.build(C.build_config({"run": {"out": str(tmp_path), "epochs": 4, "eval_seeds": 1, "checkpoint_every": 0},
                                 "grpo": {"method": "pro-grpo", "prompts_per_epoch": 2},
                                 "schedule": {"group_size": 6, "keep": "4,3"}}),
                 log=lambda s: None)
@@ -248,7 +248,7 @@ def test_08_a_stopped_runs_lora_is_the_last_completed_epochs(tmp_path):
     two = {n: p.detach().clone() for n, p in t.adapter.named_parameters()}
     with t.ema.applied():
         expected = t.adapter.comfy_state_dict()  # what epoch 2 left: its EMA weights
-    t.epoch = 3  # in the middle of epoch 3 …
+    t.state.epoch = 3  # in the middle of epoch 3 …
     with torch.no_grad():
         for p in t.adapter.parameters():
             p.add_(1.0)  # … with a half-done update

@@ -22,6 +22,8 @@ from progrpo_core.cli import main
 from progrpo_core.rewards import Reward, build_reward
 from progrpo_core.training import Trainer
 
+from helpers import config_with, metrics_rows
+
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 5
 # Tiny: 4 prompts x 8 trajectories pruned to 4, two optimizer steps per epoch (16 rows, minibatch 8).
@@ -37,20 +39,17 @@ def flags(settings=SETTINGS):
 
 
 def make_cfg(out, **run):
-    table = {k: dict(v) for k, v in SETTINGS.items()}
-    table["run"].update(out=str(out), **run)
-    return C.build_config(table)
+    return config_with(SETTINGS, out, **run)
 
 
-def rows(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+rows = metrics_rows
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The uninterrupted run."""
     run = tmp_path_factory.mktemp("reference") / "run"
-    Trainer(make_cfg(run), log=lambda s: None).run(progress=False)
+    Trainer.build(make_cfg(run), log=lambda s: None).run(progress=False)
     return run
 
 
@@ -112,7 +111,7 @@ def _die_while_writing_epoch_3(out: str) -> None:
         return io._atomic(path, half_then_die)
 
     ckpt.save_torch = dying
-    Trainer(make_cfg(out), log=lambda s: None).run(progress=False)
+    Trainer.build(make_cfg(out), log=lambda s: None).run(progress=False)
 
 
 def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, reference):
@@ -160,11 +159,11 @@ def test_interrupt_saves_a_checkpoint_and_resume_is_exact(tmp_path, reference, w
     cfg = make_cfg(run, checkpoint_every=0)  # the only checkpoint is the one the interrupt writes
     holder = {}
     if where == "reward-during-sampling":
-        reward = InterruptingReward(lambda: holder["t"].epoch == 3, InterruptProcessingException())
-        t = holder["t"] = Trainer(cfg, reward=reward, log=lambda s: None)
+        reward = InterruptingReward(lambda: "t" in holder and holder["t"].epoch == 3, InterruptProcessingException())
+        t = holder["t"] = Trainer.build(cfg, reward=reward, log=lambda s: None)
         expected = InterruptProcessingException
     else:
-        t = Trainer(cfg, log=lambda s: None)
+        t = Trainer.build(cfg, log=lambda s: None)
         real_step, calls = t.optimizer.step, []
 
         def step(*a, **k):
@@ -179,7 +178,7 @@ def test_interrupt_saves_a_checkpoint_and_resume_is_exact(tmp_path, reference, w
         t.run(progress=False)
     assert [e for e, _ in ckpt.list_checkpoints(run)] == [2]  # the last completed epoch
     assert [r["epoch"] for r in rows(run)] == [1, 2]
-    Trainer(make_cfg(run), log=lambda s: None).run(progress=False, resume=True)
+    Trainer.build(make_cfg(run), log=lambda s: None).run(progress=False, resume=True)
     assert_same_training(run, reference)
 
 

@@ -174,7 +174,8 @@ def test_kl_follows_flow_grpo_by_default_and_the_transition_kl_on_request(sigma,
     # the exact KL between the two Gaussian transitions is 1/|dt| times that
     exact = grpo.kl_to_reference(mean, ref_mean, std)
     torch.testing.assert_close(exact * abs(sigma - sigma_next), ours, rtol=1e-5, atol=0)
-    assert "flow_sde" in grpo.PER_UNIT_TIME_KL and "cps" not in grpo.PER_UNIT_TIME_KL
+    per_unit_time = [n for n, spec in samplers.SAMPLER_SPECS.items() if spec.kl_per_unit_time]
+    assert per_unit_time == ["flow_sde", "dance_sde"]
 
 
 def test_trained_steps_are_the_first_ones_in_order_as_flow_grpo():
@@ -189,3 +190,29 @@ def test_trained_steps_are_the_first_ones_in_order_as_flow_grpo():
     ro.stds[:, 9] = 0                                                 # a deterministic last step is never trained
     assert train_steps(ro, 1.0, seed=0) == list(range(9))
 
+
+
+def test_a_sampler_is_added_by_a_row_in_the_table_alone(monkeypatch, tmp_path):
+    """A new ε-model sampler: its step function and a row in SAMPLER_SPECS. The config accepts it for
+    ε models only, sampling and the update's re-scoring call its step, and a run trains with it."""
+    from progrpo_core import config as C
+    from progrpo_core.training import Trainer
+
+    calls = []
+
+    def half_eta_ddim(x, eps, ab, ab_prev, eta, prev_sample=None, generator=None, noise=None):
+        calls.append(prev_sample is None)
+        return samplers.ddim_step(x, eps, ab, ab_prev, eta / 2, prev_sample, generator, noise)
+
+    monkeypatch.setitem(samplers.SAMPLER_SPECS, "ddim_half", samplers.SamplerSpec(
+        "ddim_half", ("eps",), 1.0, half_eta_ddim, "DDIM at half the eta"))
+    assert samplers.samplers_for("eps") == ("ddim", "ode", "ddim_half")
+    with pytest.raises(ValueError, match="does not fit a 'flow' model"):
+        C.build_config({"sampler": {"sampler": "ddim_half"}}).sampler.resolved("flow")
+    table = {"model": {"name": "digits-eps"}, "sampler": {"sampler": "ddim_half", "steps": 4},
+             "grpo": {"method": "grpo", "prompts_per_epoch": 1}, "schedule": {"group_size": 4},
+             "run": {"out": str(tmp_path), "epochs": 1, "eval_every": 0, "eval_seeds": 1, "eval_prompts": 1}}
+    t = Trainer.build(C.build_config(table), log=lambda s: None)
+    record = next(t.epochs())
+    assert True in calls and False in calls  # drawn while sampling, re-scored in the update
+    assert record.update.updates == 1 and t.sampler.sampler == "ddim_half"

@@ -21,7 +21,7 @@ def _cfg(tmp_path, **sections):
 
 def test_short_training_raises_the_reward(tmp_path):
     cfg = _cfg(tmp_path, run={"epochs": 30, "seed": 0}, grpo={"lr": 1e-2})
-    summary = Trainer(cfg, log=lambda s: None).run(progress=False)
+    summary = Trainer.build(cfg, log=lambda s: None).run(progress=False)
     assert summary["eval_reward_after"] > summary["eval_reward_before"] + 0.2, summary
     assert summary["optimizer_steps"] == 60
 
@@ -30,7 +30,7 @@ def test_same_seed_same_lora_different_seed_different(tmp_path):
     def lora(seed, name):
         cfg = _cfg(tmp_path / name, run={"epochs": 2, "seed": seed},
                    schedule={"group_size": 8, "keep": "6,4"}, grpo={"prompts_per_epoch": 3})
-        t = Trainer(cfg, log=lambda s: None)
+        t = Trainer.build(cfg, log=lambda s: None)
         t.run(progress=False)
         return {n: p.detach().clone() for n, p in t.adapter.named_parameters()}, t
 
@@ -48,7 +48,7 @@ def test_same_seed_same_lora_different_seed_different(tmp_path):
 def test_ovf_method_trains_the_selected_subset(tmp_path):
     cfg = _cfg(tmp_path, run={"epochs": 1}, grpo={"method": "ovf", "prompts_per_epoch": 2},
                schedule={"group_size": 8, "final_keep": 4})
-    t = Trainer(cfg, log=lambda s: None)
+    t = Trainer.build(cfg, log=lambda s: None)
     res = t.sample_epoch(0)
     assert res.rollout.latents.shape[0] == 2 * 4
     assert res.advantages.shape == (8,)
@@ -131,7 +131,7 @@ def test_shipped_weights_record_their_recipe_and_pretraining_is_deterministic():
 def test_kl_to_reference_policy_is_measured_after_the_first_update(tmp_path):
     cfg = _cfg(tmp_path, run={"epochs": 2}, grpo={"kl_beta": 0.05, "prompts_per_epoch": 2, "lr": 1e-2},
                schedule={"group_size": 6, "keep": "4,3"})
-    t = Trainer(cfg, log=lambda s: None)
+    t = Trainer.build(cfg, log=lambda s: None)
     first = t.train_on(t.sample_epoch(0), 0)
     second = t.train_on(t.sample_epoch(1), 1)
     assert first.kl >= 0 and second.kl > 0
@@ -141,7 +141,7 @@ def test_kl_to_reference_policy_is_measured_after_the_first_update(tmp_path):
 def test_training_on_a_weighted_spec_logs_every_component(tmp_path):
     cfg = _cfg(tmp_path, run={"epochs": 1}, reward={"name": "digit*0.7,stroke*0.3"},
                grpo={"prompts_per_epoch": 2, "separate_reward_norm": True}, schedule={"group_size": 6, "keep": "4,3"})
-    t = Trainer(cfg, log=lambda s: None)
+    t = Trainer.build(cfg, log=lambda s: None)
     res = t.sample_epoch(0)
     assert set(res.stats.components) == {"digit", "stroke", "total"}
     assert res.advantages.shape == (6,) and torch.isfinite(res.advantages).all()

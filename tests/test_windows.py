@@ -67,7 +67,7 @@ def test_only_the_window_is_trained(tmp_path, method):
 
     cfg = C.build_config({"grpo": {"method": method, "prompts_per_epoch": 2},
                           "run": {"epochs": 3, "out": str(tmp_path / "r"), "eval_seeds": 1, "eval_every": 0}})
-    t = Trainer(cfg, log=lambda s: None)
+    t = Trainer.build(cfg, log=lambda s: None)
     t.run(progress=False)
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     for r in rows:
@@ -98,8 +98,9 @@ def test_auto_learning_rate_follows_the_method_on_builtin_models_and_is_recorded
 
     cfg = C.build_config({"grpo": {"method": method}, "run": {"out": str(tmp_path / "run")}})
     assert cfg.grpo.lr is None
-    tr = Trainer(cfg, log=lambda s: None)
-    assert cfg.grpo.lr == want and tr.optimizer.param_groups[0]["lr"] == want
+    tr = Trainer.build(cfg, log=lambda s: None)
+    assert tr.spec.lr == want and tr.optimizer.param_groups[0]["lr"] == want
+    assert cfg.grpo.lr is None and tr.spec.settled()["grpo"]["lr"] == want  # the config as given; the spec as run
     assert auto_lr(method, builtin=False) == MODEL_LR
     given = C.build_config({"grpo": {"method": method, "lr": 2e-3}, "run": {"out": str(tmp_path / "run2")}})
-    assert Trainer(given, log=lambda s: None).optimizer.param_groups[0]["lr"] == 2e-3
+    assert Trainer.build(given, log=lambda s: None).optimizer.param_groups[0]["lr"] == 2e-3

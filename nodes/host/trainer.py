@@ -22,108 +22,134 @@ log = logging.getLogger("progrpo")
 
 
 def train_lora(model, vae, clip, positive, negative, latent, prompts: list[str], cfg, reward, *, targets: str,
-               run_name: str, resume: bool, save_every: int, node_id: str | None = None, overwrite: bool = False):
+               run_name: str, resume: bool, node_id: str | None = None, overwrite: bool = False):
     """The GRPO LoRA Trainer: ``(MODEL with the LoRA, LORA_MODEL, curves IMAGE, (short, full) summary)``.
 
     Trains on a clone of MODEL (see :func:`training_model`), loaded whole on ComfyUI's device, by
     driving the core's training loop; precision, micro-batches and gradient checkpointing come from
-    ``cfg.run``. Before training, the planner's numbers are shown on the node and a run that cannot
-    fit is refused. Every ``save_every`` epochs and at the end, the LoRA goes to
+    ``cfg.run``; the run folder is ``output/progrpo/<run_name>``.
+    Before training, the planner's numbers are shown on the node and a run that cannot fit is
+    refused. Every ``run.save_every`` epochs and at the end, the LoRA goes to
     ``models/loras/progrpo/autosave/<run_name>.safetensors`` and a resumable checkpoint (LoRA,
-    optimizer, EMA, RNG) to ``output/progrpo/<run_name>/``; when training stops early (interrupt or
-    error) the last completed epoch is checkpointed and the LoRA trained so far saved. ``resume``
-    continues from the newest checkpoint; ``cfg.run.epochs`` counts the whole run."""
+    optimizer, EMA, RNG) to the run folder; when training stops early (interrupt or error) the last
+    completed epoch is checkpointed and the LoRA trained so far saved. ``resume`` continues from the
+    newest checkpoint; ``cfg.run.epochs`` counts the whole run."""
     samples = latent_samples(latent)
     _check_inputs(model, vae, clip, positive, samples, prompts, cfg)
     folder = RunFolder(run_folder(run_name), lora_path=autosave_path(run_name))
-    cfg.run.out = str(folder.out)
-    cfg.run.save_every = cfg.run.checkpoint_every = int(save_every)
-    cfg.run.keep_checkpoints = 2
-    cfg.reward.offload = False  # the reward model's memory is ComfyUI's to manage (see host.reward)
-
+    cfg = cfg.replace(run={"out": str(folder.out)})
     with training_model(model) as (mp, shares):
         den = ComfyDenoiser(mp, samples.shape[1:], vae=vae, clip=clip, targets=targets,
                             name=type(model.model).__name__, full_load=True)
         _register_prompts(den, clip, positive, negative, prompts)
         adapter = ComfyLoraAdapter(den, cfg.lora.rank, cfg.lora.alpha, seed=cfg.run.seed, copy_other_weights=shares)
         recorder = training.RecordingReward(reward.reward)
-        trainer = Trainer(cfg, model=den, reward=recorder, prompts=prompts, adapter=adapter, log=log.info,
-                          words=training.NODE_WORDS)
+        session = _Session(cfg, den, adapter, recorder, prompts, folder, run_name, node_id)
         try:
-            history, start = _train(trainer, den, folder, recorder, run_name, resume, overwrite, node_id)
+            history, start = session.train(resume, overwrite)
+            trainer = session.trainer
             lora = training.trained_lora(trainer)
             summary = _summary(cfg, history, start, trainer, folder)
         finally:
-            trainer.close()
+            if session.trainer is not None:
+                session.trainer.close()
             adapter.remove()
     out_model = apply_lora(model, lora)
     curves = training.curves_image(history, f"{cfg.grpo.method}: {reward.spec}")
     return out_model, lora, curves, summary
 
 
-def _train(trainer: Trainer, den: ComfyDenoiser, folder: RunFolder, recorder, run_name: str, resume: bool,
-           overwrite: bool, node_id: str | None) -> tuple[list[EpochRecord], int]:
-    """Open the run folder, plan, train; save the LoRA and a checkpoint at the end. Returns this
-    call's epoch records and the epoch it started from."""
-    cfg, T = trainer.cfg, trainer.sampler.steps
-    try:  # a full disk, an unwritable or busy folder, another run's folder: now, not after an hour
-        resumed = trainer.open(folder, resume=resume, overwrite=overwrite)
-    except ResumeSettingsError as e:
-        raise ValueError(training.resume_refusal(e, run_name)) from None
-    except CheckpointError as e:
-        raise ValueError(f"cannot resume run {run_name!r}: {e}. Turn 'resume' off and 'overwrite' on to start the "
-                         "run over, or choose another run_name") from None
-    except RunFolderError as e:
-        if "already holds a run" not in str(e):
-            raise ValueError(str(e)) from None
-        raise ValueError(f"run_name {run_name!r} already holds a run ({folder.holds_run()}, in {folder.out}): turn "
-                         "'resume' on to continue it, 'overwrite' on to start it over (deletes it), or choose "
-                         "another run_name") from None
-    start = trainer.epoch
-    progress = Progress(max(1, cfg.run.epochs - start) * (T + 1), node_id)
-    if resumed:
-        progress.text(f"resuming {run_name} after epoch {start}")
-    G = trainer.schedule.group_size
+class _Session:
+    """One press of the trainer node: inside ComfyUI's guider session (the model loaded and kept
+    loaded), build the trainer, open its run folder, train; on the way out keep what was trained."""
 
-    def on_epoch(record):
-        grid = training.preview_grid(recorder, record.batch, G, cfg.grpo.prompts_per_epoch)
-        progress.update((record.epoch - start) * (T + 1), None, preview=pil_of(grid) if grid is not None else None)
-        progress.text(record.text(cfg.run.epochs))
+    def __init__(self, cfg, den: ComfyDenoiser, adapter, recorder, prompts, folder: RunFolder, run_name: str,
+                 node_id: str | None):
+        self.cfg, self.den, self.adapter, self.recorder, self.prompts = cfg, den, adapter, recorder, prompts
+        self.folder, self.run_name, self.node_id = folder, run_name, node_id
+        self.trainer: Trainer | None = None
+        self.progress = Progress(max(1, cfg.run.epochs) * (cfg.sampler.steps + 1), node_id)
+        self.start = 0
 
-    def body():
-        plan = trainer.ensure_plan(refuse=False)
+    def train(self, resume: bool, overwrite: bool) -> tuple[list[EpochRecord], int]:
+        """Train; save the LoRA and a checkpoint at the end. Returns this call's epoch records and
+        the epoch it started from."""
+        try:
+            self.den.run(lambda: self._body(resume, overwrite), sigmas=self.den.sigmas(self.cfg.sampler.steps))
+        except BaseException as e:
+            self._keep_what_was_trained(e)
+            raise
+        trainer = self.trainer
+        trainer.save_lora(self.folder.lora_path)
+        if trainer.state.last_checkpoint != trainer.epoch:
+            trainer.save_checkpoint(self.folder)
+        return [EpochRecord.from_row(r) for r in trainer.metrics_rows if r["epoch"] > self.start], self.start
+
+    def _body(self, resume: bool, overwrite: bool) -> None:
+        cfg, T = self.cfg, self.cfg.sampler.steps
+        trainer = self.trainer = Trainer.build(cfg, model=self.den, reward=self.recorder, prompts=self.prompts,
+                                               adapter=self.adapter, log=log.info, words=training.NODE_WORDS,
+                                               refuse=False)
+        plan = trainer.plan
         if plan is not None:
-            progress.text(plan.brief())
-            log.info("ProGRPO %s\n%s", run_name, plan.text())
+            self.progress.text(plan.brief())
+            log.info("ProGRPO %s\n%s", self.run_name, plan.text())
             if not plan.fits:
                 raise ValueError(_does_not_fit(plan))
-        training.drive_training(trainer, folder, on_step=progress.update, on_epoch=on_epoch)
+        resumed = self._open(trainer, resume, overwrite)
+        self.start = start = trainer.epoch
+        self.progress = Progress(max(1, cfg.run.epochs - start) * (T + 1), self.node_id)
+        if resumed:
+            self.progress.text(f"resuming {self.run_name} after epoch {start}")
+        if start >= cfg.run.epochs:
+            return
+        G = trainer.schedule.group_size
 
-    try:
-        if start < cfg.run.epochs:
-            den.run(body, sigmas=den.sigmas(T))
-    except BaseException as e:
+        def on_epoch(record):
+            grid = training.preview_grid(self.recorder, record.batch, G, cfg.grpo.prompts_per_epoch)
+            self.progress.update((record.epoch - start) * (T + 1), None, preview=pil_of(grid) if grid is not None else None)
+            self.progress.text(record.text(cfg.run.epochs))
+
+        training.drive_training(trainer, self.folder, on_step=self.progress.update, on_epoch=on_epoch)
+
+    def _open(self, trainer: Trainer, resume: bool, overwrite: bool) -> bool:
+        """Open the run folder: a full disk, an unwritable or busy folder, another run's folder —
+        now, not after an hour. Errors in the node's words."""
+        run_name, folder = self.run_name, self.folder
         try:
-            kept = trainer.save_boundary_lora(folder.lora_path)
-        except Exception as save_error:  # never hide the error that stopped training
-            kept = None
-            log.error("ProGRPO: training stopped (%s) and the LoRA could not be saved: %s", type(e).__name__,
-                      save_error)
-        progress.text(f"interrupted after epoch {kept['epoch']}; LoRA saved to {_shown(kept['path'])}, resume "
-                      f"continues from there" if kept else "stopped before the first epoch finished; nothing saved")
+            return trainer.open(folder, resume=resume, overwrite=overwrite)
+        except ResumeSettingsError as e:
+            raise ValueError(training.resume_refusal(e, run_name)) from None
+        except CheckpointError as e:
+            raise ValueError(f"cannot resume run {run_name!r}: {e}. Turn 'resume' off and 'overwrite' on to start the "
+                             "run over, or choose another run_name") from None
+        except RunFolderError as e:
+            if "already holds a run" not in str(e):
+                raise ValueError(str(e)) from None
+            raise ValueError(f"run_name {run_name!r} already holds a run ({folder.holds_run()}, in {folder.out}): "
+                             "turn 'resume' on to continue it, 'overwrite' on to start it over (deletes it), or choose "
+                             "another run_name") from None
+
+    def _keep_what_was_trained(self, e: BaseException) -> None:
+        """Training stopped early: save the LoRA of the last completed epoch and say where it is."""
+        trainer, cfg = self.trainer, self.cfg
+        kept = None
+        if trainer is not None:
+            try:
+                kept = trainer.save_boundary_lora(self.folder.lora_path)
+            except Exception as save_error:  # never hide the error that stopped training
+                log.error("ProGRPO: training stopped (%s) and the LoRA could not be saved: %s", type(e).__name__,
+                          save_error)
+        self.progress.text(f"interrupted after epoch {kept['epoch']}; LoRA saved to {_shown(kept['path'])}, resume "
+                           f"continues from there" if kept else "stopped before the first epoch finished; nothing saved")
         if kept:
             log.warning("ProGRPO: training stopped in epoch %d (%s); the LoRA of epoch %d is in %s; resume continues "
                         "from the checkpoint in %s", trainer.epoch, type(e).__name__, kept["epoch"], kept["path"],
-                        folder.out)
+                        self.folder.out)
         if (isinstance(e, RuntimeError) and "modified by an inplace operation" in str(e)
                 and not cfg.run.gradient_checkpointing):
-            raise RuntimeError(f"{den.name} updates activations in place inside its blocks (Flux does), which "
+            raise RuntimeError(f"{self.den.name} updates activations in place inside its blocks (Flux does), which "
                                "plain backpropagation cannot handle: turn gradient_checkpointing on") from None
-        raise
-    trainer.save_lora(folder.lora_path)
-    if trainer.state.last_checkpoint != trainer.epoch:
-        trainer.save_checkpoint(folder)
-    return [EpochRecord.from_row(r) for r in trainer.metrics_rows if r["epoch"] > start], start
 
 
 def _shown(path) -> str:

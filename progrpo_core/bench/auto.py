@@ -28,6 +28,7 @@ import numpy as np
 
 from . import probe as P
 from ..compute import Compute
+from ..denoiser import cfg_rows
 from ..methods import PruneSchedule
 
 
@@ -91,7 +92,7 @@ def choose_schedule(trainer, seed: int = 0, group: int = 48, keep: tuple[int, ..
     seeds = [900_000_000 + 10_000 * seed + 100 * tag + i for i in range(prompts)]
     probe = P.record_probe(trainer.model, trainer.reward, names, seeds, s.steps, group, s.sampler,
                            s.noise_level, s.cfg)
-    comp = Compute(nfe_sample=probe.nfe, model_calls=s.steps * (1 if s.cfg == 1.0 else 2),
+    comp = Compute(nfe_sample=probe.nfe, model_calls=s.steps * cfg_rows(s.cfg),
                    proxy_decodes=group * prompts * s.steps, proxy_rewards=group * prompts * s.steps,
                    final_decodes=group * prompts, final_rewards=group * prompts)
     rows = schedule_table(probe, s.steps, group, tuple(keep))

@@ -71,15 +71,9 @@ def _sampling_times(model, reward, prompts: int, steps: int, repeats: int) -> di
         out[name] = {"nfe": nfe[name], "wall_sampling_s": med["sampling"], "wall_proxy_s": med["proxy"],
                      "wall_total_s": med["total"], "cpu_s": med["cpu"], "relative_spread": spread,
                      "proxy_share": med["proxy"] / med["total"] if med["total"] else 0.0}
-    b = out[base]
-    for name, o in out.items():
-        o["nfe_ratio"] = o["nfe"] / b["nfe"]
-        o["wall_ratio"] = o["wall_sampling_s"] / b["wall_sampling_s"]
-        o["wall_total_ratio"] = o["wall_total_s"] / b["wall_total_s"]
-        o["wall_vs_nfe"] = o["wall_ratio"] / o["nfe_ratio"]
-        o["cpu_ratio"] = o["cpu_s"] / b["cpu_s"]
-        o["cpu_vs_nfe"] = o["cpu_ratio"] / o["nfe_ratio"]
-    return out
+    for o in out.values():
+        o["wall_total_ratio"] = o["wall_total_s"] / out[base]["wall_total_s"]
+    return _ratios(out, base, "nfe", "wall_sampling_s")
 
 
 def _forward_ms(model, rows: int, repeats: int = 5) -> float:
@@ -110,7 +104,7 @@ def _epoch_times(model_fn: Callable[[], Any], repeats: int) -> dict[str, Any]:
         for name in (tables if r % 2 == 0 else list(reversed(tables))):
             t = dict(tables[name])
             t["run"] = {"eval_seeds": 1, "epochs": 1}
-            tr = Trainer(build_config(t), model=model_fn(), log=lambda s: None)
+            tr = Trainer.build(build_config(t), model=model_fn(), log=lambda s: None)
             kw = default_flop_costs(tr.model, tr.reward).unit_kw()
             c0 = time.process_time()
             for _ in tr.epochs():  # one epoch of the trainer's loop
@@ -122,13 +116,19 @@ def _epoch_times(model_fn: Callable[[], Any], repeats: int) -> dict[str, Any]:
     for name in tables:
         out[name]["wall_s"] = statistics.median(walls[name])
         out[name]["cpu_s"] = statistics.median(cpus[name])
-    b = out["grpo"]
+    return _ratios(out, "grpo", "units", "wall_s")
+
+
+def _ratios(out: dict[str, dict], base: str, work: str, wall: str) -> dict[str, dict]:
+    """Each method's ``work`` (NFE or compute units), wall-clock and CPU time as ratios to ``base``'s,
+    and time per work against the base's (``wall_vs_<work>``, ``cpu_vs_<work>``)."""
+    b = out[base]
     for o in out.values():
-        o["units_ratio"] = o["units"] / b["units"]
-        o["wall_ratio"] = o["wall_s"] / b["wall_s"]
-        o["wall_vs_units"] = o["wall_ratio"] / o["units_ratio"]
+        o[f"{work}_ratio"] = o[work] / b[work]
+        o["wall_ratio"] = o[wall] / b[wall]
+        o[f"wall_vs_{work}"] = o["wall_ratio"] / o[f"{work}_ratio"]
         o["cpu_ratio"] = o["cpu_s"] / b["cpu_s"]
-        o["cpu_vs_units"] = o["cpu_ratio"] / o["units_ratio"]
+        o[f"cpu_vs_{work}"] = o["cpu_ratio"] / o[f"{work}_ratio"]
     return out
 
 

@@ -22,6 +22,14 @@ PANELS = {
 }
 
 
+def _saved(fig, path: Path) -> Path:
+    """Lay ``fig`` out, write it to ``path`` and close it."""
+    fig.tight_layout()
+    out = save_figure(fig, path)
+    _plt().close(fig)
+    return out
+
+
 def _plt():
     import matplotlib
 
@@ -97,10 +105,7 @@ def plot_curves(runs: list[dict], methods: dict, path: Path, key: str = "units",
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = save_figure(fig, path)
-    plt.close(fig)
-    return out
+    return _saved(fig, path)
 
 
 def plot_clustering(hist: dict | None, runs: list[dict], methods: dict, path: Path) -> Path | None:
@@ -135,10 +140,7 @@ def plot_clustering(hist: dict | None, runs: list[dict], methods: dict, path: Pa
     ax.set_title("reward clustering of the trained trajectories during training", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = save_figure(fig, path)
-    plt.close(fig)
-    return out
+    return _saved(fig, path)
 
 
 def plot_fidelity(fidelity: dict, path: Path, lookahead: dict | None = None) -> Path | None:
@@ -176,10 +178,7 @@ def plot_fidelity(fidelity: dict, path: Path, lookahead: dict | None = None) -> 
         if ax.lines:
             ax.legend(fontsize=6)
     axes[0].set_ylabel("within-group Spearman ρ(proxy, final reward)")
-    fig.tight_layout()
-    out = save_figure(fig, path)
-    plt.close(fig)
-    return out
+    return _saved(fig, path)
 
 
 def plot_efficiency(eff: dict | None, path: Path) -> Path | None:
@@ -203,10 +202,7 @@ def plot_efficiency(eff: dict | None, path: Path) -> Path | None:
     ax.set_title("does pruning save time? (band: ±10 %)", fontsize=10)
     ax.legend(fontsize=5)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = save_figure(fig, path)
-    plt.close(fig)
-    return out
+    return _saved(fig, path)
 
 
 def plot_ablations(methods: dict, path: Path) -> Path | None:
@@ -232,10 +228,7 @@ def plot_ablations(methods: dict, path: Path) -> Path | None:
         ax.set_ylim(max(0.0, lo), 1.0)
         ax.set_ylabel("final eval reward (mean ± std)")
         ax.set_title(f"ablation: {title}", fontsize=10)
-    fig.tight_layout()
-    out = save_figure(fig, path)
-    plt.close(fig)
-    return out
+    return _saved(fig, path)
 
 
 def write_plots(results: dict, runs: list[dict], hist: dict | None, out: Path,

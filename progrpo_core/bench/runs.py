@@ -54,10 +54,10 @@ def paper_checkpoints(steps: int, fractions: tuple[float, ...]) -> list[int]:
     return [max(1, round(f * steps)) for f in fractions]
 
 
-def preset_table(method: str, steps: int, **sections: dict) -> dict:
-    """The config table of a ``--method`` preset (``methods.METHODS``) at ``steps``, its schedule
-    spelled out, with ``sections`` merged on top."""
-    sched = METHODS[method].schedule(steps)
+def preset_table(method: str, steps: int, family: str = "flow", **sections: dict) -> dict:
+    """The config table of a ``--method`` preset (``methods.METHODS``) at ``steps`` for a ``family``
+    model, its schedule spelled out, with ``sections`` merged on top."""
+    sched = METHODS[method].schedule(steps, family=family)
     schedule = {"group_size": sched.group_size, "checkpoints": list(sched.checkpoints), "keep": list(sched.keep)}
     if sched.final_keep is not None:
         schedule["final_keep"] = sched.final_keep
@@ -104,102 +104,117 @@ def run_method(spec: MethodSpec, seed: int, budget: float, n_evals: int = 10, ev
     from ..config import build_config
     from ..training import Trainer
 
-    cfg = build_config(spec.config_table(seed, eval_seeds))
-    tr = Trainer(cfg, log=lambda s: None)
-    costs = default_flop_costs(tr.model, tr.reward)
-    unit_kw = costs.unit_kw()
-    auto_log: list[dict] = []
-    reprobe = sorted((spec.auto or {}).get("reprobe", (0.0,))) if spec.auto is not None else []
+    run = _BudgetedRun(spec, seed, budget, n_evals, probe_at, probe_kw or {}, progress,
+                       Trainer.build(build_config(spec.config_table(seed, eval_seeds)), log=lambda s: None))
+    return run.go()
 
-    def auto_step(spent: float) -> None:
-        from .auto import choose_schedule
 
-        opts = {k: v for k, v in spec.auto.items() if k != "reprobe"}
-        c0 = time.process_time()
-        info = choose_schedule(tr, seed=seed, tag=len(auto_log), **opts)
-        probe_cpu = time.process_time() - c0
-        tr.schedule = info["schedule"]
-        tr.compute.add(info["compute"])  # the probe is paid from the budget
-        auto_log.append({"units": spent, "checkpoints": list(info["schedule"].checkpoints),
-                         "choice": info["choice"], "probe_units": info["compute"].units(**unit_kw),
-                         "probe_cpu": probe_cpu,
-                         "table": info["table"],
-                         "fidelity": [round(f["rho_mean"], 4) if f["rho_mean"] is not None else None
-                                      for f in info["fidelity"]]})
+class _BudgetedRun:
+    """One budgeted run: drives the trainer's loop (``Trainer.epochs``) and, between its epochs,
+    decides whether the next epoch fits the budget, re-probes an automatic schedule, probes fidelity
+    and evaluates at compute milestones."""
 
-    t_run = time.perf_counter()
+    def __init__(self, spec, seed, budget, n_evals, probe_at, probe_kw, progress, tr):
+        self.spec, self.seed, self.budget, self.n_evals = spec, seed, budget, n_evals
+        self.probe_kw, self.progress, self.tr = probe_kw, progress, tr
+        self.costs = default_flop_costs(tr.model, tr.reward)
+        self.unit_kw = self.costs.unit_kw()
+        self.auto_log: list[dict] = []
+        self.reprobe = sorted((spec.auto or {}).get("reprobe", (0.0,))) if spec.auto is not None else []
+        self.probe_left = sorted(probe_at)
+        # Process CPU time (one thread per run) is what other jobs on a shared machine inflate least;
+        # wall-clock of runs executed at different times is not comparable there.
+        self.cpu = {"sampling": 0.0, "training": 0.0}
+        self.probes: list[dict] = []
+        self.epochs: list[dict] = []
+        self.t_run = time.perf_counter()
 
-    def wall() -> float:
-        w = tr.compute.wall
+    def spent(self) -> float:
+        return self.tr.compute.units(**self.unit_kw)
+
+    def wall(self) -> float:
+        w = self.tr.compute.wall
         return sum(w.get(k, 0.0) for k in ("sampling", "proxy", "final_scoring", "training"))
 
-    def eval_point(epoch: int) -> dict:
-        ev = tr.evaluate()
-        return {"epoch": epoch, "units": tr.compute.units(**unit_kw), "wall": wall(), "cpu": sum(cpu.values()),
+    def eval_point(self, epoch: int) -> dict:
+        ev = self.tr.evaluate()
+        return {"epoch": epoch, "units": self.spent(), "wall": self.wall(), "cpu": sum(self.cpu.values()),
                 "reward": ev["reward"], "gold": ev.get("gold")}
 
-    # Process CPU time (one thread per run) is what other jobs on a shared machine inflate least;
-    # wall-clock of runs executed at different times is not comparable there.
-    cpu = {"sampling": 0.0, "training": 0.0}
-    curve = [eval_point(0)]
-    next_eval = 1  # evaluate once spent >= budget·next_eval/n_evals
-    probes, probe_left = [], sorted(probe_at)
-    epochs: list[dict] = []
-    epoch_units = None
-    epoch = 0
-    # The trainer's one loop; between its epochs (the body below, and before the first) the bench
-    # decides whether the next epoch fits the budget, re-probes the schedule and probes fidelity.
-    loop = tr.epochs()
-    while True:
-        spent = tr.compute.units(**unit_kw)
-        due = bool(reprobe) and spent >= reprobe[0] * budget
-        next_cost = (epoch_units or 0.0) + (auto_log[-1]["probe_units"] if due and auto_log else 0.0)
-        if epoch_units is not None and spent + next_cost > budget * (1 + 1e-9):
-            break
+    def auto_step(self, spent: float) -> None:
+        from .auto import choose_schedule
+
+        opts = {k: v for k, v in self.spec.auto.items() if k != "reprobe"}
+        c0 = time.process_time()
+        info = choose_schedule(self.tr, seed=self.seed, tag=len(self.auto_log), **opts)
+        probe_cpu = time.process_time() - c0
+        self.tr.adopt_schedule(info["schedule"], info["compute"])  # the probe is paid from the budget
+        self.cpu["sampling"] += probe_cpu  # probes cost time as well as compute
+        self.auto_log.append({"units": spent, "checkpoints": list(info["schedule"].checkpoints),
+                              "choice": info["choice"], "probe_units": info["compute"].units(**self.unit_kw),
+                              "probe_cpu": probe_cpu, "table": info["table"],
+                              "fidelity": [round(f["rho_mean"], 4) if f["rho_mean"] is not None else None
+                                           for f in info["fidelity"]]})
+
+    def between_epochs(self, epoch_units: float | None, epoch: int) -> bool:
+        """Re-probe and probe as due; False when the next epoch would cross the budget."""
+        spent = self.spent()
+        due = bool(self.reprobe) and spent >= self.reprobe[0] * self.budget
+        next_cost = (epoch_units or 0.0) + (self.auto_log[-1]["probe_units"] if due and self.auto_log else 0.0)
+        if epoch_units is not None and spent + next_cost > self.budget * (1 + 1e-9):
+            return False
         if due:
-            while reprobe and spent >= reprobe[0] * budget:
-                reprobe.pop(0)
-            auto_step(spent)
-            cpu["sampling"] += auto_log[-1]["probe_cpu"]  # probes cost time as well as compute
-            spent = tr.compute.units(**unit_kw)
-        if probe_left and spent >= probe_left[0] * budget:
-            probe_left.pop(0)
-            probes.append(_probe_live(tr, spent, epoch, **(probe_kw or {})))
-        before = spent
-        record = next(loop)
-        for phase in ("sampling", "training"):
-            cpu[phase] += record.cpu_s[phase]
-        epoch = record.epoch
-        spent = tr.compute.units(**unit_kw)
-        epoch_units = spent - before
-        m = record.sample
-        epochs.append({"epoch": epoch, "units": spent, "reward_mean": m.reward_mean,
-                       "clustered_trained": m.clustered_trained, "clustered_finished": m.clustered_finished,
-                       "clustered_expanded": m.clustered_expanded})
-        if spent >= budget * next_eval / n_evals - 1e-9:
-            curve.append(eval_point(epoch))
-            while next_eval <= n_evals and spent >= budget * next_eval / n_evals - 1e-9:
-                next_eval += 1
-        if progress is not None and epoch % 20 == 0:
-            progress(f"{spec.name} seed {seed}: epoch {epoch}, {spent / budget:.0%} of budget, "
-                     f"eval {curve[-1]['reward']:.3f}")
-    loop.close()
-    if curve[-1]["epoch"] != epoch:
-        curve.append(eval_point(epoch))
-    for _ in probe_left:  # fractions the stopped run never reached (e.g. 1.0): probe the final policy
-        probes.append(_probe_live(tr, tr.compute.units(**unit_kw), epoch, **(probe_kw or {})))
-        break
-    if hasattr(tr, "close"):  # leaves a process group if the trainer joined one; no-op otherwise
+            while self.reprobe and spent >= self.reprobe[0] * self.budget:
+                self.reprobe.pop(0)
+            self.auto_step(spent)
+            spent = self.spent()
+        if self.probe_left and spent >= self.probe_left[0] * self.budget:
+            self.probe_left.pop(0)
+            self.probes.append(_probe_live(self.tr, spent, epoch, **self.probe_kw))
+        return True
+
+    def go(self) -> dict[str, Any]:
+        tr, budget, n_evals = self.tr, self.budget, self.n_evals
+        curve = [self.eval_point(0)]
+        next_eval = 1  # evaluate once spent >= budget·next_eval/n_evals
+        epoch_units, epoch = None, 0
+        loop = tr.epochs()
+        while self.between_epochs(epoch_units, epoch):
+            before = self.spent()
+            record = next(loop)
+            for phase in ("sampling", "training"):
+                self.cpu[phase] += record.cpu_s[phase]
+            epoch, spent = record.epoch, self.spent()
+            epoch_units = spent - before
+            m = record.sample
+            self.epochs.append({"epoch": epoch, "units": spent, "reward_mean": m.reward_mean,
+                                "clustered_trained": m.clustered_trained, "clustered_finished": m.clustered_finished,
+                                "clustered_expanded": m.clustered_expanded})
+            if spent >= budget * next_eval / n_evals - 1e-9:
+                curve.append(self.eval_point(epoch))
+                while next_eval <= n_evals and spent >= budget * next_eval / n_evals - 1e-9:
+                    next_eval += 1
+            if self.progress is not None and epoch % 20 == 0:
+                self.progress(f"{self.spec.name} seed {self.seed}: epoch {epoch}, {spent / budget:.0%} of budget, "
+                              f"eval {curve[-1]['reward']:.3f}")
+        loop.close()
+        if curve[-1]["epoch"] != epoch:
+            curve.append(self.eval_point(epoch))
+        if self.probe_left:  # fractions the stopped run never reached (e.g. 1.0): probe the final policy
+            self.probes.append(_probe_live(tr, self.spent(), epoch, **self.probe_kw))
         tr.close()
-    comp = tr.compute
-    return {
-        "method": spec.name, "model": spec.model, "seed": seed, "budget": budget,
-        "schedule": dataclasses.asdict(tr.schedule), "epochs": epoch, "optimizer_steps": tr.optimizer_steps,
-        "curve": curve, "final": curve[-1], "units": comp.units(**unit_kw), "epoch_units": epoch_units,
-        "compute": comp.as_dict(), "cpu_s": dict(cpu), "flops": comp.flops(costs), "flop_costs": dataclasses.asdict(costs),
-        "epoch_metrics": epochs, "probes": probes, "auto": auto_log or None,
-        "run_wall_s": time.perf_counter() - t_run,
-    }
+        return self.result(curve, epoch, epoch_units)
+
+    def result(self, curve: list[dict], epoch: int, epoch_units: float | None) -> dict[str, Any]:
+        tr, spec, comp = self.tr, self.spec, self.tr.compute
+        return {
+            "method": spec.name, "model": spec.model, "seed": self.seed, "budget": self.budget,
+            "schedule": dataclasses.asdict(tr.schedule), "epochs": epoch, "optimizer_steps": tr.optimizer_steps,
+            "curve": curve, "final": curve[-1], "units": comp.units(**self.unit_kw), "epoch_units": epoch_units,
+            "compute": comp.as_dict(), "cpu_s": dict(self.cpu), "flops": comp.flops(self.costs),
+            "flop_costs": dataclasses.asdict(self.costs), "epoch_metrics": self.epochs, "probes": self.probes,
+            "auto": self.auto_log or None, "run_wall_s": time.perf_counter() - self.t_run,
+        }
 
 
 def _probe_live(tr, spent: float, epoch: int, prompts: int = 10, group: int = 48, seeds_base: int = 500_000,

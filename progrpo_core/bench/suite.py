@@ -75,9 +75,18 @@ AUTO = {"group": 48, "prompts": 6, "criterion": "rho", "rho": (0.85, 0.95), "rep
 
 def method_specs(quick: bool = False) -> list[MethodSpec]:
     """Every benchmarked configuration (docs/METHOD.md §5, scaled to T = 10 steps)."""
-    T, E = FLOW_T, EPS_T
     gold = {"reward": {"gold": "stroke"}}
-    flow = [
+    flow = flow_specs(FLOW_T, gold)
+    eps = eps_specs(EPS_T, gold)
+    flow += [other_lr(s) for s in flow if s.name in ("grpo", "pro-grpo", *WINDOWED)]
+    if quick:  # every flow method at its automatic rate, the ε baseline and the paper's ε funnel
+        return [s for s in flow if s.name != "pro-grpo-hybrid" and "-lr" not in s.name] + [eps[0], eps[2]]
+    return flow + eps + ablation_specs(FLOW_T, gold) + gold_specs(FLOW_T) + pair_specs(FLOW_T, EPS_T, gold)
+
+
+def flow_specs(T: int, gold: dict) -> list[MethodSpec]:
+    """The flow model's methods and variants, each at its automatic learning rate."""
+    return [
         MethodSpec("grpo", "digits-flow", preset_table("grpo", T, **gold),
                    note="Flow-GRPO baseline: G = 24, all trained"),
         MethodSpec("ovf", "digits-flow", preset_table("ovf", T, **gold),
@@ -117,14 +126,18 @@ def method_specs(quick: bool = False) -> list[MethodSpec]:
                    note="ours: 48 -> 12 by OVF on the proxy after 3 deterministic ODE steps, then a 2-step SDE "
                         "window for the survivors only"),
     ]
+
+
+def eps_specs(E: int, gold: dict) -> list[MethodSpec]:
+    """The ε model's methods with its presets (the paper's SD-v1.4 funnel, DanceGRPO's G = 16), at
+    both of the built-in models' automatic rates."""
     eps = [
-        MethodSpec("grpo-16", "digits-eps", {"grpo": {"method": "grpo"}, "sampler": {"steps": E},
-                                             "schedule": {"group_size": 16}, **gold}, group="eps",
+        MethodSpec("grpo-16", "digits-eps", preset_table("grpo", E, "eps", **gold), group="eps",
                    note="DanceGRPO-style baseline: G = 16, all trained"),
         MethodSpec("ovf-16", "digits-eps", {"grpo": {"method": "ovf"}, "sampler": {"steps": E},
                                             "schedule": {"group_size": 16, "final_keep": 8}, **gold}, group="eps",
                    note="static OVF: sample 16, train 8"),
-        MethodSpec("pro-grpo-eps", "digits-eps", pro_table(E, 48, (32, 8), (0.6, 0.8), **gold), group="eps",
+        MethodSpec("pro-grpo-eps", "digits-eps", preset_table("pro-grpo", E, "eps", **gold), group="eps",
                    note="48 -> 32 -> 8, pruning after 60 % and 80 % of the steps"),
         MethodSpec("pro-grpo-eps-auto", "digits-eps", pro_table(E, 48, (32, 8), (0.6, 0.8), **gold), group="eps",
                    auto=dict(AUTO, keep=(32, 8)),
@@ -134,10 +147,14 @@ def method_specs(quick: bool = False) -> list[MethodSpec]:
                                   **gold), group="eps",
                      note=f"{m} on the ε model with DanceGRPO's G = 16" + (" (16 -> 8 after the window)"
                                                                         if m.startswith("pro") else ""))
-          for m in ("flow-grpo-fast", "mixgrpo", "pro-grpo-fast", "pro-mixgrpo")],
+          for m in WINDOWED],
     ]
-    eps += [other_lr(s) for s in eps if s.name in ("grpo-16", "pro-grpo-eps", *(f"{m}-16" for m in WINDOWED))]
-    ablation = [
+    return eps + [other_lr(s) for s in eps if s.name in ("grpo-16", "pro-grpo-eps", *(f"{m}-16" for m in WINDOWED))]
+
+
+def ablation_specs(T: int, gold: dict) -> list[MethodSpec]:
+    """G_max and checkpoint position."""
+    return [
         MethodSpec("pro-grpo-g64", "digits-flow", pro_table(T, 64, (32, 12), (0.5, 0.7), **gold), group="ablation",
                    note="G_max ablation: 64 -> 32 -> 12 (24 = flash, 48 = pro-grpo)"),
         MethodSpec("pro-grpo-early", "digits-flow", pro_table(T, 48, (24, 12), (0.2, 0.4), **gold), group="ablation",
@@ -147,21 +164,21 @@ def method_specs(quick: bool = False) -> list[MethodSpec]:
         MethodSpec("pro-grpo-late", "digits-flow", pro_table(T, 48, (24, 12), (0.6, 0.8), **gold), group="ablation",
                    note="checkpoint ablation: after 60 % / 80 %"),
     ]
+
+
+def gold_specs(T: int) -> list[MethodSpec]:
+    """Reward hacking: trained on stroke (ink), the digit reward watched."""
     stroke = {"reward": {"name": "stroke", "gold": "digit"}}
-    gold_runs = [
+    return [
         MethodSpec("grpo-stroke", "digits-flow", {"grpo": {"method": "grpo"}, "sampler": {"steps": T}, **stroke},
                    group="gold", note="trained on stroke (ink), digit watched as gold"),
         MethodSpec("pro-grpo-stroke", "digits-flow", pro_table(T, 48, (24, 12), (0.5, 0.7), **stroke), group="gold",
                    note="pro-grpo trained on stroke (ink), digit watched as gold"),
     ]
-    flow += [other_lr(s) for s in flow if s.name in ("grpo", "pro-grpo", *WINDOWED)]
-    pair = pair_specs(T, E, gold)
-    if quick:  # every flow method at its automatic rate, the ε baseline and the paper's ε funnel
-        return [s for s in flow if s.name != "pro-grpo-hybrid" and "-lr" not in s.name] + [eps[0], eps[2]]
-    return flow + eps + ablation + gold_runs + pair
 
 
-WINDOWED = ("flow-grpo-fast", "mixgrpo", "pro-grpo-fast", "pro-mixgrpo")
+# the methods that sample by ODE with a moving SDE window (the presets say which)
+WINDOWED = tuple(n for n, p in METHODS.items() if p.sde_window and p.window_mode != "after-pruning")
 
 
 def with_lr(spec: MethodSpec, lr: float) -> MethodSpec:
@@ -187,10 +204,9 @@ def pair_specs(T: int, E: int, gold: dict) -> list[MethodSpec]:
             for m in ("grpo", "pro-grpo", *WINDOWED)]
     eps_sched = {"group_size": 16}
     eps = [
-        MethodSpec("grpo-16-pair", "digits-pair-eps", {"grpo": {"method": "grpo"}, "sampler": {"steps": E},
-                                                       "schedule": eps_sched, **gold}, group="pair-eps",
+        MethodSpec("grpo-16-pair", "digits-pair-eps", preset_table("grpo", E, "eps", **gold), group="pair-eps",
                    note="DanceGRPO-style baseline on two digits: G = 16, all trained"),
-        MethodSpec("pro-grpo-eps-pair", "digits-pair-eps", pro_table(E, 48, (32, 8), (0.6, 0.8), **gold),
+        MethodSpec("pro-grpo-eps-pair", "digits-pair-eps", preset_table("pro-grpo", E, "eps", **gold),
                    group="pair-eps", note="48 -> 32 -> 8 at 60 % / 80 % on two digits"),
         *[MethodSpec(f"{m}-16-pair", "digits-pair-eps",
                      preset_table(m, E, schedule={**eps_sched, **({"keep": [8]} if m.startswith("pro") else {})},
@@ -499,21 +515,62 @@ def run_bench(args: argparse.Namespace) -> int:
 
     if args.replot:
         return _replot(Path(args.out), args.copy_plots)
+    plan, specs, skip = plan_from_args(args), specs_from_args(args), skip_from_args(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    command = "python -m progrpo_core " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if "bench" in sys.argv[1:2] \
+        else "python -m progrpo_core bench " + ("--quick" if args.quick else "")
+    t0 = time.perf_counter()
+    machine = machine_info()
+    log(f"bench: {len(specs)} methods x {plan.seeds} seeds, budget {plan.budget_flow:.0f} units, "
+        f"{plan.jobs} job(s), out {out}")
+    efficiency = None
+    if "efficiency" not in skip:  # first, while no training job competes for the cores
+        from .efficiency import measure_efficiency
+
+        efficiency = measure_efficiency(hidden=plan.efficiency_hidden, repeats=plan.efficiency_repeats, log=log)
+    probes = base_probes(plan, log) if "fidelity" not in skip else {}
+    runs = run_all(specs, plan, log)
+    fidelity, fidelity_lookahead, selection, hist = fidelity_sections(probes, runs)
+    results = {
+        "command": command.strip(), "machine": machine, "plan": dataclasses.asdict(plan),
+        "unit": "compute units = model-row evaluations: sampling + training forward + 2 x training backward "
+                "+ reward calls x (reward FLOPs / model-row FLOPs); decodes cost 0 (pixel-space model)",
+        "methods": aggregate(specs, runs), "baselines": BASELINES, "fidelity": fidelity,
+        "fidelity_lookahead": fidelity_lookahead, "selection": selection,
+        "efficiency": efficiency, "paper_flops": paper_flops_table(),
+        "clustering_hist": hist, "runs": [_compact(r) for r in runs], "bench_wall_s": time.perf_counter() - t0,
+    }
+    R.write_plots(results, runs, hist, out)
+    R.write_json(results, out / "results.json")
+    (out / "report.md").write_text(R.report_markdown(results))
+    if args.copy_plots:
+        _copy_plots(out, Path(args.copy_plots))
+    log(f"bench done in {time.perf_counter() - t0:.0f}s: {out / 'results.json'}, {out / 'report.md'}")
+    log(R.headline(results))
+    return 0
+
+
+def plan_from_args(args: argparse.Namespace) -> BenchPlan:
+    """The bench's sizes: --quick or the full plan, with the flags' overrides."""
     plan = QUICK if args.quick else BenchPlan()
     over: dict[str, Any] = {}
     if args.seeds is not None:
         over["seeds"] = args.seeds
     if args.budget is not None:
         over.update(budget_flow=args.budget, budget_eps=args.budget, budget_gold=args.budget)
-    if args.jobs is not None:
-        over["jobs"] = args.jobs
-    if args.evals is not None:
-        over["n_evals"] = args.evals
-    if args.eval_seeds is not None:
-        over["eval_seeds"] = args.eval_seeds
+    for flag, field in (("jobs", "jobs"), ("evals", "n_evals"), ("eval_seeds", "eval_seeds")):
+        if getattr(args, flag) is not None:
+            over[field] = getattr(args, flag)
     plan = dataclasses.replace(plan, **over)
     if plan.seeds < 1 or plan.budget_flow <= 0 or plan.jobs < 1 or plan.n_evals < 1:
         raise ValueError(f"bench needs seeds >= 1, budget > 0, jobs >= 1 and evals >= 1; got {plan}")
+    return plan
+
+
+def specs_from_args(args: argparse.Namespace) -> list[MethodSpec]:
+    """The methods --quick, --groups and --methods choose."""
     specs = method_specs(args.quick)
     if args.groups:
         groups = [g.strip() for g in args.groups.split(",") if g.strip()]
@@ -530,29 +587,20 @@ def run_bench(args: argparse.Namespace) -> int:
         specs = [s for s in method_specs(False) if s.name in names]
     if not specs:
         raise ValueError("no method left to run; check --methods / --groups")
+    return specs
+
+
+def skip_from_args(args: argparse.Namespace) -> set[str]:
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     bad = sorted(skip - {"fidelity", "efficiency"})
     if bad:
         raise ValueError(f"--skip {bad} unknown; expected fidelity and/or efficiency")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = lambda s: print(s, flush=True)  # noqa: E731
-    command = "python -m progrpo_core " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if "bench" in sys.argv[1:2] \
-        else "python -m progrpo_core bench " + ("--quick" if args.quick else "")
-    t0 = time.perf_counter()
-    machine = machine_info()
-    log(f"bench: {len(specs)} methods x {plan.seeds} seeds, budget {plan.budget_flow:.0f} units, "
-        f"{plan.jobs} job(s), out {out}")
+    return skip
 
-    efficiency = None
-    if "efficiency" not in skip:  # first, while no training job competes for the cores
-        from .efficiency import measure_efficiency
 
-        efficiency = measure_efficiency(hidden=plan.efficiency_hidden, repeats=plan.efficiency_repeats, log=log)
-    probes = base_probes(plan, log) if "fidelity" not in skip else {}
-    runs = run_all(specs, plan, log)
-    methods = aggregate(specs, runs)
-
+def fidelity_sections(probes: dict, runs: list[dict]) -> tuple[dict, dict, dict, dict | None]:
+    """Proxy fidelity (and with lookahead), selection and the clustering histogram, from the base
+    models' probes and the live-policy probes of the runs."""
     fidelity: dict[str, Any] = {}
     fidelity_lookahead: dict[str, Any] = {}
     selection: dict[str, Any] = {}
@@ -562,9 +610,7 @@ def run_bench(args: argparse.Namespace) -> int:
         fidelity_lookahead[f"{name} (base)"] = p["fidelity_lookahead"]
         selection[f"{name} (base)"] = selection_summary(p["probe"], FLOW_T if name == "digits-flow" else EPS_T)
     for r in runs:
-        if not r["probes"]:
-            continue
-        for pr in r["probes"]:
+        for pr in r["probes"] or ():
             label = f"{r['model']} ({r['method']} policy, {pr['units'] / r['budget']:.0%} of budget, seed {r['seed']})"
             fidelity[label] = pr["fidelity"]
             if pr.get("fidelity_lookahead"):
@@ -572,22 +618,7 @@ def run_bench(args: argparse.Namespace) -> int:
             selection[label] = selection_summary(pr["probe"], FLOW_T)
             if r["method"] == "grpo" and hist is None and pr["units"] >= r["budget"] * 0.5:
                 hist = {"label": label, "advantages": clustering_hist(pr["probe"], FLOW_T)}
-    results = {
-        "command": command.strip(), "machine": machine, "plan": dataclasses.asdict(plan),
-        "unit": "compute units = model-row evaluations: sampling + training forward + 2 x training backward "
-                "+ reward calls x (reward FLOPs / model-row FLOPs); decodes cost 0 (pixel-space model)",
-        "methods": methods, "baselines": BASELINES, "fidelity": fidelity, "fidelity_lookahead": fidelity_lookahead, "selection": selection,
-        "efficiency": efficiency, "paper_flops": paper_flops_table(),
-        "clustering_hist": hist, "runs": [_compact(r) for r in runs], "bench_wall_s": time.perf_counter() - t0,
-    }
-    R.write_plots(results, runs, hist, out)
-    R.write_json(results, out / "results.json")
-    (out / "report.md").write_text(R.report_markdown(results))
-    if args.copy_plots:
-        _copy_plots(out, Path(args.copy_plots))
-    log(f"bench done in {time.perf_counter() - t0:.0f}s: {out / 'results.json'}, {out / 'report.md'}")
-    log(R.headline(results))
-    return 0
+    return fidelity, fidelity_lookahead, selection, hist
 
 
 def _compact(r: dict) -> dict:

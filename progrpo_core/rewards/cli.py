@@ -19,6 +19,8 @@ from typing import Sequence
 
 import torch
 
+from ..devices import DTYPE_ALIASES, DTYPES
+
 from .weighted import build_reward_from_spec, parse_reward_spec
 from .weights import ENV_VAR
 
@@ -37,8 +39,8 @@ def add_score_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", required=True, metavar="TEXT",
                    help="the prompt: once for all images, or once per image in order")
     p.add_argument("--device", default="cpu", help="torch device for the reward models (default cpu)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "fp32", "fp16", "bf16"],
-                   help="reward model precision (default float32)")
+    p.add_argument("--dtype", default="fp32", choices=[*DTYPES, *DTYPE_ALIASES],
+                   help="reward model precision (default fp32)")
     p.add_argument("--reward-dir", action="append", default=[], metavar="DIR",
                    help=f"folder to search for reward weights (repeatable; searched before {ENV_VAR})")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")

@@ -327,21 +327,14 @@ def load_into(module: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
 # --------------------------------------------------------------------------------------------
 # Device and dtype
 
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}
-
-
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """``"float32"``/``"fp16"``/``"bf16"``/... or a torch dtype, as a torch dtype."""
-    if isinstance(dtype, torch.dtype):
-        if dtype in (torch.float32, torch.float16, torch.bfloat16):
-            return dtype
-    elif str(dtype).lower() in _DTYPES:
-        return _DTYPES[str(dtype).lower()]
-    raise ValueError(f"reward dtype {dtype!r} is not supported; use float32, float16 (fp16) or bfloat16 (bf16)")
+    from ..devices import torch_dtype
+
+    try:
+        return torch_dtype(dtype)
+    except ValueError:
+        raise ValueError(f"reward dtype {dtype!r} is not supported; use float32, float16 (fp16) or bfloat16 (bf16)") from None
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -18,9 +18,8 @@ def run(trainer, progress: bool = True, resume: bool = False, overwrite: bool = 
     continues from the newest checkpoint there, ``overwrite`` replaces a run already there."""
     c, main = trainer.cfg, trainer.world.is_main
     fresh = c.run.out is None
-    if fresh:
-        c.run.out = str(trainer.world.broadcast_object(new_run_folder(c.grpo.method) if main else None))
-    folder = RunFolder(c.run.out)
+    out = c.run.out if not fresh else trainer.world.broadcast_object(new_run_folder(c.grpo.method) if main else None)
+    folder = RunFolder(out)
     try:
         return _run(trainer, folder, progress, resume, overwrite, fresh)
     finally:

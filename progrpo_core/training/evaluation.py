@@ -8,38 +8,30 @@ from typing import Any, Sequence
 import torch
 
 from ..compute import Compute
-from ..denoiser import Denoiser, noise_to_start
+from ..denoiser import Denoiser, call_slices, cfg_rows, noise_to_start
 from ..distributed import World
 from ..rewards import Reward
 from ..samplers import randn_rows, sample_ode
+from ..spec import EVAL_SEED_BASE, eval_set  # noqa: F401  (re-exported)
 from .rollouts import decode_and_score
 
-EVAL_SEED_BASE = 1_000_000_007  # eval noise never coincides with training noise
 
 
 @torch.no_grad()
 def sample_deterministic(model: Denoiser, prompts: Sequence[str], seeds: Sequence[int], steps: int,
-                         cfg: float = 1.0, batch: int = 256) -> torch.Tensor:
-    """Final latents of deterministic (ODE / DDIM η=0) sampling, one seed per prompt; a row's
-    result depends only on its prompt and seed."""
+                         cfg: float = 1.0, micro_batch: int | None = None) -> torch.Tensor:
+    """Final latents of deterministic (ODE / DDIM η=0) sampling, one seed per prompt, at most
+    ``micro_batch`` network rows per model call (default 256 rows); a row's result depends only on
+    its prompt and seed."""
     sig = model.sigmas(steps)
     device = next(model.net.parameters()).device
     outs = []
-    for i in range(0, len(prompts), batch):
-        ps, ss = prompts[i:i + batch], seeds[i:i + batch]
+    for sl in call_slices(len(prompts), micro_batch or 256 * cfg_rows(cfg), cfg):
+        ps, ss = prompts[sl], seeds[sl]
         gens = [torch.Generator().manual_seed(int(s)) for s in ss]
         x = noise_to_start(randn_rows((len(ps), *model.latent_shape), gens), sig[0], model.family).to(device)
         outs.append(sample_ode(model, x, sig, {"cond": model.encode_prompts(ps), "cfg": cfg}))
     return torch.cat(outs)
-
-
-def eval_set(prompts: Sequence[str], seeds_per_prompt: int, max_prompts: int | None = None) -> tuple[list[str], list[int]]:
-    """The evaluation's prompts — at most ``max_prompts``, spread evenly over the list — each
-    repeated per seed, and their fixed seeds."""
-    n = len(prompts) if max_prompts is None else min(max_prompts, len(prompts))
-    chosen = [prompts[(i * len(prompts)) // n] for i in range(n)]
-    rows = [p for p in chosen for _ in range(seeds_per_prompt)]
-    return rows, [EVAL_SEED_BASE + i for i in range(len(rows))]
 
 
 def finite_mean(t: torch.Tensor, what: str) -> float:
@@ -60,9 +52,7 @@ def evaluate(model: Denoiser, reward: Reward, gold: Reward | None, prompts: Sequ
     comp = Compute()
     latents, scores, gold_scores = None, {}, None
     if hi > lo:
-        rows = micro.get("sample")
-        latents = sample_deterministic(model, prompts[lo:hi], seeds[lo:hi], steps, cfg,
-                                       batch=max(1, rows // (1 if cfg == 1.0 else 2)) if rows else 256)
+        latents = sample_deterministic(model, prompts[lo:hi], seeds[lo:hi], steps, cfg, micro.get("sample"))
         scores = decode_and_score(model, reward, latents, prompts[lo:hi], comp, phase="eval", check=False,
                                   micro_batch=micro.get("decode"))
         if gold is not None:

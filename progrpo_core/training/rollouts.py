@@ -15,7 +15,7 @@ import torch
 from .. import grpo, ovf
 from ..compute import Compute
 from ..config import GRPOConfig, SamplerConfig
-from ..denoiser import Denoiser
+from ..denoiser import Denoiser, call_slices
 from ..distributed import World
 from ..group import Rollout, sample_group, select_rows
 from ..methods import PruneSchedule
@@ -74,11 +74,10 @@ def decode_and_score(model: Denoiser, reward: Reward, latents: torch.Tensor, pro
                      micro_batch: int | None = None) -> dict[str, torch.Tensor]:
     """Decode and score, ``micro_batch`` images at a time; ``check`` refuses NaN/inf scores (the
     trainer counts them instead)."""
-    per = len(latents) if not micro_batch else micro_batch
     parts = []
     with compute.phase(f"{phase}_scoring"), torch.no_grad():
-        for lo in range(0, len(latents), per):
-            parts.append(score_finite(reward, model.decode(latents[lo:lo + per]), list(prompts[lo:lo + per])))
+        for sl in call_slices(len(latents), micro_batch):
+            parts.append(score_finite(reward, model.decode(latents[sl]), list(prompts[sl])))
     out = parts[0] if len(parts) == 1 else {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     if check:
         for k, v in out.items():

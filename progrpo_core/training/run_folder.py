@@ -116,8 +116,9 @@ class RunFolder:
         if held:
             self.clear()
 
-    def write_identity(self, run_id: str) -> None:
-        write_json(self.out / RUN_FILE, {"run_id": run_id})
+    def write_identity(self, run_id: str, settled: dict[str, Any] | None = None) -> None:
+        """``run.json``: the run's id and its settled spec (every auto as it was resolved)."""
+        write_json(self.out / RUN_FILE, {"run_id": run_id, **({"spec": settled} if settled is not None else {})})
 
     def clear(self) -> None:
         """Delete the files a run writes here (its checkpoints, metrics, results), nothing else."""

@@ -12,15 +12,20 @@ import dataclasses
 import json
 import uuid
 import warnings
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 
 from .. import checkpoint as ckpt
 from ..compute import Compute
-from ..config import TrainConfig
 from ..lora import LoraWeights
+from ..spec import RESUMABLE_CHANGES, check_resume
 from .records import jsonable
+
+if TYPE_CHECKING:
+    from ..spec import RunSpec
+    from .learner import Learner
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,13 +51,6 @@ class TrainingStopped(RuntimeError):
     updates in a row, or LoRA weights that are no longer finite."""
 
 
-# Settings a resumed run may change: how long it runs and where/how often it writes. Anything
-# else changes the trajectory, so resuming with it would not continue the same run.
-RESUMABLE_CHANGES = {
-    "run": {"out", "epochs", "max_steps", "eval_every", "save_every", "checkpoint_every", "keep_checkpoints",
-            "max_bad_updates", "check_disk", "device"},
-    "reward": {"device"},
-}
 
 
 class EMA:
@@ -155,22 +153,24 @@ def nonfinite_parts(tensors: dict[str, Sequence[torch.Tensor]]) -> list[str]:
     return [name for name, ts in tensors.items() if any(not bool(torch.isfinite(t).all()) for t in ts)]
 
 
-def snapshot(state: RunState, adapter: LoraWeights, optimizer: torch.optim.Optimizer, ema: EMA | None,
-             generators: dict[str, torch.Generator], cfg: TrainConfig, world_size: int,
-             wall_s: float = 0.0, device: torch.device | None = None) -> dict[str, Any]:
+def snapshot(state: RunState, learner: "Learner", generators: dict[str, torch.Generator], spec: "RunSpec",
+             world_size: int, wall_s: float = 0.0) -> dict[str, Any]:
     """Everything a resumed run needs, as plain tensors, numbers, strings, lists and dicts, copied
-    to the CPU. Describes the state after ``state.epoch`` completed epochs."""
+    to the CPU. Describes the state after ``state.epoch`` completed epochs; ``spec`` is recorded
+    settled (every auto as it was resolved), which is what a resume compares."""
+    ema = learner.ema
     return {
         "epoch": state.epoch, "optimizer_steps": state.optimizer_steps,
         "skipped_updates": state.skipped_updates, "bad_in_row": state.bad_in_row,
-        "lora": {n: p.detach().cpu().clone() for n, p in adapter.named_parameters()},
-        "optimizer": ckpt.to_cpu(optimizer.state_dict()),
+        "lora": {n: p.detach().cpu().clone() for n, p in learner.adapter.named_parameters()},
+        "optimizer": ckpt.to_cpu(learner.optimizer.state_dict()),
         "ema": [s.detach().cpu().clone() for s in ema.shadow] if ema is not None else None,
-        "rng": ckpt.rng_state(generators, device),
+        "rng": ckpt.rng_state(generators, spec.device),
         "compute": {f.name: ckpt.to_cpu(getattr(state.compute, f.name)) for f in dataclasses.fields(Compute)},
         "metrics": state.metrics_text(),
         "before": {k: v for k, v in (state.before or {}).items() if k != "latents"},
-        "config": cfg.to_dict(),
+        "config": spec.config.to_dict(),
+        "spec": spec.settled(),
         "run_id": state.run_id,
         "world_size": world_size,
         "wall_s": float(wall_s),
@@ -192,22 +192,22 @@ class ResumeSettingsError(ckpt.CheckpointError):
 
 
 def check_resume_config(saved: dict[str, dict[str, Any]], now: dict[str, dict[str, Any]]) -> None:
-    """Refuse to resume with settings that change the training (see ``RESUMABLE_CHANGES``)."""
-    diffs = []
-    for section in sorted(set(saved) | set(now)):
-        a, b = saved.get(section, {}), now.get(section, {})
-        for k in sorted(set(a) | set(b)):
-            if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES.get(section, set()):
-                diffs.append((section, k, a.get(k), b.get(k)))
+    """Refuse to resume with settings that change the training (see ``spec.RESUMABLE_CHANGES``)."""
+    diffs = check_resume(saved, now)
     if diffs:
         raise ResumeSettingsError(diffs, [f"{s}.{k}" for s, ks in RESUMABLE_CHANGES.items() for k in sorted(ks)])
 
 
-def restore(snap: dict[str, Any], adapter: LoraWeights, optimizer: torch.optim.Optimizer, ema: EMA | None,
-            generators: dict[str, torch.Generator], cfg: TrainConfig, device: torch.device | None = None) -> RunState:
-    """Put :func:`snapshot` ``snap`` back into the adapter, optimizer, EMA and generators and return
-    its :class:`RunState` (the same settings are required, see ``RESUMABLE_CHANGES``)."""
-    check_resume_config(snap["config"], cfg.to_dict())
+def restore(snap: dict[str, Any], learner: "Learner", generators: dict[str, torch.Generator],
+            spec: "RunSpec") -> RunState:
+    """Put :func:`snapshot` ``snap`` back into the learner (LoRA, optimizer, EMA) and generators and
+    return its :class:`RunState`. The settings must be the same (``spec.RESUMABLE_CHANGES``): the
+    settled spec's, or for a checkpoint without one the config's."""
+    if "spec" in snap:
+        check_resume_config(snap["spec"], spec.settled())
+    else:
+        check_resume_config(snap["config"], spec.config.to_dict())
+    adapter, optimizer, ema = learner.adapter, learner.optimizer, learner.ema
     named = adapter.named_parameters()
     saved = snap["lora"]
     if sorted(saved) != sorted(n for n, _ in named):
@@ -226,7 +226,7 @@ def restore(snap: dict[str, Any], adapter: LoraWeights, optimizer: torch.optim.O
             for s_, v in zip(ema.shadow, snap["ema"]):
                 s_.copy_(v.to(s_))
     optimizer.load_state_dict(snap["optimizer"])
-    ckpt.set_rng_state(snap["rng"], generators, device)
+    ckpt.set_rng_state(snap["rng"], generators, spec.device)
     comp = dict(snap["compute"])
     epoch = int(snap["epoch"])
     return RunState(

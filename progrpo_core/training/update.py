@@ -7,21 +7,26 @@ optionally plus a KL to the reference policy (the network with the LoRA switched
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import dataclasses
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
 from .. import grpo
 from ..compute import Compute
 from ..config import GRPOConfig, SamplerConfig
-from ..denoiser import Denoiser
+from ..denoiser import Denoiser, call_slices, cfg_rows
 from ..distributed import World
 from ..group import Rollout
 from ..lora import LoraWeights
-from ..samplers import step_from_x0
+from ..samplers import SAMPLER_SPECS, step_from_x0
+from ..spec import RunSpec
 from .records import UpdateStats
 from .rollouts import RolloutBatch
 from .state import EMA
+
+if TYPE_CHECKING:
+    from .learner import Learner
 
 
 def train_steps(rollout: Rollout, fraction: float, seed: int, order: str = "first") -> list[int]:
@@ -54,85 +59,110 @@ def step_loss(model: Denoiser, adapter: LoraWeights, ro: Rollout, rows: torch.Te
         with torch.no_grad(), adapter.disabled():
             x0_ref = model.denoise(x, sig_rows, cond, s.cfg)
         mean_ref = step_from_x0(model.family, s.sampler, x, x0_ref, sig, sig_next, s.noise_level, prev_sample=prev)[1]
-        dt = (sig - sig_next).abs() if g.kl_form == "flow-grpo" and s.sampler in grpo.PER_UNIT_TIME_KL else None
+        per_unit_time = g.kl_form == "flow-grpo" and SAMPLER_SPECS[s.sampler].kl_per_unit_time
+        dt = (sig - sig_next).abs() if per_unit_time else None
         kl = grpo.kl_to_reference(mean, mean_ref, std, dt).mean()
         loss = loss + g.kl_beta * kl
-        comp.nfe_train_fwd += len(rows) * (1 if s.cfg == 1.0 else 2)
+        comp.nfe_train_fwd += len(rows) * cfg_rows(s.cfg)
     return loss, kl, stats
 
 
-def policy_update(model: Denoiser, adapter: LoraWeights, optimizer: torch.optim.Optimizer, ema: EMA | None,
-                  batch: RolloutBatch, steps: Sequence[int], sampler: SamplerConfig, g: GRPOConfig, world: World,
-                  perm_seed: int, on_update: Callable[[], None], on_skip: Callable[[str], None],
-                  max_updates: int | None = None, micro_batch: int | None = None,
-                  scaler: torch.amp.GradScaler | None = None) -> tuple[UpdateStats, Compute]:
-    """Train on ``batch``; ``on_update()`` after every optimizer step, ``on_skip(why)`` for every
-    step skipped for a non-finite loss or gradient (it may stop the run by raising).
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+    """What the caller hears of an update: ``on_update()`` after every optimizer step,
+    ``on_skip(why)`` for every step skipped for a non-finite loss or gradient (it may stop the run by
+    raising); at most ``max_updates`` steps are taken (None: no cap)."""
+
+    on_update: Callable[[], None]
+    on_skip: Callable[[str], None]
+    max_updates: int | None = None
+
+
+@dataclasses.dataclass
+class Sums:
+    """One (minibatch, step)'s row-sums on this rank, and the rows of the whole minibatch."""
+
+    rows: int                   # rows of the minibatch over all ranks
+    loss: float = 0.0
+    kl: float = 0.0
+    clip_frac: float = 0.0
+    approx_kl: float = 0.0
+
+    FIELDS = ("loss", "kl", "clip_frac", "approx_kl")
+
+    def add(self, n: int, loss: torch.Tensor, kl: torch.Tensor, stats: dict) -> None:
+        self.loss += float(loss.detach()) * n
+        self.kl += float(kl.detach()) * n
+        self.clip_frac += stats["clip_frac"] * n
+        self.approx_kl += stats["approx_kl"] * n
+
+
+def policy_update(model: Denoiser, learner: "Learner", batch: RolloutBatch, steps: Sequence[int], spec: RunSpec,
+                  world: World, perm_seed: int, hooks: Hooks) -> tuple[UpdateStats, Compute]:
+    """Train on ``batch``, as ``spec`` says (sampler, ``grpo`` settings, the train micro-batch).
 
     The minibatches (``grpo.train_batch_size`` rows) are cut from one seeded permutation of the
     *whole* batch's rows, and each rank's loss is weighted by its share of the minibatch, so the
     gradients summed over ranks are the one-process gradient. Within a minibatch, forward and
-    backward passes take ``micro_batch`` network rows at a time (a guided row counts two) and
+    backward passes take ``micro.train`` network rows at a time (a guided row counts two) and
     accumulate: the sum is the minibatch's gradient whatever the micro-batch. With fp16 the loss is
-    scaled (``scaler``) so the small policy gradients survive the half-precision backward."""
-    ro, adv = batch.rollout, batch.advantages
+    scaled (``learner.scaler``) so the small policy gradients survive the half-precision backward."""
+    g, sampler = spec.grpo, spec.sampler
+    ro = batch.rollout
     n_local = ro.latents.shape[0]
     n_total = batch.total_rows if batch.total_rows is not None else n_local
     perm = torch.randperm(n_total, generator=torch.Generator().manual_seed(perm_seed))
     chunks = list(perm.split(g.train_batch_size))  # global row ids per minibatch
-    mult = 1 if sampler.cfg == 1.0 else 2
     comp = Compute()
-    sums: list[list[float]] = []   # per (minibatch, step): this rank's row-sums of loss, kl, clip_frac, approx_kl
-    sizes: list[int] = []          # per (minibatch, step): rows in the whole minibatch
+    sums: list[Sums] = []  # per (minibatch, step)
     grad_norms: list[float] = []
-    params = adapter.parameters()
     model.net.train()
-    optimizer.zero_grad(set_to_none=True)
+    learner.optimizer.zero_grad(set_to_none=True)
     poisoned = False
     for ci, chunk in enumerate(chunks):
         mine = (chunk >= batch.row_offset) & (chunk < batch.row_offset + n_local)
         rows = chunk[mine] - batch.row_offset  # this rank's rows of the minibatch, in minibatch order
-        cond = model.select_cond(ro.cond, rows) if len(rows) else None
-        per = len(rows) if not micro_batch else max(1, micro_batch // mult)
         for j in steps:
-            sizes.append(len(chunk))
-            if not len(rows):
-                sums.append([0.0, 0.0, 0.0, 0.0])
-                continue
-            step_sums = [0.0, 0.0, 0.0, 0.0]
-            for lo in range(0, len(rows), per):
-                part = rows[lo:lo + per]
-                part_cond = cond if per >= len(rows) else model.select_cond(ro.cond, part)
-                with comp.phase("training"):
-                    loss, kl, st = step_loss(model, adapter, ro, part, part_cond, j, adv, sampler, g, comp)
-                    if not torch.isfinite(loss):
-                        poisoned = True
-                    else:
-                        # the minibatch mean over all ranks' rows, split into this part's share
-                        weighted = loss * (len(part) / len(chunk)) / (len(steps) * g.grad_accum)
-                        (scaler.scale(weighted) if scaler is not None else weighted).backward()
-                comp.nfe_train_fwd += len(part) * mult
-                comp.nfe_train_bwd += len(part) * mult
-                comp.model_calls += mult
-                n = len(part)
-                for k, v in enumerate((float(loss.detach()), float(kl.detach()), st["clip_frac"], st["approx_kl"])):
-                    step_sums[k] += v * n
-            sums.append(step_sums)
+            sums.append(Sums(len(chunk)))
+            for sl in call_slices(len(rows), spec.micro.train, sampler.cfg):
+                poisoned |= _backward(model, learner, batch, rows[sl], j, len(chunk), len(steps), spec, comp, sums[-1])
         if (ci + 1) % g.grad_accum == 0 or ci == len(chunks) - 1:
             with comp.phase("training"):
-                gn = _optimizer_step(params, optimizer, ema, world, g.grad_clip, poisoned, scaler)
+                gn = _optimizer_step(learner.parameters(), learner.optimizer, learner.ema, world, g.grad_clip,
+                                     poisoned, learner.scaler)
             poisoned = False
             if gn is None:
                 model.net.eval()
-                on_skip("the loss or gradient is NaN or infinite")  # may stop the run
+                hooks.on_skip("the loss or gradient is NaN or infinite")  # may stop the run
                 model.net.train()
             else:
-                on_update()
+                hooks.on_update()
                 grad_norms.append(gn)
-            if max_updates is not None and len(grad_norms) >= max_updates:
+            if hooks.max_updates is not None and len(grad_norms) >= hooks.max_updates:
                 break
     model.net.eval()
-    return _stats(world, sums, sizes, grad_norms, steps), comp
+    return _stats(world, sums, grad_norms, steps), comp
+
+
+def _backward(model: Denoiser, learner: "Learner", batch: RolloutBatch, part: torch.Tensor, j: int, minibatch: int,
+              n_steps: int, spec: RunSpec, comp: Compute, sums: Sums) -> bool:
+    """Forward and backward of step ``j`` for the rows ``part``, accumulating their share of the
+    minibatch's gradient; their sums go into ``sums``. Returns whether the loss was not finite."""
+    mult = cfg_rows(spec.sampler.cfg)
+    with comp.phase("training"):
+        cond = model.select_cond(batch.rollout.cond, part)
+        loss, kl, st = step_loss(model, learner.adapter, batch.rollout, part, cond, j, batch.advantages, spec.sampler,
+                                 spec.grpo, comp)
+        poisoned = not bool(torch.isfinite(loss))
+        if not poisoned:
+            # the minibatch mean over all ranks' rows, split into this part's share
+            weighted = loss * (len(part) / minibatch) / (n_steps * spec.grpo.grad_accum)
+            (learner.scaler.scale(weighted) if learner.scaler is not None else weighted).backward()
+    comp.nfe_train_fwd += len(part) * mult
+    comp.nfe_train_bwd += len(part) * mult
+    comp.model_calls += mult
+    sums.add(len(part), loss, kl, st)
+    return poisoned
 
 
 def _optimizer_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, ema: EMA | None,
@@ -163,12 +193,12 @@ def _optimizer_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Opt
     return float(gn) if ok else None
 
 
-def _stats(world: World, sums: list[list[float]], sizes: list[int], grad_norms: list[float],
-           steps: Sequence[int]) -> UpdateStats:
+def _stats(world: World, sums: list[Sums], grad_norms: list[float], steps: Sequence[int]) -> UpdateStats:
     """Per-(minibatch, step) means over the whole batch, averaged."""
-    totals = world.sum([v for row in sums for v in row])  # whole-batch row-sums, (minibatch × step) × 4
-    per_step = [[totals[4 * i + k] / sizes[i] for k in range(4)] for i in range(len(sizes))]
-    means = [sum(r[k] for r in per_step) / len(per_step) if per_step else 0.0 for k in range(4)]
-    return UpdateStats(loss=means[0], kl=means[1], clip_frac=means[2], approx_kl=means[3],
-                       grad_norm=sum(grad_norms) / len(grad_norms) if grad_norms else 0.0, updates=len(grad_norms),
-                       trained_steps=list(steps))
+    totals = world.sum([getattr(x, f) for x in sums for f in Sums.FIELDS])  # whole-batch row-sums
+    k = len(Sums.FIELDS)
+    per_step = [[totals[k * i + f] / x.rows for f in range(k)] for i, x in enumerate(sums)]
+    means = dict(zip(Sums.FIELDS, (sum(r[f] for r in per_step) / len(per_step) if per_step else 0.0
+                                   for f in range(k))))
+    return UpdateStats(**means, grad_norm=sum(grad_norms) / len(grad_norms) if grad_norms else 0.0,
+                       updates=len(grad_norms), trained_steps=list(steps))

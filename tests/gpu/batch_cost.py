@@ -31,9 +31,9 @@ def main(argv=None) -> int:
     import real_size as R
 
     sys.path.insert(0, str(R.REPO))
-    from progrpo_core.models import resolve_loader
+    from progrpo_headless import pack_nodes
 
-    resolve_loader("nodes.host.headless:import_comfyui")(args.comfyui, args.device)
+    pack_nodes("host.headless").import_comfyui(args.comfyui, args.device)
     import comfy.model_management as mm
     import torch
 

@@ -55,7 +55,7 @@ def builtin_step(device: str, out: Path) -> dict:
     with ctx:
         cfg = build_config({"run": {"out": str(out / "builtin"), "epochs": 3, "device": "cuda", "eval_every": 0,
                                     "checkpoint_every": 0, "save_every": 0}})
-        t = Trainer(cfg, log=lambda s: None)
+        t = Trainer.build(cfg, log=lambda s: None)
         plan = t.ensure_plan()
         measured = _measure(t, t.model, t.adapter, torch.device("cuda"), t.prompts[0])["measured"]
     return {"plan": {"peak_bytes": plan.peak_bytes, "seconds": plan.seconds, "epoch_s": plan.epoch_s,

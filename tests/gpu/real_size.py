@@ -150,9 +150,9 @@ def conditioning(kind: str):
 
 def run(args) -> dict:
     sys.path.insert(0, str(REPO))
-    from progrpo_core.models import resolve_loader
+    from progrpo_headless import pack_nodes
 
-    resolve_loader("nodes.host.headless:import_comfyui")(args.comfyui, args.device)
+    pack_nodes("host.headless").import_comfyui(args.comfyui, args.device)
     import comfy.model_management as mm
     import torch
 
@@ -161,8 +161,8 @@ def run(args) -> dict:
     from progrpo_core.rewards import build_reward
     from progrpo_core.training import Trainer
 
-    host = resolve_loader("nodes.host:ComfyDenoiser")
-    Adapter = resolve_loader("nodes.host:ComfyLoraAdapter")
+    host = pack_nodes("host").ComfyDenoiser
+    Adapter = pack_nodes("host").ComfyLoraAdapter
     device = resolve_device(mm.get_torch_device())
     precision = resolve_precision(args.precision, device)
     t0 = time.perf_counter()
@@ -185,7 +185,7 @@ def run(args) -> dict:
         den = host(patcher, (LATENT_CHANNELS[args.model], side, side), vae=vae, name=args.model, full_load=True)
         den.add_prompt("a prompt", pos, neg)
         adapter = Adapter(den, 16, 16.0, seed=0)
-        trainer = Trainer(cfg, model=den, reward=build_reward("stroke"), prompts=["a prompt"], adapter=adapter,
+        trainer = Trainer.build(cfg, model=den, reward=build_reward("stroke"), prompts=["a prompt"], adapter=adapter,
                           log=lambda s: None)
         result: dict = {"model": args.model, "method": args.method, "schedule": str(trainer.schedule),
                         "detected": detected, "resolution": args.resolution,

@@ -44,9 +44,9 @@ REPO = HERE.parents[1]
 def _comfy(comfyui: str):
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(HERE))
-    from progrpo_core.models import resolve_loader
+    from progrpo_headless import pack_nodes
 
-    import_comfyui = resolve_loader("nodes.host.headless:import_comfyui")
+    import_comfyui = pack_nodes("host.headless").import_comfyui
     import_comfyui(comfyui, "cpu")
 
 
@@ -57,10 +57,10 @@ def _tiny_trainer(kind: str, models: Path, dtype, precision: str, epochs: int = 
     import tiny_models as T
 
     from progrpo_core.config import build_config
-    from progrpo_core.models import resolve_loader
+    from progrpo_headless import pack_nodes
     from progrpo_core.training import Trainer
 
-    host = resolve_loader("nodes.host:ComfyDenoiser")  # the pack's adapter, as the CLI loads it
+    host = pack_nodes("host").ComfyDenoiser  # the pack's adapter, as the CLI loads it
     opts = {"dtype": dtype}
     if kind == "sd15":
         model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(models / T.FILES["sd15"]), output_vae=True,
@@ -81,7 +81,7 @@ def _tiny_trainer(kind: str, models: Path, dtype, precision: str, epochs: int = 
         "lora": {"rank": 4, "alpha": 4.0}, "reward": {"name": "stroke"},
         "run": {"epochs": epochs, "eval_every": 0, "eval_seeds": 4, "precision": precision, "device": "cpu",
                 "gradient_checkpointing": 1}})
-    return Trainer(cfg, model=den, prompts=["a red apple"], log=lambda s: None)
+    return Trainer.build(cfg, model=den, prompts=["a red apple"], log=lambda s: None)
 
 
 def check_precision(kind: str, dtype_name: str, models: Path) -> dict:
@@ -108,9 +108,9 @@ def check_branch() -> dict:
     import comfy.ops
     import torch
 
-    from progrpo_core.models import resolve_loader
+    from progrpo_headless import pack_nodes
 
-    LoraBranch = resolve_loader("nodes.host.lora:LoraBranch")
+    LoraBranch = pack_nodes("host.lora").LoraBranch
     n, r = 1280, 8
     g = torch.Generator().manual_seed(0)
     layer = comfy.ops.manual_cast.Linear(n, n, bias=False, dtype=torch.bfloat16)
@@ -186,10 +186,10 @@ def check_checkpointing(kind: str) -> dict:
     import torch
 
     from progrpo_core import grad_checkpoint
-    from progrpo_core.models import resolve_loader
+    from progrpo_headless import pack_nodes
 
-    LoraBranch = resolve_loader("nodes.host.lora:LoraBranch")
-    target_modules = resolve_loader("nodes.host.model:target_modules")
+    LoraBranch = pack_nodes("host.lora").LoraBranch
+    target_modules = pack_nodes("host.model").target_modules
     mm.in_training = True
     net = _nets()[kind]()
     with torch.no_grad():
@@ -254,9 +254,9 @@ def check_dynamic(models: Path) -> dict:
     import tiny_models as T
     import torch
 
-    from progrpo_core.models import resolve_loader
+    from progrpo_headless import pack_nodes
 
-    training_model = resolve_loader("nodes.host.train_context:training_model")
+    training_model = pack_nodes("host.train_context").training_model
 
     class HostBuffer:  # comfy-aimdo's pinned host buffer: its library loads only where there is a GPU
         def __init__(self, *a, **k):
