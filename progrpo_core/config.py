@@ -93,11 +93,17 @@ class SamplerConfig:
         _need(self.cfg is None or (math.isfinite(self.cfg) and self.cfg >= 1.0),
               f"sampler.cfg={self.cfg!r} must be >= 1 (1 turns guidance off), or auto")
 
-    def resolved(self, family: str, default_cfg: float = 1.0) -> "SamplerConfig":
-        """Every field set: the family's default sampler, its default noise, the model's default cfg."""
-        sampler = self.sampler or DEFAULT_SAMPLER.get(family, "")
+    def resolved(self, family: str, default_cfg: float = 1.0, method: Any = None) -> "SamplerConfig":
+        """Every field set: the method's sampler and noise level (``method``: a ``MethodPreset``), else
+        the family's default sampler and its default noise; the model's default cfg."""
+        preset = method.default("sampler.sampler") if method is not None else None
+        sampler = self.sampler or preset or DEFAULT_SAMPLER.get(family, "")
         check_sampler(family, sampler)
-        noise = self.noise_level if self.noise_level is not None else SAMPLER_SPECS[sampler].default_noise
+        noise = self.noise_level
+        if noise is None and method is not None and sampler == preset:
+            noise = method.default("sampler.noise_level")
+        if noise is None:
+            noise = SAMPLER_SPECS[sampler].default_noise
         cfg = self.cfg if self.cfg is not None else float(default_cfg)
         return dataclasses.replace(self, sampler=sampler, noise_level=noise, cfg=cfg)
 
@@ -111,8 +117,14 @@ class ScheduleConfig:
     selector: str = _help("subset rule at checkpoints and final selection: ovf, random, topk, all", "ovf")
     sde_window: Optional[int] = _help("SDE steps per epoch, ODE elsewhere, only they trained (0: every step; "
                                       "default: the method's)")
-    window_mode: Optional[str] = _help("where the SDE window sits: random (Flow-GRPO-Fast), sliding (MixGRPO), "
-                                       "after-pruning (default: the method's)")
+    window_mode: Optional[str] = _help("where the SDE window sits: random (Flow-GRPO-Fast), progressive (MixGRPO), "
+                                       "sliding, after-pruning (default: the method's)")
+    window_draw: Optional[str] = _help("a random window drawn once per epoch or for each prompt's group (default: the "
+                                       "method's)")
+    slide_every: Optional[int] = _help("progressive or sliding window: epochs between its moves (default: the "
+                                       "method's)")
+    shared_noise: Optional[bool] = _help("a prompt's trajectories start from one noise, as MixGRPO's (default: the "
+                                         "method's)")
 
     def __post_init__(self):
         _need(self.selector in ovf.SELECTORS,
@@ -123,7 +135,8 @@ class ScheduleConfig:
         this config's fields on top."""
         preset = METHODS[method].schedule(steps, self.selector, family)
         overrides = {f: getattr(self, f) for f in ("group_size", "checkpoints", "keep", "final_keep", "sde_window",
-                                                   "window_mode") if getattr(self, f) is not None}
+                                                   "window_mode", "window_draw", "slide_every", "shared_noise")
+                     if getattr(self, f) is not None}
         if self.checkpoints is not None and self.keep is None and len(preset.keep) != len(self.checkpoints):
             raise ValueError(f"schedule.checkpoints={list(self.checkpoints)} given without schedule.keep; "
                              "give one survivor count per checkpoint (e.g. --schedule.keep 24,12)")
@@ -142,9 +155,10 @@ class GRPOConfig:
     prompts_per_epoch: int = _help("B: prompts sampled per epoch (each gets a whole group)", 8)
     lr: Optional[float] = _help(f"AdamW learning rate (auto: {auto_lr_help()})")
     weight_decay: float = _help("AdamW weight decay", 1e-4)
-    clip_range: float = _help("PPO ratio clip epsilon", 1e-4)
+    clip_range: Optional[float] = _help("PPO ratio clip epsilon (auto: the method's, else Flow-GRPO's 1e-4)")
     adv_clip: float = _help("advantages are clipped to +-this", 5.0)
-    adv_norm: str = _help("advantage normalisation: group (per prompt) or batch (per-prompt mean, batch std)", "group")
+    adv_norm: Optional[str] = _help("advantage normalisation: group (per prompt) or batch (per-prompt mean, batch std) "
+                                    "(auto: the method's, else group)")
     kl_beta: float = _help("weight of the KL to the reference policy (0 = off)", 0.0)
     kl_form: str = _help("the KL's scale: flow-grpo (Flow-GRPO's: for flow_sde/dance_sde divided by the SDE's "
                          "noise coefficient, |dt| times the exact KL, so Flow-GRPO's kl_beta means the same here) "
@@ -158,15 +172,19 @@ class GRPOConfig:
     ema: bool = _help("keep an EMA of the LoRA weights for evaluation and saving", True)
     ema_decay: float = _help("EMA decay per optimizer step", 0.9)
     separate_reward_norm: bool = _help("normalise each reward's advantages separately before weighting", False)
+    nft_beta: float = _help("DiffusionNFT (--method nft): β, how far the implicit positive and negative policies "
+                            "lie from the old one", 1.0)
 
     def __post_init__(self):
         _need(self.method in METHODS, f"grpo.method={self.method!r} unknown; expected one of {', '.join(METHODS)}")
-        _need(self.adv_norm in ADV_NORMS, f"grpo.adv_norm={self.adv_norm!r} unknown; expected one of {ADV_NORMS}")
+        _need(self.adv_norm is None or self.adv_norm in ADV_NORMS,
+              f"grpo.adv_norm={self.adv_norm!r} unknown; expected one of {ADV_NORMS}")
         _need(self.prompts_per_epoch >= 1, f"grpo.prompts_per_epoch={self.prompts_per_epoch} must be >= 1")
         for name in ("lr", "clip_range", "adv_clip"):
             v = getattr(self, name)
-            _need(v is None and name == "lr" or isinstance(v, (int, float)) and math.isfinite(v) and v > 0,
+            _need(v is None and name != "adv_clip" or isinstance(v, (int, float)) and math.isfinite(v) and v > 0,
                   f"grpo.{name}={v!r} must be a finite number > 0")
+        _need(math.isfinite(self.nft_beta) and self.nft_beta > 0, f"grpo.nft_beta={self.nft_beta!r} must be > 0")
         for name in ("weight_decay", "kl_beta", "grad_clip"):
             v = getattr(self, name)
             _need(math.isfinite(v) and v >= 0, f"grpo.{name}={v!r} must be a finite number >= 0")

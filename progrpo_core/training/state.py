@@ -165,6 +165,7 @@ def snapshot(state: RunState, learner: "Learner", generators: dict[str, torch.Ge
         "lora": {n: p.detach().cpu().clone() for n, p in learner.adapter.named_parameters()},
         "optimizer": ckpt.to_cpu(learner.optimizer.state_dict()),
         "ema": [s.detach().cpu().clone() for s in ema.shadow] if ema is not None else None,
+        **({"old": [v.detach().cpu().clone() for v in learner.old.values]} if learner.old is not None else {}),
         "rng": ckpt.rng_state(generators, spec.device),
         "compute": {f.name: ckpt.to_cpu(getattr(state.compute, f.name)) for f in dataclasses.fields(Compute)},
         "metrics": state.metrics_text(),
@@ -225,6 +226,11 @@ def restore(snap: dict[str, Any], learner: "Learner", generators: dict[str, torc
                 raise ckpt.CheckpointError("the checkpoint has no EMA weights but grpo.ema is on")
             for s_, v in zip(ema.shadow, snap["ema"]):
                 s_.copy_(v.to(s_))
+        if learner.old is not None:
+            if len(snap.get("old") or []) != len(learner.old.values):
+                raise ckpt.CheckpointError("the checkpoint has no old-policy weights, which DiffusionNFT needs")
+            for o, v in zip(learner.old.values, snap["old"]):
+                o.copy_(v.to(o))
     optimizer.load_state_dict(snap["optimizer"])
     ckpt.set_rng_state(snap["rng"], generators, spec.device)
     comp = dict(snap["compute"])
