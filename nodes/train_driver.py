@@ -75,7 +75,8 @@ SETTING_WIDGETS = {
 # the loop's messages in the node's words
 NODE_WORDS = Words(settings={**SETTING_WIDGETS, "run.max_bad_updates": "the limit of bad updates in a row",
                              "run.checkpoint_every": "save_every", "grpo.grad_clip": "gradient clipping"},
-                   resume_how="'resume' on (same run_name)")
+                   resume_how="'resume' on (same run_name)",
+                   restart_how="start it over with 'overwrite' on (same run_name, 'resume' off)")
 
 
 def resume_refusal(e, run_name: str) -> str:

@@ -73,10 +73,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise ValueError("--resume continues the run in its folder and --overwrite deletes it; give one of them")
     if args.resume:
-        run_dir = Path(os.path.realpath(args.resume))  # runs/latest is a link to the run's own folder
+        from .training import RunFolder
+        from .training.run_folder import RUN_FILE
+
+        run_dir = Path(os.path.realpath(os.path.expanduser(args.resume)))  # runs/latest links the run's folder
+        folder = RunFolder(run_dir)
+        folder.refuse_links()  # (its config.toml is read before the folder is locked)
         if not (run_dir / "config.toml").is_file():
             raise FileNotFoundError(f"--resume {run_dir}: no config.toml there; give the folder of a run "
                                     "started by `train` (its --run.out)")
+        if folder.foreign_entries() and not folder.legacy_run():
+            raise ValueError(f"--resume {run_dir}: no checkpoint to resume from, and no {RUN_FILE}: it is not a run "
+                             f"folder of ProGRPO (it holds {', '.join(folder.foreign_entries()[:4])}); give the folder "
+                             "of a run started by `train` (its --run.out)")
         if args.config:
             raise ValueError("--resume reads the run's own config.toml; give changes as flags "
                              "(e.g. --run.epochs 200), not --config")

@@ -9,6 +9,7 @@ import torch
 
 from progrpo_core.checkpoint import CheckpointError, RunFolderError
 from progrpo_core.training import EpochRecord, ResumeSettingsError, RunFolder, Trainer
+from progrpo_core.training.run_folder import disk_full
 
 from .. import train_driver as training
 from .convert import latent_samples, pil_of
@@ -120,9 +121,13 @@ def _train(trainer: Trainer, den: ComfyDenoiser, folder: RunFolder, recorder, ru
             raise RuntimeError(f"{den.name} updates activations in place inside its blocks (Flux does), which "
                                "plain backpropagation cannot handle: turn gradient_checkpointing on") from None
         raise
-    trainer.save_lora(folder.lora_path)
-    if trainer.state.last_checkpoint != trainer.epoch:
-        trainer.save_checkpoint(folder)
+    try:
+        trainer.save_lora(folder.lora_path)
+        if trainer.state.last_checkpoint != trainer.epoch:
+            trainer.save_checkpoint(folder)
+    except OSError as e:
+        disk_full(e, folder, training.NODE_WORDS)  # a full disk in the node's words, promising what is there
+        raise
     return [EpochRecord.from_row(r) for r in trainer.metrics_rows if r["epoch"] > start], start
 
 

@@ -30,12 +30,16 @@ class Words:
 
     settings: dict[str, str] = dataclasses.field(default_factory=dict)   # "grpo.lr" -> what the user sets
     resume_how: str = "`train --resume {out}`"
+    restart_how: str = "start it over with `train --config {out}/config.toml --overwrite`"
 
     def setting(self, name: str) -> str:
         return self.settings.get(name, name)
 
     def resume(self, out: str | None) -> str:
         return self.resume_how.format(out=out)
+
+    def restart(self, out: str | None) -> str:
+        return self.restart_how.format(out=out)
 
 
 CLI_WORDS = Words()
