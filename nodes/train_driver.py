@@ -21,6 +21,8 @@ from progrpo_core.training import EpochRecord
 from progrpo_core.training.state import Words
 from progrpo_core.samplers import SAMPLER_SPECS
 
+from .trace import finite_widgets
+
 SAMPLER_CHOICES = ("auto", *SAMPLER_SPECS)
 TILE_PX = 96
 PREVIEW_PX = (512, 512)   # (height, width) of the trainer node's live preview
@@ -37,6 +39,7 @@ def build_train_config(*, method: str, epochs: int, prompts_per_epoch: int, step
     """A validated TrainConfig from the trainer node's widgets. ``group_size`` 0 and empty
     ``checkpoints``/``keep`` take the method's preset; ``noise_level`` < 0 the sampler's default;
     ``cfg`` 0 the model's default; micro-batches 0 are chosen from the free memory."""
+    finite_widgets(noise_level=noise_level, cfg=cfg, learning_rate=learning_rate, alpha=alpha, kl_beta=kl_beta)
     if method not in METHODS:
         raise ValueError(f"method {method!r} unknown; expected one of {', '.join(METHODS)}")
     table = {

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from progrpo_core.checkpoint import CheckpointError, RunFolderError
-from progrpo_core.training import EpochRecord, ResumeSettingsError, RunFolder, Trainer
+from progrpo_core.training import EpochRecord, EpochsDoneError, ResumeSettingsError, RunFolder, Trainer
 from progrpo_core.training.run_folder import disk_full
 
 from .. import train_driver as training
@@ -71,6 +71,9 @@ def _train(trainer: Trainer, den: ComfyDenoiser, folder: RunFolder, recorder, ru
         resumed = trainer.open(folder, resume=resume, overwrite=overwrite)
     except ResumeSettingsError as e:
         raise ValueError(training.resume_refusal(e, run_name)) from None
+    except EpochsDoneError as e:
+        raise ValueError(f"epochs={e.asked}, but run {run_name!r} has done {e.done} epochs already (epochs counts the "
+                         f"whole run, not the epochs to add): set epochs to {e.done + 1} or more to train on") from None
     except CheckpointError as e:
         raise ValueError(f"cannot resume run {run_name!r}: {e}. Turn 'resume' off and 'overwrite' on to start the "
                          "run over, or choose another run_name") from None

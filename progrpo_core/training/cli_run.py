@@ -34,7 +34,9 @@ def _run(trainer, folder: RunFolder, progress: bool, resume: bool, overwrite: bo
     trainer.restart_clock()
     resumed = trainer.open(folder, resume, overwrite)
     if fresh and main:
-        point_latest(folder.out)
+        note = point_latest(folder.out)
+        if note:
+            trainer.log(note)
     if not resumed:
         before = trainer.evaluate()
         trainer.state.before = {k: v for k, v in before.items() if k != "latents"}
@@ -74,14 +76,16 @@ def new_run_folder(method: str, root: str | Path = "runs") -> Path:
     return path
 
 
-def point_latest(folder: Path) -> None:
-    """Make ``<root>/latest`` a symlink to ``folder`` (replaced atomically). Where links cannot be
-    made (Windows without developer mode) there is no ``latest``; the run folder is printed anyway."""
+def point_latest(folder: Path) -> str | None:
+    """Make ``<root>/latest`` a symlink to ``folder`` (replaced atomically); returns a note when it
+    could not. Where links cannot be made (Windows without developer mode) there is no ``latest``;
+    the run folder is printed anyway."""
     import os
 
     latest = folder.parent / "latest"
-    if latest.exists() and not latest.is_symlink():
-        return  # a real folder of that name (an older run's): leave it alone
+    if latest.exists() and not latest.is_symlink():  # a real file or folder of that name: leave it alone
+        return (f"note: {latest} is a real {'folder' if latest.is_dir() else 'file'}, not a link, so it was left as "
+                f"it is and does not point at this run ({folder}); rename it to have {latest} follow the newest run")
     tmp = folder.parent / f".latest.{os.getpid()}"
     tmp.unlink(missing_ok=True)
     try:

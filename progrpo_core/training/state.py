@@ -195,6 +195,15 @@ class ResumeSettingsError(ckpt.CheckpointError):
             "new run from the LoRA with --lora.init_from.")
 
 
+class EpochsDoneError(ckpt.CheckpointError):
+    """Resuming with ``run.epochs`` below the epochs the run has done (it counts the whole run)."""
+
+    def __init__(self, done: int, asked: int):
+        self.done, self.asked = done, asked
+        super().__init__(f"run.epochs={asked}, but the run has done {done} epochs already (run.epochs counts the whole "
+                         f"run, not the epochs to add): give --run.epochs {done + 1} or more to train on")
+
+
 def check_resume_config(saved: dict[str, dict[str, Any]], now: dict[str, dict[str, Any]]) -> None:
     """Refuse to resume with settings that change the training (see ``RESUMABLE_CHANGES``)."""
     diffs = []
@@ -212,6 +221,8 @@ def restore(snap: dict[str, Any], adapter: LoraWeights, optimizer: torch.optim.O
     """Put :func:`snapshot` ``snap`` back into the adapter, optimizer, EMA and generators and return
     its :class:`RunState` (the same settings are required, see ``RESUMABLE_CHANGES``)."""
     check_resume_config(snap["config"], cfg.to_dict())
+    if cfg.run.epochs < int(snap["epoch"]):
+        raise EpochsDoneError(int(snap["epoch"]), cfg.run.epochs)
     named = adapter.named_parameters()
     saved = snap["lora"]
     if sorted(saved) != sorted(n for n, _ in named):

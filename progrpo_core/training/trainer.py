@@ -29,7 +29,7 @@ from ..config import TrainConfig
 from ..denoiser import Denoiser
 from ..lora import LoraAdapter, LoraWeights, lora_from_file
 from ..methods import auto_lr
-from ..devices import auto_reward_dtype, memory_info, resolve_device, resolve_precision
+from ..devices import auto_reward_dtype, check_memory_budget, memory_info, resolve_device, resolve_precision
 from ..models import load_model, load_prompts
 from ..planner import Plan, Target
 from ..rewards import OffloadedReward, Reward, build_reward
@@ -149,6 +149,7 @@ class Trainer:
                                           self.precision.name, self.prompts[0],
                                           timed=target is None or not target.tflops)
         if target is None:
+            check_memory_budget(self.cfg.run.memory_gib, self.device)
             budget = (self.cfg.run.memory_gib * planner.GiB if self.cfg.run.memory_gib
                       else 0.9 * memory_info(self.device)[0] + costs.weights + costs.reward_weights)
             target = Target(str(self.device), int(budget))
