@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .guard import check_collapse
 from .records import jsonable
 from .run_folder import RunFolder, disk_full
 
@@ -59,8 +60,12 @@ def _run(trainer, folder: RunFolder, progress: bool, resume: bool, overwrite: bo
         if not c.run.checkpoint_every:  # a run that checkpoints only when stopped: it stopped now
             trainer.save_on_interrupt(folder)
         raise
+    note = check_collapse(trainer.state.rows, trainer.state.before, c.grpo.lr, str(folder.out), trainer.words,
+                          after=(trainer.epoch, after["reward"]))
+    if note:
+        trainer.log(note)
     try:
-        return _finish(trainer, folder, after)
+        return _finish(trainer, folder, after, [note] if note else [])
     except OSError as e:
         disk_full(e, folder)
         raise
@@ -95,7 +100,7 @@ def point_latest(folder: Path) -> str | None:
         tmp.unlink(missing_ok=True)
 
 
-def _finish(trainer, folder: RunFolder, after: dict[str, Any]) -> dict[str, Any]:
+def _finish(trainer, folder: RunFolder, after: dict[str, Any], warnings: list[str] = ()) -> dict[str, Any]:
     """The LoRA, the after-grid, the curves and ``summary.json``."""
     c, main = trainer.cfg, trainer.world.is_main
     before, rows = trainer.state.before, trainer.state.rows
@@ -117,6 +122,8 @@ def _finish(trainer, folder: RunFolder, after: dict[str, Any]) -> dict[str, Any]
         "wall_s": round(wall, 2), "lora": str(folder.lora_path), "seed": c.run.seed,
         "schedule": dataclasses.asdict(trainer.schedule), "world_size": trainer.world.world_size,
     }
+    if warnings:
+        summary["warnings"] = list(warnings)
     if "gold" in after:
         summary["gold"] = c.reward.gold
         summary["eval_gold_before"], summary["eval_gold_after"] = before.get("gold"), after["gold"]

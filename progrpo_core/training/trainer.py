@@ -35,6 +35,7 @@ from ..planner import Plan, Target
 from ..rewards import OffloadedReward, Reward, build_reward
 from . import evaluation, rollouts, state, update
 from .records import EpochRecord, UpdateStats
+from .guard import check_collapse
 from .rollouts import RolloutBatch
 from .run_folder import RunFolder, disk_full, space_needed
 from .state import EMA, RunState, TrainingStopped, ema_applied
@@ -451,6 +452,8 @@ class Trainer:
                     ev = self.evaluate()
                     record.eval_reward, record.eval_gold = ev["reward"], ev.get("gold")
                 row = record.to_row()
+                if folder is not None:  # (the bench, which keeps no folder, measures collapses instead)
+                    check_collapse(self.state.rows + [row], self.state.before, c.grpo.lr, c.run.out, self.words)
                 self.state.rows.append(row)
                 if folder is not None:
                     self._write_epoch(folder, row)
