@@ -277,6 +277,7 @@ def confined_path(base: Path, rel: str, what: str, where: str) -> Path:
     one by one, never through a link. ``rel`` is a :func:`safe_relative_name`."""
     from progrpo_core.io import make_folder
 
+    Path(base).mkdir(parents=True, exist_ok=True)  # (ComfyUI's own folder, missing in a fresh install)
     root = Path(base).resolve()
     folder = root
     for part in rel.split("/")[:-1]:

@@ -15,5 +15,6 @@ from .run_folder import RunFolder
 from .state import EMA, RESUMABLE_CHANGES, EpochsDoneError, ResumeSettingsError, TrainingStopped
 from .trainer import Trainer
 
-__all__ = ["Trainer", "TrainingStopped", "ResumeSettingsError", "EpochsDoneError", "EpochRecord", "SampleStats", "UpdateStats", "RolloutBatch", "RunFolder",
+__all__ = ["Trainer", "TrainingStopped", "ResumeSettingsError", "EpochRecord", "SampleStats", "UpdateStats", "RolloutBatch", "RunFolder",
+           "EpochsDoneError",
            "EMA", "RESUMABLE_CHANGES", "EVAL_SEED_BASE", "sample_deterministic"]

@@ -56,8 +56,9 @@ def evidence(rows: Sequence[dict[str, Any]], before: float | None,
     if start is not None and len(tail) == FLAT_EPOCHS and all(
             _num(r.get("reward_std")) is not None and r["reward_std"] < FLAT * scale
             and _mean(r) is not None and _mean(r) < start - tol for r in tail):
-        return (f"for {FLAT_EPOCHS} epochs in a row (to epoch {tail[-1]['epoch']}) every trained image got nearly the "
-                f"same reward (spread {tail[-1]['reward_std']:.3g}, against {scale:.3g} in epoch {first['epoch']}) at a "
+        last = tail[-1]
+        return (f"for {FLAT_EPOCHS} epochs in a row (to epoch {last['epoch']}) every trained image got nearly the "
+                f"same reward (spread {last['reward_std']:.3g}, against {scale:.3g} in epoch {first['epoch']}) at a "
                 f"mean of {_mean(tail[-1]):.4g}, below the first epoch's {start:.4g}: the policy has collapsed onto "
                 "one output", True)
     return None

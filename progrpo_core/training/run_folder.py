@@ -76,9 +76,9 @@ class RunFolder:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
             os.close(fd)
-            raise ckpt.RunFolderError(
-                f"{path} is not a lock file the pack made (it is {'a hard link to another file' if stat.S_ISREG(st.st_mode) else 'not a regular file'}); "
-                "the pack writes its PID into it, so it refuses to: remove it, or use another run folder")
+            kind = "a hard link to another file" if stat.S_ISREG(st.st_mode) else "not a regular file"
+            raise ckpt.RunFolderError(f"{path} is not a lock file the pack made (it is {kind}); the pack writes its "
+                                      "PID into it, so it refuses to: remove it, or use another run folder")
         if not _try_lock(fd):
             try:
                 holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
