@@ -130,13 +130,11 @@ def memory_ceiling(device: torch.device) -> int:
     the least of the RAM, the address-space limit (``ulimit -v``) and the cgroup's memory limit."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[1])
-    import resource
-
     limits = [_ram()[1]]
-    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if soft != resource.RLIM_INFINITY:
-        limits.append(int(soft))
-    room, limit = _cgroup(Path("/sys/fs/cgroup"))
+    soft = _address_space_limit()
+    if soft is not None:
+        limits.append(soft)
+    _, limit = _cgroup(Path("/sys/fs/cgroup"))
     if limit is not None:
         limits.append(limit)
     return min(limits)
@@ -157,13 +155,18 @@ def check_memory_budget(gib: float | None, device: torch.device, what: str = "ru
 def _process_limits() -> list[int | None]:
     """Bytes this process may still allocate under its address-space limit and its cgroup's memory
     limit (None where there is none)."""
-    import resource
+    soft = _address_space_limit()
+    return [max(0, soft - _vm_size()) if soft is not None else None, _cgroup_room()]
 
-    out: list[int | None] = []
+
+def _address_space_limit() -> int | None:
+    """The soft ``RLIMIT_AS`` (``ulimit -v``) in bytes, or None (none set, or Windows)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
     soft = resource.getrlimit(resource.RLIMIT_AS)[0]
-    out.append(max(0, soft - _vm_size()) if soft != resource.RLIM_INFINITY else None)
-    out.append(_cgroup_room())
-    return out
+    return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
 def _vm_size() -> int:
