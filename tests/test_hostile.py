@@ -711,3 +711,16 @@ def test_a_fresh_comfyui_without_models_loras_gets_one(pack):
     shutil.rmtree(pack.tmp / "loras")
     assert pack.files.autosave_path("run") == pack.tmp / "loras" / "progrpo" / "autosave" / "run.safetensors"
     assert (pack.tmp / "loras" / "progrpo" / "autosave").is_dir()
+
+
+def test_a_run_of_an_older_progrpo_without_run_json_stays_usable(tiny_run, tmp_path, capsys):
+    """(The ownership rule must not lock out runs made before run.json: config.toml and
+    checkpoints/epoch-*.pt mark them.)"""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, symlinks=True)
+    (run / "run.json").unlink()
+    assert main(["train", "--resume", str(run), "--no-progress", "--run.epochs", "2"]) == 0
+    (run / "run.json").unlink(missing_ok=True)
+    assert main(["train", "--out", str(run), *TINY]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "--out", str(run), *TINY, "--overwrite"]) == 0

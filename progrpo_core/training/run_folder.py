@@ -147,7 +147,7 @@ class RunFolder:
 
     def legacy_run(self) -> bool:
         """Whether the folder holds a run of a ProGRPO older than ``run.json`` (its config and
-        checkpoints): it may be resumed, not overwritten."""
+        checkpoints): it is treated as the pack's (resumed, or overwritten file by file)."""
         return (self.out / "config.toml").is_file() and bool(self.checkpoints())
 
     def refuse_foreign(self) -> None:
@@ -157,8 +157,7 @@ class RunFolder:
             f"the folder {self.out} is not a run folder of ProGRPO: it holds {shown} and no {RUN_FILE} (the file that "
             "marks a run the pack made). A run is written only into a new or empty folder or one of the pack's own "
             "runs, so nothing of yours is overwritten (--overwrite included): use a new folder, e.g. "
-            f"{self.out / 'run'}" + (" (a run of an older ProGRPO can be continued with --resume)"
-                                     if self.legacy_run() else ""))
+            f"{self.out / 'run'}")
 
     def holds_run(self) -> str | None:
         """A description of the run already in the folder, or None when it holds none."""
@@ -181,7 +180,7 @@ class RunFolder:
             if overwrite:
                 raise ckpt.RunFolderError("resume continues the run in the folder and overwrite deletes it; give one")
             return
-        if self.foreign_entries():
+        if self.foreign_entries() and not self.legacy_run():
             self.refuse_foreign()
         held = self.holds_run()
         if held and not overwrite:
