@@ -11,13 +11,14 @@ import dataclasses
 import re
 from typing import Any, Callable
 
-from progrpo_core.config import TrainConfig, build_config
+from progrpo_core.config import MAX_SEED, TrainConfig, build_config
 from progrpo_core.devices import PRECISIONS
 from progrpo_core.methods import DEFAULT_METHOD, METHODS, auto_lr_help, presets_text
 from progrpo_core.samplers import DEFAULT_SAMPLER, SAMPLER_SPECS, noise_help, sampler_help
 from progrpo_core.training.state import Words
 
 from .host.model import TARGET_PRESETS
+from .trace import finite_widgets
 
 CATEGORY = "ProGRPO"
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
@@ -87,7 +88,7 @@ WIDGETS: tuple[Widget, ...] = (
     Widget("kl_beta", "FLOAT", 0.0, "weight of the KL penalty to the model without LoRA (0 = off; costs one more "
            "forward)", ("grpo.kl_beta",), opts={"min": 0.0, "max": 100.0, "step": 0.001}),
     Widget("seed", "INT", 0, "seed of the noise, prompt order and LoRA initialisation", ("run.seed",),
-           opts={"min": 0, "max": SEED_MAX}),
+           opts={"min": 0, "max": MAX_SEED}),
     Widget("gradient_checkpointing", "BOOLEAN", True, "recompute activations in backward: less memory, more time "
            "(needed for Flux, whose blocks work in place); depth in checkpoint_depth"),
     Widget("run_name", "STRING", "progrpo", "name of the autosave file "
@@ -141,6 +142,7 @@ def build_train_config(*, reward_spec: str, separate_reward_norm: bool = False, 
     not given), its reward and MODEL, and ``run`` settings the host fixes (the run folder). Errors
     name the widgets."""
     values = widget_values(widgets)
+    finite_widgets(**{w.name: values[w.name] for w in WIDGETS if isinstance(values[w.name], float)})
     table: dict[str, dict[str, Any]] = {"model": {"comfyui": "(inside ComfyUI)", "checkpoint": model_name},
                                         "reward": {"name": reward_spec, **NODE_SETTINGS["reward"]},
                                         "grpo": {"separate_reward_norm": bool(separate_reward_norm)},
@@ -163,7 +165,8 @@ SETTING_WIDGETS = {"model.checkpoint": "the MODEL input", "reward.name": "the re
 # the loop's messages in the node's words
 NODE_WORDS = Words(settings={**SETTING_WIDGETS, "run.max_bad_updates": "the limit of bad updates in a row",
                              "run.checkpoint_every": "save_every", "grpo.grad_clip": "gradient clipping"},
-                   resume_how="'resume' on (same run_name)")
+                   resume_how="'resume' on (same run_name)",
+                   restart_how="start it over with 'overwrite' on (same run_name, 'resume' off)")
 
 
 def in_widget_words(text: str) -> str:

@@ -1,5 +1,10 @@
 import sys
 
-from .cli import main
+try:
+    from .cli import main
 
-sys.exit(main())
+    code = main()
+except KeyboardInterrupt:  # Ctrl-C while the imports load (torch takes seconds), before main's own handler
+    print("interrupted", file=sys.stderr)
+    code = 130
+sys.exit(code)

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from progrpo_core.checkpoint import CheckpointError, RunFolderError
-from progrpo_core.training import EpochRecord, ResumeSettingsError, RunFolder, Trainer
+from progrpo_core.training import EpochRecord, EpochsDoneError, ResumeSettingsError, RunFolder, Trainer
+from progrpo_core.training.run_folder import disk_full
 
 from .. import train_driver as training
 from .convert import latent_samples, pil_of
@@ -80,9 +81,13 @@ class _Session:
             self._keep_what_was_trained(e)
             raise
         trainer = self.trainer
-        trainer.save_lora(self.folder.lora_path)
-        if trainer.state.last_checkpoint != trainer.epoch:
-            trainer.save_checkpoint(self.folder)
+        try:
+            trainer.save_lora(self.folder.lora_path)
+            if trainer.state.last_checkpoint != trainer.epoch:
+                trainer.save_checkpoint(self.folder)
+        except OSError as e:
+            disk_full(e, self.folder, training.NODE_WORDS)  # a full disk in the node's words, promising what is there
+            raise
         return [EpochRecord.from_row(r) for r in trainer.metrics_rows if r["epoch"] > self.start], self.start
 
     def _body(self, resume: bool, overwrite: bool) -> None:
@@ -120,6 +125,10 @@ class _Session:
             return trainer.open(folder, resume=resume, overwrite=overwrite)
         except ResumeSettingsError as e:
             raise ValueError(training.resume_refusal(e, run_name)) from None
+        except EpochsDoneError as e:
+            raise ValueError(f"epochs={e.asked}, but run {run_name!r} has done {e.done} epochs already (epochs counts "
+                             f"the whole run, not the epochs to add): set epochs to {e.done + 1} or more to train on"
+                             ) from None
         except CheckpointError as e:
             raise ValueError(f"cannot resume run {run_name!r}: {e}. Turn 'resume' off and 'overwrite' on to start the "
                              "run over, or choose another run_name") from None

@@ -35,12 +35,16 @@ class Words:
 
     settings: dict[str, str] = dataclasses.field(default_factory=dict)   # "grpo.lr" -> what the user sets
     resume_how: str = "`train --resume {out}`"
+    restart_how: str = "start it over with `train --config {out}/config.toml --overwrite`"
 
     def setting(self, name: str) -> str:
         return self.settings.get(name, name)
 
     def resume(self, out: str | None) -> str:
         return self.resume_how.format(out=out)
+
+    def restart(self, out: str | None) -> str:
+        return self.restart_how.format(out=out)
 
 
 CLI_WORDS = Words()
@@ -192,6 +196,15 @@ class ResumeSettingsError(ckpt.CheckpointError):
             "new run from the LoRA with --lora.init_from.")
 
 
+class EpochsDoneError(ckpt.CheckpointError):
+    """Resuming with ``run.epochs`` below the epochs the run has done (it counts the whole run)."""
+
+    def __init__(self, done: int, asked: int):
+        self.done, self.asked = done, asked
+        super().__init__(f"run.epochs={asked}, but the run has done {done} epochs already (run.epochs counts the whole "
+                         f"run, not the epochs to add): give --run.epochs {done + 1} or more to train on")
+
+
 def check_resume_config(saved: dict[str, dict[str, Any]], now: dict[str, dict[str, Any]]) -> None:
     """Refuse to resume with settings that change the training (see ``spec.RESUMABLE_CHANGES``)."""
     diffs = check_resume(saved, now)
@@ -208,6 +221,8 @@ def restore(snap: dict[str, Any], learner: "Learner", generators: dict[str, torc
         check_resume_config(snap["spec"], spec.settled())
     else:
         check_resume_config(snap["config"], spec.config.to_dict())
+    if spec.config.run.epochs < int(snap["epoch"]):
+        raise EpochsDoneError(int(snap["epoch"]), spec.config.run.epochs)
     adapter, optimizer, ema = learner.adapter, learner.optimizer, learner.ema
     named = adapter.named_parameters()
     saved = snap["lora"]

@@ -34,7 +34,7 @@ from ..planner import Plan, Target
 from ..rewards import Reward
 from ..spec import RunSpec, resolve
 from . import evaluation, nft, rollouts, state, update
-from .guards import Guards
+from .guards import Guards, check_collapse
 from .learner import Learner
 from .parts import RunParts, assemble
 from .planning import plan_for, planned
@@ -240,6 +240,8 @@ class Trainer(RunFiles):
                     ev = self.evaluate()
                     record.eval_reward, record.eval_gold = ev["reward"], ev.get("gold")
                 row = record.to_row()
+                if folder is not None:  # (the bench, which keeps no folder, measures collapses instead)
+                    check_collapse(self.state.rows + [row], self.state.before, self.spec.lr, str(folder.out), self.words)
                 self.state.rows.append(row)
                 if folder is not None:
                     self._write_epoch(folder, row)

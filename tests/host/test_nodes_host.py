@@ -347,6 +347,9 @@ BAD = {
     "VAE that does not match the latent channels": ("trainer", {"vae": ["vae4", 0]},
                                                     "the VAE works on 4-channel latents"),
     "sampler VAE that does not match": ("sampler", {"vae": ["vae4", 0]}, "the VAE works on 4-channel latents"),
+    # a workflow's JSON may carry NaN past the widgets' min/max (NaN compares false with both)
+    "trainer NaN cfg": ("trainer", {"cfg": float("nan")}, "cfg=nan is not a number"),
+    "sampler NaN cfg": ("sampler", {"cfg": float("nan")}, "cfg=nan is not a number"),
 }
 
 
