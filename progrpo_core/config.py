@@ -43,7 +43,7 @@ def _expand_paths(section: Any, *names: str) -> None:
     for name in names:
         v = getattr(section, name)
         if isinstance(v, str) and v.startswith("~"):
-            setattr(section, name, os.path.expanduser(v))
+            object.__setattr__(section, name, os.path.expanduser(v))  # (frozen: settled while it is built)
 
 
 def _check_device_name(label: str, name: str) -> None:
