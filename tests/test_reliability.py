@@ -134,9 +134,9 @@ def test_06_a_divergent_learning_rate_stops_without_saving_a_ruined_lora(tmp_pat
     assert code == 2 and "grpo.lr=1e+30: Adam moves every LoRA weight by about the learning rate" in err
     assert not run.exists()  # refused before anything was written
     # a rate that diverges inside the loop (set past the config's check) stops it there
-    t = Trainer(C.build_config({"run": {"out": str(run), "epochs": 4, "checkpoint_every": 1, "eval_seeds": 1},
-                                "grpo": {"method": "pro-grpo", "prompts_per_epoch": 2, "train_batch_size": 6},
-                                "schedule": {"group_size": 6, "keep": "4,3"}}), log=lambda s: None)
+    t = Trainer.build(C.build_config({"run": {"out": str(run), "epochs": 4, "checkpoint_every": 1, "eval_seeds": 1},
+                                      "grpo": {"method": "pro-grpo", "prompts_per_epoch": 2, "train_batch_size": 6},
+                                      "schedule": {"group_size": 6, "keep": "4,3"}}), log=lambda s: None)
     for group in t.optimizer.param_groups:
         group["lr"] = 1e30
     with pytest.raises(TrainingStopped) as e:
