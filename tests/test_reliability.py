@@ -236,6 +236,32 @@ def test_08_a_constant_reward_warns_that_nothing_is_learnt(tmp_path):
         list(t.epochs())
 
 
+def test_08_a_saturated_reward_is_told_apart_from_a_dead_one():
+    """Groups that had spread and lost it (the policy gets the top reward everywhere) are not a
+    reward that ignores the images: the warning says which."""
+    import types
+    import warnings as w
+
+    from progrpo_core.training.guards import CLI_WORDS, Guards
+
+    def batch(adv):
+        return types.SimpleNamespace(nonfinite=0, advantages=torch.tensor(adv))
+
+    dead = Guards(1e-3, CLI_WORDS, "digit")
+    with pytest.warns(RuntimeWarning, match="check that the reward \\(digit\\) responds"):
+        dead.flat(batch([0.0, 0.0]), 0)
+    saturated = Guards(1e-3, CLI_WORDS, "digit")
+    with w.catch_warnings():
+        w.simplefilter("error")
+        saturated.flat(batch([0.5, -0.5]), 0)  # spread: silent
+    with pytest.warns(RuntimeWarning, match="has most likely saturated the reward \\(digit\\)") as got:
+        saturated.flat(batch([0.0, 0.0]), 1)
+    assert "responds" not in str(got[0].message)
+    with w.catch_warnings():
+        w.simplefilter("error")
+        saturated.flat(batch([0.0, 0.0]), 2)  # once
+
+
 def test_08_the_disk_estimate_follows_the_step_cap(tmp_path):
     cfg = {"run": {"out": str(tmp_path), "epochs": 100_000}}
     full = Trainer.build(C.build_config(cfg), log=lambda s: None)._space_needed()[0]

@@ -151,8 +151,8 @@ def test_a_windowed_method_keeps_its_window_under_a_users_funnel():
         C.build_config({"grpo": {"method": "mixgrpo"}, "sampler": {"steps": 2}})
 
 
-@pytest.mark.parametrize("method, want", [("grpo", 5e-3), ("pro-grpo", 5e-3), ("mixgrpo", 1e-3), ("pro-mixgrpo", 1e-3),
-                                          ("pro-grpo-window", 1e-3)])
+@pytest.mark.parametrize("method, want", [("grpo", 5e-3), ("pro-grpo", 5e-3), ("mixgrpo", 2.5e-3), ("pro-mixgrpo", 2.5e-3),
+                                          ("pro-grpo-window", 2.5e-3)])
 def test_auto_learning_rate_follows_the_method_on_builtin_models_and_is_recorded(tmp_path, method, want):
     from progrpo_core.methods import MODEL_LR, auto_lr
     from progrpo_core.training import Trainer

@@ -37,6 +37,7 @@ class Guards:
         self.out: str | None = None
         self._norm: float | None = None   # the LoRA's norm after the last epoch
         self._warned_flat = False
+        self._spread_seen = False
 
     def _setting(self, name: str) -> str:
         return self.words.setting(name)
@@ -68,12 +69,23 @@ class Guards:
 
     def flat(self, batch: RolloutBatch, epoch: int) -> None:
         """Warn (once) when every group's rewards were equal: no advantage, nothing learnt."""
-        if self._warned_flat or batch.nonfinite or bool((batch.advantages != 0).any()):
+        if batch.nonfinite:
+            return
+        if bool((batch.advantages != 0).any()):
+            self._spread_seen = True
+            return
+        if self._warned_flat:
             return
         self._warned_flat = True
-        warnings.warn(f"epoch {epoch + 1}: every trajectory of every prompt got the same reward, so every advantage is 0 "
-                      f"and the epoch teaches nothing; check that the reward ({self.reward_name}) responds to the "
-                      "images and prompts", RuntimeWarning, stacklevel=4)
+        what = (f"epoch {epoch + 1}: every trajectory of every prompt got the same reward, so every advantage is 0 "
+                "and the epoch teaches nothing; ")
+        if self._spread_seen:  # the rewards did differ before: the policy now gets the same one everywhere
+            warnings.warn(what + "the groups' rewards differed in earlier epochs, so the policy has most likely "
+                          f"saturated the reward ({self.reward_name}) on these prompts: more epochs add little "
+                          "(compare the evaluation rewards, or train on harder prompts)", RuntimeWarning, stacklevel=4)
+        else:
+            warnings.warn(what + f"check that the reward ({self.reward_name}) responds to the images and prompts",
+                          RuntimeWarning, stacklevel=4)
 
 
 # -- the slow collapse ------------------------------------------------------------------------------
