@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 from importlib.metadata import entry_points
-from pathlib import Path
 from typing import Any, Callable
 
 from .config import TrainConfig
