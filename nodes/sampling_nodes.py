@@ -56,7 +56,9 @@ class ExpandedGroupSampler:
             },
             "optional": {
                 "reward": (REWARD, {"tooltip": "reward model scoring the proxies at checkpoints (needed to prune)"}),
-                "vae": ("VAE", {"tooltip": "the model's VAE, to decode proxies for the reward (needed to prune)"}),
+                "vae": ("VAE", {"tooltip": "decodes the proxies for the reward (needed to prune): the model's VAE, or "
+                                "its TAESD from VAELoader (taesd, taesdxl, taesd3, taef1, taef2 in "
+                                "models/vae_approx), much cheaper at large sizes"}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }

@@ -24,7 +24,7 @@ import torch
 
 from . import ovf
 from .compute import Compute
-from .denoiser import Denoiser, call_slices, cfg_rows, noise_to_start
+from .denoiser import Denoiser, call_slices, cfg_rows, noise_to_start, proxy_decoder
 from .methods import PruneSchedule, Windows
 from .samplers import check_sampler, step_from_x0
 
@@ -95,11 +95,12 @@ def denoise_rows(model: Denoiser, x: torch.Tensor, sigma: torch.Tensor, cond: An
 
 def score_images_of(model: Denoiser, x0: torch.Tensor, prompts: Sequence[str], score_fn: ScoreFn,
                     micro_batch: int | None) -> torch.Tensor:
-    """Decode ``x0`` (A, C, H, W) and score the images, ``micro_batch`` at a time → (A,) float32 on the CPU."""
-    out = []
+    """Decode the previews ``x0`` (A, C, H, W) with the model's proxy decoder and score the images,
+    ``micro_batch`` at a time → (A,) float32 on the CPU."""
+    decode, out = proxy_decoder(model), []
     with torch.no_grad():
         for sl in call_slices(len(x0), micro_batch):
-            out.append(score_fn(model.decode(x0[sl]), list(prompts[sl])).float().cpu())
+            out.append(score_fn(decode(x0[sl]), list(prompts[sl])).float().cpu())
     return torch.cat(out)
 
 

@@ -127,7 +127,7 @@ class ComfyDenoiser:
     builtin = False
 
     def __init__(self, patcher, latent_shape: Sequence[int], vae=None, clip=None, targets: str = "attention",
-                 name: str | None = None, max_batch: int = 0, full_load: bool = False):
+                 name: str | None = None, max_batch: int = 0, full_load: bool = False, proxy_vae=None):
         self.patcher = patcher
         self.full_load = full_load  # load the whole model on the device for a session (training)
         self.family = model_family(patcher)
@@ -139,8 +139,10 @@ class ComfyDenoiser:
                              f"({type(patcher.model).__name__}) works on {channels}-channel latents; make the latent "
                              f"with the node that belongs to this model (e.g. EmptySD3LatentImage for SD3/Flux, "
                              f"EmptyLatentImage for SD1.x/SDXL)")
-        if vae is not None:
-            check_vae(vae, channels)
+        for v, what in ((vae, "the VAE"), (proxy_vae, "the proxy_vae")):
+            if v is not None:
+                check_vae(v, channels, what)
+        self.proxy_vae = proxy_vae  # the pruning previews' decoder (TAESD); None: the VAE
         self.latent_shape = tuple(int(s) for s in latent_shape)
         self.net = patcher.model.diffusion_model
         self.lora_targets = target_modules(self.net, targets)
@@ -309,9 +311,16 @@ class ComfyDenoiser:
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         if self.vae is None:
             raise ValueError("decoding needs a VAE: connect the VAE that belongs to this model")
+        return self._decode_with(self.vae, x0)
+
+    def decode_proxy(self, x0: torch.Tensor) -> torch.Tensor:
+        """The pruning previews: through ``proxy_vae`` (e.g. TAESD) when one is connected."""
+        return self.decode(x0) if self.proxy_vae is None else self._decode_with(self.proxy_vae, x0)
+
+    def _decode_with(self, vae, x0: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             samples = self.latent_format.process_out(x0.detach().float())
-            images = self.vae.decode(samples)
+            images = vae.decode(samples)
         if images.ndim == 5:  # video VAEs: (B, T, H, W, C); images have T = 1
             images = images.reshape(-1, *images.shape[-3:])
         return image_to_core(images, "decoded images")
@@ -361,11 +370,12 @@ def _key(kind: str, i: int) -> str:
     return kind if i == 0 else f"{kind}_{i}"
 
 
-def check_vae(vae, channels: int) -> None:
+def check_vae(vae, channels: int, what: str = "the VAE") -> None:
     got = getattr(vae, "latent_channels", None)
     if got is not None and int(got) != int(channels):
-        raise ValueError(f"the VAE works on {got}-channel latents but the model's latents have {channels} channels; "
-                         "connect the VAE that belongs to this model (SD3/Flux: a 16-channel VAE, SD1.x/SDXL: 4)")
+        raise ValueError(f"{what} works on {got}-channel latents but the model's latents have {channels} channels; "
+                         "connect the VAE that belongs to this model (SD3/Flux: a 16-channel VAE, SD1.x/SDXL: 4; "
+                         "its TAESD: taesd3/taef1 for SD3/Flux, taesd/taesdxl for SD1.x/SDXL)")
 
 
 def encode_text(clip, text: str) -> list:
