@@ -20,9 +20,10 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a tensor is written: io stays light for config checks
+    import torch
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 _DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded")
@@ -138,8 +139,9 @@ def make_folder(path: str | os.PathLike, what: str = "folder") -> Path:
     return path
 
 
-def input_file(path: str | os.PathLike, what: str) -> Path:
-    """The regular file ``path`` (``~`` expanded) names, or an error saying what it is instead."""
+def input_file(path: str | os.PathLike, what: str, kind: str = "file") -> Path:
+    """The regular file ``path`` (``~`` expanded) names, or an error saying what it is instead
+    (``kind``: what to give instead, e.g. "TOML file")."""
     p = Path(os.path.expanduser(str(path)))
     try:
         st = p.stat()
@@ -151,9 +153,9 @@ def input_file(path: str | os.PathLike, what: str) -> Path:
                             f"({len(str(p))} characters)") from None
         raise PathError(f"{what} {p} cannot be read ({e.strerror or e})") from None
     if stat.S_ISDIR(st.st_mode):
-        raise PathError(f"{what} {p} is a folder, not a file; give the file itself")
+        raise PathError(f"{what} {p} is a folder, not a file; give the {kind} itself")
     if not stat.S_ISREG(st.st_mode):
-        raise PathError(f"{what} {p} is not a regular file (a device, pipe or socket); give a file")
+        raise PathError(f"{what} {p} is not a regular file (a device, pipe or socket); give a {kind}")
     return p
 
 
@@ -179,4 +181,6 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
 
 def save_torch(obj: Any, path: str | os.PathLike) -> Path:
     """For checkpoints of plain tensors/numbers/dicts only (read back with weights_only=True)."""
+    import torch
+
     return _atomic(path, lambda tmp: torch.save(obj, tmp))

@@ -5,10 +5,10 @@ dependency there). Kept free of torch so the oldest supported Python can check i
 """
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 from typing import Any
+
+from .io import input_file
 
 try:
     import tomllib
@@ -21,17 +21,7 @@ BOM = b"\xef\xbb\xbf"
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     """The table in the TOML file ``path``; a missing, malformed or binary file is a clear error."""
-    path = Path(os.path.expanduser(str(path)))
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"config file not found: {path}") from None
-    except OSError as e:
-        raise ValueError(f"config file {str(path)[:80]!r} cannot be read ({e.strerror or e})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ValueError(f"config file {path} is a folder, not a file; give the TOML file itself")
-    if not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"config file {path} is not a regular file (a device, pipe or socket); give a TOML file")
+    path = input_file(path, "config file", "TOML file")
     data = path.read_bytes()
     if data.startswith(BOM):  # Windows editors (Notepad) start UTF-8 files with a byte-order mark
         data = data[len(BOM):]

@@ -8,7 +8,8 @@ import torch
 
 from helpers import config_with, metrics_rows
 from progrpo_core.training import Trainer
-from progrpo_core.training.nft import OLD_DECAY_MAX, OLD_DECAY_RATE, OldPolicy, nft_loss, noised, optimality
+from progrpo_core.training.averages import OLD_DECAY_MAX, OLD_DECAY_RATE, OldPolicy
+from progrpo_core.training.nft import nft_loss, noised, optimality
 
 
 def reference_loss(x0, xt, t, v_theta, v_old, adv, beta, adv_clip_max=5.0):

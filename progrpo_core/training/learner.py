@@ -14,8 +14,7 @@ import torch
 
 from ..lora import LoraWeights
 from ..spec import RunSpec
-from .nft import OldPolicy
-from .state import EMA, ema_applied, state_tensors
+from .averages import EMA, OldPolicy, ema_applied
 
 
 class Learner:
@@ -85,3 +84,14 @@ class Learner:
             with torch.no_grad():
                 for (_, p), v in zip(named, live):
                     p.copy_(v)
+
+
+def state_tensors(adapter: LoraWeights, optimizer: torch.optim.Optimizer, ema: EMA | None,
+                  snap: dict[str, Any] | None = None) -> dict[str, list[torch.Tensor]]:
+    """The weights and optimizer moments of snapshot ``snap`` (default: the live ones), by name."""
+    if snap is None:
+        optim, lora, shadow = optimizer.state_dict(), adapter.parameters(), ema.shadow if ema is not None else []
+    else:
+        optim, lora, shadow = snap["optimizer"], list(snap["lora"].values()), snap["ema"] or []
+    moments = [v for st in optim["state"].values() for v in st.values() if isinstance(v, torch.Tensor)]
+    return {"LoRA weights": list(lora), "EMA weights": list(shadow), "optimizer state": moments}

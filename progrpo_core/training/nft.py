@@ -18,8 +18,7 @@ plus ``kl_beta``·mean((v_θ − v_ref)²) to the model without the LoRA when ``
 """
 from __future__ import annotations
 
-import contextlib
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -33,39 +32,6 @@ from .update import Hooks, Sums, _optimizer_step, _stats
 
 if TYPE_CHECKING:
     from .learner import Learner
-
-OLD_DECAY_RATE, OLD_DECAY_MAX = 0.001, 0.5  # the reference's decay type 1: min(0.001·step, 0.5)
-
-
-class OldPolicy:
-    """θ_old: a copy of the LoRA's parameters that rollouts sample with, following the trained
-    ones by ``old ← d·old + (1 − d)·θ`` after each epoch, ``d = min(0.001·steps, 0.5)``."""
-
-    def __init__(self, params: Sequence[torch.nn.Parameter]):
-        self.params = list(params)
-        self.values = [p.detach().clone() for p in self.params]
-
-    @torch.no_grad()
-    def follow(self, optimizer_steps: int) -> float:
-        d = min(OLD_DECAY_RATE * optimizer_steps, OLD_DECAY_MAX)
-        for v, p in zip(self.values, self.params):
-            v.mul_(d).add_(p.detach().to(v), alpha=1 - d)
-        return d
-
-    @contextlib.contextmanager
-    def applied(self) -> Iterator[None]:
-        """Inside, the LoRA holds θ_old; the trained values come back on exit."""
-        live = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            for p, v in zip(self.params, self.values):
-                p.copy_(v.to(p))
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for p, v in zip(self.params, live):
-                    p.copy_(v)
-
 
 def optimality(advantages: torch.Tensor, adv_clip: float) -> torch.Tensor:
     """``r = clip(clip(A, ±c)/c/2 + 1/2, 0, 1)``: the probability an image is "positive"."""

@@ -7,18 +7,16 @@ and :func:`restore` puts a snapshot back after checking that it continues the sa
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import uuid
 import warnings
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from .. import checkpoint as ckpt
 from ..compute import Compute
-from ..lora import LoraWeights
 from ..spec import RESUMABLE_CHANGES, check_resume
 from .records import jsonable
 
@@ -55,47 +53,6 @@ class TrainingStopped(RuntimeError):
     updates in a row, or LoRA weights that are no longer finite."""
 
 
-
-
-class EMA:
-    """Exponential moving average of the LoRA parameters."""
-
-    def __init__(self, params: Sequence[torch.nn.Parameter], decay: float):
-        self.params = list(params)
-        self.decay = decay
-        self.shadow = [p.detach().clone() for p in self.params]
-
-    @torch.no_grad()
-    def update(self) -> None:
-        for s, p in zip(self.shadow, self.params):
-            s.lerp_(p.detach(), 1 - self.decay)
-
-    @torch.no_grad()
-    def swap(self) -> None:
-        """Exchange live and averaged weights (call twice to restore)."""
-        for s, p in zip(self.shadow, self.params):
-            tmp = p.detach().clone()
-            p.copy_(s)
-            s.copy_(tmp)
-
-    @torch.no_grad()
-    def follow(self) -> None:
-        """Move the averages to their parameters' devices (after a host moved the model)."""
-        self.shadow = [s if s.device == p.device else s.to(p.device) for s, p in zip(self.shadow, self.params)]
-
-    @contextlib.contextmanager
-    def applied(self) -> Iterator[None]:
-        """Inside, the parameters hold the averaged weights; the live ones come back on exit."""
-        self.swap()
-        try:
-            yield
-        finally:
-            self.swap()
-
-
-def ema_applied(ema: EMA | None):
-    """:meth:`EMA.applied`, or nothing when the run keeps no EMA."""
-    return ema.applied() if ema is not None else contextlib.nullcontext()
 
 
 @dataclasses.dataclass
@@ -139,17 +96,6 @@ def last_good(last_checkpoint: int, out: str | None, words: Words = CLI_WORDS) -
         return (f"The newest checkpoint in {out} (epoch {last_checkpoint}) is the last good state: continue from it "
                 f"with {words.resume(out)}.")
     return f"No checkpoint was written before this ({words.setting('run.checkpoint_every')}): start the run again."
-
-
-def state_tensors(adapter: LoraWeights, optimizer: torch.optim.Optimizer, ema: EMA | None,
-                  snap: dict[str, Any] | None = None) -> dict[str, list[torch.Tensor]]:
-    """The weights and optimizer moments of snapshot ``snap`` (default: the live ones), by name."""
-    if snap is None:
-        optim, lora, shadow = optimizer.state_dict(), adapter.parameters(), ema.shadow if ema is not None else []
-    else:
-        optim, lora, shadow = snap["optimizer"], list(snap["lora"].values()), snap["ema"] or []
-    moments = [v for st in optim["state"].values() for v in st.values() if isinstance(v, torch.Tensor)]
-    return {"LoRA weights": list(lora), "EMA weights": list(shadow), "optimizer state": moments}
 
 
 def nonfinite_parts(tensors: dict[str, Sequence[torch.Tensor]]) -> list[str]:

@@ -34,6 +34,7 @@ from ..planner import Plan, Target
 from ..rewards import Reward
 from ..spec import RunSpec, resolve
 from . import evaluation, nft, rollouts, state, update
+from .averages import ema_applied
 from .guards import Guards, check_collapse
 from .learner import Learner
 from .parts import RunParts, assemble
@@ -210,7 +211,7 @@ class Trainer(RunFiles):
 
     def evaluate(self, use_ema: bool = True) -> dict[str, Any]:
         """Deterministic sampling on fixed prompts and seeds (with the EMA weights when kept)."""
-        with state.ema_applied(self.ema if use_ema else None):
+        with ema_applied(self.ema if use_ema else None):
             prompts, seeds = self.eval_prompts()
             return evaluation.evaluate(self.model, self.reward, self.gold, prompts, seeds, self.sampler.eval_steps,
                                        self.sampler.cfg, self.world, self.micro)

@@ -23,7 +23,7 @@ from ..samplers import SAMPLER_SPECS, step_from_x0
 from ..spec import RunSpec
 from .records import UpdateStats
 from .rollouts import RolloutBatch
-from .state import EMA
+from .averages import EMA
 
 if TYPE_CHECKING:
     from .learner import Learner
