@@ -8,7 +8,8 @@ the ``T`` steps, the paper's "steps 5 and 7 of 10"), optionally followed by a se
 :data:`METHODS` is the one table of method presets. The config resolves ``--method`` through it,
 the trainer node's tooltips and the README's method table are generated from it, and the bench
 runs its headline rows from it. Checkpoints are stored as fractions of ``T`` and placed at
-``max(1, round(f·T))``, so a preset fits any step count.
+``max(1, round(f·T))`` (kept in ``1..T−1`` and increasing), and SDE windows as a fraction of ``T``
+too (``max(1, round(f·T))`` steps), so a preset fits any step count from few-step models' T = 4 to 50.
 """
 from __future__ import annotations
 
@@ -152,8 +153,18 @@ class PruneSchedule:
 
 
 def checkpoint_steps(steps: int, fractions: tuple[float, ...]) -> tuple[int, ...]:
-    """Checkpoints for "prune after ``round(f·T)`` of the ``T`` steps" (at least 1)."""
-    return tuple(max(1, round(f * steps)) for f in fractions)
+    """Checkpoints for "prune after ``round(f·T)`` of the ``T`` steps", kept in ``1..T−1`` and
+    strictly increasing (a few-step run, T = 4, would otherwise round two fractions to one step)."""
+    out: list[int] = []
+    for f in fractions:
+        c = min(max(1, round(f * steps)), steps - 1)
+        out.append(max(c, out[-1] + 1) if out else c)  # past T−1 only when T is too short for them all
+    return tuple(out)
+
+
+def window_steps(steps: int, fraction: float) -> int:
+    """An SDE window of ``fraction`` of the ``T`` steps: ``max(1, round(f·T))`` steps (0: none)."""
+    return max(1, round(fraction * steps)) if fraction else 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,7 +178,7 @@ class MethodPreset:
     final_keep: int | None = None
     summary: str = ""
     eps: "MethodPreset | None" = None   # the funnel on ε/v-prediction models (SD1.x, SDXL), where it differs
-    sde_window: int = 0                 # see PruneSchedule.sde_steps
+    sde_window: float = 0.0             # SDE window as a fraction of T (window_steps); see PruneSchedule.sde_steps
     window_mode: str = "random"
     window_span: tuple[float, float] | None = None   # as fractions of T
     prune_after_window: bool = False
@@ -180,7 +191,7 @@ class MethodPreset:
         p = self.for_family(family)
         span = (round(p.window_span[0] * steps), round(p.window_span[1] * steps)) if p.window_span else None
         return PruneSchedule(p.group_size, checkpoint_steps(steps, p.fractions), p.keep, p.final_keep, selector,
-                             sde_window=p.sde_window, window_mode=p.window_mode, window_span=span,
+                             sde_window=window_steps(steps, p.sde_window), window_mode=p.window_mode, window_span=span,
                              prune_after_window=p.prune_after_window)
 
     def describe(self, steps: int = 10) -> str:
@@ -202,22 +213,22 @@ METHODS: dict[str, MethodPreset] = {p.name: p for p in (
                  eps=MethodPreset("ovf", 16, final_keep=8)),
     MethodPreset("grpo", 24, summary="Flow-GRPO (DanceGRPO's G = 16 on ε-models): train the whole group",
                  eps=MethodPreset("grpo", 16)),
-    MethodPreset("flow-grpo-fast", 24, sde_window=2, window_mode="random", window_span=(0.0, 0.5),
+    MethodPreset("flow-grpo-fast", 24, sde_window=0.2, window_mode="random", window_span=(0.0, 0.5),
                  summary="Flow-GRPO-Fast: ODE sampling with an SDE window of 2 steps at a random early step; "
                          "only the window is trained"),
-    MethodPreset("mixgrpo", 24, sde_window=2, window_mode="sliding", window_span=(0.0, 0.5),
+    MethodPreset("mixgrpo", 24, sde_window=0.2, window_mode="sliding", window_span=(0.0, 0.5),
                  summary="MixGRPO: the SDE window slides over the early steps as training goes on (ODE "
                          "elsewhere, first-order); only the window is trained"),
-    MethodPreset("pro-grpo-fast", 24, (0.5,), (12,), sde_window=2, window_mode="random", window_span=(0.0, 0.5),
+    MethodPreset("pro-grpo-fast", 24, (0.5,), (12,), sde_window=0.2, window_mode="random", window_span=(0.0, 0.5),
                  prune_after_window=True,
                  summary="ours: Flow-GRPO-Fast's random 2-step SDE window, then OVF halves the group on the proxy "
                          "right after the window (the rest is deterministic ODE, so the proxy predicts the end); "
                          "the survivors finish and their window is trained"),
-    MethodPreset("pro-mixgrpo", 24, (0.5,), (12,), sde_window=2, window_mode="sliding", window_span=(0.0, 0.5),
+    MethodPreset("pro-mixgrpo", 24, (0.5,), (12,), sde_window=0.2, window_mode="sliding", window_span=(0.0, 0.5),
                  prune_after_window=True,
                  summary="ours: MixGRPO's sliding 2-step SDE window, then OVF halves the group on the proxy right "
                          "after the window; the survivors finish and their window is trained"),
-    MethodPreset("pro-grpo-window", 48, (0.3,), (12,), sde_window=2, window_mode="after-pruning",
+    MethodPreset("pro-grpo-window", 48, (0.3,), (12,), sde_window=0.2, window_mode="after-pruning",
                  summary="expand and prune on the deterministic ODE prefix (where the proxy is faithful), then "
                          "an SDE window of 2 steps for the survivors only; only the window is trained"),
 )}
