@@ -20,6 +20,7 @@ from torch import nn
 from .convert import image_to_core
 
 from .families import TARGET_PRESETS, Family, family_of, target_modules  # noqa: F401  (re-exported)
+from .quantized import make_gguf_probeable, storage
 
 LORA_PREFIX = "diffusion_model."
 SCHEDULER = "simple"  # ComfyUI's default for flow models; trailing DDIM spacing for ε models
@@ -131,11 +132,16 @@ class ComfyDenoiser:
                              f"({type(patcher.model).__name__}) works on {channels}-channel latents; make the latent "
                              f"with the node that belongs to this model (e.g. EmptySD3LatentImage for SD3/Flux, "
                              f"EmptyLatentImage for SD1.x/SDXL)")
+        latent_shape = tuple(int(s) for s in latent_shape)
+        if int(getattr(self.latent_format, "latent_dimensions", 2)) == 3 and len(latent_shape) == 3:
+            latent_shape = (latent_shape[0], 1, *latent_shape[1:])  # one frame, as ComfyUI's samplers make it (Qwen-Image)
         check_latent_dims(self.info, latent_shape)
         if vae is not None:
             check_vae(vae, channels)
-        self.latent_shape = tuple(int(s) for s in latent_shape)  # (C, H, W), or (C, T, H, W) for video
+        self.latent_shape = latent_shape  # (C, H, W), or (C, T, H, W) for video and 3-D latent formats
         self.net = patcher.model.diffusion_model
+        make_gguf_probeable(self.net)
+        self.storage = storage(self.net)  # "float32", "float8_e4m3fn", "GGUF Q8_0 ×…"
         self.lora_targets = target_modules(self.net, targets, self.info)
         self.vae, self.clip = vae, clip
         self.name = name or type(patcher.model).__name__
@@ -158,8 +164,8 @@ class ComfyDenoiser:
         """One line for the log: the family, its defaults and the LoRA's layers."""
         from .families import summary
 
-        return (f"family {self.info.name} ({self.family}, ComfyUI {self.architecture}), cfg {self.default_cfg:g} by "
-                f"default, LoRA targets {targets!r}: {summary(self.net, list(self.lora_targets))}")
+        return (f"family {self.info.name} ({self.family}, ComfyUI {self.architecture}), weights {self.storage}, cfg "
+                f"{self.default_cfg:g} by default, LoRA targets {targets!r}: {summary(self.net, list(self.lora_targets))}")
 
     def unlisted_note(self, targets: str) -> str:
         """What a family outside the table gets: the structural path, said plainly."""
@@ -325,7 +331,7 @@ class ComfyDenoiser:
         prefix of the latent decodes to the same first frames as the whole)."""
         if self.vae is None:
             raise ValueError("decoding needs a VAE: connect the VAE that belongs to this model")
-        video = x0.ndim == 5
+        video = self.info.video and x0.ndim == 5
         with torch.no_grad():
             samples = self.latent_format.process_out(x0.detach().float())
             if video and self.frames is not None:
@@ -347,10 +353,15 @@ class ComfyDenoiser:
         """A short hash of the base network's names, shapes and a sample of its values."""
         if self._fingerprint is None:
             h = hashlib.sha256()
+            params = dict(self.net.named_parameters())
             with torch.no_grad():
                 for name, t in sorted(self.net.state_dict().items()):
                     if ".lora_" in name:  # adapters injected in place (peft) are not the base model
                         continue
+                    if t.is_meta:  # ComfyUI-GGUF's state_dict() is a size estimate on "meta": read the weight
+                        t = params.get(name, t)
+                        if t.is_meta:
+                            continue
                     name = name.replace(".base_layer.", ".")
                     h.update(f"{name}{tuple(t.shape)}".encode())
                     if t.numel() and t.is_floating_point():
@@ -402,9 +413,9 @@ def check_latent_dims(info: Family, latent_shape: Sequence[int]) -> None:
         raise ValueError(f"{info.name} is a video model: it needs a video LATENT (batch, channels, frames, height, "
                          f"width), but this one is {len(latent_shape) + 1}-D; make it with EmptyHunyuanLatentVideo "
                          "(Wan 2.1) or Wan22ImageToVideoLatent (Wan 2.2 5B)")
-    if not info.video and len(latent_shape) != 3:
-        raise ValueError(f"{info.name} is an image model but the LATENT is {len(latent_shape) + 1}-D "
-                         f"{tuple(latent_shape)}; make an image latent (batch, channels, height, width)")
+    if not info.video and not (len(latent_shape) == 3 or (len(latent_shape) == 4 and latent_shape[1] == 1)):
+        raise ValueError(f"{info.name} is an image model but the LATENT has shape (batch, {', '.join(map(str, latent_shape))})"
+                         "; make an image latent (batch, channels, height, width)")
 
 
 def with_guidance(cond: list, guidance: float) -> list:
@@ -416,7 +427,8 @@ def check_vae(vae, channels: int) -> None:
     got = getattr(vae, "latent_channels", None)
     if got is not None and int(got) != int(channels):
         raise ValueError(f"the VAE works on {got}-channel latents but the model's latents have {channels} channels; "
-                         "connect the VAE that belongs to this model (SD3/Flux: a 16-channel VAE, SD1.x/SDXL: 4)")
+                         "connect the VAE that belongs to this model (SD1.x/SDXL: 4 channels; SD3, Flux.1, Chroma, "
+                         "Z-Image, Lumina 2, Qwen-Image, HiDream, Wan 2.1: 16; Flux.2: 128, e.g. taef2; Wan 2.2 5B: 48)")
 
 
 def encode_text(clip, text: str) -> list:
