@@ -31,7 +31,8 @@ from test_workflows import STOCK  # noqa: E402
 WORKFLOWS = REPO / "workflows"
 UNLOADED = ("lora key not loaded", "NOT LOADED")
 OURS = ("ProGRPOExpandedGroupSampler", "ProGRPOLatentProxyProjector", "ProGRPOOVFPruner", "ProGRPORewardModelLoader",
-        "ProGRPORewardScorer", "ProGRPOLoraTrainer", "ProGRPOPromptList", "ProGRPOSaveLoRA", "ProGRPOCombineRewards")
+        "ProGRPORewardScorer", "ProGRPOLoraTrainer", "ProGRPOPromptList", "ProGRPOSaveLoRA", "ProGRPOCombineRewards",
+        "ProGRPOVideoReward")
 
 
 def name(key: str) -> str:
