@@ -57,8 +57,20 @@ def by_type(api: dict, kind: str) -> list[str]:
 
 
 def tiny(api: dict, **trainer) -> dict:
-    """The API prompt of an SD3.5 workflow, on the tiny SD3 and small sizes."""
+    """The API prompt of a bundled workflow on the tiny models and small sizes: SD3.5's checkpoint and
+    three text encoders become the tiny SD3 and CLIP-L; Flux.1-dev (UNETLoader, its weight_dtype kept),
+    its DualCLIPLoader and VAE become the tiny Flux, CLIP-L and a 16-channel TAESD."""
     api = json.loads(json.dumps(api))
+    tiny_names = {name(k) for k in tiny_models.FILES}
+    for nid in by_type(api, "UNETLoader"):
+        if api[nid]["inputs"]["unet_name"] not in tiny_names:
+            api[nid]["inputs"]["unet_name"] = name("flux")
+    for nid in by_type(api, "DualCLIPLoader"):
+        api[nid] = {"class_type": "CLIPLoader", "inputs": {"clip_name": name("clip_l"), "type": "stable_diffusion",
+                                                            "device": "default"}}
+    for nid in by_type(api, "VAELoader"):
+        if api[nid]["inputs"]["vae_name"] not in tiny_names:
+            api[nid]["inputs"]["vae_name"] = name("vae16")
     for nid in by_type(api, "CheckpointLoaderSimple"):  # → tiny MMDiT + a separate 16-channel TAESD
         api[nid] = {"class_type": "UNETLoader", "inputs": {"unet_name": name("sd3"), "weight_dtype": "default"}}
         api[nid + "vae"] = {"class_type": "VAELoader", "inputs": {"vae_name": name("vae16")}}
@@ -125,7 +137,7 @@ def test_pack_nodes_and_workflow_templates_are_served(comfy_server):
         assert info[kind]["category"] == "ProGRPO"
     templates = comfy_server.get("/workflow_templates")
     assert sorted(templates.get(PACK_NAME, [])) == ["progrpo_compare_lora", "progrpo_inspect_group",
-                                                    "progrpo_train_lora"], templates
+                                                    "progrpo_train_flux_fp8", "progrpo_train_lora"], templates
 
 
 def test_reward_loader_lists_the_reward_folder_and_combine_rewards_weights(comfy_server, comfy_dirs):
@@ -237,6 +249,27 @@ def test_inspection_workflow(comfy_server):
     print("previews:", counts)
     assert counts == {"proxies at checkpoint 5": 6, "proxies at checkpoint 7": 4,
                       "reward histogram: kept vs dropped": 1, "kept proxies (OVF)": 4, "final survivors": 3}
+
+
+def test_flux_fp8_workflow_trains_over_fp8_weights(comfy_server):
+    """Workflow (d): Flux.1 loaded by UNETLoader with weight_dtype fp8_e4m3fn and its own text encoder
+    and VAE loaders (on the tiny Flux, CLIP-L and TAESD): the LoRA trains over the fp8 weights and changes
+    the image sampled with the same seed."""
+    api = workflow_prompt(comfy_server, "progrpo_train_flux_fp8.json", run_name="host_flux_fp8")
+    server = comfy_server.server
+    server.mark_log()
+    entry, seconds = run(comfy_server, api)
+    log = server.log_since_mark()
+    print(f"flux fp8 workflow: {seconds:.1f} s")
+    (tid,) = by_type(api, "ProGRPOLoraTrainer")
+    (uid,) = by_type(api, "UNETLoader")
+    assert api[uid]["inputs"]["weight_dtype"] == "fp8_e4m3fn"
+    assert texts(entry, tid).startswith("pro-mixgrpo: epochs 1–2/2"), texts(entry, tid)
+    assert "family Flux.1 (flow, ComfyUI Flux), weights float8_e4m3fn" in log, log[-3000:]
+    assert (server.models_dir / "loras" / "progrpo" / "flux1dev_fp8_pickscore.safetensors").is_file()
+    saved = {api[n]["_meta"]["title"]: comfy_server.images(entry, n)[0] for n in by_type(api, "SaveImage")}
+    before, after = saved["before: base model"], saved["after: with the trained LoRA"]
+    assert abs(pixels(comfy_server, before) - pixels(comfy_server, after)).max() > 0, "the trained MODEL changed nothing"
 
 
 # ---- other model families -------------------------------------------------------------------------
