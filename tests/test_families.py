@@ -125,6 +125,8 @@ def test_a_structure_without_attention_is_refused_naming_what_was_looked_for_and
 
 def test_the_table_gives_each_family_its_defaults():
     assert F.family_of("Flux").cfg == 1.0 and F.family_of("Flux").guidance == 3.5
+    assert F.family_of("SD15").cfg == F.family_of("SD3").cfg == 4.5 and F.family_of("SD15").name == "SD1.x"
+    assert (F.family_of("QwenImage").cfg, F.family_of("Chroma").cfg, F.family_of("WAN21_T2V").cfg) == (2.5, 4.0, 6.0)
     assert F.family_of("SDXL").name == "SDXL" and F.family_of("SDXL", v_prediction=True).name == "SDXL v-prediction"
     assert F.family_of("ZImage").few_step and F.family_of("FluxSchnell").steps == 4
     assert F.family_of("WAN21_T2V").video and not F.family_of("QwenImage").video

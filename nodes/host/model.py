@@ -15,10 +15,8 @@ import hashlib
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
-from torch import nn
 
 from .convert import image_to_core
-
 from .families import TARGET_PRESETS, Family, family_of, target_modules  # noqa: F401  (re-exported)
 from .quantized import make_gguf_probeable, storage
 
