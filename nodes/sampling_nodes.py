@@ -4,7 +4,7 @@ from __future__ import annotations
 from progrpo_core import ovf
 
 from . import host
-from .trace import GROUP, REWARD, GroupTrace, kept_json, prune_schedule
+from .trace import GROUP, REWARD, GroupTrace, finite_widgets, kept_json, prune_schedule
 from .widgets import CATEGORY, CFG_TIP, NOISE_TIP, SAMPLER_CHOICES, SAMPLER_TIP, SEED_MAX
 
 SELECTORS = tuple(s for s in ovf.SELECTORS if s != "all")
@@ -56,13 +56,16 @@ class ExpandedGroupSampler:
             },
             "optional": {
                 "reward": (REWARD, {"tooltip": "reward model scoring the proxies at checkpoints (needed to prune)"}),
-                "vae": ("VAE", {"tooltip": "the model's VAE, to decode proxies for the reward (needed to prune)"}),
+                "vae": ("VAE", {"tooltip": "decodes the proxies for the reward (needed to prune): the model's VAE, or "
+                                "its TAESD from VAELoader (taesd, taesdxl, taesd3, taef1, taef2 in "
+                                "models/vae_approx), much cheaper at large sizes"}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def sample(self, model, positive, negative, latent, group_size, steps, sampler, noise_level, cfg, seed,
                checkpoints, keep, selector, prompt, reward=None, vae=None, unique_id=None):
+        finite_widgets(noise_level=noise_level, cfg=cfg)
         schedule = prune_schedule(group_size, steps, checkpoints, keep, selector)
         survivors, trace = host.sample_expanded_group(
             model, positive, negative, latent, prompt=prompt, seed=seed, steps=steps, schedule=schedule,
@@ -105,6 +108,7 @@ class LatentProxyProjector:
         }
 
     def project(self, step, group=None, model=None, positive=None, negative=None, latent=None, sigma=0.5, cfg=1.0):
+        finite_widgets(sigma=sigma, cfg=cfg)
         if group is not None:
             if not isinstance(group, GroupTrace):
                 raise ValueError(f"'group' must come from the ProGRPO Expanded Group Sampler, got {type(group).__name__}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -214,14 +215,33 @@ def kept_json(kept: torch.Tensor) -> str:
 
 # ---- files ----------------------------------------------------------------------------------------
 
+MAX_NAME = 150  # characters per file or folder name the nodes make (room for _00001_, .safetensors, temp names)
+
+
+def finite_widgets(**values: float) -> None:
+    """Refuse NaN or infinite numbers a workflow's JSON can carry past the widgets' min/max (a NaN
+    compares false with both, and would silently mean "auto")."""
+    import math
+
+    for name, v in values.items():
+        if v is not None and not math.isfinite(float(v)):
+            raise ValueError(f"{name}={v} is not a number; set it in the node (the workflow file holds {v} for it)")
+
+
 def safe_relative_name(name: str, what: str = "filename") -> str:
-    """A relative file name without extension, refusing absolute paths and ``..``."""
+    """A relative file name without extension, refusing absolute paths, ``..`` and names longer
+    than file systems allow."""
     text = str(name).strip().replace("\\", "/")
     if text.endswith(".safetensors"):
         text = text[: -len(".safetensors")]
     parts = [p for p in text.split("/") if p not in ("", ".")]
     if not parts or text.startswith("/") or any(p == ".." for p in parts):
         raise ValueError(f"{what} {name!r} must be a relative name like 'progrpo/my_lora' (no '..', not absolute)")
+    long = [p for p in parts if len(p.encode()) > MAX_NAME]
+    if long or len(parts) > 16:
+        raise ValueError(f"{what} {str(name)[:40]!r}… is too long: "
+                         + (f"a name of {len(long[0])} characters, at most {MAX_NAME} per file or folder name"
+                            if long else f"{len(parts)} folders deep, at most 16") + "; use a shorter one")
     bad = sorted({c for p in parts for c in p if not (c.isalnum() or c in "-_. ")})
     if bad:
         raise ValueError(f"{what} {name!r} contains {''.join(bad)!r}; use letters, digits, '-', '_', '.' and '/'")
@@ -237,27 +257,61 @@ def file_in_folder(base: Path, name: str, what: str, where: str) -> Path:
             or any(p == ".." for p in text.split("/"))):
         raise ValueError(f"{what} {name!r} must be a file name inside {where} (relative, without '..', '~' or a "
                          "leading '/'); put the file there")
+    if len(text) > 1024 or any(len(p.encode()) > 255 for p in text.split("/")):
+        raise ValueError(f"{what} {text[:40]!r}… ({len(text)} characters) is too long to be a file name inside "
+                         f"{where} (at most 255 characters per name); put the file there under a shorter name")
     root = Path(base).resolve()
-    path = (root / text).resolve()
-    if root not in path.parents or not path.is_file():
+    try:
+        path = (root / text).resolve()
+        found = root in path.parents and path.is_file()
+    except OSError:  # (a name the file system refuses)
+        found = False
+    if not found:
         raise ValueError(f"{what} {text!r} not found in {where}; put the file there")
     return path
 
 
+def confined_path(base: Path, rel: str, what: str, where: str) -> Path:
+    """``base/rel`` for writing, inside ``base``: its existing folders are resolved (symlinks
+    followed, as :func:`file_in_folder` reads) and must stay inside ``base``; missing ones are made,
+    one by one, never through a link. ``rel`` is a :func:`safe_relative_name`."""
+    from progrpo_core.io import make_folder
+
+    Path(base).mkdir(parents=True, exist_ok=True)  # (ComfyUI's own folder, missing in a fresh install)
+    root = Path(base).resolve()
+    folder = root
+    for part in rel.split("/")[:-1]:
+        nxt = folder / part
+        if os.path.lexists(nxt):
+            real = nxt.resolve()
+            if real != root and root not in real.parents:
+                raise ValueError(f"{what} {rel!r}: the folder {part!r} in {where} is a link leading outside it; the "
+                                 f"pack writes only inside {where}: choose another name")
+            if not real.is_dir():
+                raise ValueError(f"{what} {rel!r}: {part!r} in {where} is a file, not a folder; choose another name")
+            folder = real
+        else:
+            folder = make_folder(nxt)
+    return folder / rel.split("/")[-1]
+
+
 def save_lora_tensors(lora: dict, base: Path, filename: str, overwrite: bool) -> Path:
     """Write a LORA_MODEL to ``base/<filename>.safetensors`` (or ``<filename>_00001_.safetensors``,
-    the next free number, when ``overwrite`` is off) with its header, atomically."""
+    the next free number, when ``overwrite`` is off) with its header, atomically, inside ``base``
+    (:func:`confined_path`)."""
     from progrpo_core.io import save_safetensors
     from progrpo_core.lora_format import retitled
 
     if not isinstance(lora, dict) or not lora:
         raise ValueError("the LoRA is empty or not a LORA_MODEL; connect the trainer's 'lora' output")
     rel = safe_relative_name(filename)
+    stem = confined_path(base, rel, "filename", "models/loras")
     if overwrite:
-        path = base / f"{rel}.safetensors"
+        path = stem.with_name(stem.name + ".safetensors")
     else:
         n = 1
-        while (path := base / f"{rel}_{n:05d}_.safetensors").exists():
+        while os.path.lexists(path := stem.with_name(f"{stem.name}_{n:05d}_.safetensors")):
             n += 1
     meta = {str(k): str(v) for k, v in (getattr(lora, "metadata", None) or {}).items()}
-    return save_safetensors({k: v for k, v in lora.items()}, path, retitled(meta, Path(rel).name))
+    save_safetensors({k: v for k, v in lora.items()}, path, retitled(meta, Path(rel).name))
+    return Path(base) / Path(rel).parent / path.name  # the name as given (the loaders list links' names too)

@@ -68,10 +68,13 @@ class GRPOLoraTrainer:
                 "clip": ("CLIP", {"tooltip": "the model's text encoder, to encode the prompt list"}),
                 "positive": ("CONDITIONING", {"tooltip": "instead of a CLIP: the conditioning of the (single) prompt"}),
                 "negative": ("CONDITIONING", {"tooltip": "negative conditioning (default: the empty prompt)"}),
+                "proxy_vae": ("VAE", {"tooltip": "a cheaper decoder for the pruning previews only, e.g. the model's "
+                                                 "TAESD from VAELoader (taesd, taesdxl, taesd3, taef1, taef2 in "
+                                                 "models/vae_approx); the trained images' rewards still use 'vae'"}),
             })
 
-    def train(self, model, vae, reward, prompts, latent, clip=None, positive=None, negative=None, unique_id=None,
-              **values):
+    def train(self, model, vae, reward, prompts, latent, clip=None, positive=None, negative=None, proxy_vae=None,
+              unique_id=None, **values):
         handle = check_reward(reward)
         prompts = training.check_prompts(prompts)
         w = widgets.widget_values(values)
@@ -79,7 +82,7 @@ class GRPOLoraTrainer:
                                             model_name=type(getattr(model, "model", model)).__name__)
         out_model, lora, curves, summary = host.train_lora(
             model, vae, clip, positive, negative, latent, prompts, config, handle, targets=w["targets"],
-            run_name=w["run_name"], resume=w["resume"], node_id=unique_id, overwrite=w["overwrite"])
+            run_name=w["run_name"], resume=w["resume"], node_id=unique_id, overwrite=w["overwrite"], proxy_vae=proxy_vae)
         short, full = summary
         host.show_text(unique_id, short)
         return {"ui": {"text": [short], "details": [full]}, "result": (out_model, lora, curves)}

@@ -11,13 +11,14 @@ import dataclasses
 import re
 from typing import Any, Callable
 
-from progrpo_core.config import TrainConfig, build_config
+from progrpo_core.config import MAX_SEED, TrainConfig, build_config
 from progrpo_core.devices import PRECISIONS
 from progrpo_core.methods import DEFAULT_METHOD, METHODS, auto_lr_help, presets_text
 from progrpo_core.samplers import DEFAULT_SAMPLER, SAMPLER_SPECS, noise_help, sampler_help
 from progrpo_core.training.state import Words
 
 from .host.model import TARGET_PRESETS
+from .trace import finite_widgets
 
 CATEGORY = "ProGRPO"
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
@@ -30,7 +31,7 @@ NOISE_TIP = f"SDE noise level a (flow samplers) or DDIM eta; -1 = the sampler's 
 CFG_TIP = ("classifier-free guidance scale in sampling and training (1 = off); 0 = the model family's default: 1 for "
            "guidance-distilled and cfg-free models (Flux.1, Flux.2, Z-Image-Turbo; Flux's guidance comes from "
            "FluxGuidance), 2.5 Qwen-Image, 4 Chroma and Lumina 2, 5 HiDream, 6 Wan, 4.5 SD1.x/SDXL/SD3 and others")
-_PRESETS = f"presets (checkpoints scale with T): {presets_text()}"
+_PRESETS = f"presets at T = 10 (checkpoints and SDE windows scale with T): {presets_text()}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +91,7 @@ WIDGETS: tuple[Widget, ...] = (
     Widget("kl_beta", "FLOAT", 0.0, "weight of the KL penalty to the model without LoRA (0 = off; costs one more "
            "forward)", ("grpo.kl_beta",), opts={"min": 0.0, "max": 100.0, "step": 0.001}),
     Widget("seed", "INT", 0, "seed of the noise, prompt order and LoRA initialisation", ("run.seed",),
-           opts={"min": 0, "max": SEED_MAX}),
+           opts={"min": 0, "max": MAX_SEED}),
     Widget("gradient_checkpointing", "BOOLEAN", True, "recompute activations in backward: less memory, more time "
            "(needed for Flux, whose blocks work in place); depth in checkpoint_depth"),
     Widget("run_name", "STRING", "progrpo", "name of the autosave file "
@@ -144,6 +145,7 @@ def build_train_config(*, reward_spec: str, separate_reward_norm: bool = False, 
     not given), its reward and MODEL, and ``run`` settings the host fixes (the run folder). Errors
     name the widgets."""
     values = widget_values(widgets)
+    finite_widgets(**{w.name: values[w.name] for w in WIDGETS if isinstance(values[w.name], float)})
     table: dict[str, dict[str, Any]] = {"model": {"comfyui": "(inside ComfyUI)", "checkpoint": model_name},
                                         "reward": {"name": reward_spec, **NODE_SETTINGS["reward"]},
                                         "grpo": {"separate_reward_norm": bool(separate_reward_norm)},
@@ -166,7 +168,8 @@ SETTING_WIDGETS = {"model.checkpoint": "the MODEL input", "reward.name": "the re
 # the loop's messages in the node's words
 NODE_WORDS = Words(settings={**SETTING_WIDGETS, "run.max_bad_updates": "the limit of bad updates in a row",
                              "run.checkpoint_every": "save_every", "grpo.grad_clip": "gradient clipping"},
-                   resume_how="'resume' on (same run_name)")
+                   resume_how="'resume' on (same run_name)",
+                   restart_how="start it over with 'overwrite' on (same run_name, 'resume' off)")
 
 
 def in_widget_words(text: str) -> str:

@@ -25,13 +25,14 @@ from typing import Any, Callable
 
 import torch
 
-from .io import save_torch
+from .io import make_folder, save_torch
 
 FORMAT = "progrpo-checkpoint"
 VERSION = 1
 DIRNAME = "checkpoints"
 _NAME = re.compile(r"^epoch-(\d+)\.pt$")
 _TMP = re.compile(r"^\.epoch-\d+\.pt\..*\.tmp$")
+_UNUSABLE = re.compile(r"^epoch-\d+\.pt\.unusable$")
 
 
 class CheckpointError(ValueError):
@@ -59,8 +60,15 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     d = checkpoint_dir(run_dir)
     if not d.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name)) and p.is_file()]
+    found = [(int(m.group(1)), p) for p in d.iterdir()
+             if (m := _NAME.match(p.name)) and p.is_file() and not p.is_symlink()]
     return sorted(found)
+
+
+def is_checkpoint_file(name: str) -> bool:
+    """Whether ``name`` in ``checkpoints/`` is one the pack writes (a checkpoint, a torn write, a
+    checkpoint set aside as unusable, a write test)."""
+    return bool(_NAME.match(name) or _TMP.match(name) or _UNUSABLE.match(name) or name.startswith(".write-test-"))
 
 
 # -- plain-data helpers ------------------------------------------------------------------------
@@ -140,12 +148,13 @@ def save_checkpoint(state: dict[str, Any], run_dir: str | os.PathLike, keep: int
     if keep < 1:
         raise ValueError(f"keep={keep} must be >= 1")
     path = checkpoint_path(run_dir, int(state["epoch"]))
+    make_folder(path.parent, "checkpoints folder")
     save_torch({"format": FORMAT, "version": VERSION, **state}, path)
     _fsync_dir(path.parent)
     for _, old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     for p in path.parent.iterdir():
-        if _TMP.match(p.name):
+        if _TMP.match(p.name) and not p.is_symlink():
             p.unlink(missing_ok=True)
     return path
 
@@ -188,8 +197,12 @@ def load_latest(run_dir: str | os.PathLike,
     through ``warn`` and skipped."""
     found = list_checkpoints(run_dir)
     if not found:
-        raise CheckpointError(f"no checkpoint to resume from in {checkpoint_dir(run_dir)}; "
-                              "was the run started with run.checkpoint_every > 0 and did it finish an epoch?")
+        raise CheckpointError(
+            f"no checkpoint to resume from in {checkpoint_dir(run_dir)}: the run stopped before it wrote its first "
+            "one (a checkpoint is written every run.checkpoint_every epochs, at the end, and when a run is stopped "
+            "after a completed epoch), so it cannot be continued. Start it over instead (on the command line: "
+            f"`train --config {Path(run_dir) / 'config.toml'} --overwrite`; on the trainer node: 'resume' off, "
+            "'overwrite' on)")
     problems = []
     for _, path in reversed(found):
         try:
@@ -209,7 +222,7 @@ def check_run_folder(out: str | os.PathLike, need_bytes: int, breakdown: str = "
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        checkpoint_dir(out).mkdir(exist_ok=True)
+        make_folder(checkpoint_dir(out), "checkpoints folder")
     except OSError as e:
         raise RunFolderError(f"cannot create the run folder {out}: {e.strerror or e}; choose another --run.out") from None
     try:

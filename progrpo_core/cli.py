@@ -74,10 +74,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise ValueError("--resume continues the run in its folder and --overwrite deletes it; give one of them")
     if args.resume:
-        run_dir = Path(os.path.realpath(args.resume))  # runs/latest is a link to the run's own folder
+        from .training import RunFolder
+        from .training.run_folder import RUN_FILE
+
+        run_dir = Path(os.path.realpath(os.path.expanduser(args.resume)))  # runs/latest links the run's folder
+        folder = RunFolder(run_dir)
+        folder.refuse_links()  # (its config.toml is read before the folder is locked)
         if not (run_dir / "config.toml").is_file():
             raise FileNotFoundError(f"--resume {run_dir}: no config.toml there; give the folder of a run "
                                     "started by `train` (its --run.out)")
+        if folder.foreign_entries() and not folder.legacy_run():
+            raise ValueError(f"--resume {run_dir}: no checkpoint to resume from, and no {RUN_FILE}: it is not a run "
+                             f"folder of ProGRPO (it holds {', '.join(folder.foreign_entries()[:4])}); give the folder "
+                             "of a run started by `train` (its --run.out)")
         if args.config:
             raise ValueError("--resume reads the run's own config.toml; give changes as flags "
                              "(e.g. --run.epochs 200), not --config")
@@ -115,7 +124,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     _single_thread_for_builtin(cfg.model.comfyui is None)
     target = None
-    if args.gpu or args.gpu_memory:
+    if args.gpu or args.gpu_memory or args.gpu_tflops:
         memory, tflops = GPUS.get(args.gpu, (None, None)) if args.gpu else (None, None)
         if args.gpu and args.gpu not in GPUS:
             raise ValueError(f"--gpu {args.gpu!r} unknown; expected one of {', '.join(GPUS)}, or give --gpu-memory "
@@ -152,15 +161,24 @@ def _model_and_lora(name: str, lora: str | None):
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
     from . import plots
+    from .io import check_writable_target
     from .training import sample_deterministic
 
+    check_writable_target(args.out)  # before the work, not after it
     model = _model_and_lora(args.model, args.lora)
     prompts = args.prompt or list(model.default_prompts)
+    plots.check_grid_size(len(prompts) * args.seeds, args.seeds, model.latent_shape[-2:], args.scale, "--scale")
     rows = [p for p in prompts for _ in range(args.seeds)]
     seeds = [args.seed + i for i in range(args.seeds)] * len(prompts)
     latents = sample_deterministic(model, rows, seeds, args.sample_steps, args.cfg)
-    path = plots.save_grid(model.decode(latents), args.seeds, args.out, scale=args.scale)
+    images = model.decode(latents)
+    if not (bool(torch.isfinite(latents).all()) and bool(torch.isfinite(images).all())):
+        raise ValueError(f"the model rendered NaN or infinite images (cfg {args.cfg:g}"
+                         f"{f', LoRA {args.lora}' if args.lora else ''}); nothing was written")
+    path = plots.save_grid(images, args.seeds, args.out, scale=args.scale)
     print(f"wrote {path} ({len(prompts)} prompts x {args.seeds} seeds)")
     return 0
 
@@ -190,6 +208,24 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     for name, path in pretrain(out, seed=args.seed, iters=args.iters, only=args.only).items():
         print(f"{name}: {path}")
     return 0
+
+
+def _bounded(kind: type, low: float, high: float, low_open: bool = False):
+    """An argparse type: a finite ``kind`` in [low, high] (``(low, high]`` with ``low_open``)."""
+    import math
+
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if not math.isfinite(v) or v < low or (low_open and v == low) or v > high:
+            shown = (str(int(low)), str(int(high))) if kind is int else (f"{low:g}", f"{high:g}")
+            raise argparse.ArgumentTypeError(f"{text} must be a number {'above' if low_open else 'from'} {shown[0]} "
+                                             f"{'and at most' if low_open else 'to'} {shown[1]}")
+        return v
+
+    return parse
 
 
 def _positive(text: str) -> int:
@@ -222,8 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(pl)
     pl.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     pl.add_argument("--gpu", help="plan for this GPU instead of this machine's device (e.g. rtx4090, a100-80, h100)")
-    pl.add_argument("--gpu-memory", type=float, metavar="GIB", help="plan for a GPU with this much memory")
-    pl.add_argument("--gpu-tflops", type=float, metavar="T", help="... and this dense bf16/fp16 throughput")
+    pl.add_argument("--gpu-memory", type=_bounded(float, 0.0, 1e5, low_open=True), metavar="GIB",
+                    help="plan for a GPU with this much memory")
+    pl.add_argument("--gpu-tflops", type=_bounded(float, 0.0, 1e6, low_open=True), metavar="T",
+                    help="... and this dense bf16/fp16 throughput")
     pl.set_defaults(func=cmd_plan)
 
     def sampling_flags(q):
@@ -231,14 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="built-in model: digits-flow, digits-eps, digits-pair-flow or digits-pair-eps")
         q.add_argument("--lora", help="LoRA file to apply (as saved by train)")
         q.add_argument("--sample-steps", type=_positive, default=10, help="deterministic sampling steps")
-        q.add_argument("--cfg", type=float, default=1.0, help="guidance scale (1 = off)")
+        q.add_argument("--cfg", type=_bounded(float, 0.0, C.MAX_CFG), default=1.0,
+                       help=f"guidance scale (1 = off; at most {C.MAX_CFG:g})")
 
     s = sub.add_parser("sample", help="render a grid of deterministic samples, with or without a LoRA")
     sampling_flags(s)
     s.add_argument("--prompt", action="append", help="prompt (repeatable; default: the model's prompt set)")
     s.add_argument("--seeds", type=_positive, default=8, help="samples per prompt")
-    s.add_argument("--seed", type=int, default=0, help="first seed")
-    s.add_argument("--scale", type=int, default=4, help="pixel upscale of the grid")
+    s.add_argument("--seed", type=_bounded(int, 0, C.MAX_SEED), default=0, help="first seed")
+    s.add_argument("--scale", type=_bounded(int, 1, 256), default=4, help="pixel upscale of the grid (1 to 256)")
     s.add_argument("--out", default="samples.png", help="output PNG")
     s.set_defaults(func=cmd_sample)
 
@@ -271,14 +310,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # the only command that imports the bench
-        from .bench import main as bench_main
+        return _guarded(lambda: _bench(argv[1:]))
 
-        return _guarded(lambda: bench_main(argv[1:]))
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "command", None) == "eval" and not args.reward:
-        args.reward = ["digit"]
-    return _guarded(lambda: args.func(args))
+    def parse_and_run() -> int:
+        args = build_parser().parse_args(argv)  # (imports torch: Ctrl-C may land here)
+        if getattr(args, "command", None) == "eval" and not args.reward:
+            args.reward = ["digit"]
+        return args.func(args)
+
+    return _guarded(parse_and_run)
+
+
+def _bench(argv: list[str]) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(argv)
 
 
 def _guarded(run) -> int:
@@ -290,3 +336,18 @@ def _guarded(run) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("error: out of memory: this machine (or this process's limit, ulimit -v / the container's) has too "
+              "little memory for these settings; lower the group size, grpo.prompts_per_epoch or lora.rank, or "
+              "set smaller micro-batches", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if "can't allocate memory" in str(e) or "out of memory" in str(e).lower():
+            print(f"error: out of memory ({str(e).splitlines()[0][:200]}): lower the group size, "
+                  "grpo.prompts_per_epoch or lora.rank, or set smaller micro-batches", file=sys.stderr)
+            return 2
+        raise
+    except OSError as e:
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"error: cannot use{where}: {e.strerror or e}", file=sys.stderr)
+        return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from typing import Any, Optional
@@ -18,6 +19,12 @@ from .grpo import ADV_NORMS
 from .methods import DEFAULT_METHOD, METHODS, PruneSchedule, auto_lr_help, presets_text
 from .samplers import DEFAULT_SAMPLER, SAMPLER_SPECS, check_sampler, noise_help, sampler_names
 from .toml_io import load_toml, toml_text  # noqa: F401  (load_toml: the config loader, re-exported)
+
+
+MAX_NOISE = 10.0       # sampler.noise_level: beyond it every step is noise
+MAX_CFG = 100.0        # sampler.cfg (ComfyUI's own widgets stop at 100)
+MAX_KL_BETA = 1e3      # grpo.kl_beta
+MAX_SEED = 2**32 - 1   # run.seed: the run derives its other seeds from it by products that must fit in 64 bits
 
 
 def _help(text: str, default: Any = None, factory: Any = None) -> Any:
@@ -31,10 +38,20 @@ def _need(cond: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
+def _expand_paths(section: Any, *names: str) -> None:
+    """``~`` in a path setting means the home folder (as in a shell), in a TOML file too."""
+    for name in names:
+        v = getattr(section, name)
+        if isinstance(v, str) and v.startswith("~"):
+            object.__setattr__(section, name, os.path.expanduser(v))  # (frozen: settled while it is built)
+
+
 def _check_device_name(label: str, name: str) -> None:
     """A device name's spelling (whether this machine has it is checked when the run starts)."""
     if name == "auto":
         return
+    _need(name.split(":")[0] != "meta", f"{label}='meta' is PyTorch's shape-only device: it holds no data, so "
+                                        "nothing can be sampled, scored or trained on it; use auto, cpu or cuda")
     import torch
 
     try:
@@ -60,6 +77,7 @@ class ModelConfig:
                                   "(default: the pack's ComfyUI adapter)")
 
     def __post_init__(self):
+        _expand_paths(self, "path", "comfyui", "checkpoint", "clip", "vae")
         if self.comfyui is None:
             from .embedded import MODELS
             _need(self.name in MODELS, f"model.name={self.name!r} is not a built-in model; expected one of "
@@ -88,16 +106,23 @@ class SamplerConfig:
               f"sampler.steps={self.steps!r}: T must be an integer >= 2")
         _need(isinstance(self.eval_steps, int) and self.eval_steps >= 1,
               f"sampler.eval_steps={self.eval_steps!r} must be an integer >= 1")
-        _need(self.noise_level is None or (math.isfinite(self.noise_level) and self.noise_level >= 0),
-              f"sampler.noise_level={self.noise_level!r} must be a finite number >= 0")
-        _need(self.cfg is None or (math.isfinite(self.cfg) and self.cfg >= 1.0),
-              f"sampler.cfg={self.cfg!r} must be >= 1 (1 turns guidance off), or auto")
+        _need(self.noise_level is None or (math.isfinite(self.noise_level) and 0 <= self.noise_level <= MAX_NOISE),
+              f"sampler.noise_level={self.noise_level!r} must be a number from 0 to {MAX_NOISE:g} (the SDE noise "
+              f"level a or DDIM eta; defaults: {noise_help()}), or auto")
+        _need(self.cfg is None or (math.isfinite(self.cfg) and 1.0 <= self.cfg <= MAX_CFG),
+              f"sampler.cfg={self.cfg!r} must be a guidance scale from 1 (off) to {MAX_CFG:g}, or auto")
 
-    def resolved(self, family: str, default_cfg: float = 1.0) -> "SamplerConfig":
-        """Every field set: the family's default sampler, its default noise, the model's default cfg."""
-        sampler = self.sampler or DEFAULT_SAMPLER.get(family, "")
+    def resolved(self, family: str, default_cfg: float = 1.0, method: Any = None) -> "SamplerConfig":
+        """Every field set: the method's sampler and noise level (``method``: a ``MethodPreset``), else
+        the family's default sampler and its default noise; the model's default cfg."""
+        preset = method.default("sampler.sampler") if method is not None else None
+        sampler = self.sampler or preset or DEFAULT_SAMPLER.get(family, "")
         check_sampler(family, sampler)
-        noise = self.noise_level if self.noise_level is not None else SAMPLER_SPECS[sampler].default_noise
+        noise = self.noise_level
+        if noise is None and method is not None and sampler == preset:
+            noise = method.default("sampler.noise_level")
+        if noise is None:
+            noise = SAMPLER_SPECS[sampler].default_noise
         cfg = self.cfg if self.cfg is not None else float(default_cfg)
         return dataclasses.replace(self, sampler=sampler, noise_level=noise, cfg=cfg)
 
@@ -111,8 +136,14 @@ class ScheduleConfig:
     selector: str = _help("subset rule at checkpoints and final selection: ovf, random, topk, all", "ovf")
     sde_window: Optional[int] = _help("SDE steps per epoch, ODE elsewhere, only they trained (0: every step; "
                                       "default: the method's)")
-    window_mode: Optional[str] = _help("where the SDE window sits: random (Flow-GRPO-Fast), sliding (MixGRPO), "
-                                       "after-pruning (default: the method's)")
+    window_mode: Optional[str] = _help("where the SDE window sits: random (Flow-GRPO-Fast), progressive (MixGRPO), "
+                                       "sliding, after-pruning (default: the method's)")
+    window_draw: Optional[str] = _help("a random window drawn once per epoch or for each prompt's group (default: the "
+                                       "method's)")
+    slide_every: Optional[int] = _help("progressive or sliding window: epochs between its moves (default: the "
+                                       "method's)")
+    shared_noise: Optional[bool] = _help("a prompt's trajectories start from one noise, as MixGRPO's (default: the "
+                                         "method's)")
 
     def __post_init__(self):
         _need(self.selector in ovf.SELECTORS,
@@ -123,7 +154,8 @@ class ScheduleConfig:
         this config's fields on top."""
         preset = METHODS[method].schedule(steps, self.selector, family)
         overrides = {f: getattr(self, f) for f in ("group_size", "checkpoints", "keep", "final_keep", "sde_window",
-                                                   "window_mode") if getattr(self, f) is not None}
+                                                   "window_mode", "window_draw", "slide_every", "shared_noise")
+                     if getattr(self, f) is not None}
         if self.checkpoints is not None and self.keep is None and len(preset.keep) != len(self.checkpoints):
             raise ValueError(f"schedule.checkpoints={list(self.checkpoints)} given without schedule.keep; "
                              "give one survivor count per checkpoint (e.g. --schedule.keep 24,12)")
@@ -142,9 +174,10 @@ class GRPOConfig:
     prompts_per_epoch: int = _help("B: prompts sampled per epoch (each gets a whole group)", 8)
     lr: Optional[float] = _help(f"AdamW learning rate (auto: {auto_lr_help()})")
     weight_decay: float = _help("AdamW weight decay", 1e-4)
-    clip_range: float = _help("PPO ratio clip epsilon", 1e-4)
+    clip_range: Optional[float] = _help("PPO ratio clip epsilon (auto: the method's, else Flow-GRPO's 1e-4)")
     adv_clip: float = _help("advantages are clipped to +-this", 5.0)
-    adv_norm: str = _help("advantage normalisation: group (per prompt) or batch (per-prompt mean, batch std)", "group")
+    adv_norm: Optional[str] = _help("advantage normalisation: group (per prompt) or batch (per-prompt mean, batch std) "
+                                    "(auto: the method's, else group)")
     kl_beta: float = _help("weight of the KL to the reference policy (0 = off)", 0.0)
     kl_form: str = _help("the KL's scale: flow-grpo (Flow-GRPO's: for flow_sde/dance_sde divided by the SDE's "
                          "noise coefficient, |dt| times the exact KL, so Flow-GRPO's kl_beta means the same here) "
@@ -158,18 +191,31 @@ class GRPOConfig:
     ema: bool = _help("keep an EMA of the LoRA weights for evaluation and saving", True)
     ema_decay: float = _help("EMA decay per optimizer step", 0.9)
     separate_reward_norm: bool = _help("normalise each reward's advantages separately before weighting", False)
+    nft_beta: float = _help("DiffusionNFT (--method nft): β, how far the implicit positive and negative policies "
+                            "lie from the old one", 1.0)
 
     def __post_init__(self):
         _need(self.method in METHODS, f"grpo.method={self.method!r} unknown; expected one of {', '.join(METHODS)}")
-        _need(self.adv_norm in ADV_NORMS, f"grpo.adv_norm={self.adv_norm!r} unknown; expected one of {ADV_NORMS}")
+        _need(self.adv_norm is None or self.adv_norm in ADV_NORMS,
+              f"grpo.adv_norm={self.adv_norm!r} unknown; expected one of {ADV_NORMS}")
         _need(self.prompts_per_epoch >= 1, f"grpo.prompts_per_epoch={self.prompts_per_epoch} must be >= 1")
         for name in ("lr", "clip_range", "adv_clip"):
             v = getattr(self, name)
-            _need(v is None and name == "lr" or isinstance(v, (int, float)) and math.isfinite(v) and v > 0,
+            _need(v is None and name != "adv_clip" or isinstance(v, (int, float)) and math.isfinite(v) and v > 0,
                   f"grpo.{name}={v!r} must be a finite number > 0")
+        _need(math.isfinite(self.nft_beta) and self.nft_beta > 0, f"grpo.nft_beta={self.nft_beta!r} must be > 0")
         for name in ("weight_decay", "kl_beta", "grad_clip"):
             v = getattr(self, name)
             _need(math.isfinite(v) and v >= 0, f"grpo.{name}={v!r} must be a finite number >= 0")
+        # magnitudes no run survives: Adam moves every weight by about lr per step
+        _need(self.lr is None or self.lr < 1, f"grpo.lr={self.lr!r}: Adam moves every LoRA weight by about the "
+              "learning rate at each step, so a rate of 1 or more destroys the LoRA in one step; LoRA rates are "
+              "1e-5 to 1e-2 (leave it out for the default)")
+        _need(self.weight_decay <= 1, f"grpo.weight_decay={self.weight_decay!r}: AdamW multiplies the weights by "
+              "(1 - lr x weight_decay) each step, so a decay above 1 drives them to nothing or makes them flip "
+              "sign; use 0 to 0.1 (default 1e-4)")
+        _need(self.kl_beta <= MAX_KL_BETA, f"grpo.kl_beta={self.kl_beta!r} would make the KL penalty outweigh the "
+              f"reward by orders of magnitude (or overflow); use 0 (off) to {MAX_KL_BETA:g}")
         _need(0 < self.timestep_fraction <= 1, f"grpo.timestep_fraction={self.timestep_fraction} must be in (0, 1]")
         _need(self.kl_form in ("flow-grpo", "transition"),
               f"grpo.kl_form={self.kl_form!r} unknown; expected flow-grpo or transition")
@@ -188,8 +234,12 @@ class LoRAConfig:
     init_from: Optional[str] = _help("continue training from this LoRA file")
 
     def __post_init__(self):
+        _expand_paths(self, "init_from")
         _need(isinstance(self.rank, int) and self.rank >= 1, f"lora.rank={self.rank!r} must be an integer >= 1")
         _need(math.isfinite(self.alpha) and self.alpha > 0, f"lora.alpha={self.alpha!r} must be > 0")
+        _need(self.targets is None or (len(self.targets) > 0 and all(t.strip() for t in self.targets)),
+              f"lora.targets={','.join(self.targets or ())!r} names no module; give module-name suffixes "
+              "separated by commas (e.g. to_q,to_k,to_v), or leave it out for the model's own list")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +254,7 @@ class RewardConfig:
                                     "have the GPU's memory (auto: when the planner finds memory short)")
 
     def __post_init__(self):
+        _expand_paths(self, "path")
         from .rewards import available_rewards
         for label, n in (("reward.name", self.name), ("reward.gold", self.gold)):
             if n is not None and n not in available_rewards() and ":" not in n and "," not in n and "=" not in n:
@@ -249,6 +300,9 @@ class RunConfig:
                                         "it starts)")
 
     def __post_init__(self):
+        _expand_paths(self, "out", "prompts")
+        _need(0 <= self.seed <= MAX_SEED, f"run.seed={self.seed} must be a whole number from 0 to {MAX_SEED} "
+                                          "(2**32 - 1)")
         _need(self.epochs >= 1, f"run.epochs={self.epochs} must be >= 1")
         _need(self.max_steps is None or self.max_steps >= 1, f"run.max_steps={self.max_steps} must be >= 1")
         _need(self.eval_seeds is None or self.eval_seeds >= 1, f"run.eval_seeds={self.eval_seeds} must be >= 1")

@@ -39,7 +39,8 @@ class Denoiser(Protocol):
             ``"SDXL"``, ``"SD3"``, ``"Flux"``, …; optional): LoRA headers name the base model with it.
 
     Optional: ``set_precision(dtype)`` makes the model compute in ``dtype`` (its ``denoise`` still
-    takes and returns float32).
+    takes and returns float32); ``decode_proxy(x0)``, a cheaper decode for the pruning checkpoints'
+    one-step previews (e.g. ComfyUI's TAESD), same contract as ``decode`` (:func:`proxy_decoder`).
     """
 
     family: str
@@ -66,6 +67,12 @@ class Denoiser(Protocol):
 
     def fingerprint(self) -> str:
         """A short hash of the base weights, written into LoRA headers."""
+
+
+def proxy_decoder(model: Denoiser):
+    """How the pruning previews of ``model`` are decoded: its ``decode_proxy`` when it has one (a
+    cheaper decoder for the previews only), else ``decode``. Final images always use ``decode``."""
+    return getattr(model, "decode_proxy", None) or model.decode
 
 
 def cfg_rows(cfg: float) -> int:

@@ -13,6 +13,7 @@ the EMA stay float32, and the sampler's step math and log-probabilities are floa
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 
@@ -66,7 +67,13 @@ def resolve_device(name: str | torch.device, what: str = "run.device") -> torch.
                                or (dev.index is not None and dev.index >= torch.cuda.device_count())):
         raise ValueError(f"{what}={str(name)!r}, but PyTorch sees no such GPU; this machine has: "
                          f"{', '.join(available_devices())}. Use --{what} auto (or cpu)")
-    if dev.type not in ("cpu", "cuda", "mps", "meta"):
+    if dev.type == "mps" and "mps" not in available_devices():
+        raise ValueError(f"{what}={str(name)!r}, but this PyTorch has no MPS (Apple GPU) device; this machine has: "
+                         f"{', '.join(available_devices())}. Use --{what} auto (or cpu)")
+    if dev.type == "meta":
+        raise ValueError(f"{what}='meta' is PyTorch's shape-only device: it holds no data, so nothing can be "
+                         f"sampled, scored or trained on it; use one of {', '.join(available_devices())} (or auto)")
+    if dev.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"{what}={str(name)!r} is not supported; use one of {', '.join(available_devices())}")
     return dev
 
@@ -138,16 +145,48 @@ def memory_info(device: torch.device) -> tuple[int, int]:
     return min([free] + [limit for limit in _process_limits() if limit is not None]), total
 
 
+def memory_ceiling(device: torch.device) -> int:
+    """The most memory a run on ``device`` could ever have, in bytes: the GPU's total; on the CPU
+    the least of the RAM, the address-space limit (``ulimit -v``) and the cgroup's memory limit."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[1])
+    limits = [_ram()[1]]
+    soft = _address_space_limit()
+    if soft is not None:
+        limits.append(soft)
+    _, limit = _cgroup(Path("/sys/fs/cgroup"))
+    if limit is not None:
+        limits.append(limit)
+    return min(limits)
+
+
+def check_memory_budget(gib: float | None, device: torch.device, what: str = "run.memory_gib") -> None:
+    """Refuse a memory budget larger than the device could ever give (the planner would plan
+    micro-batches that cannot be allocated)."""
+    if gib is None:
+        return
+    ceiling = memory_ceiling(device)
+    if gib * 2**30 > ceiling:
+        raise ValueError(f"{what}={gib:g} GiB is more than this run can ever have on {device}: at most "
+                         f"{ceiling / 2**30:.1f} GiB (its total memory, address-space and cgroup limits); give at most "
+                         "that, or leave it on auto (0.9 × the memory free when the run starts)")
+
+
 def _process_limits() -> list[int | None]:
     """Bytes this process may still allocate under its address-space limit and its cgroup's memory
     limit (None where there is none)."""
-    import resource
+    soft = _address_space_limit()
+    return [max(0, soft - _vm_size()) if soft is not None else None, _cgroup_room()]
 
-    out: list[int | None] = []
+
+def _address_space_limit() -> int | None:
+    """The soft ``RLIMIT_AS`` (``ulimit -v``) in bytes, or None (none set, or Windows)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
     soft = resource.getrlimit(resource.RLIMIT_AS)[0]
-    out.append(max(0, soft - _vm_size()) if soft != resource.RLIM_INFINITY else None)
-    out.append(_cgroup_room())
-    return out
+    return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
 def _vm_size() -> int:
@@ -163,8 +202,11 @@ def _vm_size() -> int:
 
 def _cgroup_room(root: str = "/sys/fs/cgroup") -> int | None:
     """The memory limit minus the usage of this process's cgroup (v2, else v1), or None."""
-    from pathlib import Path
+    return _cgroup(Path(root))[0]
 
+
+def _cgroup(root: Path) -> tuple[int | None, int | None]:
+    """``(limit − usage, limit)`` of this process's cgroup (v2, else v1); ``(None, None)`` without one."""
     try:
         rel = ""
         for line in Path("/proc/self/cgroup").read_text().splitlines():
@@ -173,9 +215,9 @@ def _cgroup_room(root: str = "/sys/fs/cgroup") -> int | None:
                 rel = parts[2].lstrip("/")
                 break
     except OSError:
-        return None
-    for limit_name, usage_name, base in (("memory.max", "memory.current", Path(root)),
-                                         ("memory.limit_in_bytes", "memory.usage_in_bytes", Path(root) / "memory")):
+        return None, None
+    for limit_name, usage_name, base in (("memory.max", "memory.current", root),
+                                         ("memory.limit_in_bytes", "memory.usage_in_bytes", root / "memory")):
         for d in (base / rel, base):
             try:
                 limit = (d / limit_name).read_text().strip()
@@ -183,9 +225,9 @@ def _cgroup_room(root: str = "/sys/fs/cgroup") -> int | None:
             except (OSError, ValueError):
                 continue
             if limit == "max" or not limit.isdigit() or int(limit) >= 2**60:
-                return None
-            return max(0, int(limit) - usage)
-    return None
+                return None, None
+            return max(0, int(limit) - usage), int(limit)
+    return None, None
 
 
 def _ram() -> tuple[int, int]:

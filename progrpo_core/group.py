@@ -24,8 +24,8 @@ import torch
 
 from . import ovf
 from .compute import Compute
-from .denoiser import Denoiser, call_slices, cfg_rows, noise_to_start
-from .methods import PruneSchedule
+from .denoiser import Denoiser, call_slices, cfg_rows, noise_to_start, proxy_decoder
+from .methods import PruneSchedule, Windows
 from .samplers import check_sampler, step_from_x0
 
 ScoreFn = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
@@ -70,6 +70,14 @@ class GroupNoise:
         return torch.cat([torch.randn((self.group_size, *self.shape), generator=g, device=self.device)
                           for g in self.gens])
 
+    def start(self, shared: bool = False) -> torch.Tensor:
+        """The initial noise, (B·G, C, H, W): every row its own, or — ``shared`` (MixGRPO) — one per
+        prompt for its whole group."""
+        if not shared:
+            return self.draw()
+        return torch.cat([torch.randn((1, *self.shape), generator=g, device=self.device).expand(self.group_size, *self.shape)
+                          for g in self.gens])
+
 
 def denoise_rows(model: Denoiser, x: torch.Tensor, sigma: torch.Tensor, cond: Any, cfg: float,
                  micro_batch: int | None, compute: Compute | None = None) -> torch.Tensor:
@@ -87,11 +95,12 @@ def denoise_rows(model: Denoiser, x: torch.Tensor, sigma: torch.Tensor, cond: An
 
 def score_images_of(model: Denoiser, x0: torch.Tensor, prompts: Sequence[str], score_fn: ScoreFn,
                     micro_batch: int | None) -> torch.Tensor:
-    """Decode ``x0`` (A, C, H, W) and score the images, ``micro_batch`` at a time → (A,) float32 on the CPU."""
-    out = []
+    """Decode the previews ``x0`` (A, C, H, W) with the model's proxy decoder and score the images,
+    ``micro_batch`` at a time → (A,) float32 on the CPU."""
+    decode, out = proxy_decoder(model), []
     with torch.no_grad():
         for sl in call_slices(len(x0), micro_batch):
-            out.append(score_fn(model.decode(x0[sl]), list(prompts[sl])).float().cpu())
+            out.append(score_fn(decode(x0[sl]), list(prompts[sl])).float().cpu())
     return torch.cat(out)
 
 
@@ -99,7 +108,7 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
                  schedule: PruneSchedule, sampler: str, noise_level: float, cfg: float = 1.0,
                  score_fn: ScoreFn | None = None, select_generator: torch.Generator | None = None,
                  callback: Callable[[dict], None] | None = None, micro_batch: int | None = None,
-                 decode_micro_batch: int | None = None, sde_steps: Sequence[int] | None = None) -> Rollout:
+                 decode_micro_batch: int | None = None, sde_steps: Windows = None) -> Rollout:
     """Sample ``G_max`` trajectories for each prompt, pruning at the schedule's checkpoints.
 
     ``score_fn(images, prompts) -> (A,)`` scores the decoded proxies (needed when the schedule has
@@ -108,8 +117,9 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
     "row_prompt", "row_id"}`` after every model call (progress bars, live previews).
     ``micro_batch`` caps the rows of one model call (a guided row counts two) and
     ``decode_micro_batch`` the images of one decode-and-score call; results do not depend on them.
-    ``sde_steps``: the steps that draw noise (the SDE window); the others take the deterministic
-    step (noise level 0, std 0: not trained). None: every step."""
+    ``sde_steps``: the steps that draw noise (the SDE window) — one tuple for every row, or a list
+    with one per prompt; the others take the deterministic step (noise level 0, std 0: not
+    trained). None: every step. With ``schedule.shared_noise`` a prompt's rows start from one noise."""
     schedule.validate(steps)
     check_sampler(model.family, sampler)
     if schedule.checkpoints and score_fn is None:
@@ -124,7 +134,7 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
     row_prompt = torch.arange(B).repeat_interleave(G)  # (B·G,)
     row_id = torch.arange(G).repeat(B)  # (B·G,)
     cond = model.encode_prompts([prompts[b] for b in row_prompt.tolist()])
-    x = noise_to_start(noise.draw(), sigmas[0], model.family)  # (B·G, C, H, W)
+    x = noise_to_start(noise.start(schedule.shared_noise), sigmas[0], model.family)  # (B·G, C, H, W)
     hist_x: list[torch.Tensor] = []
     hist_std: list[torch.Tensor] = []
     hist_logp: list[torch.Tensor] = []
@@ -154,10 +164,10 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
             hist_logp = [h[kept_pos] for h in hist_logp]
         eps = noise.draw()[(row_prompt * G + row_id).to(device)]  # (A, C, H, W): each row's own noise
         with compute.phase("sampling"):
-            level = noise_level if sde_steps is None or i in sde_steps else 0.0
-            prev, _, std, logp = step_from_x0(model.family, sampler, x, x0, sigma, sigma_next, level, noise=eps)
+            prev, std, logp = _step(model.family, sampler, x, x0, sigma, sigma_next, noise_level, eps,
+                                    _sde_rows(sde_steps, i, row_prompt))
         hist_x.append(x)
-        hist_std.append(std.flatten(1)[:, 0])
+        hist_std.append(std)
         hist_logp.append(logp)
         x = prev
 
@@ -166,6 +176,31 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
         prompts=list(prompts), prompt_index=row_prompt, row_id=row_id, sigmas=sigmas, latents=latents,
         stds=torch.stack(hist_std, 1), log_probs=torch.stack(hist_logp, 1),
         cond=cond, checkpoints=checkpoints, compute=compute)
+
+
+def _sde_rows(sde_steps: Windows, i: int, row_prompt: torch.Tensor) -> torch.Tensor | bool:
+    """Which active rows take an SDE step at step ``i``: all (True), none (False), or a mask (A,)."""
+    if sde_steps is None:
+        return True
+    if not sde_steps or isinstance(sde_steps[0], int):
+        return i in sde_steps
+    mask = torch.tensor([i in sde_steps[b] for b in row_prompt.tolist()])
+    return bool(mask.all()) if mask.all() or not mask.any() else mask
+
+
+def _step(family: str, sampler: str, x, x0, sigma, sigma_next, noise_level: float, eps,
+          sde: torch.Tensor | bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of the active rows: the SDE for the rows ``sde`` marks, the deterministic step for
+    the others. Returns ``(prev, std (A,), log_prob (A,))``."""
+    if isinstance(sde, bool):
+        prev, _, std, logp = step_from_x0(family, sampler, x, x0, sigma, sigma_next, noise_level if sde else 0.0,
+                                          noise=eps)
+        return prev, std.flatten(1)[:, 0], logp
+    prev_s, _, std_s, logp_s = step_from_x0(family, sampler, x, x0, sigma, sigma_next, noise_level, noise=eps)
+    prev_d, _, _, _ = step_from_x0(family, sampler, x, x0, sigma, sigma_next, 0.0, noise=eps)
+    m = sde.to(x.device)
+    prev = torch.where(m.view(-1, *([1] * (x.ndim - 1))), prev_s, prev_d)
+    return prev, torch.where(m, std_s.flatten(1)[:, 0], 0.0), torch.where(m, logp_s, 0.0)
 
 
 def _prune(model: Denoiser, x0: torch.Tensor, row_prompt: torch.Tensor, row_id: torch.Tensor, prompts: Sequence[str],

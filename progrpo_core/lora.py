@@ -10,6 +10,7 @@ adapter in ``nodes/host`` (ComfyUI's own mechanism, inside a ComfyUI graph).
 from __future__ import annotations
 
 import abc
+import math
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -75,6 +76,7 @@ class LoraAdapter(LoraWeights):
         self.denoiser = denoiser
         self.rank, self.alpha = check_rank_alpha(rank, alpha)
         self.targets = list(targets or denoiser.lora_targets)
+        _check_rank(self.rank, denoiser.net, self.targets)
         config = LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=self.targets,
                             lora_dropout=0.0, bias="none")
         with torch.random.fork_rng(devices=[]):
@@ -124,6 +126,48 @@ class LoraAdapter(LoraWeights):
             p.requires_grad_(False)
 
 
+def _check_rank(rank: int, net: nn.Module, targets: Sequence[str]) -> None:
+    """Refuse a rank no targeted layer can use: a layer's LoRA adds at most min(in, out) directions,
+    so a larger rank only costs memory (rank × (in + out) floats per layer, and as much again for
+    the optimizer)."""
+    useful = 0
+    for name, m in net.named_modules():
+        if not any(name == t or name.endswith("." + t) for t in targets):
+            continue
+        if isinstance(m, nn.Linear):
+            useful = max(useful, min(m.in_features, m.out_features))
+        elif isinstance(m, nn.modules.conv._ConvNd):
+            k = int(torch.tensor(m.kernel_size).prod())
+            useful = max(useful, min(m.in_channels // m.groups * k, m.out_channels))
+    if useful and rank > useful:
+        raise ValueError(f"lora.rank={rank} is more than any adapted layer can use: a layer's LoRA adds at most "
+                         f"min(in, out) directions, {useful} for the largest here ({', '.join(targets)}); a higher "
+                         f"rank only costs memory. Use a rank of at most {useful}")
+
+
+def _check_lora_values(path, tensors: Mapping[str, torch.Tensor], prefix: str, downs: Mapping[str, torch.Tensor],
+                       modules: Mapping[str, nn.Module], scale: float, max_ratio: float = 100.0) -> None:
+    """Refuse a LoRA file with NaN/infinite values, or one whose change to a layer is more than
+    ``max_ratio`` times that layer's own weights (a diverged run's, or scaled by mistake): either
+    would make every image NaN or noise, and training from it would be blamed on the learning rate."""
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise LoraFileError(f"{path} holds NaN or infinite values ({len(bad)} tensor(s), e.g. {bad[0]}): it was saved "
+                            "from a diverged run or is damaged; use another LoRA file")
+    for name, down in downs.items():
+        up = tensors.get(prefix + name + fmt.SUFFIX_UP)
+        weight = getattr(modules[name], "weight", None)
+        if up is None or weight is None or up.dim() != 2 or down.dim() != 2:
+            continue
+        delta = float(torch.linalg.matrix_norm(up.double() @ down.double())) * abs(scale)  # ||ΔW||_F
+        base = float(weight.detach().double().norm())
+        if not math.isfinite(delta) or delta > max_ratio * max(base, 1e-12):
+            raise LoraFileError(
+                f"{path} changes layer {name} by {delta:.3g} (Frobenius norm) where the layer's own weights measure "
+                f"{base:.3g}: more than {max_ratio:g} times the layer, so it would replace the model, not adapt it "
+                "(saved from a diverged run, or scaled by mistake). Use another LoRA file")
+
+
 def lora_from_file(denoiser, path: str | Path, check_base: bool = True) -> LoraAdapter:
     """Attach adapters shaped like the file's and load it (for evaluation or continued training)."""
     tensors, meta = read_lora_file(path)
@@ -148,6 +192,7 @@ def lora_from_file(denoiser, path: str | Path, check_base: bool = True) -> LoraA
     rank = ranks.pop()
     alpha_key = prefix + next(iter(downs)) + fmt.SUFFIX_ALPHA
     alpha = float(tensors[alpha_key]) if alpha_key in tensors else float(rank)  # no alpha: scale 1
+    _check_lora_values(path, tensors, prefix, downs, modules, alpha / rank)
     adapter = LoraAdapter(denoiser, rank, alpha, targets=list(downs))
     adapter.load_comfy_state_dict(tensors, source=str(path))
     return adapter

@@ -162,9 +162,9 @@ def read_lora_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"LoRA file not found: {path}")
+    from .io import input_file
+
+    path = input_file(path, "LoRA file")
     try:
         with safe_open(str(path), "pt") as f:
             meta = dict(f.metadata() or {})

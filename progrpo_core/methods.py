@@ -14,12 +14,15 @@ too (``max(1, round(f·T))`` steps), so a preset fits any step count from few-st
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import torch
 
 from . import ovf
 
-WINDOW_MODES = ("random", "sliding", "after-pruning")
+WINDOW_MODES = ("random", "sliding", "progressive", "after-pruning")
+WINDOW_DRAWS = ("epoch", "prompt")
+Windows = tuple[int, ...] | list[tuple[int, ...]] | None  # one window for all rows, one per prompt, or none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,10 +36,12 @@ class PruneSchedule:
     final_keep: int | None = None
     selector: str = "ovf"
     sde_window: int = 0                  # SDE steps per epoch, the rest ODE (0: every step is an SDE step)
-    window_mode: str = "random"          # random (Flow-GRPO-Fast), sliding (MixGRPO), after-pruning
-    window_span: tuple[int, int] | None = None   # the window starts in [lo, hi) (default 0 .. T//2)
-    slide_every: int = 5                 # sliding: epochs between moves of one step
+    window_mode: str = "random"          # random (Flow-GRPO-Fast), progressive (MixGRPO), sliding, after-pruning
+    window_span: tuple[int, int] | None = None   # random: the window lies in [lo, hi); sliding: starts there
+    slide_every: int = 5                 # sliding / progressive: epochs between moves of one step
     prune_after_window: bool = False     # the (single) checkpoint follows the window: prune right after it
+    window_draw: str = "epoch"           # random: one window per epoch, or one per prompt (per sampling batch)
+    shared_noise: bool = False           # every trajectory of a prompt starts from the same noise (MixGRPO)
 
     @property
     def survivors(self) -> int:
@@ -88,6 +93,13 @@ class PruneSchedule:
             raise ValueError(f"the funnel ends with {self.survivors} survivor(s); GRPO needs >= 2 per prompt")
         if self.window_mode not in WINDOW_MODES:
             raise ValueError(f"window mode {self.window_mode!r} unknown; expected one of {', '.join(WINDOW_MODES)}")
+        if self.window_draw not in WINDOW_DRAWS:
+            raise ValueError(f"window draw {self.window_draw!r} unknown; expected one of {', '.join(WINDOW_DRAWS)}")
+        if self.window_draw == "prompt" and (self.window_mode != "random" or self.checkpoints):
+            raise ValueError("a window drawn per prompt is a random window without pruning (Flow-GRPO-Fast); a "
+                             "schedule that prunes, or a sliding or progressive window, draws one per epoch")
+        if self.slide_every < 1:
+            raise ValueError(f"slide_every={self.slide_every} must be >= 1 epoch")
         if not 0 <= self.sde_window < steps:
             raise ValueError(f"sde_window={self.sde_window} must be in 0..T-1 = 0..{steps - 1} (0: SDE on every step)")
         if self.prune_after_window and (len(self.checkpoints) != 1 or not self.sde_window
@@ -105,33 +117,45 @@ class PruneSchedule:
                 raise ValueError(f"final_keep={self.final_keep} must be in 2..{self.survivors - 1} "
                                  f"(fewer than the {self.survivors} finished trajectories, at least 2)")
 
-    def sde_steps(self, steps: int, epoch: int, seed: int) -> tuple[int, ...] | None:
+    def sde_steps(self, steps: int, epoch: int, seed: int, prompt_seed: int | None = None) -> tuple[int, ...] | None:
         """The steps sampled with the SDE this epoch (the others are deterministic ODE steps and are
-        not trained); None when every step is. ``random``: a window of ``sde_window`` steps at a
-        seeded random start in ``window_span`` each epoch (Flow-GRPO-Fast); ``sliding``: the start
-        moves one step every ``slide_every`` epochs across the span and wraps (MixGRPO);
-        ``after-pruning``: right after the last checkpoint, so pruning happens on the deterministic
-        ODE prefix, where the one-step proxy is the exact end point of a deterministic trajectory
-        up to the window."""
+        not trained); None when every step is. ``random``: a window of ``sde_window`` steps at a seeded
+        random start, lying inside ``window_span`` (default the first half), as Flow-GRPO-Fast draws
+        it (``random.randint(lo, hi - w)``); with ``prompt_seed``, the draw of that prompt's group.
+        ``progressive``: MixGRPO's — the window starts at step 0, moves one step every
+        ``slide_every`` epochs and goes back to 0 once it would pass step ``T − 2`` (the last step is
+        never trained). ``sliding``: the start moves one step every ``slide_every`` epochs across the
+        span and wraps. ``after-pruning``: right after the last checkpoint, so pruning happens on
+        the deterministic ODE prefix."""
         if not self.sde_window:
             return None
         w = self.sde_window
         if self.window_mode == "after-pruning":
             start = self.checkpoints[-1] if self.checkpoints else 0
-        else:
+        elif self.window_mode == "progressive":
+            last = max(1, steps - 2)  # MixGRPO: max_timesteps = T − 2, the window ends before it
+            start = (epoch // self.slide_every) % last
+            return tuple(range(start, min(start + w, last)))
+        elif self.window_mode == "sliding":
             lo, hi = self.window_span or (0, max(1, steps // 2))
             hi = max(lo + 1, min(hi, steps - w + 1))
-            if self.window_mode == "sliding":
-                start = lo + (epoch // max(1, self.slide_every)) % (hi - lo)
-            else:
-                g = torch.Generator().manual_seed(int(seed) * 7919 + epoch)
-                start = lo + int(torch.randint(hi - lo, (1,), generator=g))
+            start = lo + (epoch // self.slide_every) % (hi - lo)
+        else:
+            lo, hi = self.window_span or (0, max(1, steps // 2))
+            last_start = max(lo, min(hi, steps) - w)  # the window lies inside the span
+            key = int(seed) * 7919 + epoch if prompt_seed is None else int(prompt_seed) * 104_723 + epoch * 31 + 11
+            g = torch.Generator().manual_seed(key % (2**63 - 1))
+            start = lo + int(torch.randint(last_start - lo + 1, (1,), generator=g))
         return tuple(range(start, min(steps, start + w)))
 
-    def for_epoch(self, steps: int, epoch: int, seed: int) -> tuple["PruneSchedule", tuple[int, ...] | None]:
-        """This epoch's schedule and SDE steps: with ``prune_after_window`` the checkpoint moves to
-        the step right after this epoch's window, where the rest of every trajectory is the
+    def for_epoch(self, steps: int, epoch: int, seed: int, prompt_seeds: Sequence[int] | None = None
+                  ) -> tuple["PruneSchedule", Windows]:
+        """This epoch's schedule and SDE steps: one window for every row, or — a window drawn per
+        prompt — one per prompt of ``prompt_seeds``. With ``prune_after_window`` the checkpoint moves
+        to the step right after this epoch's window, where the rest of every trajectory is the
         deterministic ODE and the one-step proxy predicts its end."""
+        if self.window_draw == "prompt" and self.sde_window and prompt_seeds is not None:
+            return self, [self.sde_steps(steps, epoch, seed, s) for s in prompt_seeds]
         sde = self.sde_steps(steps, epoch, seed)
         if not (self.prune_after_window and sde and self.checkpoints):
             return self, sde
@@ -146,9 +170,14 @@ class PruneSchedule:
         if self.final_keep is not None:
             text += f", train the maximum-variance {self.final_keep} by final reward"
         if self.sde_window:
-            where = {"random": "at a random early step each epoch", "sliding": "sliding over the early steps",
+            each = "each prompt's group" if self.window_draw == "prompt" else "each epoch"
+            where = {"random": f"at a random early step, drawn for {each}",
+                     "sliding": "sliding over the early steps",
+                     "progressive": f"from step 0, one step later every {self.slide_every} epochs",
                      "after-pruning": "right after the last checkpoint"}[self.window_mode]
             text += f"; SDE on {self.sde_window} step(s) {where}, ODE elsewhere"
+        if self.shared_noise:
+            text += "; one initial noise per prompt"
         return text
 
 
@@ -182,6 +211,12 @@ class MethodPreset:
     window_mode: str = "random"
     window_span: tuple[float, float] | None = None   # as fractions of T
     prune_after_window: bool = False
+    window_draw: str = "epoch"
+    slide_every: int = 5
+    shared_noise: bool = False
+    objective: str = "grpo"             # grpo (clipped policy gradient on stored steps) or nft (DiffusionNFT)
+    defaults: tuple[tuple[str, object], ...] = ()   # ("section.field", value): what the method sets where the
+                                                   # user leaves a setting on auto
 
     def for_family(self, family: str) -> "MethodPreset":
         """This preset as it applies to a ``"flow"`` or ``"eps"`` model."""
@@ -192,7 +227,12 @@ class MethodPreset:
         span = (round(p.window_span[0] * steps), round(p.window_span[1] * steps)) if p.window_span else None
         return PruneSchedule(p.group_size, checkpoint_steps(steps, p.fractions), p.keep, p.final_keep, selector,
                              sde_window=window_steps(steps, p.sde_window), window_mode=p.window_mode, window_span=span,
-                             prune_after_window=p.prune_after_window)
+                             prune_after_window=p.prune_after_window, window_draw=p.window_draw,
+                             slide_every=p.slide_every, shared_noise=p.shared_noise)
+
+    def default(self, setting: str, fallback=None):
+        """The value this method gives ``setting`` ("section.field") when the user leaves it on auto."""
+        return dict(self.defaults).get(setting, fallback)
 
     def describe(self, steps: int = 10) -> str:
         """``"pro-grpo: 48 → 24 → 12 after steps 5, 7 (of T = 10)"``."""
@@ -202,7 +242,12 @@ class MethodPreset:
 
 # The paper's settings (Ge et al.): on SD3.5-M against Flow-GRPO with G = 24, pruning after 50 % and
 # 70 % of the steps; on SD-v1.4 against DanceGRPO with G = 16, 48 → 32 → 8 after steps 30 and 40 of
-# 50 (60 % and 80 %). docs/METHOD.md has the equations and the paper's numbers.
+# 50 (60 % and 80 %). The peers as their references define them (docs/METHOD.md §5, with the files
+# and commits read): Flow-GRPO-Fast (yifan123/flow_grpo), MixGRPO (Tencent-Hunyuan/MixGRPO),
+# DiffusionNFT (NVlabs/DiffusionNFT).
+_FAST_CPS = (("sampler.sampler", "cps"), ("sampler.noise_level", 0.8), ("grpo.clip_range", 1e-5),
+             ("grpo.adv_norm", "batch"))
+_NFT = (("sampler.sampler", "ode"), ("grpo.adv_norm", "batch"))
 METHODS: dict[str, MethodPreset] = {p.name: p for p in (
     MethodPreset("pro-grpo", 48, (0.5, 0.7), (24, 12),
                  summary="expand and prune: at each checkpoint keep the maximum-variance subset (OVF) by the "
@@ -213,24 +258,44 @@ METHODS: dict[str, MethodPreset] = {p.name: p for p in (
                  eps=MethodPreset("ovf", 16, final_keep=8)),
     MethodPreset("grpo", 24, summary="Flow-GRPO (DanceGRPO's G = 16 on ε-models): train the whole group",
                  eps=MethodPreset("grpo", 16)),
-    MethodPreset("flow-grpo-fast", 24, sde_window=0.2, window_mode="random", window_span=(0.0, 0.5),
-                 summary="Flow-GRPO-Fast: ODE sampling with an SDE window of 2 steps at a random early step; "
-                         "only the window is trained"),
-    MethodPreset("mixgrpo", 24, sde_window=0.2, window_mode="sliding", window_span=(0.0, 0.5),
-                 summary="MixGRPO: the SDE window slides over the early steps as training goes on (ODE "
-                         "elsewhere, first-order); only the window is trained"),
+    MethodPreset("flow-grpo-fast", 24, sde_window=0.2, window_mode="random", window_span=(0.0, 0.5), window_draw="prompt",
+                 summary="Flow-GRPO-Fast (its config/base.py): ODE sampling with an SDE window of 2 steps inside the "
+                         "first half of the steps, drawn for each prompt's group; only the window is trained"),
+    MethodPreset("flow-grpo-fast-cps", 18, sde_window=0.3, window_mode="random", window_span=(0.0, 0.5),
+                 window_draw="prompt", defaults=_FAST_CPS,
+                 summary="Flow-GRPO-Fast as published for SD3.5-M (pickscore_sd3_fast_nocfg): G = 18, a 3-step "
+                         "window inside the first half, CPS at noise 0.8, clip range 1e-5, the batch's reward std"),
+    MethodPreset("mixgrpo", 12, sde_window=0.2, window_mode="progressive", slide_every=25, shared_noise=True,
+                 summary="MixGRPO: G = 12 trajectories from one shared initial noise; an SDE window of 2 steps "
+                         "(4 of 25 in the reference) starts at step 0 and moves one step every 25 epochs; "
+                         "first-order ODE elsewhere; only the window is trained"),
+    MethodPreset("mixgrpo-sliding", 24, sde_window=0.2, window_mode="sliding", window_span=(0.0, 0.5),
+                 summary="MixGRPO's window as this pack first had it: independent noise, sliding over the first "
+                         "half one step every 5 epochs and wrapping"),
     MethodPreset("pro-grpo-fast", 24, (0.5,), (12,), sde_window=0.2, window_mode="random", window_span=(0.0, 0.5),
                  prune_after_window=True,
-                 summary="ours: Flow-GRPO-Fast's random 2-step SDE window, then OVF halves the group on the proxy "
-                         "right after the window (the rest is deterministic ODE, so the proxy predicts the end); "
-                         "the survivors finish and their window is trained"),
-    MethodPreset("pro-mixgrpo", 24, (0.5,), (12,), sde_window=0.2, window_mode="sliding", window_span=(0.0, 0.5),
-                 prune_after_window=True,
-                 summary="ours: MixGRPO's sliding 2-step SDE window, then OVF halves the group on the proxy right "
-                         "after the window; the survivors finish and their window is trained"),
+                 summary="ours: Flow-GRPO-Fast's random 2-step SDE window (one per epoch), then OVF halves the "
+                         "group on the proxy right after the window (the rest is deterministic ODE, so the proxy "
+                         "predicts the end); the survivors finish and their window is trained"),
+    MethodPreset("pro-mixgrpo", 24, (0.5,), (12,), sde_window=0.2, window_mode="progressive", slide_every=25,
+                 shared_noise=True, prune_after_window=True,
+                 summary="ours: MixGRPO's window and shared initial noise with 24 trajectories, then OVF keeps "
+                         "MixGRPO's 12 on the proxy right after the window; the survivors finish and their "
+                         "window is trained"),
+    MethodPreset("pro-mixgrpo-sliding", 24, (0.5,), (12,), sde_window=0.2, window_mode="sliding",
+                 window_span=(0.0, 0.5), prune_after_window=True,
+                 summary="ours, on mixgrpo-sliding's window (independent noise): OVF halves the group on the "
+                         "proxy right after the window"),
     MethodPreset("pro-grpo-window", 48, (0.3,), (12,), sde_window=0.2, window_mode="after-pruning",
                  summary="expand and prune on the deterministic ODE prefix (where the proxy is faithful), then "
                          "an SDE window of 2 steps for the survivors only; only the window is trained"),
+    MethodPreset("nft", 24, objective="nft", defaults=_NFT,
+                 summary="DiffusionNFT: deterministic ODE rollouts of a slowly following old policy; trains the "
+                         "flow-matching loss on the finished images' forward process toward the well-rewarded and "
+                         "away from the poorly rewarded implicit policy; no likelihoods"),
+    MethodPreset("pro-nft", 48, (0.3,), (24,), objective="nft", defaults=_NFT,
+                 summary="ours: NFT on the 24 survivors of 48 ODE rollouts, kept by OVF on the one-step proxy "
+                         "after 30 % of the steps (a deterministic path: the proxy predicts its end)"),
 )}
 
 
@@ -239,13 +304,15 @@ METHODS: dict[str, MethodPreset] = {p.name: p for p in (
 DEFAULT_METHOD = "pro-mixgrpo"
 
 # Auto learning rates (``grpo.lr`` left unset). Real models: Flow-GRPO's LoRA rate (SD3.5-M, FLUX).
-# The built-in digits models, measured in the bench (5 seeds, docs/BENCHMARKS.md): methods that
-# train the whole SDE trajectory learn fastest at 5e-3; methods that train only an SDE window take
-# 2-3x as many optimizer steps per unit of compute and at 5e-3 rise and then collapse (on the ε model
-# and on the two-digit task), while at 1e-3 they are stable and end highest on every task.
+# The built-in digits models, tuned by the peers bench (docs/BENCHMARKS.md, 2026-12-03: five rates
+# 1e-3 … 2e-2, seeds 11–12, the final of the last three evaluations): the methods that train whole SDE
+# trajectories end best at 5e-3–1e-2 (GRPO 1e-2 on the flow model, 2.5e-3 on the ε model; pro-grpo
+# 1e-2 / 5e-3); the methods that train an SDE window take 2–3× as many optimizer steps per unit of
+# compute and end best at 2.5e-3 on both families (0.976–0.996 on the flow model, where 1e-2 already
+# drops them to 0.23–0.48, CPS 0.72), so that is their automatic rate.
 MODEL_LR = 3e-4
 BUILTIN_LR = 5e-3
-BUILTIN_WINDOW_LR = 1e-3
+BUILTIN_WINDOW_LR = 2.5e-3
 
 
 def auto_lr(method: str, builtin: bool) -> float:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import importlib
 from importlib.metadata import entry_points
-from pathlib import Path
 from typing import Any, Callable
 
 from .config import TrainConfig
 from .denoiser import Denoiser
 
 LOADER_GROUP = "progrpo_core.model_loaders"
+LOADER_SIGNATURE = "fn(comfyui, checkpoint, device=, resolution=, clip=, clip_type=, vae=)"
 _LOADERS: dict[str, Callable[..., Denoiser]] = {}
 
 
@@ -48,9 +48,22 @@ def load_model(cfg: TrainConfig, device) -> Denoiser:
     """The denoiser ``cfg.model`` names, on ``device``."""
     m = cfg.model
     if m.comfyui:
+        spec = m.loader or "comfyui"
         loader = resolve_loader(m.loader) if m.loader else model_loader("comfyui")
-        return loader(m.comfyui, m.checkpoint, device=str(device), resolution=m.resolution, clip=m.clip,
-                      clip_type=m.clip_type, vae=m.vae)
+        try:
+            model = loader(m.comfyui, m.checkpoint, device=str(device), resolution=m.resolution, clip=m.clip,
+                           clip_type=m.clip_type, vae=m.vae)
+        except (ValueError, FileNotFoundError):
+            raise  # the loader's own message
+        except Exception as e:  # noqa: BLE001 - any other failure is the plug-in's, and is named as such
+            raise ValueError(f"model.loader {spec!r} raised {type(e).__name__}: {str(e)[:300]}. A loader is called as "
+                             f"{LOADER_SIGNATURE} and returns a progrpo_core Denoiser") from e
+        missing = [a for a in ("family", "sigmas", "denoise", "decode", "encode_prompts", "latent_shape")
+                   if not hasattr(model, a)]
+        if missing:
+            raise ValueError(f"model.loader {spec!r} returned {type(model).__name__}, expected a progrpo_core Denoiser "
+                             f"(it lacks {', '.join(missing)}); a loader is called as {LOADER_SIGNATURE}")
+        return model
     from .embedded import load_digits_model
 
     model = load_digits_model(m.name, m.path)
@@ -80,14 +93,25 @@ def load_prompts(path: str | None, model: Denoiser) -> list[str]:
         if not prompts:
             raise ValueError("this model has no built-in prompt set; give a prompt file with --run.prompts")
         return prompts
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"prompt file not found: {p}")
+    from .io import input_file
+
+    p = input_file(path, "prompt file")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"prompt file {p} is not UTF-8 text; write one prompt per line in a text file") from None
-    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    if not prompts:
+    if "\x00" in text:
+        raise ValueError(f"prompt file {p} holds NUL characters, so it is not a text file; write one prompt per line "
+                         "in a text file")
+    lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)
+             if line.strip() and not line.startswith("#")]
+    if not lines:
         raise ValueError(f"prompt file {p} has no prompts; write one prompt per line")
-    return prompts
+    check = getattr(model, "check_prompt", None)
+    if check is not None:  # the whole file now, not the line an epoch happens to draw hours later
+        for n, line in lines:
+            try:
+                check(line)
+            except ValueError as e:
+                raise ValueError(f"prompt file {p}, line {n}: {e}") from None
+    return [line for _, line in lines]

@@ -60,11 +60,44 @@ def image_grid(images: torch.Tensor, nrow: int, scale: int = 4, gap: int = 2, ba
     return grid
 
 
+MAX_GRID_PIXELS = 89_478_485  # PIL's own limit for reading an image back (Image.MAX_IMAGE_PIXELS)
+
+
+def grid_shape(n: int, nrow: int, hw: tuple[int, int], scale: int, gap: int = 2) -> tuple[int, int]:
+    """``(height, width)`` in pixels of :func:`image_grid` of ``n`` images of ``hw`` pixels."""
+    rows = (n + nrow - 1) // nrow
+    return rows * (hw[0] * scale + gap) + gap, nrow * (hw[1] * scale + gap) + gap
+
+
+def check_grid_size(n: int, nrow: int, hw: tuple[int, int], scale: int, what: str = "scale") -> None:
+    """Refuse a grid too large to write (or for image viewers, PIL included, to read back)."""
+    if scale < 1:
+        raise ValueError(f"{what}={scale} must be 1 or more (the pixel upscale of each image)")
+    h, w = grid_shape(n, nrow, hw, scale)
+    if h * w > MAX_GRID_PIXELS:
+        raise ValueError(f"{what}={scale} makes a grid of {w}×{h} pixels ({n} images of {hw[1]}×{hw[0]}), more than "
+                         f"{MAX_GRID_PIXELS / 1e6:.0f} million, which image readers refuse; lower {what} (at most "
+                         f"{_largest_scale(n, nrow, hw)} here) or the number of images")
+
+
+def _largest_scale(n: int, nrow: int, hw: tuple[int, int]) -> int:
+    s = 1
+    while (lambda hw_: hw_[0] * hw_[1])(grid_shape(n, nrow, hw, s + 1)) <= MAX_GRID_PIXELS:
+        s += 1
+    return s
+
+
 def save_grid(images: torch.Tensor, nrow: int, path: str | Path, scale: int = 4) -> Path:
+    """Write ``images`` (N, 3, H, W) in [0, 1] as one PNG grid; NaN or infinite images are refused
+    (they would be written as black or white tiles that look like results)."""
     from PIL import Image
 
     from .io import _atomic
 
+    check_grid_size(images.shape[0], nrow, tuple(images.shape[-2:]), scale)
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError(f"refusing to write {path}: {int((~torch.isfinite(images)).sum())} pixel values are NaN or "
+                         "infinite")
     grid = (image_grid(images, nrow, scale).permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype("uint8")
     return _atomic(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
 

@@ -29,9 +29,9 @@ from typing import Any, Sequence
 
 import torch
 
-from .config import SamplerConfig, TrainConfig
+from .config import GRPOConfig, SamplerConfig, TrainConfig
 from .devices import Precision, auto_reward_dtype, dtype_name, resolve_device, resolve_precision
-from .methods import PruneSchedule, auto_lr
+from .methods import METHODS, PruneSchedule, auto_lr
 
 EVAL_SEED_BASE = 1_000_000_007  # eval noise never coincides with training noise
 
@@ -63,7 +63,8 @@ class RunSpec:
     builtin: bool                    # a built-in digits model
     sampler: SamplerConfig           # sampler, noise level and cfg all set
     schedule: PruneSchedule          # the funnel for the model's family
-    lr: float
+    grpo: GRPOConfig                 # lr, clip range and advantage normalisation all set
+    objective: str                   # grpo (clipped policy gradient) or nft (DiffusionNFT)
     precision: Precision
     reward_device: str
     reward_dtype: str                # fp32, bf16, fp16
@@ -76,10 +77,13 @@ class RunSpec:
 
     # the config's sections, read through the spec
     run = property(lambda self: self.config.run)
-    grpo = property(lambda self: self.config.grpo)
     lora = property(lambda self: self.config.lora)
     reward = property(lambda self: self.config.reward)
     model = property(lambda self: self.config.model)
+
+    @property
+    def lr(self) -> float:
+        return self.grpo.lr
 
     @property
     def eval_seeds_per_prompt(self) -> int:
@@ -100,7 +104,7 @@ class RunSpec:
         d["sampler"].update(sampler=self.sampler.sampler, noise_level=self.sampler.noise_level, cfg=self.sampler.cfg)
         d["schedule"] = {k: (list(v) if isinstance(v, tuple) else v)
                          for k, v in dataclasses.asdict(self.schedule).items() if v is not None}
-        d["grpo"]["lr"] = self.lr
+        d["grpo"].update(lr=self.grpo.lr, clip_range=self.grpo.clip_range, adv_norm=self.grpo.adv_norm)
         d["run"].update(device=str(self.device), precision=self.precision.name,
                         gradient_checkpointing=self.gradient_checkpointing, eval_seeds=self.eval_seeds_per_prompt,
                         **{f"{k}_micro_batch": v for k, v in self.micro.as_dict().items() if v is not None})
@@ -139,8 +143,13 @@ def resolve(cfg: TrainConfig, model, device: torch.device | str | None = None,
     device = torch.device(device) if device is not None else resolve_device(cfg.run.device)
     builtin = bool(getattr(model, "builtin", False))
     family = model.family
-    sampler = cfg.sampler.resolved(family, getattr(model, "default_cfg", 1.0))
-    if sampler.sampler == "ode" or not sampler.noise_level:
+    method = METHODS[cfg.grpo.method]
+    sampler = cfg.sampler.resolved(family, getattr(model, "default_cfg", 1.0), method)
+    g = cfg.grpo
+    grpo = dataclasses.replace(g, lr=g.lr if g.lr is not None else auto_lr(g.method, builtin),
+                               clip_range=g.clip_range if g.clip_range is not None else method.default("grpo.clip_range", 1e-4),
+                               adv_norm=g.adv_norm or method.default("grpo.adv_norm", "group"))
+    if method.objective == "grpo" and (sampler.sampler == "ode" or not sampler.noise_level):
         raise ValueError(f"sampler.sampler={sampler.sampler}, sampler.noise_level={sampler.noise_level:g}: every "
                          "sampling step is deterministic, so there is no policy to train; use a noise level > 0 with "
                          "an exploration sampler (the default noise when you leave it out)")
@@ -153,7 +162,7 @@ def resolve(cfg: TrainConfig, model, device: torch.device | str | None = None,
     ev_prompts, ev_seeds = eval_set(prompts, seeds, cfg.run.eval_prompts) if prompts else ([], [])
     return RunSpec(
         config=cfg, device=device, family=family, builtin=builtin, sampler=sampler,
-        schedule=cfg.prune_schedule(family), lr=cfg.grpo.lr if cfg.grpo.lr is not None else auto_lr(cfg.grpo.method, builtin),
+        schedule=cfg.prune_schedule(family), grpo=grpo, objective=method.objective,
         precision=resolve_precision(cfg.run.precision, device), reward_device=reward_device, reward_dtype=reward_dtype,
         gradient_checkpointing=(0 if builtin else 1) if depth is None else depth,
         eval_prompts=tuple(ev_prompts), eval_seeds=tuple(ev_seeds),

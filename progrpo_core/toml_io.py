@@ -8,20 +8,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .io import input_file
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 
+BOM = b"\xef\xbb\xbf"
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     """The table in the TOML file ``path``; a missing, malformed or binary file is a clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+    path = input_file(path, "config file", "TOML file")
+    data = path.read_bytes()
+    if data.startswith(BOM):  # Windows editors (Notepad) start UTF-8 files with a byte-order mark
+        data = data[len(BOM):]
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        return tomllib.loads(data.decode("utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path} is not valid TOML: {e}") from None
     except UnicodeDecodeError:

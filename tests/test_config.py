@@ -5,9 +5,9 @@ from progrpo_core import config as C
 
 def test_defaults_resolve_to_the_measured_best_method():
     cfg = C.build_config()
-    assert cfg.grpo.method == "pro-mixgrpo" and cfg.grpo.lr is None  # lr auto: 1e-3 on the built-in models
+    assert cfg.grpo.method == "pro-mixgrpo" and cfg.grpo.lr is None  # lr auto: 2.5e-3 on the built-in models
     s = cfg.prune_schedule()
-    assert (s.group_size, s.keep, s.sde_window, s.window_mode, s.prune_after_window) == (24, (12,), 2, "sliding", True)
+    assert (s.group_size, s.keep, s.sde_window, s.window_mode, s.prune_after_window) == (24, (12,), 2, "progressive", True)
     p = C.build_config({"grpo": {"method": "pro-grpo"}}).prune_schedule()
     assert (p.group_size, p.checkpoints, p.keep) == (48, (5, 7), (24, 12))  # the paper's schedule
 

@@ -39,6 +39,31 @@ def test_pruned_trajectories_make_no_further_model_calls(flow_model, digit_rewar
     assert ro.log_probs.shape == (B * 3, 10)
 
 
+def test_previews_go_through_the_proxy_decoder_and_decide_the_pruning(flow_model, digit_reward):
+    """A model with ``decode_proxy`` (ComfyUI: a TAESD on the trainer's proxy_vae) decodes every
+    preview with it and none with ``decode``; what it decodes is what OVF ranks."""
+    class Previewing(Counting):
+        def __init__(self, inner, flip):
+            super().__init__(inner)
+            self.flip, self.previews, self.decodes = flip, 0, 0
+
+        def decode(self, x0):
+            self.decodes += len(x0)
+            return self.inner.decode(x0)
+
+        def decode_proxy(self, x0):
+            self.previews += len(x0)
+            images = self.inner.decode(x0)
+            return images.flip(-1) if self.flip else images  # another decoder: other images, other scores
+
+    sched = PruneSchedule(group_size=8, checkpoints=(4,), keep=(3,))
+    plain, same, flipped = _run(flow_model, sched, digit_reward), Previewing(flow_model, False), Previewing(flow_model, True)
+    a, b = _run(same, sched, digit_reward), _run(flipped, sched, digit_reward)
+    assert same.previews == flipped.previews == len(PROMPTS) * 8 and same.decodes == flipped.decodes == 0
+    assert torch.equal(a.checkpoints[0]["kept"], plain.checkpoints[0]["kept"])  # the same decoder: the same choice
+    assert not torch.equal(b.checkpoints[0]["rewards"], a.checkpoints[0]["rewards"])  # scored on its images
+
+
 def test_survivors_follow_the_same_trajectory_as_without_pruning(flow_model, digit_reward):
     pruned = _run(flow_model, PruneSchedule(group_size=8, checkpoints=(4,), keep=(3,)), digit_reward)
     full = _run(flow_model, PruneSchedule(group_size=8), digit_reward)

@@ -186,6 +186,8 @@ def test_checkpointing_at_depth_one_saves_bytes_and_keeps_the_gradient(tmp_path)
 
 
 def test_the_planner_times_only_the_steps_a_windowed_method_trains(tmp_path):
+    import dataclasses
+
     from progrpo_core import planner
     from progrpo_core.methods import METHODS
 
@@ -193,7 +195,8 @@ def test_the_planner_times_only_the_steps_a_windowed_method_trains(tmp_path):
     costs, sampler = t.make_plan().costs, t.cfg.sampler
     target = planner.Target("gpu", 10 * 2**30, tflops=100.0)  # timed from FLOPs: exact ratios
     full = planner._epoch_seconds(costs, t.cfg, METHODS["grpo"].schedule(10), sampler, 2, 48, 8, 48, target)
-    window = planner._epoch_seconds(costs, t.cfg, METHODS["mixgrpo"].schedule(10), sampler, 2, 48, 8, 48, target)
+    windowed = dataclasses.replace(METHODS["grpo"].schedule(10), sde_window=2, window_mode="progressive")
+    window = planner._epoch_seconds(costs, t.cfg, windowed, sampler, 2, 48, 8, 48, target)
     assert window["sampling"] == pytest.approx(full["sampling"])
     assert window["training"] == pytest.approx(full["training"] * 2 / 8)  # 2 window steps against 0.9 x 9
 

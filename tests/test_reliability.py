@@ -15,7 +15,7 @@ import torch
 from progrpo_core import checkpoint as ckpt
 from progrpo_core import config as C
 from progrpo_core.cli import main
-from progrpo_core.training import RunFolder, Trainer
+from progrpo_core.training import RunFolder, Trainer, TrainingStopped
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--no-progress", "--method", "pro-grpo", "--run.eval_seeds", "1",
@@ -130,8 +130,18 @@ def test_05_nan_images_skip_the_update_instead_of_stopping(tmp_path):
 
 def test_06_a_divergent_learning_rate_stops_without_saving_a_ruined_lora(tmp_path, capsys):
     run = tmp_path / "run"
-    code, err = cli(capsys, *train_args(run, "--run.epochs", "4", "--run.checkpoint_every", "1", "--grpo.lr", "1e30"))
-    assert code == 1 and "grpo.lr" in err and ("norm jumped" in err or "NaN" in err)
+    code, err = cli(capsys, *train_args(run, "--run.epochs", "4", "--grpo.lr", "1e30"))
+    assert code == 2 and "grpo.lr=1e+30: Adam moves every LoRA weight by about the learning rate" in err
+    assert not run.exists()  # refused before anything was written
+    # a rate that diverges inside the loop (set past the config's check) stops it there
+    t = Trainer.build(C.build_config({"run": {"out": str(run), "epochs": 4, "checkpoint_every": 1, "eval_seeds": 1},
+                                      "grpo": {"method": "pro-grpo", "prompts_per_epoch": 2, "train_batch_size": 6},
+                                      "schedule": {"group_size": 6, "keep": "4,3"}}), log=lambda s: None)
+    for group in t.optimizer.param_groups:
+        group["lr"] = 1e30
+    with pytest.raises(TrainingStopped) as e:
+        t.run(progress=False)
+    assert "grpo.lr" in str(e.value) and ("norm jumped" in str(e.value) or "NaN" in str(e.value))
     assert not (run / "lora.safetensors").exists()
     for _, path in ckpt.list_checkpoints(run):  # whatever was saved is sane
         state = ckpt.load_checkpoint(path)
@@ -160,7 +170,7 @@ def test_07_config_files_that_are_not_sections(tmp_path, capsys, toml, message):
     (["--sampler.noise_level", "0"], "every sampling step is deterministic"),
     # the budget is given: with the machine's free memory the answer would depend on the machine
     (["--method", "pro-grpo", "--schedule.group_size", "1000000", "--schedule.keep", "24,12",
-      "--run.memory_gib", "8"], "does not fit in memory"),
+      "--run.memory_gib", "1"], "does not fit in memory"),
     (["--reward", "plugin_rewards:not_a_reward"], "returned a dict, expected a progrpo_core.rewards.Reward"),
     (["--reward", "plugin_rewards:wrong_count"], "returned 2 scores for 1 images; score(images, prompts) must"),
     (["--reward", "plugin_rewards:raising"], "reward plug-in 'plugin_rewards:raising' raised KeyError"),
@@ -224,6 +234,32 @@ def test_08_a_constant_reward_warns_that_nothing_is_learnt(tmp_path):
                                 "schedule": {"group_size": 6, "keep": "4,3"}}), log=lambda s: None)
     with pytest.warns(RuntimeWarning, match="every advantage is 0 and the epoch teaches nothing"):
         list(t.epochs())
+
+
+def test_08_a_saturated_reward_is_told_apart_from_a_dead_one():
+    """Groups that had spread and lost it (the policy gets the top reward everywhere) are not a
+    reward that ignores the images: the warning says which."""
+    import types
+    import warnings as w
+
+    from progrpo_core.training.guards import CLI_WORDS, Guards
+
+    def batch(adv):
+        return types.SimpleNamespace(nonfinite=0, advantages=torch.tensor(adv))
+
+    dead = Guards(1e-3, CLI_WORDS, "digit")
+    with pytest.warns(RuntimeWarning, match="check that the reward \\(digit\\) responds"):
+        dead.flat(batch([0.0, 0.0]), 0)
+    saturated = Guards(1e-3, CLI_WORDS, "digit")
+    with w.catch_warnings():
+        w.simplefilter("error")
+        saturated.flat(batch([0.5, -0.5]), 0)  # spread: silent
+    with pytest.warns(RuntimeWarning, match="has most likely saturated the reward \\(digit\\)") as got:
+        saturated.flat(batch([0.0, 0.0]), 1)
+    assert "responds" not in str(got[0].message)
+    with w.catch_warnings():
+        w.simplefilter("error")
+        saturated.flat(batch([0.0, 0.0]), 2)  # once
 
 
 def test_08_the_disk_estimate_follows_the_step_cap(tmp_path):

@@ -10,20 +10,78 @@ from progrpo_core import config as C
 from progrpo_core.methods import METHODS, PruneSchedule
 
 
-def test_random_window_is_seeded_per_epoch_and_stays_in_its_span():
-    s = METHODS["flow-grpo-fast"].schedule(10)
-    windows = [s.sde_steps(10, e, seed=0) for e in range(40)]
-    assert all(len(w) == 2 and w[1] == w[0] + 1 and 0 <= w[0] < 5 for w in windows)
-    assert len({w[0] for w in windows}) == 5                       # every start in the first half is used
-    assert windows == [s.sde_steps(10, e, seed=0) for e in range(40)]
-    assert windows != [s.sde_steps(10, e, seed=1) for e in range(40)]
+def flow_grpo_fast_starts(steps: int, window: int, draws: int, seed: int = 0) -> set[int]:
+    """Flow-GRPO-Fast's window starts, re-implemented from yifan123/flow_grpo (upstream 9745241,
+    flow_grpo/diffusers_patch/sd3_pipeline_with_logprob_fast.py): ``start = random.randint(lo, hi -
+    window)`` with ``sde_window_range = (0, T // 2)`` (config/base.py) — both ends included."""
+    import random
+
+    rng = random.Random(seed)
+    return {rng.randint(0, steps // 2 - window) for _ in range(draws)}
+
+
+@pytest.mark.parametrize("method,window", [("flow-grpo-fast", 2), ("flow-grpo-fast-cps", 3)])
+def test_random_window_lies_in_the_first_half_as_flow_grpo_fast_draws_it(method, window):
+    s = METHODS[method].schedule(10)
+    windows = [s.sde_steps(10, e, seed=0) for e in range(60)]
+    assert all(len(w) == window and list(w) == list(range(w[0], w[0] + window)) for w in windows)
+    assert {w[0] for w in windows} == flow_grpo_fast_starts(10, window, 200)  # {0..3} for 2 steps, {0..2} for 3
+    assert windows == [s.sde_steps(10, e, seed=0) for e in range(60)]
+    assert windows != [s.sde_steps(10, e, seed=1) for e in range(60)]
+    # drawn for each prompt's group (the reference draws per sampling batch): one update mixes positions
+    _, per_prompt = s.for_epoch(10, 3, seed=0, prompt_seeds=list(range(8)))
+    assert len(per_prompt) == 8 and len(set(per_prompt)) > 1
+    assert per_prompt == s.for_epoch(10, 3, seed=0, prompt_seeds=list(range(8)))[1]
+
+
+def mixgrpo_windows(steps: int, window: int, iters_per_group: int, iterations: int) -> list[tuple[int, ...]]:
+    """MixGRPO's training windows, re-implemented from Tencent-Hunyuan/MixGRPO (e5cdd6a,
+    fastvideo/utils/grpo_states.py, GRPOTrainingStates with the published scripts' settings:
+    ``sample_strategy="progressive"``, ``prog_overlap``, ``prog_overlap_step=1``, ``roll_back``,
+    ``max_timesteps = sampling_steps - 2``): the window is read, then the iteration counted."""
+    max_t, cur, in_group, out = steps - 2, 0, 0, []
+    for _ in range(iterations):
+        out.append(tuple(range(cur, min(cur + window, max_t))))
+        in_group += 1
+        if in_group == iters_per_group:
+            in_group = 0
+            cur += 1
+            if cur > max_t:
+                cur = 0
+    return out
+
+
+@pytest.mark.parametrize("steps,window", [(10, 2), (25, 4)])
+def test_progressive_window_is_mixgrpos(steps, window):
+    s = PruneSchedule(12, sde_window=window, window_mode="progressive", slide_every=25, shared_noise=True)
+    ours = [s.sde_steps(steps, e, seed=0) for e in range((steps - 2) * 25)]
+    assert ours == mixgrpo_windows(steps, window, 25, (steps - 2) * 25)
+    # the reference's 300 iterations never wrap at T = 25; at step T - 2 its window would be empty for
+    # one interval before rolling back: ours rolls back there
+    assert ours[-1][0] == steps - 3 and s.sde_steps(steps, (steps - 2) * 25, 0)[0] == 0
+    assert METHODS["mixgrpo"].schedule(10) == PruneSchedule(12, sde_window=2, window_mode="progressive",
+                                                           slide_every=25, shared_noise=True)
 
 
 def test_sliding_window_moves_one_step_every_few_epochs_and_wraps():
-    s = METHODS["mixgrpo"].schedule(10)
+    s = METHODS["mixgrpo-sliding"].schedule(10)
     starts = [s.sde_steps(10, e, seed=0)[0] for e in range(0, 30, 5)]
     assert starts == [0, 1, 2, 3, 4, 0]
     assert s.sde_steps(10, 4, seed=0) == (0, 1) and s.sde_steps(10, 5, seed=0) == (1, 2)
+
+
+def test_mixgrpo_starts_a_prompts_trajectories_from_one_noise(flow_model):
+    """Shared initial noise: until the window, a prompt's trajectories are one ODE path; after it
+    they differ by the window's noise only. Another prompt starts from other noise."""
+    from progrpo_core.group import sample_group
+
+    sched = METHODS["mixgrpo"].schedule(6)
+    ro = sample_group(flow_model, ["a handwritten 3", "a handwritten 5"], [0, 1], 6, sched, "flow_sde", 0.7,
+                      sde_steps=(2, 3))
+    a, b = ro.latents[:12], ro.latents[12:]
+    assert torch.equal(a[:, :3], a[:1, :3].expand_as(a[:, :3]))  # identical through the ODE prefix
+    assert not torch.equal(a[0, 4], a[1, 4])                      # the window's noise separates them
+    assert not torch.equal(a[0, 0], b[0, 0])                      # each prompt its own noise
 
 
 def test_no_window_means_every_step_and_pruning_follows_the_window():
@@ -61,7 +119,7 @@ def test_sampling_is_deterministic_outside_the_window(flow_model):
     assert not torch.allclose(ro.latents[:, -1], ode.latents[:, -1])
 
 
-@pytest.mark.parametrize("method", ["flow-grpo-fast", "pro-grpo-fast", "pro-mixgrpo"])
+@pytest.mark.parametrize("method", ["flow-grpo-fast", "pro-grpo-fast", "pro-mixgrpo", "mixgrpo"])
 def test_only_the_window_is_trained(tmp_path, method):
     from progrpo_core.training import Trainer
 
@@ -71,9 +129,12 @@ def test_only_the_window_is_trained(tmp_path, method):
     t.run(progress=False)
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     for r in rows:
-        window = t.schedule.sde_steps(cfg.sampler.steps, r["epoch"] - 1, cfg.run.seed)
+        _, seeds = t.epoch_prompts(r["epoch"] - 1)
+        _, windows = t.schedule.for_epoch(cfg.sampler.steps, r["epoch"] - 1, cfg.run.seed, seeds)
+        # one window for all rows, or one per prompt (each row trains its own): the steps trained
+        window = tuple(sorted({j for w in windows for j in w})) if isinstance(windows, list) else windows
         assert r["trained_steps"] == list(window)
-        if method != "flow-grpo-fast":  # pruned after the model call that follows the window's last step
+        if method.startswith("pro-"):  # pruned after the model call that follows the window's last step
             assert [p["step"] for p in r["proxy"]] == [window[-1] + 2]
     assert rows[-1]["optimizer_step"] > 0
 
@@ -85,15 +146,15 @@ def test_windows_can_be_set_on_any_method():
 
 def test_a_windowed_method_keeps_its_window_under_a_users_funnel():
     s = C.build_config({"grpo": {"method": "pro-mixgrpo"}, "schedule": {"group_size": 32, "keep": "8"}}).prune_schedule()
-    assert (s.group_size, s.keep, s.sde_window, s.window_mode, s.prune_after_window) == (32, (8,), 2, "sliding", True)
+    assert (s.group_size, s.keep, s.sde_window, s.window_mode, s.prune_after_window) == (32, (8,), 2, "progressive", True)
     # the preset's window is a fifth of T (at least one step); a window the user gives must fit T
     assert C.build_config({"grpo": {"method": "mixgrpo"}, "sampler": {"steps": 2}}).prune_schedule().sde_window == 1
     with pytest.raises(ValueError, match="sde_window=2 must be in 0..T-1 = 0..1"):
         C.build_config({"grpo": {"method": "mixgrpo"}, "sampler": {"steps": 2}, "schedule": {"sde_window": 2}})
 
 
-@pytest.mark.parametrize("method, want", [("grpo", 5e-3), ("pro-grpo", 5e-3), ("mixgrpo", 1e-3), ("pro-mixgrpo", 1e-3),
-                                          ("pro-grpo-window", 1e-3)])
+@pytest.mark.parametrize("method, want", [("grpo", 5e-3), ("pro-grpo", 5e-3), ("mixgrpo", 2.5e-3), ("pro-mixgrpo", 2.5e-3),
+                                          ("pro-grpo-window", 2.5e-3)])
 def test_auto_learning_rate_follows_the_method_on_builtin_models_and_is_recorded(tmp_path, method, want):
     from progrpo_core.methods import MODEL_LR, auto_lr
     from progrpo_core.training import Trainer

@@ -8,7 +8,7 @@ from typing import Any
 from progrpo_core.devices import auto_reward_dtype
 from progrpo_core.lora_format import decode_header, read_lora_file
 
-from ..trace import safe_relative_name
+from ..trace import confined_path, safe_relative_name
 
 REWARD_FOLDER = "reward_models"
 
@@ -126,11 +126,16 @@ def lora_metadata_of(path: Path) -> dict[str, Any]:
 
 
 def autosave_path(run_name: str) -> Path:
-    return loras_dir() / "progrpo" / "autosave" / (safe_relative_name(run_name, "run_name") + ".safetensors")
+    """``models/loras/progrpo/autosave/<run_name>.safetensors``, its folders made inside models/loras."""
+    rel = "progrpo/autosave/" + safe_relative_name(run_name, "run_name")
+    stem = confined_path(loras_dir(), rel, "run_name", "models/loras")
+    return stem.with_name(stem.name + ".safetensors")
 
 
 def run_folder(run_name: str) -> Path:
-    """``output/progrpo/<run_name>``: the trainer's resumable checkpoints."""
+    """``output/progrpo/<run_name>``: the trainer's resumable checkpoints (its parent folders made
+    inside ComfyUI's output folder)."""
     import folder_paths
 
-    return Path(folder_paths.get_output_directory()) / "progrpo" / safe_relative_name(run_name, "run_name")
+    rel = "progrpo/" + safe_relative_name(run_name, "run_name")
+    return confined_path(Path(folder_paths.get_output_directory()), rel, "run_name", "ComfyUI's output folder")

@@ -117,7 +117,7 @@ class ComfyDenoiser:
     builtin = False
 
     def __init__(self, patcher, latent_shape: Sequence[int], vae=None, clip=None, targets: str = "attention",
-                 name: str | None = None, max_batch: int = 0, full_load: bool = False):
+                 name: str | None = None, max_batch: int = 0, full_load: bool = False, proxy_vae=None):
         self.patcher = patcher
         self.full_load = full_load  # load the whole model on the device for a session (training)
         self.family = model_family(patcher)
@@ -134,8 +134,10 @@ class ComfyDenoiser:
         if int(getattr(self.latent_format, "latent_dimensions", 2)) == 3 and len(latent_shape) == 3:
             latent_shape = (latent_shape[0], 1, *latent_shape[1:])  # one frame, as ComfyUI's samplers make it (Qwen-Image)
         check_latent_dims(self.info, latent_shape)
-        if vae is not None:
-            check_vae(vae, channels)
+        for v, what in ((vae, "the VAE"), (proxy_vae, "the proxy_vae")):
+            if v is not None:
+                check_vae(v, channels, what)
+        self.proxy_vae = proxy_vae  # the pruning previews' decoder (TAESD); None: the VAE
         self.latent_shape = latent_shape  # (C, H, W), or (C, T, H, W) for video and 3-D latent formats
         self.net = patcher.model.diffusion_model
         make_gguf_probeable(self.net)
@@ -329,12 +331,19 @@ class ComfyDenoiser:
         prefix of the latent decodes to the same first frames as the whole)."""
         if self.vae is None:
             raise ValueError("decoding needs a VAE: connect the VAE that belongs to this model")
+        return self._decode_with(self.vae, x0)
+
+    def decode_proxy(self, x0: torch.Tensor) -> torch.Tensor:
+        """The pruning previews: through ``proxy_vae`` (e.g. TAESD) when one is connected."""
+        return self.decode(x0) if self.proxy_vae is None else self._decode_with(self.proxy_vae, x0)
+
+    def _decode_with(self, vae, x0: torch.Tensor) -> torch.Tensor:
         video = self.info.video and x0.ndim == 5
         with torch.no_grad():
             samples = self.latent_format.process_out(x0.detach().float())
             if video and self.frames is not None:
                 samples = samples[:, :, :latent_frames_for(self.frames, samples.shape[2])]
-            images = self.vae.decode(samples)
+            images = vae.decode(samples)
         if not video:
             if images.ndim == 5:  # video VAEs: (B, T, H, W, C); images have T = 1
                 images = images.reshape(-1, *images.shape[-3:])
@@ -421,12 +430,13 @@ def with_guidance(cond: list, guidance: float) -> list:
     return [[t, d if "guidance" in d else {**d, "guidance": guidance}] for t, d in cond]
 
 
-def check_vae(vae, channels: int) -> None:
+def check_vae(vae, channels: int, what: str = "the VAE") -> None:
     got = getattr(vae, "latent_channels", None)
     if got is not None and int(got) != int(channels):
-        raise ValueError(f"the VAE works on {got}-channel latents but the model's latents have {channels} channels; "
+        raise ValueError(f"{what} works on {got}-channel latents but the model's latents have {channels} channels; "
                          "connect the VAE that belongs to this model (SD1.x/SDXL: 4 channels; SD3, Flux.1, Chroma, "
-                         "Z-Image, Lumina 2, Qwen-Image, HiDream, Wan 2.1: 16; Flux.2: 128, e.g. taef2; Wan 2.2 5B: 48)")
+                         "Z-Image, Lumina 2, Qwen-Image, HiDream, Wan 2.1: 16; Flux.2: 128, e.g. taef2; Wan 2.2 5B: 48; "
+                         "its TAESD: taesd3/taef1 for SD3/Flux.1, taesd/taesdxl for SD1.x/SDXL, taef2 for Flux.2)")
 
 
 def encode_text(clip, text: str) -> list:

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from progrpo_core.checkpoint import CheckpointError, RunFolderError
-from progrpo_core.training import EpochRecord, ResumeSettingsError, RunFolder, Trainer
+from progrpo_core.training import EpochRecord, EpochsDoneError, ResumeSettingsError, RunFolder, Trainer
+from progrpo_core.training.run_folder import disk_full
 
 from .. import train_driver as training
 from .convert import latent_samples, pil_of
@@ -23,7 +24,7 @@ log = logging.getLogger("progrpo")
 
 
 def train_lora(model, vae, clip, positive, negative, latent, prompts: list[str], cfg, reward, *, targets: str,
-               run_name: str, resume: bool, node_id: str | None = None, overwrite: bool = False):
+               run_name: str, resume: bool, node_id: str | None = None, overwrite: bool = False, proxy_vae=None):
     """The GRPO LoRA Trainer: ``(MODEL with the LoRA, LORA_MODEL, curves IMAGE, (short, full) summary)``.
 
     Trains on a clone of MODEL (see :func:`training_model`), loaded whole on ComfyUI's device, by
@@ -34,14 +35,15 @@ def train_lora(model, vae, clip, positive, negative, latent, prompts: list[str],
     ``models/loras/progrpo/autosave/<run_name>.safetensors`` and a resumable checkpoint (LoRA,
     optimizer, EMA, RNG) to the run folder; when training stops early (interrupt or error) the last
     completed epoch is checkpointed and the LoRA trained so far saved. ``resume`` continues from the
-    newest checkpoint; ``cfg.run.epochs`` counts the whole run."""
+    newest checkpoint; ``cfg.run.epochs`` counts the whole run. ``proxy_vae`` (e.g. TAESD) decodes the
+    pruning previews instead of ``vae``."""
     samples = latent_samples(latent)
-    _check_inputs(model, vae, clip, positive, samples, prompts, cfg)
+    _check_inputs(model, vae, clip, positive, samples, prompts, cfg, proxy_vae)
     folder = RunFolder(run_folder(run_name), lora_path=autosave_path(run_name))
     cfg = cfg.replace(run={"out": str(folder.out)})
     with training_model(model) as (mp, shares):
         den = ComfyDenoiser(mp, samples.shape[1:], vae=vae, clip=clip, targets=targets,
-                            name=type(model.model).__name__, full_load=True)
+                            name=type(model.model).__name__, full_load=True, proxy_vae=proxy_vae)
         _register_prompts(den, clip, positive, negative, prompts)
         adapter = ComfyLoraAdapter(den, cfg.lora.rank, cfg.lora.alpha, seed=cfg.run.seed, copy_other_weights=shares)
         recorder = training.RecordingReward(for_model(reward.reward, den, log.info))
@@ -85,9 +87,13 @@ class _Session:
             self._keep_what_was_trained(e)
             raise
         trainer = self.trainer
-        trainer.save_lora(self.folder.lora_path)
-        if trainer.state.last_checkpoint != trainer.epoch:
-            trainer.save_checkpoint(self.folder)
+        try:
+            trainer.save_lora(self.folder.lora_path)
+            if trainer.state.last_checkpoint != trainer.epoch:
+                trainer.save_checkpoint(self.folder)
+        except OSError as e:
+            disk_full(e, self.folder, training.NODE_WORDS)  # a full disk in the node's words, promising what is there
+            raise
         return [EpochRecord.from_row(r) for r in trainer.metrics_rows if r["epoch"] > self.start], self.start
 
     def _body(self, resume: bool, overwrite: bool) -> None:
@@ -125,6 +131,10 @@ class _Session:
             return trainer.open(folder, resume=resume, overwrite=overwrite)
         except ResumeSettingsError as e:
             raise ValueError(training.resume_refusal(e, run_name)) from None
+        except EpochsDoneError as e:
+            raise ValueError(f"epochs={e.asked}, but run {run_name!r} has done {e.done} epochs already (epochs counts "
+                             f"the whole run, not the epochs to add): set epochs to {e.done + 1} or more to train on"
+                             ) from None
         except CheckpointError as e:
             raise ValueError(f"cannot resume run {run_name!r}: {e}. Turn 'resume' off and 'overwrite' on to start the "
                              "run over, or choose another run_name") from None
@@ -178,7 +188,7 @@ def _does_not_fit(plan) -> str:
             "smaller numbers, or turn gradient_checkpointing on (checkpoint_depth 1).")
 
 
-def _check_inputs(model, vae, clip, positive, samples: torch.Tensor, prompts: list[str], cfg) -> None:
+def _check_inputs(model, vae, clip, positive, samples: torch.Tensor, prompts: list[str], cfg, proxy_vae=None) -> None:
     """Bad inputs fail before any work, so they leave everything as it was."""
     family = model_family(model)
     cfg.sampler.resolved(family)
@@ -188,6 +198,8 @@ def _check_inputs(model, vae, clip, positive, samples: torch.Tensor, prompts: li
                          "latents; make the latent with the node that belongs to this model")
     check_latent_dims(family_info(model), samples.shape[1:])
     check_vae(vae, channels)
+    if proxy_vae is not None:
+        check_vae(proxy_vae, channels, "the proxy_vae")
     if clip is None and positive is None:
         raise ValueError("the trainer needs prompts' conditioning: connect a CLIP (to encode the prompt list) "
                          "or a positive CONDITIONING")

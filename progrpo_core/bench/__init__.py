@@ -3,6 +3,8 @@
 Only the ``bench`` command imports this package (the library and the other commands never do):
 
 * :mod:`.suite`      — the plan, the benchmarked methods, running them, aggregation, the command
+* :mod:`.peers`      — ``--peers``: every method at its best stable rate against the faithful peers
+* :mod:`.profiles`   — what each operation costs on real models (FLOPs), to price the bench's counts
 * :mod:`.runs`       — budgeted training runs, driving the trainer's one loop
 * :mod:`.probe`      — proxy fidelity (Spearman) and funnel replay on recorded groups
 * :mod:`.auto`       — the fidelity-chosen ("auto") schedule
@@ -14,6 +16,10 @@ Only the ``bench`` command imports this package (the library and the other comma
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "--peers" in (argv or []):
+        from .peers import main as peers
+
+        return peers(argv)
     from .suite import main as run
 
     return run(argv)

@@ -137,9 +137,11 @@ class _BudgetedRun:
         return sum(w.get(k, 0.0) for k in ("sampling", "proxy", "final_scoring", "training"))
 
     def eval_point(self, epoch: int) -> dict:
+        from .profiles import counts_of
+
         ev = self.tr.evaluate()
         return {"epoch": epoch, "units": self.spent(), "wall": self.wall(), "cpu": sum(self.cpu.values()),
-                "reward": ev["reward"], "gold": ev.get("gold")}
+                "reward": ev["reward"], "gold": ev.get("gold"), "counts": counts_of(self.tr.compute)}
 
     def auto_step(self, spent: float) -> None:
         from .auto import choose_schedule

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..methods import BUILTIN_LR, BUILTIN_WINDOW_LR, METHODS
+from ..methods import METHODS
 from .runs import MethodSpec, compute_to_reach, mean_std, preset_table, pro_table, run_method
 
 GROUPS = ("main", "eps", "ablation", "gold", "pair", "pair-eps")
@@ -73,6 +73,26 @@ QUICK = BenchPlan(seeds=2, budget_flow=150_000.0, budget_eps=150_000.0, budget_g
 AUTO = {"group": 48, "prompts": 6, "criterion": "rho", "rho": (0.85, 0.95), "reprobe": (0.0, 0.25, 0.5, 0.75)}
 
 
+# The two learning rates this suite runs (those of its recorded runs, docs/BENCHMARKS.md up to
+# 2026-11-30): keyed by whether the method trains an SDE window, the rate a configuration runs at
+# when it names none, and the other one. Pinned here, so the suite stays what it recorded when the
+# automatic rates move (bench --peers tunes each method over a grid instead).
+SUITE_RATE = {True: 1e-3, False: 5e-3}
+
+
+def _windowed(spec: MethodSpec) -> bool:
+    return bool(METHODS[spec.table["grpo"]["method"]].sde_window)
+
+
+def pinned(spec: MethodSpec) -> MethodSpec:
+    """``spec`` with the suite's rate for its method when it names none (same name)."""
+    if "lr" in spec.table.get("grpo", {}):
+        return spec
+    table = copy.deepcopy(spec.table)
+    table.setdefault("grpo", {})["lr"] = SUITE_RATE[_windowed(spec)]
+    return dataclasses.replace(spec, table=table)
+
+
 def method_specs(quick: bool = False) -> list[MethodSpec]:
     """Every benchmarked configuration (docs/METHOD.md §5, scaled to T = 10 steps)."""
     gold = {"reward": {"gold": "stroke"}}
@@ -80,8 +100,10 @@ def method_specs(quick: bool = False) -> list[MethodSpec]:
     eps = eps_specs(EPS_T, gold)
     flow += [other_lr(s) for s in flow if s.name in ("grpo", "pro-grpo", *WINDOWED)]
     if quick:  # every flow method at its automatic rate, the ε baseline and the paper's ε funnel
-        return [s for s in flow if s.name != "pro-grpo-hybrid" and "-lr" not in s.name] + [eps[0], eps[2]]
-    return flow + eps + ablation_specs(FLOW_T, gold) + gold_specs(FLOW_T) + pair_specs(FLOW_T, EPS_T, gold)
+        specs = [s for s in flow if s.name != "pro-grpo-hybrid" and "-lr" not in s.name] + [eps[0], eps[2]]
+    else:
+        specs = flow + eps + ablation_specs(FLOW_T, gold) + gold_specs(FLOW_T) + pair_specs(FLOW_T, EPS_T, gold)
+    return [pinned(s) for s in specs]
 
 
 def flow_specs(T: int, gold: dict) -> list[MethodSpec]:
@@ -190,10 +212,9 @@ def with_lr(spec: MethodSpec, lr: float) -> MethodSpec:
 
 
 def other_lr(spec: MethodSpec) -> MethodSpec:
-    """``spec`` at the built-in models' other auto learning rate: 5e-3 for a method that trains an
-    SDE window (its auto rate is 1e-3), 1e-3 for one that trains whole trajectories (auto 5e-3)."""
-    windowed = METHODS[spec.table["grpo"]["method"]].sde_window
-    return with_lr(spec, BUILTIN_LR if windowed else BUILTIN_WINDOW_LR)
+    """``spec`` at the other of the suite's two rates: 5e-3 for a method that trains an SDE window,
+    1e-3 for one that trains whole trajectories (``SUITE_RATE``)."""
+    return with_lr(spec, SUITE_RATE[not _windowed(spec)])
 
 
 def pair_specs(T: int, E: int, gold: dict) -> list[MethodSpec]:

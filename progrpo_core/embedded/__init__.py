@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ..denoiser import alpha_bar, flow_sigmas, vp_sigmas
+from ..io import input_file
 from .data import digit_of, pair_of, pair_prompt
 from .nets import NULL_LABEL, DigitsNet
 
@@ -58,6 +59,7 @@ def load_net(file: Path, what: str, build) -> tuple[torch.nn.Module, dict[str, s
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{what} {file} is not a safetensors file ({str(e).splitlines()[0][:120]}); give a file "
                          "written by `python -m progrpo_core pretrain`, or leave it out for the shipped one") from None
+    check_weights(state, f"{what} {file}")
     try:
         net = build(**json.loads(header.get("arch", "{}")))
         net.load_state_dict(state)
@@ -65,6 +67,22 @@ def load_net(file: Path, what: str, build) -> tuple[torch.nn.Module, dict[str, s
         raise ValueError(f"{what} {file} holds other weights than this network's ({str(e).splitlines()[0][:160]}); "
                          "it belongs to another model") from None
     return net, header, state
+
+
+def check_weights(state: dict[str, torch.Tensor], what: str) -> None:
+    """A network's weights are finite floating-point numbers: integer tensors mean another kind of
+    file (they would be cast silently), NaN or infinity a damaged file or a diverged run's."""
+    ints = [k for k, v in state.items() if not v.is_floating_point()]
+    if ints:
+        raise ValueError(f"{what} holds {state[ints[0]].dtype} tensors ({len(ints)} of {len(state)}, e.g. {ints[0]}), "
+                         "not floating-point weights; it is not a weights file of this network (converted or of "
+                         "another kind): give a file written by `python -m progrpo_core pretrain`, or leave it out "
+                         "for the shipped one")
+    bad = [k for k, v in state.items() if not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{what} holds NaN or infinite weights ({len(bad)} of {len(state)} tensors, e.g. {bad[0]}): "
+                         "it is damaged or was saved from a diverged training run; give a sound file, or leave it "
+                         "out for the shipped one")
 
 
 class DigitsDenoiser:
@@ -107,6 +125,10 @@ class DigitsDenoiser:
         if steps < 1:
             raise ValueError(f"steps={steps} must be >= 1")
         return flow_sigmas(steps) if self.family == "flow" else vp_sigmas(self.alphas_cumprod, steps)
+
+    def check_prompt(self, prompt: str) -> None:
+        """Raise ValueError for a prompt this model cannot condition on (see :meth:`encode_prompts`)."""
+        (digit_of if self.slots == 1 else pair_of)(prompt)
 
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
         parse = digit_of if self.slots == 1 else pair_of
@@ -161,10 +183,13 @@ def load_digits_model(name: str = "digits-flow", path: str | Path | None = None)
     """Load a built-in generator (one of :data:`MODELS`), from the package or ``path``."""
     if name not in MODELS:
         raise ValueError(f"unknown built-in model {name!r}; expected one of {', '.join(MODELS)}")
-    file = Path(path) if path else WEIGHTS_DIR / MODELS[name]
-    if not file.exists():
-        raise FileNotFoundError(
-            f"built-in model weights not found at {file}; run `python -m progrpo_core pretrain` to rebuild them")
+    if path:
+        file = input_file(path, "model.path")
+    else:
+        file = WEIGHTS_DIR / MODELS[name]
+        if not file.exists():
+            raise FileNotFoundError(
+                f"built-in model weights not found at {file}; run `python -m progrpo_core pretrain` to rebuild them")
     net, header, state = load_net(file, "model.path", DigitsNet)
     return DigitsDenoiser(net, header.get("family", "flow" if name.endswith("flow") else "eps"), name,
                           state_fingerprint(state))

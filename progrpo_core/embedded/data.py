@@ -58,7 +58,14 @@ def pair_of(prompt: str) -> tuple[int, int]:
 
 
 def digit_of(prompt: str) -> int:
-    """The digit a prompt names ("a handwritten 7", "seven"); a clear error otherwise."""
+    """The digit a prompt names ("a handwritten 7", "seven"); a clear error otherwise, also for a
+    prompt naming two different digits (which one would it mean?)."""
+    named = {int(t) if t.isdigit() else _WORDS.index(t.lower()) for t in _TOKEN.findall(prompt)}
+    if len(named) > 1:
+        shown = ", ".join(map(str, sorted(named)))
+        raise ValueError(f"prompt {prompt!r} names {len(named)} different digits ({shown}); "
+                         "the one-digit built-in model draws one digit per image: name exactly one, like 'a "
+                         "handwritten 7' (the two-digit models digits-pair-flow/-eps draw pairs)")
     m = _DIGIT.search(prompt)
     if m:
         return int(m.group(1))

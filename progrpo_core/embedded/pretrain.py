@@ -141,6 +141,7 @@ def pretrain(out: Path = WEIGHTS_DIR, seed: int = 0, iters: int | None = None, l
         raise ValueError(f"pretrain: unknown model(s) {', '.join(unknown)}; expected some of {', '.join(names)}")
     want = set(only or names)
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)  # now, not after minutes of training (the writers make no folders)
     written = {}
     t0 = time.perf_counter()
     if "digit-classifier" in want:

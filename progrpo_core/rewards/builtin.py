@@ -61,11 +61,13 @@ def load_classifier(path: str | Path | None = None) -> torch.nn.Module:
     from ..embedded import CLASSIFIER_FILE, WEIGHTS_DIR, load_net
     from ..embedded.nets import DigitClassifier
 
-    file = Path(path) if path else WEIGHTS_DIR / CLASSIFIER_FILE
+    from ..io import input_file
+
+    file = input_file(path, "the digit reward's classifier (reward.path)") if path else WEIGHTS_DIR / CLASSIFIER_FILE
     if not file.exists():
         raise FileNotFoundError(
             f"digit classifier weights not found at {file}; run `python -m progrpo_core pretrain` to rebuild them")
-    return load_net(file, "the digit reward's classifier", DigitClassifier)[0]
+    return load_net(file, "the digit reward's classifier" + (" (reward.path)" if path else ""), DigitClassifier)[0]
 
 
 def make_digit_reward(path: str | None = None, device: str = "cpu", dtype: str = "float32", **_) -> DigitReward:

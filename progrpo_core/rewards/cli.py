@@ -50,11 +50,23 @@ def add_score_parser(subparsers) -> argparse.ArgumentParser:
 
 def load_image(path: str) -> torch.Tensor:
     """An image file as (3, H, W) float in [0, 1] (RGB; alpha dropped, as PIL's convert does)."""
+    import warnings
+
     import numpy as np
     from PIL import Image
 
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    from ..io import input_file
+
+    file = input_file(path, "image")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(file) as im:
+                arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ValueError(f"image {file} claims {str(e).split(' pixels')[0].split('(')[-1]} pixels, more than "
+                             f"{Image.MAX_IMAGE_PIXELS:,} (PIL's limit against decompression bombs); it was not "
+                             "decoded. Give a smaller image") from None
     return torch.from_numpy(arr).permute(2, 0, 1).float() / 255.0
 
 
@@ -74,12 +86,19 @@ def run_score(args: argparse.Namespace) -> int:
               "or one per image", file=sys.stderr)
         return 2
     try:
+        from ..devices import resolve_device
+
+        device = str(resolve_device(args.device, "device"))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
         imgs = [load_image(p) for p in paths]
     except (OSError, ValueError) as e:
         print(f"error: cannot read image: {e}", file=sys.stderr)
         return 2
     try:
-        rewards = [(_label(spec), build_reward_from_spec(spec, device=args.device, dtype=args.dtype,
+        rewards = [(_label(spec), build_reward_from_spec(spec, device=device, dtype=args.dtype,
                                                           search_dirs=tuple(args.reward_dir)))
                    for spec in args.reward]
     except (ValueError, TypeError, OSError) as e:  # not found, unsafe, mismatched, bad spec

@@ -12,8 +12,10 @@ from .evaluation import EVAL_SEED_BASE, sample_deterministic
 from .records import EpochRecord, SampleStats, UpdateStats
 from .rollouts import RolloutBatch
 from .run_folder import RunFolder
-from .state import EMA, RESUMABLE_CHANGES, ResumeSettingsError, TrainingStopped
+from .averages import EMA
+from .state import RESUMABLE_CHANGES, EpochsDoneError, ResumeSettingsError, TrainingStopped
 from .trainer import Trainer
 
 __all__ = ["Trainer", "TrainingStopped", "ResumeSettingsError", "EpochRecord", "SampleStats", "UpdateStats", "RolloutBatch", "RunFolder",
+           "EpochsDoneError",
            "EMA", "RESUMABLE_CHANGES", "EVAL_SEED_BASE", "sample_deterministic"]

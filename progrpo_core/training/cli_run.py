@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .guards import check_collapse
 from .records import jsonable
 from .run_folder import RunFolder, disk_full
 
@@ -33,7 +34,9 @@ def _run(trainer, folder: RunFolder, progress: bool, resume: bool, overwrite: bo
     trainer.restart_clock()
     resumed = trainer.open(folder, resume, overwrite)
     if fresh and main:
-        point_latest(folder.out)
+        note = point_latest(folder.out)
+        if note:
+            trainer.log(note)
     if not resumed:
         before = trainer.evaluate()
         trainer.state.before = {k: v for k, v in before.items() if k != "latents"}
@@ -56,8 +59,12 @@ def _run(trainer, folder: RunFolder, progress: bool, resume: bool, overwrite: bo
         if not c.run.checkpoint_every:  # a run that checkpoints only when stopped: it stopped now
             trainer.save_on_interrupt(folder)
         raise
+    note = check_collapse(trainer.state.rows, trainer.state.before, c.grpo.lr, str(folder.out), trainer.words,
+                          after=(trainer.epoch, after["reward"]))
+    if note:
+        trainer.log(note)
     try:
-        return _finish(trainer, folder, after)
+        return _finish(trainer, folder, after, [note] if note else [])
     except OSError as e:
         disk_full(e, folder)
         raise
@@ -73,14 +80,16 @@ def new_run_folder(method: str, root: str | Path = "runs") -> Path:
     return path
 
 
-def point_latest(folder: Path) -> None:
-    """Make ``<root>/latest`` a symlink to ``folder`` (replaced atomically). Where links cannot be
-    made (Windows without developer mode) there is no ``latest``; the run folder is printed anyway."""
+def point_latest(folder: Path) -> str | None:
+    """Make ``<root>/latest`` a symlink to ``folder`` (replaced atomically); returns a note when it
+    could not. Where links cannot be made (Windows without developer mode) there is no ``latest``;
+    the run folder is printed anyway."""
     import os
 
     latest = folder.parent / "latest"
-    if latest.exists() and not latest.is_symlink():
-        return  # a real folder of that name (an older run's): leave it alone
+    if latest.exists() and not latest.is_symlink():  # a real file or folder of that name: leave it alone
+        return (f"note: {latest} is a real {'folder' if latest.is_dir() else 'file'}, not a link, so it was left as "
+                f"it is and does not point at this run ({folder}); rename it to have {latest} follow the newest run")
     tmp = folder.parent / f".latest.{os.getpid()}"
     tmp.unlink(missing_ok=True)
     try:
@@ -90,7 +99,7 @@ def point_latest(folder: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _finish(trainer, folder: RunFolder, after: dict[str, Any]) -> dict[str, Any]:
+def _finish(trainer, folder: RunFolder, after: dict[str, Any], warnings: list[str] = ()) -> dict[str, Any]:
     """The LoRA, the after-grid, the curves and ``summary.json``."""
     c, main = trainer.cfg, trainer.world.is_main
     before, rows = trainer.state.before, trainer.state.rows
@@ -112,6 +121,8 @@ def _finish(trainer, folder: RunFolder, after: dict[str, Any]) -> dict[str, Any]
         "wall_s": round(wall, 2), "lora": str(folder.lora_path), "seed": c.run.seed,
         "schedule": dataclasses.asdict(trainer.schedule), "world_size": trainer.world.world_size,
     }
+    if warnings:
+        summary["warnings"] = list(warnings)
     if "gold" in after:
         summary["gold"] = c.reward.gold
         summary["eval_gold_before"], summary["eval_gold_after"] = before.get("gold"), after["gold"]

@@ -14,7 +14,7 @@ import torch
 
 from ..lora import LoraWeights
 from ..spec import RunSpec
-from .state import EMA, ema_applied, state_tensors
+from .averages import EMA, OldPolicy, ema_applied
 
 
 class Learner:
@@ -27,6 +27,7 @@ class Learner:
         self.optimizer = torch.optim.AdamW(adapter.parameters(), lr=spec.lr, weight_decay=g.weight_decay)
         self.ema = EMA(adapter.parameters(), g.ema_decay) if g.ema else None
         self.scaler = spec.precision.scaler(spec.device)
+        self.old = OldPolicy(adapter.parameters()) if spec.objective == "nft" else None  # DiffusionNFT's θ_old
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return self.adapter.parameters()
@@ -42,8 +43,17 @@ class Learner:
             self.ema.follow()
 
     def tensors(self, snap: dict[str, Any] | None = None) -> dict[str, Sequence[torch.Tensor]]:
-        """The LoRA, EMA and optimizer tensors by name (of ``snap`` when given), for finite checks."""
-        return state_tensors(self.adapter, self.optimizer, self.ema, snap)
+        """The LoRA, EMA, optimizer (and NFT's old policy) tensors by name (of ``snap`` when given),
+        for finite checks."""
+        out = state_tensors(self.adapter, self.optimizer, self.ema, snap)
+        old = (snap or {}).get("old") if snap is not None else (self.old.values if self.old is not None else None)
+        if old:
+            out["old-policy weights"] = list(old)
+        return out
+
+    def sampling_weights(self):
+        """Inside, the parameters hold what rollouts sample with: NFT's old policy, else the LoRA."""
+        return self.old.applied() if self.old is not None else contextlib.nullcontext()
 
     @torch.no_grad()
     def norm(self) -> float:
@@ -74,3 +84,14 @@ class Learner:
             with torch.no_grad():
                 for (_, p), v in zip(named, live):
                     p.copy_(v)
+
+
+def state_tensors(adapter: LoraWeights, optimizer: torch.optim.Optimizer, ema: EMA | None,
+                  snap: dict[str, Any] | None = None) -> dict[str, list[torch.Tensor]]:
+    """The weights and optimizer moments of snapshot ``snap`` (default: the live ones), by name."""
+    if snap is None:
+        optim, lora, shadow = optimizer.state_dict(), adapter.parameters(), ema.shadow if ema is not None else []
+    else:
+        optim, lora, shadow = snap["optimizer"], list(snap["lora"].values()), snap["ema"] or []
+    moments = [v for st in optim["state"].values() for v in st.values() if isinstance(v, torch.Tensor)]
+    return {"LoRA weights": list(lora), "EMA weights": list(shadow), "optimizer state": moments}

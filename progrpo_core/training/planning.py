@@ -3,7 +3,7 @@ measured on the run's own parts (see :mod:`progrpo_core.planner`)."""
 from __future__ import annotations
 
 from .. import planner
-from ..devices import memory_info
+from ..devices import check_memory_budget, memory_info
 from ..distributed import World
 from ..planner import Plan, Target
 from ..spec import RunSpec
@@ -19,6 +19,7 @@ def plan_for(spec: RunSpec, parts: RunParts, world: World, target: Target | None
         costs = planner.measure_costs(parts.model, parts.adapter, parts.reward, spec.sampler, spec.device,
                                       spec.precision.name, parts.prompts[0], timed=target is None or not target.tflops)
     if target is None:
+        check_memory_budget(spec.run.memory_gib, spec.device)
         budget = (spec.run.memory_gib * planner.GiB if spec.run.memory_gib
                   else 0.9 * memory_info(spec.device)[0] + costs.weights + costs.reward_weights)
         target = Target(str(spec.device), int(budget))

@@ -18,7 +18,7 @@ from ..config import GRPOConfig, SamplerConfig
 from ..denoiser import Denoiser, call_slices
 from ..distributed import World
 from ..group import Rollout, sample_group, select_rows
-from ..methods import PruneSchedule
+from ..methods import PruneSchedule, Windows
 from ..rewards import Reward, check_scores
 from .records import SampleStats
 
@@ -88,7 +88,7 @@ def decode_and_score(model: Denoiser, reward: Reward, latents: torch.Tensor, pro
 def collect(model: Denoiser, reward: Reward, prompts: list[str], seeds: list[int], schedule: PruneSchedule,
             sampler: SamplerConfig, grpo_cfg: GRPOConfig, world: World, select_seed: int,
             callback: Callable[[dict], None] | None = None,
-            micro: dict[str, int | None] | None = None, sde_steps: Sequence[int] | None = None) -> RolloutBatch:
+            micro: dict[str, int | None] | None = None, sde_steps: Windows = None) -> RolloutBatch:
     """Sample, score and select one epoch's trajectories for the global batch ``prompts``; no
     gradient step. This rank samples its share; advantages and stats are those of the whole batch.
     ``micro`` holds the ``sample`` and ``decode`` micro-batches (None: everything at once)."""
@@ -111,7 +111,7 @@ def collect(model: Denoiser, reward: Reward, prompts: list[str], seeds: list[int
     rollout = sample_group(model, prompts[lo:hi], seeds[lo:hi], sampler.steps, schedule, sampler.sampler,
                            sampler.noise_level, sampler.cfg, score_fn=proxy_score, callback=callback,
                            micro_batch=micro.get("sample"), decode_micro_batch=micro.get("decode"),
-                           sde_steps=sde_steps)
+                           sde_steps=sde_steps[lo:hi] if isinstance(sde_steps, list) else sde_steps)
     comp = rollout.compute
     row_prompts = [rollout.prompts[b] for b in rollout.prompt_index.tolist()]
     local = decode_and_score(model, reward, rollout.latents[:, -1], row_prompts, comp, check=False,

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import stat
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -22,7 +24,7 @@ import torch
 from .. import checkpoint as ckpt
 from .. import plots
 from ..config import TrainConfig, to_toml
-from ..io import write_json, write_text
+from ..io import append_line, is_disk_full, write_json, write_text
 from .records import nan_if_none
 from .state import CLI_WORDS, Words
 
@@ -31,6 +33,7 @@ RUN_FILE = "run.json"          # the run's identity: its id and when it started
 LOCK_FILE = ".lock"            # held by the process training in the folder
 RESULTS = ("config.toml", "metrics.jsonl", "summary.json", "reward_curve.png", "samples_before.png",
            "samples_after.png", "lora.safetensors", RUN_FILE)
+_RESULT_TMP = re.compile(r"^\.(" + "|".join(re.escape(n) for n in RESULTS) + r")\..*\.tmp$")  # torn atomic writes
 
 
 class RunFolder:
@@ -51,15 +54,31 @@ class RunFolder:
     # -- ownership ----------------------------------------------------------------------------------
     def lock(self) -> None:
         """Take the folder's lock (released by :meth:`unlock` or when the process ends); a second
-        process on the same folder fails at once, naming the one that holds it."""
+        process on the same folder fails at once, naming the one that holds it. A folder whose
+        entries are symbolic links is refused first, and the lock file is opened without following
+        one, so a folder handed over cannot aim the pack's writes at other files."""
         if self._lock_fd is not None:
             return
         try:
             self.out.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise ckpt.RunFolderError(f"cannot create the run folder {self.out}: {e.strerror or e}; choose another "
-                                      "--run.out") from None
+            raise ckpt.RunFolderError(f"cannot create the run folder {self.out}: {e.strerror or e}; use another run "
+                                      "folder") from None
+        self.refuse_links()
+        if self.foreign_entries() and not self.legacy_run():
+            self.refuse_foreign()  # before the lock file: nothing is written into a folder that is not the pack's
+        path = self.out / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as e:
+            raise ckpt.RunFolderError(f"cannot create the lock file {path}: {e.strerror or e}; use another run "
+                                      "folder") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+            os.close(fd)
+            kind = "a hard link to another file" if stat.S_ISREG(st.st_mode) else "not a regular file"
+            raise ckpt.RunFolderError(f"{path} is not a lock file the pack made (it is {kind}); the pack writes its "
+                                      "PID into it, so it refuses to: remove it, or use another run folder")
         if not _try_lock(fd):
             try:
                 holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
@@ -81,6 +100,30 @@ class RunFolder:
             os.close(self._lock_fd)  # closing releases the flock
             self._lock_fd = None
 
+    def links(self) -> list[Path]:
+        """The symbolic links among the folder's entries and its checkpoints folder's."""
+        found: list[Path] = []
+        for d in (self.out, ckpt.checkpoint_dir(self.out)):
+            if d != self.out and os.path.islink(d):
+                continue  # (listed with the folder's own entries)
+            try:
+                with os.scandir(d) as entries:
+                    found += [Path(e.path) for e in entries if e.is_symlink()]
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+        return sorted(found)
+
+    def refuse_links(self) -> None:
+        """Refuse a run folder that holds symbolic links: the pack writes and deletes files in it by
+        name, and a link would carry those writes elsewhere."""
+        found = self.links()
+        if found:
+            shown = ", ".join(f"{p.relative_to(self.out)} -> {os.readlink(p)}" for p in found[:3])
+            raise ckpt.RunFolderError(
+                f"the run folder {self.out} holds {len(found)} symbolic link(s) ({shown}); the pack never writes "
+                "through links in a run folder (one handed over could aim them at any of your files). Remove the "
+                "link(s), or use another run folder")
+
     def identity(self) -> dict[str, Any] | None:
         """The run in the folder (``run.json``), or None."""
         path = self.out / RUN_FILE
@@ -88,6 +131,33 @@ class RunFolder:
             return json.loads(path.read_text()) if path.is_file() else None
         except (OSError, ValueError):
             return {"run_id": None}
+
+    def foreign_entries(self) -> list[str]:
+        """What a folder that is not one of the pack's runs (it has no ``run.json``) holds; empty
+        for a new or empty folder and for a run of the pack."""
+        if (self.out / RUN_FILE).is_file() and not (self.out / RUN_FILE).is_symlink():
+            return []
+        try:
+            names = sorted(os.listdir(self.out))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        cdir = ckpt.checkpoint_dir(self.out)
+        return [n for n in names if n != LOCK_FILE
+                and not (n == ckpt.DIRNAME and cdir.is_dir() and not cdir.is_symlink() and not os.listdir(cdir))]
+
+    def legacy_run(self) -> bool:
+        """Whether the folder holds a run of a ProGRPO older than ``run.json`` (its config and
+        checkpoints): it is treated as the pack's (resumed, or overwritten file by file)."""
+        return (self.out / "config.toml").is_file() and bool(self.checkpoints())
+
+    def refuse_foreign(self) -> None:
+        foreign = self.foreign_entries()
+        shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+        raise ckpt.RunFolderError(
+            f"the folder {self.out} is not a run folder of ProGRPO: it holds {shown} and no {RUN_FILE} (the file that "
+            "marks a run the pack made). A run is written only into a new or empty folder or one of the pack's own "
+            "runs, so nothing of yours is overwritten (--overwrite included): use a new folder, e.g. "
+            f"{self.out / 'run'}")
 
     def holds_run(self) -> str | None:
         """A description of the run already in the folder, or None when it holds none."""
@@ -101,13 +171,17 @@ class RunFolder:
         return ", ".join(parts)
 
     def claim(self, resume: bool, overwrite: bool = False) -> None:
-        """Make the folder this run's: a new run refuses a folder holding another run unless
-        ``overwrite`` (which clears that run's files first). (A resumed run's checkpoint is checked
+        """Make the folder this run's: a new run goes only into a new or empty folder or one of the
+        pack's own runs (``run.json``), and refuses one holding another run unless ``overwrite``
+        (which deletes that run's files, by name, first). (A resumed run's checkpoint is checked
         against the folder's ``run.json`` when it is loaded.)"""
+        self.refuse_links()
         if resume:
             if overwrite:
                 raise ckpt.RunFolderError("resume continues the run in the folder and overwrite deletes it; give one")
             return
+        if self.foreign_entries() and not self.legacy_run():
+            self.refuse_foreign()
         held = self.holds_run()
         if held and not overwrite:
             raise ckpt.RunFolderError(
@@ -121,12 +195,23 @@ class RunFolder:
         write_json(self.out / RUN_FILE, {"run_id": run_id, **({"spec": settled} if settled is not None else {})})
 
     def clear(self) -> None:
-        """Delete the files a run writes here (its checkpoints, metrics, results), nothing else."""
-        import shutil
-
+        """Delete the files a run writes here — its results and checkpoints, by name — and nothing
+        else: a file of yours in the folder or in ``checkpoints/`` stays."""
+        self.refuse_links()
         for name in RESULTS:
             (self.out / name).unlink(missing_ok=True)
-        shutil.rmtree(ckpt.checkpoint_dir(self.out), ignore_errors=True)
+        for p in self.out.iterdir():
+            if _RESULT_TMP.match(p.name) and p.is_file():
+                p.unlink()
+        cdir = ckpt.checkpoint_dir(self.out)
+        if cdir.is_dir():
+            for p in cdir.iterdir():
+                if ckpt.is_checkpoint_file(p.name) and p.is_file():
+                    p.unlink()
+            try:
+                cdir.rmdir()
+            except OSError:  # a file of the user's is in it: it stays, and so does the folder
+                pass
 
     # -- before training ------------------------------------------------------------------------
     def check(self, need_bytes: int, breakdown: str, check_disk: bool = True) -> None:
@@ -150,9 +235,7 @@ class RunFolder:
         write_text(self.metrics_path, text)
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
+        append_line(self.metrics_path, json.dumps(row) + "\n")
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self, snap: dict[str, Any], keep: int) -> Path:
@@ -218,10 +301,13 @@ def _try_lock(fd: int) -> bool:
 
 
 def disk_full(e: BaseException, folder: RunFolder, words: Words = CLI_WORDS) -> None:
-    """Say "disk full" (and how to go on) for an out-of-space error while writing the run folder."""
-    import errno
-
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        raise ckpt.RunFolderError(
-            f"the disk holding the run folder {folder.out} is full ({e.strerror}): free some space, then continue "
-            f"with {words.resume(folder.out)} (the checkpoints written so far are intact)") from e
+    """Say "disk full" for an out-of-space error while writing the run folder, and how to go on —
+    promising only what is there: its newest checkpoint, or that it has none."""
+    if is_disk_full(e):
+        found = folder.checkpoints()
+        how = (f"then continue with {words.resume(folder.out)} (from its checkpoint of epoch {found[-1][0]}; "
+               "nothing half-written was kept)" if found else
+               f"then {words.restart(folder.out)}: no checkpoint was written yet, so there is nothing to resume")
+        raise ckpt.RunFolderError(f"the disk holding the run folder {folder.out} is full "
+                                  f"({getattr(e, 'strerror', None) or 'No space left on device'}): free some space, "
+                                  + how) from e

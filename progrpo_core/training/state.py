@@ -7,18 +7,16 @@ and :func:`restore` puts a snapshot back after checking that it continues the sa
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import uuid
 import warnings
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from .. import checkpoint as ckpt
 from ..compute import Compute
-from ..lora import LoraWeights
 from ..spec import RESUMABLE_CHANGES, check_resume
 from .records import jsonable
 
@@ -35,12 +33,16 @@ class Words:
 
     settings: dict[str, str] = dataclasses.field(default_factory=dict)   # "grpo.lr" -> what the user sets
     resume_how: str = "`train --resume {out}`"
+    restart_how: str = "start it over with `train --config {out}/config.toml --overwrite`"
 
     def setting(self, name: str) -> str:
         return self.settings.get(name, name)
 
     def resume(self, out: str | None) -> str:
         return self.resume_how.format(out=out)
+
+    def restart(self, out: str | None) -> str:
+        return self.restart_how.format(out=out)
 
 
 CLI_WORDS = Words()
@@ -51,47 +53,6 @@ class TrainingStopped(RuntimeError):
     updates in a row, or LoRA weights that are no longer finite."""
 
 
-
-
-class EMA:
-    """Exponential moving average of the LoRA parameters."""
-
-    def __init__(self, params: Sequence[torch.nn.Parameter], decay: float):
-        self.params = list(params)
-        self.decay = decay
-        self.shadow = [p.detach().clone() for p in self.params]
-
-    @torch.no_grad()
-    def update(self) -> None:
-        for s, p in zip(self.shadow, self.params):
-            s.lerp_(p.detach(), 1 - self.decay)
-
-    @torch.no_grad()
-    def swap(self) -> None:
-        """Exchange live and averaged weights (call twice to restore)."""
-        for s, p in zip(self.shadow, self.params):
-            tmp = p.detach().clone()
-            p.copy_(s)
-            s.copy_(tmp)
-
-    @torch.no_grad()
-    def follow(self) -> None:
-        """Move the averages to their parameters' devices (after a host moved the model)."""
-        self.shadow = [s if s.device == p.device else s.to(p.device) for s, p in zip(self.shadow, self.params)]
-
-    @contextlib.contextmanager
-    def applied(self) -> Iterator[None]:
-        """Inside, the parameters hold the averaged weights; the live ones come back on exit."""
-        self.swap()
-        try:
-            yield
-        finally:
-            self.swap()
-
-
-def ema_applied(ema: EMA | None):
-    """:meth:`EMA.applied`, or nothing when the run keeps no EMA."""
-    return ema.applied() if ema is not None else contextlib.nullcontext()
 
 
 @dataclasses.dataclass
@@ -137,17 +98,6 @@ def last_good(last_checkpoint: int, out: str | None, words: Words = CLI_WORDS) -
     return f"No checkpoint was written before this ({words.setting('run.checkpoint_every')}): start the run again."
 
 
-def state_tensors(adapter: LoraWeights, optimizer: torch.optim.Optimizer, ema: EMA | None,
-                  snap: dict[str, Any] | None = None) -> dict[str, list[torch.Tensor]]:
-    """The weights and optimizer moments of snapshot ``snap`` (default: the live ones), by name."""
-    if snap is None:
-        optim, lora, shadow = optimizer.state_dict(), adapter.parameters(), ema.shadow if ema is not None else []
-    else:
-        optim, lora, shadow = snap["optimizer"], list(snap["lora"].values()), snap["ema"] or []
-    moments = [v for st in optim["state"].values() for v in st.values() if isinstance(v, torch.Tensor)]
-    return {"LoRA weights": list(lora), "EMA weights": list(shadow), "optimizer state": moments}
-
-
 def nonfinite_parts(tensors: dict[str, Sequence[torch.Tensor]]) -> list[str]:
     """The names whose tensors hold NaN or infinity."""
     return [name for name, ts in tensors.items() if any(not bool(torch.isfinite(t).all()) for t in ts)]
@@ -165,6 +115,7 @@ def snapshot(state: RunState, learner: "Learner", generators: dict[str, torch.Ge
         "lora": {n: p.detach().cpu().clone() for n, p in learner.adapter.named_parameters()},
         "optimizer": ckpt.to_cpu(learner.optimizer.state_dict()),
         "ema": [s.detach().cpu().clone() for s in ema.shadow] if ema is not None else None,
+        **({"old": [v.detach().cpu().clone() for v in learner.old.values]} if learner.old is not None else {}),
         "rng": ckpt.rng_state(generators, spec.device),
         "compute": {f.name: ckpt.to_cpu(getattr(state.compute, f.name)) for f in dataclasses.fields(Compute)},
         "metrics": state.metrics_text(),
@@ -191,6 +142,15 @@ class ResumeSettingsError(ckpt.CheckpointError):
             "new run from the LoRA with --lora.init_from.")
 
 
+class EpochsDoneError(ckpt.CheckpointError):
+    """Resuming with ``run.epochs`` below the epochs the run has done (it counts the whole run)."""
+
+    def __init__(self, done: int, asked: int):
+        self.done, self.asked = done, asked
+        super().__init__(f"run.epochs={asked}, but the run has done {done} epochs already (run.epochs counts the whole "
+                         f"run, not the epochs to add): give --run.epochs {done + 1} or more to train on")
+
+
 def check_resume_config(saved: dict[str, dict[str, Any]], now: dict[str, dict[str, Any]]) -> None:
     """Refuse to resume with settings that change the training (see ``spec.RESUMABLE_CHANGES``)."""
     diffs = check_resume(saved, now)
@@ -207,6 +167,8 @@ def restore(snap: dict[str, Any], learner: "Learner", generators: dict[str, torc
         check_resume_config(snap["spec"], spec.settled())
     else:
         check_resume_config(snap["config"], spec.config.to_dict())
+    if spec.config.run.epochs < int(snap["epoch"]):
+        raise EpochsDoneError(int(snap["epoch"]), spec.config.run.epochs)
     adapter, optimizer, ema = learner.adapter, learner.optimizer, learner.ema
     named = adapter.named_parameters()
     saved = snap["lora"]
@@ -225,6 +187,11 @@ def restore(snap: dict[str, Any], learner: "Learner", generators: dict[str, torc
                 raise ckpt.CheckpointError("the checkpoint has no EMA weights but grpo.ema is on")
             for s_, v in zip(ema.shadow, snap["ema"]):
                 s_.copy_(v.to(s_))
+        if learner.old is not None:
+            if len(snap.get("old") or []) != len(learner.old.values):
+                raise ckpt.CheckpointError("the checkpoint has no old-policy weights, which DiffusionNFT needs")
+            for o, v in zip(learner.old.values, snap["old"]):
+                o.copy_(v.to(o))
     optimizer.load_state_dict(snap["optimizer"])
     ckpt.set_rng_state(snap["rng"], generators, spec.device)
     comp = dict(snap["compute"])

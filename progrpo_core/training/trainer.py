@@ -33,8 +33,9 @@ from ..models import load_model, load_prompts
 from ..planner import Plan, Target
 from ..rewards import Reward
 from ..spec import RunSpec, resolve
-from . import evaluation, rollouts, state, update
-from .guards import Guards
+from . import evaluation, nft, rollouts, state, update
+from .averages import ema_applied
+from .guards import Guards, check_collapse
 from .learner import Learner
 from .parts import RunParts, assemble
 from .planning import plan_for, planned
@@ -164,9 +165,10 @@ class Trainer(RunFiles):
     def sample_epoch(self, epoch: int, callback: Callable[[dict], None] | None = None) -> RolloutBatch:
         """Sample, score and select one epoch's trajectories; no gradient step."""
         prompts, seeds = self.epoch_prompts(epoch)
-        schedule, sde_steps = self.schedule.for_epoch(self.sampler.steps, epoch, self.cfg.run.seed)
-        return rollouts.collect(self.model, self.reward, prompts, seeds, schedule, self.sampler, self.cfg.grpo,
-                                self.world, self.cfg.run.seed * 31 + epoch, callback, self.micro, sde_steps)
+        schedule, sde_steps = self.schedule.for_epoch(self.sampler.steps, epoch, self.cfg.run.seed, seeds)
+        with self.learner.sampling_weights():
+            return rollouts.collect(self.model, self.reward, prompts, seeds, schedule, self.sampler, self.spec.grpo,
+                                    self.world, self.cfg.run.seed * 31 + epoch, callback, self.micro, sde_steps)
 
     def train_on(self, batch: RolloutBatch, epoch: int, max_updates: int | None = None) -> UpdateStats:
         """The policy update on one epoch's trajectories (skipped, and counted, when its rewards
@@ -176,16 +178,21 @@ class Trainer(RunFiles):
             return UpdateStats()
         seed = self.cfg.run.seed
         self.learner.rehome()  # sampling may have loaded (moved) the model and its LoRA
-        steps = update.train_steps(batch.rollout, self.cfg.grpo.timestep_fraction, seed * 131 + epoch,
-                                   self.cfg.grpo.train_step_order)
 
         def on_update() -> None:
             self.state.optimizer_steps += 1
             self.state.bad_in_row = 0
 
         hooks = update.Hooks(on_update, lambda why: self._skip_update(epoch, why), max_updates)
-        stats, comp = update.policy_update(self.model, self.learner, batch, steps, self.spec, self.world,
-                                           seed * 977 + epoch, hooks)
+        if self.spec.objective == "nft":
+            stats, comp = nft.nft_update(self.model, self.learner, batch, self.spec, self.world, seed * 977 + epoch,
+                                         hooks)
+            self.learner.old.follow(self.optimizer_steps)
+        else:
+            mask = update.train_mask(batch.rollout, self.spec.grpo.timestep_fraction, seed * 131 + epoch,
+                                     self.spec.grpo.train_step_order)
+            stats, comp = update.policy_update(self.model, self.learner, batch, mask, self.spec, self.world,
+                                               seed * 977 + epoch, hooks)
         self.state.compute.add(self.world.reduce_compute(comp))
         return stats
 
@@ -204,7 +211,7 @@ class Trainer(RunFiles):
 
     def evaluate(self, use_ema: bool = True) -> dict[str, Any]:
         """Deterministic sampling on fixed prompts and seeds (with the EMA weights when kept)."""
-        with state.ema_applied(self.ema if use_ema else None):
+        with ema_applied(self.ema if use_ema else None):
             prompts, seeds = self.eval_prompts()
             return evaluation.evaluate(self.model, self.reward, self.gold, prompts, seeds, self.sampler.eval_steps,
                                        self.sampler.cfg, self.world, self.micro)
@@ -234,6 +241,8 @@ class Trainer(RunFiles):
                     ev = self.evaluate()
                     record.eval_reward, record.eval_gold = ev["reward"], ev.get("gold")
                 row = record.to_row()
+                if folder is not None:  # (the bench, which keeps no folder, measures collapses instead)
+                    check_collapse(self.state.rows + [row], self.state.before, self.spec.lr, str(folder.out), self.words)
                 self.state.rows.append(row)
                 if folder is not None:
                     self._write_epoch(folder, row)

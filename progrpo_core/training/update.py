@@ -23,25 +23,37 @@ from ..samplers import SAMPLER_SPECS, step_from_x0
 from ..spec import RunSpec
 from .records import UpdateStats
 from .rollouts import RolloutBatch
-from .state import EMA
+from .averages import EMA
 
 if TYPE_CHECKING:
     from .learner import Learner
 
 
-def train_steps(rollout: Rollout, fraction: float, seed: int, order: str = "first") -> list[int]:
-    """The stochastic steps (std > 0) trained this epoch, ``round(fraction·n)`` of the ``n``:
-    ``order="first"`` the first ones in sampling order (Flow-GRPO trains steps ``0 … ⌊0.99·T⌋ − 1``),
-    ``"random"`` a seeded random subset, drawn anew each epoch."""
-    stochastic = [j for j in range(rollout.stds.shape[1]) if bool((rollout.stds[:, j] > 0).all())]
-    if not stochastic:
+def train_mask(rollout: Rollout, fraction: float, seed: int, order: str = "first") -> torch.Tensor:
+    """(N, T): the steps each row trains this epoch — of its stochastic steps (std > 0, its SDE
+    window), ``round(fraction·n)`` of the ``n``: ``order="first"`` the first ones in sampling order
+    (Flow-GRPO trains steps ``0 … ⌊0.99·T⌋ − 1``), ``"random"`` a seeded random subset, drawn anew
+    each epoch. Rows whose windows differ (drawn per prompt) each train their own."""
+    stochastic = rollout.stds > 0  # (N, T)
+    if not bool(stochastic.any(1).all()):
         raise ValueError("no stochastic sampling step to train on; use a noise level > 0")
-    n = max(1, round(fraction * len(stochastic)))
-    if order == "first":
-        return stochastic[:n]
-    g = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(len(stochastic), generator=g)[:n].sort().values.tolist()
-    return [stochastic[i] for i in pick]
+    mask = torch.zeros_like(stochastic)
+    for pattern in torch.unique(stochastic, dim=0):
+        steps = pattern.nonzero().flatten().tolist()
+        n = max(1, round(fraction * len(steps)))
+        if order == "first":
+            pick = steps[:n]
+        else:
+            g = torch.Generator().manual_seed(seed)
+            pick = [steps[i] for i in torch.randperm(len(steps), generator=g)[:n].sort().values.tolist()]
+        rows = (stochastic == pattern).all(1)
+        mask[rows.nonzero()[:, 0][:, None], torch.tensor(pick)] = True
+    return mask
+
+
+def train_steps(rollout: Rollout, fraction: float, seed: int, order: str = "first") -> list[int]:
+    """The steps some row trains this epoch (:func:`train_mask`), in order."""
+    return train_mask(rollout, fraction, seed, order).any(0).nonzero().flatten().tolist()
 
 
 def step_loss(model: Denoiser, adapter: LoraWeights, ro: Rollout, rows: torch.Tensor, cond, j: int,
@@ -97,7 +109,7 @@ class Sums:
         self.approx_kl += stats["approx_kl"] * n
 
 
-def policy_update(model: Denoiser, learner: "Learner", batch: RolloutBatch, steps: Sequence[int], spec: RunSpec,
+def policy_update(model: Denoiser, learner: "Learner", batch: RolloutBatch, mask: torch.Tensor, spec: RunSpec,
                   world: World, perm_seed: int, hooks: Hooks) -> tuple[UpdateStats, Compute]:
     """Train on ``batch``, as ``spec`` says (sampler, ``grpo`` settings, the train micro-batch).
 
@@ -106,8 +118,11 @@ def policy_update(model: Denoiser, learner: "Learner", batch: RolloutBatch, step
     gradients summed over ranks are the one-process gradient. Within a minibatch, forward and
     backward passes take ``micro.train`` network rows at a time (a guided row counts two) and
     accumulate: the sum is the minibatch's gradient whatever the micro-batch. With fp16 the loss is
-    scaled (``learner.scaler``) so the small policy gradients survive the half-precision backward."""
+    scaled (``learner.scaler``) so the small policy gradients survive the half-precision backward.
+    ``mask`` (N, T) says which steps of which rows are trained (:func:`train_mask`)."""
     g, sampler = spec.grpo, spec.sampler
+    steps = mask.any(0).nonzero().flatten().tolist()
+    per_row = int(mask.sum(1).max())  # the steps each row trains
     ro = batch.rollout
     n_local = ro.latents.shape[0]
     n_total = batch.total_rows if batch.total_rows is not None else n_local
@@ -124,8 +139,9 @@ def policy_update(model: Denoiser, learner: "Learner", batch: RolloutBatch, step
         rows = chunk[mine] - batch.row_offset  # this rank's rows of the minibatch, in minibatch order
         for j in steps:
             sums.append(Sums(len(chunk)))
-            for sl in call_slices(len(rows), spec.micro.train, sampler.cfg):
-                poisoned |= _backward(model, learner, batch, rows[sl], j, len(chunk), len(steps), spec, comp, sums[-1])
+            trained = rows[mask[rows, j]] if len(rows) else rows
+            for sl in call_slices(len(trained), spec.micro.train, sampler.cfg):
+                poisoned |= _backward(model, learner, batch, trained[sl], j, len(chunk), per_row, spec, comp, sums[-1])
         if (ci + 1) % g.grad_accum == 0 or ci == len(chunks) - 1:
             with comp.phase("training"):
                 gn = _optimizer_step(learner.parameters(), learner.optimizer, learner.ema, world, g.grad_clip,

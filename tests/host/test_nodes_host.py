@@ -345,6 +345,10 @@ BAD = {
     "VAE that does not match the latent channels": ("trainer", {"vae": ["vae4", 0]},
                                                     "the VAE works on 4-channel latents"),
     "sampler VAE that does not match": ("sampler", {"vae": ["vae4", 0]}, "the VAE works on 4-channel latents"),
+    "proxy_vae that does not match": ("trainer", {"proxy_vae": ["vae4", 0]}, "the proxy_vae works on 4-channel latents"),
+    # a workflow's JSON may carry NaN past the widgets' min/max (NaN compares false with both)
+    "trainer NaN cfg": ("trainer", {"cfg": float("nan")}, "cfg=nan is not a number"),
+    "sampler NaN cfg": ("sampler", {"cfg": float("nan")}, "cfg=nan is not a number"),
 }
 
 
@@ -573,3 +577,24 @@ def test_projector_on_a_latent_at_a_sigma(comfy_server):
     g["proj"]["inputs"]["sigma"] = 2.0
     with pytest.raises(PromptFailed, match=r"sigma 2.0 is outside this model's range \(0, 1\]"):
         comfy_server.run(g)
+
+
+# ---- a cheaper decoder for the previews ---------------------------------------------------------------
+
+def test_trainer_decodes_its_previews_with_the_proxy_vae(comfy_server, comfy_dirs):
+    """proxy_vae: the TAESD that VAELoader finds in models/vae_approx decodes the pruning previews, the
+    VAE the survivors' final images. The tiny taesd3 draws one flat image whatever the latent, so
+    every preview gets the same reward while the final rewards still differ."""
+    b = sd3_base()
+    g = dict(b["nodes"])
+    g["taesd3"] = {"class_type": "VAELoader", "inputs": {"vae_name": "taesd3"}}
+    g["train"] = trainer_node(b, run_name="host_proxy_vae", proxy_vae=["taesd3", 0], group_size=4, keep="2")
+    g["save"] = {"class_type": "ProGRPOSaveLoRA", "inputs": {"lora": ["train", 1], "filename": "host/proxy_vae",
+                                                             "overwrite": True}}
+    entry, seconds = run(comfy_server, g, timeout=900)
+    print(f"proxy_vae: trainer {seconds:.1f} s; {texts(entry, 'train')}")
+    rows = [json.loads(line) for line in
+            (comfy_dirs.output_dir / "progrpo" / "host_proxy_vae" / "metrics.jsonl").read_text().splitlines()]
+    (row,) = rows
+    assert [p["step"] for p in row["proxy"]] == [2] and row["proxy"][0]["std"] == 0.0, row["proxy"]
+    assert row["reward_std"] > 0, row

@@ -112,6 +112,10 @@ FILES = {
     "wan_vae": "vae/tiny_wan21_vae.safetensors",
     "clip_l": "text_encoders/clip_l.safetensors",
     "sd15": "checkpoints/tiny_sd15.safetensors",
+    # VAELoader's "taesd3" (a TAESD in models/vae_approx) whose decoder draws one flat image whatever
+    # the latent: as a proxy_vae, every preview scores the same, so the tests can see what it decoded
+    "taesd3_encoder": "vae_approx/taesd3_encoder.safetensors",
+    "taesd3_decoder": "vae_approx/taesd3_decoder.safetensors",
     "flux_q8_0": "diffusion_models/tiny_flux256-Q8_0.gguf",
     "flux_q4_k": "diffusion_models/tiny_flux256-Q4_K.gguf",
     **{k: f"diffusion_models/tiny_{k}.safetensors" for k in FAMILY_MODELS},
@@ -398,6 +402,11 @@ def build(comfyui: Path, out: Path, seed: int, log=print) -> None:
         taesd4 = make_taesd(m, seed, 4)
         _save(make_taesd(m, seed, 16), out / FILES["vae16"], torch.float32, meta)
         _save(taesd4, out / FILES["vae4"], torch.float32, meta)
+        flat = make_taesd(m, seed + 1, 16)
+        for part in ("encoder", "decoder"):
+            prefix = f"taesd_{part}."
+            _save({k[len(prefix):]: (torch.zeros_like(v) if part == "decoder" else v)
+                   for k, v in flat.items() if k.startswith(prefix)}, out / FILES[f"taesd3_{part}"], torch.float32, meta)
         log(f"tiny_models: diffusion models and VAEs in {time.perf_counter() - t:.1f} s")
 
         t = time.perf_counter()

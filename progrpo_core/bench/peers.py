@@ -1,0 +1,287 @@
+"""``python -m progrpo_core bench --peers``: our methods against the peers as their references define
+them, every method at its own best *stable* learning rate, with controls that say where a gain
+comes from, and the compute priced as real models price it.
+
+Two stages, so that choosing the rate never sees the seeds that are reported:
+
+1. ``--stage sweep`` — every method at every rate of ``RATES`` on seeds 11 and 12 (seeds the final
+   stage never uses). GRPO's best rate is the one with the highest final; its final is the task's
+   target. Every other method's best rate is the one that reaches the target *stably* — from some
+   evaluation on, every later one at or above it, the last three included — with the least
+   compute; a method that never does takes the rate of its highest final.
+2. ``--stage final`` — every method at its best rate on seeds 0–4; the report gives each one's
+   final reward, the compute at which each seed stably reaches GRPO's final (in the built-in model's
+   units and priced as SD3.5-Medium, ``profiles.PROFILES``), its ratio to GRPO's whole budget and to
+   the best of the peers (faithful MixGRPO, Flow-GRPO-Fast in both published forms, DiffusionNFT).
+
+Controls: each pruning method against the same method without expansion (G = its survivors) and
+with a random cut in place of OVF, each at the rate chosen for the method it controls (so the
+control changes one thing); the sweep does not tune them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .profiles import PROFILES
+from .runs import MethodSpec
+
+RATES = (1e-3, 2.5e-3, 5e-3, 1e-2, 2e-2)
+SWEEP_SEEDS, FINAL_SEEDS = (11, 12), (0, 1, 2, 3, 4)
+TASKS = {"flow": ("digits-flow", 150_000.0), "eps": ("digits-eps", 150_000.0),
+         "pair": ("digits-pair-flow", 600_000.0), "pair-eps": ("digits-pair-eps", 600_000.0)}
+PEERS = ("mixgrpo", "flow-grpo-fast", "flow-grpo-fast-cps", "nft")
+OURS = ("pro-grpo", "pro-grpo-fast", "pro-mixgrpo", "pro-nft")
+# control → (the method it controls, the method it runs, schedule settings): the same sampling
+# without expansion (G = the survivors), or a random cut in place of OVF
+CONTROLS = {
+    "grpo-g12": ("pro-grpo", "grpo", {"group_size": 12}),
+    "pro-grpo-fast-g12": ("pro-grpo-fast", "grpo",
+                          {"group_size": 12, "sde_window": 2, "window_mode": "random", "window_draw": "epoch"}),
+    "pro-grpo-fast-random": ("pro-grpo-fast", "pro-grpo-fast", {"selector": "random"}),
+    "pro-mixgrpo-random": ("pro-mixgrpo", "pro-mixgrpo", {"selector": "random"}),
+    "pro-nft-random": ("pro-nft", "pro-nft", {"selector": "random"}),
+}
+# (mixgrpo is pro-mixgrpo's G = 12 control: the same window and shared noise, 12 trajectories)
+FLOW_ONLY = {"flow-grpo-fast-cps"}  # CPS is a flow sampler
+
+
+def methods_for(task: str, controls: bool = True) -> list[str]:
+    names = ["grpo", *PEERS, *OURS, *(CONTROLS if controls else ())]
+    return [m for m in names if not (TASKS[task][0].endswith("eps") and m in FLOW_ONLY)]
+
+
+def spec_for(task: str, method: str, lr: float) -> MethodSpec:
+    model = TASKS[task][0]
+    _, base, schedule = CONTROLS.get(method, (method, method, {}))
+    table = {"grpo": {"method": base, "lr": lr}, "sampler": {"steps": 10}, "reward": {"gold": "stroke"}}
+    if schedule:
+        table["schedule"] = dict(schedule)
+    return MethodSpec(f"{task}/{method}@{lr:g}", model, table, group=task, note=method)
+
+
+def _job(spec: MethodSpec, seed: int, budget: float, n_evals: int, eval_seeds: int) -> dict:
+    import torch
+
+    from .runs import run_method
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    out = run_method(spec, seed, budget, n_evals=n_evals, eval_seeds=eval_seeds)
+    out["job_wall_s"] = time.perf_counter() - t0
+    out["task"], out["base_method"], out["lr"] = spec.group, spec.note, spec.table["grpo"]["lr"]
+    return {k: v for k, v in out.items() if k not in ("probes", "epoch_metrics")}
+
+
+def run_jobs(jobs: list[tuple[MethodSpec, int]], out: Path, n_evals: int, eval_seeds: int, workers: int,
+             log) -> list[dict]:
+    """Run ``(spec, seed)`` jobs (those already in ``out/runs.jsonl`` are kept, so a stopped stage
+    continues) and return every run."""
+    path = out / "runs.jsonl"
+    done = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    have = {(r["method"], r["seed"]) for r in done}
+    todo = [(s, seed) for s, seed in jobs if (s.name, seed) not in have]
+    todo.sort(key=lambda j: -TASKS[j[0].group][1])  # the long tasks first, so the pool drains evenly
+    log(f"{len(todo)} run(s) to do, {len(done)} kept from {path}")
+    t0 = time.perf_counter()
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool, path.open("a") as f:
+        futures = [pool.submit(_job, s, seed, TASKS[s.group][1], n_evals, eval_seeds) for s, seed in todo]
+        for i, fut in enumerate(as_completed(futures), 1):
+            r = fut.result()
+            f.write(json.dumps(r) + "\n")
+            f.flush()
+            done.append(r)
+            log(f"[{i}/{len(todo)}] {r['method']} seed {r['seed']}: final {r['final']['reward']:.3f}, "
+                f"{r['epochs']} epochs, {r['job_wall_s']:.0f} s (stage {time.perf_counter() - t0:.0f} s)")
+    return done
+
+
+# -- reaching a reward stably ---------------------------------------------------------------------
+
+def stable_reach(curve: list[dict], target: float, key: str = "units", tail: int = 3) -> float | None:
+    """The compute at which ``curve`` reaches ``target`` for good: the crossing into the last stretch
+    of evaluations that are all at or above it, that stretch holding the last ``tail`` at least
+    (linear between evaluation points); None when the curve does not end so."""
+    ok = [p["reward"] >= target for p in curve]
+    if len(ok) < tail or not all(ok[-tail:]):
+        return None
+    i = len(ok) - 1
+    while i > 0 and ok[i - 1]:
+        i -= 1
+    if i == 0:
+        return float(curve[0][key])
+    a, b = curve[i - 1], curve[i]
+    return float(a[key] + (target - a["reward"]) / (b["reward"] - a["reward"]) * (b[key] - a[key]))
+
+
+def priced(run: dict, profile: str) -> list[dict]:
+    """The run's eval curve with ``units`` replaced by the FLOPs of its counts on a real model."""
+    p = PROFILES[profile]
+    return [{**pt, "units": p.flops(pt["counts"])} for pt in run["curve"]]
+
+
+def stable_final(run: dict, tail: int = 3) -> float:
+    """The mean of the last ``tail`` evaluations (a final that a late spike cannot fake)."""
+    return float(np.mean([p["reward"] for p in run["curve"][-tail:]]))
+
+
+def _mean(vals: list[float | None]) -> dict:
+    v = [x for x in vals if x is not None]
+    return {"mean": float(np.mean(v)) if v else None, "std": float(np.std(v)) if v else None, "n": len(v),
+            "of": len(vals)}
+
+
+# -- choosing the rates ---------------------------------------------------------------------------
+
+def best_rates(runs: list[dict]) -> dict[str, dict[str, Any]]:
+    """Per task: GRPO's target and every method's best stable rate, with the grid behind it."""
+    out: dict[str, dict[str, Any]] = {}
+    for task in TASKS:
+        rs = [r for r in runs if r["task"] == task]
+        if not rs:
+            continue
+        grid = {}
+        for m in sorted({r["base_method"] for r in rs}):
+            grid[m] = {}
+            for lr in sorted({r["lr"] for r in rs if r["base_method"] == m}):
+                seeds = [r for r in rs if r["base_method"] == m and r["lr"] == lr]
+                grid[m][lr] = {"final": float(np.mean([stable_final(r) for r in seeds])), "runs": seeds}
+        grpo_lr, grpo = max(grid["grpo"].items(), key=lambda kv: kv[1]["final"])
+        target = grpo["final"]
+        chosen = {}
+        for m, rates in grid.items():
+            reach = {lr: [stable_reach(r["curve"], target) for r in g["runs"]] for lr, g in rates.items()}
+            reaching = {lr: float(np.mean(v)) for lr, v in reach.items() if all(x is not None for x in v)}
+            if m == "grpo":
+                lr = grpo_lr
+            elif reaching:
+                lr = min(reaching, key=reaching.get)
+            else:
+                lr = max(rates, key=lambda k: rates[k]["final"])
+            edge = lr in (min(rates), max(rates))
+            chosen[m] = {"lr": lr, "at_edge": edge, "reaches": bool(reaching.get(lr)),
+                         "grid": {f"{k:g}": {"final": round(v["final"], 4),
+                                             "reach": reaching.get(k)} for k, v in rates.items()}}
+        for control, (of, _, _) in CONTROLS.items():
+            if of in chosen and control in methods_for(task):
+                chosen[control] = {"lr": chosen[of]["lr"], "at_edge": False, "reaches": None, "grid": {},
+                                   "rate_of": of}
+        out[task] = {"target": target, "grpo_lr": grpo_lr, "methods": chosen}
+    return out
+
+
+# -- the final stage ------------------------------------------------------------------------------
+
+def summarise(runs: list[dict], rates: dict) -> dict[str, Any]:
+    """Per task and method (at its chosen rate, seeds 0–4): final, stable reach of GRPO's final in
+    units and in each profile's FLOPs, and the ratios to GRPO and to the best peer."""
+    out: dict[str, Any] = {}
+    for task, info in rates.items():
+        rs = [r for r in runs if r["task"] == task]
+        target = float(np.mean([stable_final(r) for r in rs if r["base_method"] == "grpo"])) if rs else None
+        rows: dict[str, Any] = {}
+        for m, choice in info["methods"].items():
+            seeds = [r for r in rs if r["base_method"] == m and r["lr"] == choice["lr"]]
+            if not seeds or target is None:
+                continue
+            row = {"lr": choice["lr"], "final": _mean([stable_final(r) for r in seeds]),
+                   "gold": _mean([r["final"]["gold"] for r in seeds]),
+                   "reach": {"units": _mean([stable_reach(r["curve"], target) for r in seeds])}}
+            for prof in PROFILES:
+                row["reach"][prof] = _mean([stable_reach(priced(r, prof), target) for r in seeds])
+            rows[m] = row
+        budgets = {key: _mean([(r["units"] if key == "units" else priced(r, key)[-1]["units"])
+                               for r in rs if r["base_method"] == "grpo"])["mean"]
+                   for key in ("units", *PROFILES)}
+        for m, row in rows.items():
+            row["of_grpo"] = {k: _ratio(row["reach"][k], budgets[k]) for k in budgets}
+            peers = [rows[p]["reach"] for p in PEERS if p in rows and rows[p]["reach"]["units"]["n"] == len(FINAL_SEEDS)]
+            row["of_best_peer"] = {k: _ratio(row["reach"][k], min((p[k]["mean"] for p in peers if p[k]["mean"]),
+                                                                  default=None)) for k in budgets}
+        out[task] = {"target": target, "grpo_budget": budgets, "methods": rows}
+    return out
+
+
+def _ratio(reach: dict, base: float | None) -> float | None:
+    if reach["mean"] is None or not base or reach["n"] < reach["of"]:
+        return None
+    return reach["mean"] / base
+
+
+def report(rates: dict, summary: dict, profile: str = "sd35m") -> str:
+    lines = [f"Each method at its best stable rate (seeds 11–12 chose it among {', '.join(f'{r:g}' for r in RATES)}); "
+             f"seeds 0–4. \"Reaches\": the compute at which a seed's curve reaches GRPO's final for good "
+             f"(mean ± std over the seeds that do, n/5), as the built-in model counts it and priced as "
+             f"{PROFILES[profile].name}.", ""]
+    for task, s in summary.items():
+        lines += [f"### {task} ({TASKS[task][0]}, {TASKS[task][1]:,.0f} units; GRPO's final {s['target']:.3f})", "",
+                  "| method | lr | final | reaches GRPO's final (units) | of GRPO | of best peer | "
+                  f"{PROFILES[profile].name}: of GRPO | of best peer |", "|---|---|---|---|---|---|---|---|"]
+        for m, row in s["methods"].items():
+            r, f = row["reach"]["units"], row["final"]
+            reach = f"{r['mean'] / 1e3:.0f}k ± {r['std'] / 1e3:.0f}k ({r['n']}/{r['of']})" if r["mean"] else "never"
+            edge = " (edge)" if rates[task]["methods"][m]["at_edge"] else ""
+            lines.append(f"| {m} | {row['lr']:g}{edge} | {f['mean']:.3f} ± {f['std']:.3f} | {reach} | "
+                         f"{_pct(row['of_grpo']['units'])} | {_pct(row['of_best_peer']['units'])} | "
+                         f"{_pct(row['of_grpo'][profile])} | {_pct(row['of_best_peer'][profile])} |")
+        lines.append("")
+    lines += ["### The rate grid (final reward of seeds 11–12; * = chosen)", ""]
+    for task, info in rates.items():
+        lines.append(f"- **{task}**: " + "; ".join(
+            f"{m}: " + ", ".join(f"{k}{'*' if float(k) == c['lr'] else ''} {v['final']:.3f}" for k, v in c["grid"].items())
+            for m, c in info["methods"].items() if c["grid"]))
+    lines.append("- Controls run at the rate chosen for the method they control.")
+    return "\n".join(lines) + "\n"
+
+
+def _pct(x: float | None) -> str:
+    return f"{100 * x:.0f} %" if x is not None else "—"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m progrpo_core bench --peers", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--peers", action="store_true")
+    ap.add_argument("--stage", choices=("sweep", "final", "report"), required=True)
+    ap.add_argument("--out", default="bench_out/peers")
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--methods", help="only these methods (default: every method of each task)")
+    ap.add_argument("--rates", help="only these rates in the sweep (default: RATES)")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--evals", type=int, default=10)
+    ap.add_argument("--eval-seeds", type=int, default=32)
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    tasks = [t for t in a.tasks.split(",") if t]
+    only = set(a.methods.split(",")) if a.methods else None
+    if a.stage == "sweep":
+        rates = [float(r) for r in a.rates.split(",")] if a.rates else RATES
+        jobs = [(spec_for(t, m, lr), seed) for t in tasks for m in methods_for(t, controls=False)
+                if only is None or m in only for lr in rates for seed in SWEEP_SEEDS]
+        (out / "sweep").mkdir(parents=True, exist_ok=True)
+        runs = run_jobs(jobs, out / "sweep", a.evals, a.eval_seeds, a.jobs, log)
+        (out / "rates.json").write_text(json.dumps(best_rates(runs), indent=1))
+        return 0
+    rates = json.loads((out / "rates.json").read_text())
+    rates = {t: {**v, "methods": {m: {**c, "lr": float(c["lr"])} for m, c in v["methods"].items()}}
+             for t, v in rates.items() if t in tasks}
+    if a.stage == "final":
+        jobs = [(spec_for(t, m, c["lr"]), seed) for t, info in rates.items() for m, c in info["methods"].items()
+                if only is None or m in only for seed in FINAL_SEEDS]
+        (out / "final").mkdir(parents=True, exist_ok=True)
+        run_jobs(jobs, out / "final", a.evals, a.eval_seeds, a.jobs, log)
+    path = out / "final" / "runs.jsonl"
+    runs = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    summary = summarise(runs, rates)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "report.md").write_text(report(rates, summary))
+    log((out / "report.md").read_text())
+    return 0

@@ -1,0 +1,62 @@
+"""The peers bench's rules: a reward reached for good, rates chosen on other seeds, controls at the
+rate of the method they control, compute priced as a real model prices it."""
+import pytest
+
+from progrpo_core.bench import peers
+from progrpo_core.bench.profiles import PROFILES
+
+
+def curve(*rewards, step=10.0):
+    return [{"units": step * (i + 1), "reward": r, "counts": counts(i + 1)} for i, r in enumerate(rewards)]
+
+
+def counts(k):
+    return {"nfe_sample": 100 * k, "nfe_train_fwd": 10 * k, "nfe_train_bwd": 10 * k, "proxy_decodes": 5 * k,
+            "final_decodes": 8 * k, "proxy_rewards": 5 * k, "final_rewards": 8 * k}
+
+
+def test_a_brief_peak_does_not_count_as_reaching():
+    assert peers.stable_reach(curve(0.1, 0.9, 0.2, 0.3, 0.3), 0.5) is None          # peaked, then fell
+    assert peers.stable_reach(curve(0.1, 0.6, 0.6), 0.5) is None                     # only 2 evaluations above
+    assert peers.stable_reach(curve(0.6, 0.2, 0.6, 0.7, 0.8), 0.5) == pytest.approx(20 + 10 * 0.3 / 0.4)
+    assert peers.stable_reach(curve(0.6, 0.7, 0.8), 0.5) == 10.0                      # from the first evaluation
+
+
+def run(task, method, lr, seed, rewards):
+    return {"task": task, "base_method": method, "lr": lr, "seed": seed, "method": f"{task}/{method}@{lr:g}",
+            "curve": curve(*rewards), "units": 10.0 * len(rewards), "final": {"reward": rewards[-1], "gold": 0.0}}
+
+
+def test_rates_are_chosen_by_stable_reach_and_controls_follow_the_method_they_control():
+    runs = []
+    for seed in peers.SWEEP_SEEDS:
+        runs += [run("flow", "grpo", 1e-3, seed, [0.3, 0.4, 0.5, 0.5, 0.5]),
+                 run("flow", "grpo", 1e-2, seed, [0.3, 0.5, 0.6, 0.6, 0.6]),          # GRPO's best: target 0.6
+                 run("flow", "pro-mixgrpo", 1e-3, seed, [0.5, 0.6, 0.7, 0.7, 0.7]),   # reaches at 20
+                 run("flow", "pro-mixgrpo", 1e-2, seed, [0.9, 0.9, 0.3, 0.3, 0.3]),   # higher peak, collapses
+                 run("flow", "mixgrpo", 1e-3, seed, [0.3, 0.4, 0.5, 0.5, 0.55]),      # never: highest final
+                 run("flow", "mixgrpo", 1e-2, seed, [0.3, 0.4, 0.5, 0.5, 0.45])]
+    rates = peers.best_rates(runs)["flow"]
+    assert rates["target"] == pytest.approx(0.6) and rates["grpo_lr"] == 1e-2
+    m = rates["methods"]
+    assert m["pro-mixgrpo"]["lr"] == 1e-3 and m["pro-mixgrpo"]["reaches"]
+    assert m["mixgrpo"]["lr"] == 1e-3 and not m["mixgrpo"]["reaches"]
+    assert m["pro-mixgrpo-random"]["lr"] == 1e-3 and m["pro-mixgrpo-random"]["rate_of"] == "pro-mixgrpo"
+    assert "pro-nft-random" not in m  # its method was not swept
+
+
+def test_controls_change_one_thing():
+    for control, (of, base, schedule) in peers.CONTROLS.items():
+        spec = peers.spec_for("flow", control, 5e-3)
+        assert spec.table["grpo"]["method"] == base and spec.table["schedule"] == schedule
+        assert spec.note == control and of in peers.OURS
+    assert "flow-grpo-fast-cps" not in peers.methods_for("eps")  # CPS is a flow sampler
+    assert not set(peers.CONTROLS) & set(peers.methods_for("flow", controls=False))
+
+
+def test_priced_curves_use_the_profile_and_keep_the_rewards():
+    c = curve(0.1, 0.5)
+    priced = peers.priced({"curve": c}, "sd35m")
+    assert [p["reward"] for p in priced] == [0.1, 0.5]
+    assert priced[1]["units"] == pytest.approx(2 * priced[0]["units"])
+    assert priced[0]["units"] == pytest.approx(PROFILES["sd35m"].flops(counts(1)))
