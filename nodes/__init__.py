@@ -5,7 +5,7 @@ Importing this package needs no ComfyUI: node definitions are checkable anywhere
 """
 from __future__ import annotations
 
-from .reward_nodes import CombineRewards, OVFPruner, RewardModelLoader, RewardScorer
+from .reward_nodes import CombineRewards, OVFPruner, RewardModelLoader, RewardScorer, VideoRewardNode
 from .sampling_nodes import ExpandedGroupSampler, LatentProxyProjector
 from .train_nodes import GRPOLoraTrainer, PromptList, SaveLoRA
 
@@ -19,6 +19,7 @@ NODE_CLASS_MAPPINGS = {
     "ProGRPOLoraTrainer": GRPOLoraTrainer,
     "ProGRPOPromptList": PromptList,
     "ProGRPOSaveLoRA": SaveLoRA,
+    "ProGRPOVideoReward": VideoRewardNode,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -31,6 +32,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ProGRPOLoraTrainer": "ProGRPO GRPO LoRA Trainer",
     "ProGRPOPromptList": "ProGRPO Prompt List",
     "ProGRPOSaveLoRA": "ProGRPO Save LoRA",
+    "ProGRPOVideoReward": "ProGRPO Video Reward",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -6,6 +6,7 @@ import torch
 from progrpo_core import plots
 from progrpo_core.devices import LONG_NAMES
 from progrpo_core.rewards import WeightedReward, available_rewards, build_reward, reward_help
+from progrpo_core.rewards.video import VideoReward
 from progrpo_core.rewards.weighted import component_names
 from progrpo_core.rewards.weights import WEIGHT_SOURCES
 
@@ -104,6 +105,49 @@ class CombineRewards:
         combined = WeightedReward([(n, h.reward, w) for n, (h, w) in zip(names, handles)])
         spec = ",".join(f"{n}*{w:g}" for n, (_, w) in zip(names, handles))
         return (RewardHandle(combined, spec, handles[0][0].device, separate_norm=bool(normalise_separately)),)
+
+
+class VideoRewardNode:
+    DESCRIPTION = ("Scores videos with an image reward: the mean of its score over the frames 0, stride, 2·stride, … "
+                   "(frames of them), optionally plus a frame-consistency term, the mean CLIP similarity of "
+                   "consecutive frames times its weight (connect a Reward Model Loader with reward 'clip'). Only "
+                   "the latent frames these need are decoded, for the proxies and the final videos alike. A video "
+                   "model given a plain image reward scores frames 0, 4, 8, 12 and takes their mean.")
+    CATEGORY = CATEGORY
+    FUNCTION = "wrap"
+    RETURN_TYPES = (REWARD,)
+    RETURN_NAMES = ("reward",)
+    OUTPUT_TOOLTIPS = ("the video reward, for the trainer or the group sampler",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "reward": (REWARD, {"tooltip": "the image reward scored on each frame"}),
+                "frames": ("INT", {"default": 4, "min": 1, "max": 1024, "tooltip": "how many frames are scored"}),
+                "stride": ("INT", {"default": 4, "min": 1, "max": 256, "tooltip":
+                           "frames between scored frames (1: consecutive; Wan's VAE makes 4 frames per latent frame)"}),
+                "consistency_weight": ("FLOAT", {"default": 0.0, "min": -100.0, "max": 100.0, "step": 0.05,
+                                                 "tooltip": "weight of the frame-consistency term (0: off)"}),
+            },
+            "optional": {
+                "consistency_clip": (REWARD, {"tooltip": "a 'clip' reward whose image embeddings compare consecutive "
+                                                         "frames (needed when consistency_weight is not 0)"}),
+            },
+        }
+
+    def wrap(self, reward, frames, stride, consistency_weight, consistency_clip=None):
+        handle = check_reward(reward)
+        clip = None
+        if consistency_weight:
+            if consistency_clip is None:
+                raise ValueError(f"consistency_weight {consistency_weight:g} needs a CLIP model: connect a ProGRPO Reward "
+                                 "Model Loader with reward 'clip' to consistency_clip, or set the weight to 0")
+            clip = check_reward(consistency_clip, "consistency_clip").reward
+        video = VideoReward(handle.reward, frames, stride, consistency=clip, weight=consistency_weight)
+        spec = f"video({handle.spec}, {frames} frames every {stride}" + (
+            f", consistency*{consistency_weight:g})" if clip is not None else ")")
+        return (RewardHandle(video, spec, handle.device, separate_norm=handle.separate_norm or clip is not None),)
 
 
 class RewardScorer:

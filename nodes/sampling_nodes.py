@@ -30,7 +30,7 @@ class ExpandedGroupSampler:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "the diffusion/flow model (SD3.x, Flux, SD1.x, SDXL)"}),
+                "model": ("MODEL", {"tooltip": "the diffusion/flow model (SD1.x, SDXL, SD3.x, Flux.1/2, Chroma, Z-Image, Lumina 2, Qwen-Image, HiDream, Wan; fp8 and GGUF weights too)"}),
                 "positive": ("CONDITIONING", {"tooltip": "the prompt's conditioning"}),
                 "negative": ("CONDITIONING", {"tooltip": "negative conditioning (used when cfg > 1)"}),
                 "latent": ("LATENT", {"tooltip": "an empty latent of the size to sample (e.g. EmptySD3LatentImage); "

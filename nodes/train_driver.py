@@ -84,6 +84,8 @@ class RecordingReward(RewardWrapper):
         self.first = self.last = None
 
     def _small(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim == 5:  # videos (N, F, 3, H, W): the preview shows each one's first scored frame
+            images = images[:, 0]
         h, w = images.shape[-2:]
         s = min(1.0, self.tile_px / max(h, w))
         small = images.detach().float()

@@ -58,7 +58,7 @@ class GRPOLoraTrainer:
     def INPUT_TYPES(cls):
         return widgets.input_types(
             required={
-                "model": ("MODEL", {"tooltip": "the model to train a LoRA for (SD3.x, Flux, SD1.x, SDXL)"}),
+                "model": ("MODEL", {"tooltip": "the model to train a LoRA for (SD1.x, SDXL, SD3.x, Flux.1/2, Chroma, Z-Image, Lumina 2, Qwen-Image, HiDream, Wan; fp8 and GGUF weights too)"}),
                 "vae": ("VAE", {"tooltip": "the model's VAE (decodes images for the reward)"}),
                 "reward": (REWARD, {"tooltip": "the reward model to maximise"}),
                 "prompts": (PROMPTS, {"tooltip": "training prompts from the ProGRPO Prompt List"}),

@@ -28,9 +28,10 @@ _UNSET = object()
 SAMPLER_TIP = (f"exploration sampler with log-probabilities: auto = {DEFAULT_SAMPLER['flow']} for flow models (SD3, "
                f"Flux), {DEFAULT_SAMPLER['eps']} for eps/v models (SD1.x, SDXL); {sampler_help()}")
 NOISE_TIP = f"SDE noise level a (flow samplers) or DDIM eta; -1 = the sampler's default ({noise_help()})"
-CFG_TIP = ("classifier-free guidance scale in sampling and training (1 = off); 0 = the model's default: 1 for Flux "
-           "(guidance-distilled: use FluxGuidance on the conditioning), 4.5 otherwise")
-_PRESETS = f"presets (checkpoints scale with T): {presets_text()}"
+CFG_TIP = ("classifier-free guidance scale in sampling and training (1 = off); 0 = the model family's default: 1 for "
+           "guidance-distilled and cfg-free models (Flux.1, Flux.2, Z-Image-Turbo; Flux's guidance comes from "
+           "FluxGuidance), 2.5 Qwen-Image, 4 Chroma and Lumina 2, 5 HiDream, 6 Wan, 4.5 SD1.x/SDXL/SD3 and others")
+_PRESETS = f"presets at T = 10 (checkpoints and SDE windows scale with T): {presets_text()}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +85,9 @@ WIDGETS: tuple[Widget, ...] = (
     Widget("rank", "INT", 8, "LoRA rank", ("lora.rank",), opts={"min": 1, "max": 512}),
     Widget("alpha", "FLOAT", 16.0, "LoRA alpha (scale = alpha / rank)", ("lora.alpha",),
            opts={"min": 0.01, "max": 4096.0, "step": 0.01}),
-    Widget("targets", TARGET_PRESETS, "attention", "layers that get a LoRA: attention projections, or every linear layer"),
+    Widget("targets", TARGET_PRESETS, "attention", "layers that get a LoRA, found from the model's architecture: the "
+           "attention projections of its blocks (with Flux's fused single-block layers), those and the blocks' MLPs, or "
+           "every linear layer"),
     Widget("kl_beta", "FLOAT", 0.0, "weight of the KL penalty to the model without LoRA (0 = off; costs one more "
            "forward)", ("grpo.kl_beta",), opts={"min": 0.0, "max": 100.0, "step": 0.001}),
     Widget("seed", "INT", 0, "seed of the noise, prompt order and LoRA initialisation", ("run.seed",),

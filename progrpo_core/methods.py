@@ -8,7 +8,8 @@ the ``T`` steps, the paper's "steps 5 and 7 of 10"), optionally followed by a se
 :data:`METHODS` is the one table of method presets. The config resolves ``--method`` through it,
 the trainer node's tooltips and the README's method table are generated from it, and the bench
 runs its headline rows from it. Checkpoints are stored as fractions of ``T`` and placed at
-``max(1, round(f·T))``, so a preset fits any step count.
+``max(1, round(f·T))`` (kept in ``1..T−1`` and increasing), and SDE windows as a fraction of ``T``
+too (``max(1, round(f·T))`` steps), so a preset fits any step count from few-step models' T = 4 to 50.
 """
 from __future__ import annotations
 
@@ -181,8 +182,18 @@ class PruneSchedule:
 
 
 def checkpoint_steps(steps: int, fractions: tuple[float, ...]) -> tuple[int, ...]:
-    """Checkpoints for "prune after ``round(f·T)`` of the ``T`` steps" (at least 1)."""
-    return tuple(max(1, round(f * steps)) for f in fractions)
+    """Checkpoints for "prune after ``round(f·T)`` of the ``T`` steps", kept in ``1..T−1`` and
+    strictly increasing (a few-step run, T = 4, would otherwise round two fractions to one step)."""
+    out: list[int] = []
+    for f in fractions:
+        c = min(max(1, round(f * steps)), steps - 1)
+        out.append(max(c, out[-1] + 1) if out else c)  # past T−1 only when T is too short for them all
+    return tuple(out)
+
+
+def window_steps(steps: int, fraction: float) -> int:
+    """An SDE window of ``fraction`` of the ``T`` steps: ``max(1, round(f·T))`` steps (0: none)."""
+    return max(1, round(fraction * steps)) if fraction else 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +207,7 @@ class MethodPreset:
     final_keep: int | None = None
     summary: str = ""
     eps: "MethodPreset | None" = None   # the funnel on ε/v-prediction models (SD1.x, SDXL), where it differs
-    sde_window: int = 0                 # see PruneSchedule.sde_steps
+    sde_window: float = 0.0             # SDE window as a fraction of T (window_steps); see PruneSchedule.sde_steps
     window_mode: str = "random"
     window_span: tuple[float, float] | None = None   # as fractions of T
     prune_after_window: bool = False
@@ -215,7 +226,7 @@ class MethodPreset:
         p = self.for_family(family)
         span = (round(p.window_span[0] * steps), round(p.window_span[1] * steps)) if p.window_span else None
         return PruneSchedule(p.group_size, checkpoint_steps(steps, p.fractions), p.keep, p.final_keep, selector,
-                             sde_window=p.sde_window, window_mode=p.window_mode, window_span=span,
+                             sde_window=window_steps(steps, p.sde_window), window_mode=p.window_mode, window_span=span,
                              prune_after_window=p.prune_after_window, window_draw=p.window_draw,
                              slide_every=p.slide_every, shared_noise=p.shared_noise)
 
@@ -247,35 +258,35 @@ METHODS: dict[str, MethodPreset] = {p.name: p for p in (
                  eps=MethodPreset("ovf", 16, final_keep=8)),
     MethodPreset("grpo", 24, summary="Flow-GRPO (DanceGRPO's G = 16 on ε-models): train the whole group",
                  eps=MethodPreset("grpo", 16)),
-    MethodPreset("flow-grpo-fast", 24, sde_window=2, window_mode="random", window_span=(0.0, 0.5), window_draw="prompt",
+    MethodPreset("flow-grpo-fast", 24, sde_window=0.2, window_mode="random", window_span=(0.0, 0.5), window_draw="prompt",
                  summary="Flow-GRPO-Fast (its config/base.py): ODE sampling with an SDE window of 2 steps inside the "
                          "first half of the steps, drawn for each prompt's group; only the window is trained"),
-    MethodPreset("flow-grpo-fast-cps", 18, sde_window=3, window_mode="random", window_span=(0.0, 0.5),
+    MethodPreset("flow-grpo-fast-cps", 18, sde_window=0.3, window_mode="random", window_span=(0.0, 0.5),
                  window_draw="prompt", defaults=_FAST_CPS,
                  summary="Flow-GRPO-Fast as published for SD3.5-M (pickscore_sd3_fast_nocfg): G = 18, a 3-step "
                          "window inside the first half, CPS at noise 0.8, clip range 1e-5, the batch's reward std"),
-    MethodPreset("mixgrpo", 12, sde_window=2, window_mode="progressive", slide_every=25, shared_noise=True,
+    MethodPreset("mixgrpo", 12, sde_window=0.2, window_mode="progressive", slide_every=25, shared_noise=True,
                  summary="MixGRPO: G = 12 trajectories from one shared initial noise; an SDE window of 2 steps "
                          "(4 of 25 in the reference) starts at step 0 and moves one step every 25 epochs; "
                          "first-order ODE elsewhere; only the window is trained"),
-    MethodPreset("mixgrpo-sliding", 24, sde_window=2, window_mode="sliding", window_span=(0.0, 0.5),
+    MethodPreset("mixgrpo-sliding", 24, sde_window=0.2, window_mode="sliding", window_span=(0.0, 0.5),
                  summary="MixGRPO's window as this pack first had it: independent noise, sliding over the first "
                          "half one step every 5 epochs and wrapping"),
-    MethodPreset("pro-grpo-fast", 24, (0.5,), (12,), sde_window=2, window_mode="random", window_span=(0.0, 0.5),
+    MethodPreset("pro-grpo-fast", 24, (0.5,), (12,), sde_window=0.2, window_mode="random", window_span=(0.0, 0.5),
                  prune_after_window=True,
                  summary="ours: Flow-GRPO-Fast's random 2-step SDE window (one per epoch), then OVF halves the "
                          "group on the proxy right after the window (the rest is deterministic ODE, so the proxy "
                          "predicts the end); the survivors finish and their window is trained"),
-    MethodPreset("pro-mixgrpo", 24, (0.5,), (12,), sde_window=2, window_mode="progressive", slide_every=25,
+    MethodPreset("pro-mixgrpo", 24, (0.5,), (12,), sde_window=0.2, window_mode="progressive", slide_every=25,
                  shared_noise=True, prune_after_window=True,
                  summary="ours: MixGRPO's window and shared initial noise with 24 trajectories, then OVF keeps "
                          "MixGRPO's 12 on the proxy right after the window; the survivors finish and their "
                          "window is trained"),
-    MethodPreset("pro-mixgrpo-sliding", 24, (0.5,), (12,), sde_window=2, window_mode="sliding",
+    MethodPreset("pro-mixgrpo-sliding", 24, (0.5,), (12,), sde_window=0.2, window_mode="sliding",
                  window_span=(0.0, 0.5), prune_after_window=True,
                  summary="ours, on mixgrpo-sliding's window (independent noise): OVF halves the group on the "
                          "proxy right after the window"),
-    MethodPreset("pro-grpo-window", 48, (0.3,), (12,), sde_window=2, window_mode="after-pruning",
+    MethodPreset("pro-grpo-window", 48, (0.3,), (12,), sde_window=0.2, window_mode="after-pruning",
                  summary="expand and prune on the deterministic ODE prefix (where the proxy is faithful), then "
                          "an SDE window of 2 steps for the survivors only; only the window is trained"),
     MethodPreset("nft", 24, objective="nft", defaults=_NFT,

@@ -77,6 +77,7 @@ class Costs:
     decode_s: Linear
     flops: dict[str, float]  # per sampling network row, per trained row (fwd+bwd), per image
     ops: dict[str, float] = dataclasses.field(default_factory=dict)  # operations one call launches, per phase
+    weights_fp32: int = 0   # the same parameters in float32 (what quantized weights, fp8 or GGUF, save)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -158,12 +159,16 @@ def measure_costs(model, adapter, reward, sampler, device: torch.device, precisi
         flops["sample"] /= 2
     n_lora = sum(p.numel() for p in lora)
     ids = {id(p) for p in lora}
+    # as stored: a quantized parameter's own bytes (fp8: 1 per weight; a GGUF tensor holds its packed
+    # blocks, its numel() counts those bytes while its .shape is the logical one)
     weights = sum(p.numel() * p.element_size() for p in model.net.parameters() if id(p) not in ids)
+    weights_fp32 = sum(4 * math.prod(p.shape) for p in model.net.parameters() if id(p) not in ids)
     return Costs(device=str(device), precision=precision, weights=weights,
                  lora_state=4 * n_lora * 5, reward_weights=sum(_param_bytes(m) for m in _modules(reward)),
                  latent=4 * math.prod(model.latent_shape), cfg_rows=mult,
                  sample=mem["sample"], train=mem["train"], decode=mem["decode"],
-                 sample_s=sec["sample"], train_s=sec["train"], decode_s=sec["decode"], flops=flops, ops=ops)
+                 sample_s=sec["sample"], train_s=sec["train"], decode_s=sec["decode"], flops=flops, ops=ops,
+                 weights_fp32=weights_fp32)
 
 
 def retime(costs: Costs, plan: "Plan", model, adapter, reward, sampler, device: torch.device, prompt: str) -> Costs:
@@ -305,6 +310,7 @@ class Plan:
 
     def text(self) -> str:
         rows = [f"plan for {self.target} ({self.precision}), memory budget {_gib(self.budget_bytes)}",
+                f"  model weights {_size(self.costs.weights)} as stored ({_size(self.costs.weights_fp32)} in float32)",
                 f"  micro-batches: sampling {self.sample_micro_batch} network rows, training "
                 f"{self.train_micro_batch} network rows, decode/reward {self.decode_micro_batch} images"
                 + (", reward model offloaded between scorings" if self.reward_offload else ""),
@@ -324,6 +330,10 @@ def _dur(s: float) -> str:
 
 def _gib(n: float) -> str:
     return f"{n / GiB:.2f} GiB"
+
+
+def _size(n: float) -> str:
+    return _gib(n) if n >= GiB else f"{n / 2**20:.2f} MiB"
 
 
 def rollout_bytes(latent: int, group: int, prompts: int, steps: int, checkpoints: Sequence[int],

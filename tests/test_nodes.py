@@ -37,7 +37,7 @@ spec = importlib.util.spec_from_file_location("pack", {str(ROOT / '__init__.py')
 pack = importlib.util.module_from_spec(spec); spec.loader.exec_module(pack)
 assert not hasattr(pack, "NODE_CLASS_MAPPINGS"), "the pack registered nodes without ComfyUI"
 import nodes, nodes.host.headless
-assert len(nodes.NODE_CLASS_MAPPINGS) == 9
+assert len(nodes.NODE_CLASS_MAPPINGS) == 10
 bad = [m for m in ("comfy", "folder_paths", "server", "comfy_api") if m in sys.modules]
 assert not bad, bad
 """
@@ -145,7 +145,8 @@ def test_node_declaration_is_valid(node_id):
 def test_ids_are_the_frozen_set():
     assert sorted(NODE_CLASS_MAPPINGS) == sorted([
         "ProGRPOExpandedGroupSampler", "ProGRPOLatentProxyProjector", "ProGRPOOVFPruner", "ProGRPORewardModelLoader",
-        "ProGRPORewardScorer", "ProGRPOLoraTrainer", "ProGRPOPromptList", "ProGRPOSaveLoRA", "ProGRPOCombineRewards"])
+        "ProGRPORewardScorer", "ProGRPOLoraTrainer", "ProGRPOPromptList", "ProGRPOSaveLoRA", "ProGRPOCombineRewards",
+        "ProGRPOVideoReward"])
 
 
 # ---- nodes that need no ComfyUI, on the digits model ---------------------------------------------

@@ -147,8 +147,10 @@ def test_windows_can_be_set_on_any_method():
 def test_a_windowed_method_keeps_its_window_under_a_users_funnel():
     s = C.build_config({"grpo": {"method": "pro-mixgrpo"}, "schedule": {"group_size": 32, "keep": "8"}}).prune_schedule()
     assert (s.group_size, s.keep, s.sde_window, s.window_mode, s.prune_after_window) == (32, (8,), 2, "progressive", True)
+    # the preset's window is a fifth of T (at least one step); a window the user gives must fit T
+    assert C.build_config({"grpo": {"method": "mixgrpo"}, "sampler": {"steps": 2}}).prune_schedule().sde_window == 1
     with pytest.raises(ValueError, match="sde_window=2 must be in 0..T-1 = 0..1"):
-        C.build_config({"grpo": {"method": "mixgrpo"}, "sampler": {"steps": 2}})
+        C.build_config({"grpo": {"method": "mixgrpo"}, "sampler": {"steps": 2}, "schedule": {"sde_window": 2}})
 
 
 @pytest.mark.parametrize("method, want", [("grpo", 5e-3), ("pro-grpo", 5e-3), ("mixgrpo", 2.5e-3), ("pro-mixgrpo", 2.5e-3),

@@ -48,6 +48,14 @@ STOCK: dict[str, dict] = {
                                          ("strength_model", "FLOAT", {"min": -100.0, "max": 100.0})],
                             "outputs": ["MODEL"]},
     "PrimitiveStringMultiline": {"required": [("value", "STRING", {"multiline": True})], "outputs": ["STRING"]},
+    "UNETLoader": {"required": [("unet_name", None, {}),
+                                ("weight_dtype", ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"], {})],
+                   "outputs": ["MODEL"]},
+    "DualCLIPLoader": {"required": [("clip_name1", None, {}), ("clip_name2", None, {}),
+                                    ("type", ["sdxl", "sd3", "flux", "hidream"], {})], "outputs": ["CLIP"]},
+    "VAELoader": {"required": [("vae_name", None, {})], "outputs": ["VAE"]},
+    "FluxGuidance": {"required": [("conditioning", "CONDITIONING", {}), ("guidance", "FLOAT", {"min": 0.0, "max": 100.0})],
+                     "outputs": ["CONDITIONING"]},
 }
 WIDGET_KINDS = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
@@ -118,9 +126,9 @@ def workflow(request):
     return json.loads(request.param.read_text())
 
 
-def test_there_are_three_workflows():
+def test_there_are_four_workflows():
     assert {p.name for p in WORKFLOWS} == {"progrpo_train_lora.json", "progrpo_inspect_group.json",
-                                           "progrpo_compare_lora.json"}
+                                           "progrpo_compare_lora.json", "progrpo_train_flux_fp8.json"}
 
 
 def test_workflows_are_up_to_date_with_their_builder():
@@ -198,9 +206,9 @@ def test_names_the_model_files_it_expects(workflow):
     notes = [n for n in workflow["nodes"] if n["type"] in NOTE_TYPES]
     assert notes, "a workflow needs a note naming the model files it expects"
     text = " ".join(str(v) for n in notes for v in n.get("widgets_values", []))
-    loaders = [n for n in workflow["nodes"] if n["type"] in ("CheckpointLoaderSimple", "TripleCLIPLoader")]
-    for n in loaders:
-        for f in n["widgets_values"]:
+    files = {"CheckpointLoaderSimple": 1, "TripleCLIPLoader": 3, "UNETLoader": 1, "DualCLIPLoader": 2, "VAELoader": 1}
+    for n in workflow["nodes"]:
+        for f in n.get("widgets_values", [])[:files.get(n["type"], 0)]:  # the file names, not dtypes or types
             assert f in text, f"the note does not name {f}"
     assert "reward_models" in text
 

@@ -2,7 +2,7 @@
 
     python workflows/build.py          # rewrite the .json files
     python workflows/build.py --check  # exit 1 if a file differs from what this script writes
-    python workflows/build.py --thumbnails DIR  # <name>.jpg from DIR/<name>_after_run.png
+    python workflows/build.py --thumbnails DIR [NAME ...]  # <name>.jpg from DIR/<name>_after_run.png (all, or NAMEs)
 
 The workflows are generated so that their links, slot indices and widget values always match
 the nodes' declared inputs (``nodes/``) and the stock nodes' signatures (:data:`STOCK`); the CI
@@ -41,6 +41,12 @@ STOCK: dict[str, tuple[list[tuple[str, str, bool]], list[tuple[str, str]]]] = {
     "LoraLoaderModelOnly": ([("model", "MODEL", False), ("lora_name", "COMBO", True), ("strength_model", "FLOAT", True)],
                             [("MODEL", "MODEL")]),
     "PrimitiveStringMultiline": ([("value", "STRING", True)], [("STRING", "STRING")]),
+    "UNETLoader": ([("unet_name", "COMBO", True), ("weight_dtype", "COMBO", True)], [("MODEL", "MODEL")]),
+    "DualCLIPLoader": ([("clip_name1", "COMBO", True), ("clip_name2", "COMBO", True), ("type", "COMBO", True)],
+                       [("CLIP", "CLIP")]),
+    "VAELoader": ([("vae_name", "COMBO", True)], [("VAE", "VAE")]),
+    "FluxGuidance": ([("conditioning", "CONDITIONING", False), ("guidance", "FLOAT", True)],
+                     [("CONDITIONING", "CONDITIONING")]),
 }
 SEEDED = {("KSampler", "seed")}  # INT widgets the frontend follows with a "control after generate" value
 NOTE = "MarkdownNote"
@@ -55,7 +61,17 @@ SD35_FILES = {
     "t5": ("t5xxl_fp8_e4m3fn.safetensors", "text_encoders",
            "https://huggingface.co/stabilityai/stable-diffusion-3.5-medium/resolve/main/text_encoders/t5xxl_fp8_e4m3fn.safetensors"),
 }
+FLUX_FILES = {  # Flux.1-dev as ComfyUI's own Flux example loads it: the bf16 file, stored in fp8 by UNETLoader
+    "unet": ("flux1-dev.safetensors", "diffusion_models",
+             "https://huggingface.co/black-forest-labs/FLUX.1-dev/resolve/main/flux1-dev.safetensors"),
+    "clip_l": ("clip_l.safetensors", "text_encoders",
+               "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors"),
+    "t5": ("t5xxl_fp8_e4m3fn.safetensors", "text_encoders",
+           "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp8_e4m3fn.safetensors"),
+    "vae": ("ae.safetensors", "vae", "https://huggingface.co/black-forest-labs/FLUX.1-dev/resolve/main/ae.safetensors"),
+}
 TRAINED_LORA = "progrpo/sd35m_pickscore"
+FLUX_LORA = "progrpo/flux1dev_fp8_pickscore"
 # The frontend (1.49.6) gives the trainer's widgets 798 px; its live preview (a fixed 512x512 image)
 # then grows the node to 1068 px at width 360 (measured). The workflows leave the preview room of
 # its own below the widgets, so nothing moves when it arrives; tests/host/test_frontend.py checks
@@ -327,10 +343,80 @@ def comparison() -> dict:
     return g.to_json()
 
 
+def flux_fp8_training() -> dict:
+    """(d) Flux.1-dev as users fit it on a 12-24 GB card: UNETLoader with weight_dtype fp8_e4m3fn, its
+    own text encoders (DualCLIPLoader: CLIP-L and T5-XXL in fp8) and VAE; the trainer's LoRA trains
+    on top of the fp8 weights (cfg 1: Flux is guidance-distilled; guidance 3.5 by FluxGuidance)."""
+    g = Graph("7b0e7c52-7f0a-4d3e-9a51-000000000004")
+    g.add(NOTE, (0, -360), {"text": "## ProGRPO: train a LoRA of Flux.1-dev in fp8\n"
+                            "UNETLoader keeps Flux's 12 B weights in fp8 (`weight_dtype fp8_e4m3fn`, 12 GB instead "
+                            "of 24 GB); ComfyUI casts each layer to the compute dtype as it runs and the LoRA trains "
+                            "beside it (the fp8 weights are never changed). Flux is guidance-distilled: cfg stays 1 "
+                            "(the trainer's cfg 0 = the model's default) and FluxGuidance sets the guidance (3.5 "
+                            "where none is set). The LoRA is saved to "
+                            f"`models/loras/{FLUX_LORA}.safetensors`; below, the same seed without and with it. "
+                            "A GGUF file works the same way: swap the UNETLoader for ComfyUI-GGUF's Unet Loader "
+                            "(GGUF).\n\n"
+                            "### Model files this workflow expects\n"
+                            "- `models/diffusion_models/flux1-dev.safetensors` (black-forest-labs/FLUX.1-dev)\n"
+                            "- `models/text_encoders/clip_l.safetensors`, `t5xxl_fp8_e4m3fn.safetensors` "
+                            "(comfyanonymous/flux_text_encoders)\n"
+                            "- `models/vae/ae.safetensors` (black-forest-labs/FLUX.1-dev)\n"
+                            "- `models/reward_models/PickScore_v1/` — the Hugging Face repo yuvalkirstain/PickScore_v1"},
+          size=(620, 300))
+    unet = g.add("UNETLoader", (0, 0), {"unet_name": FLUX_FILES["unet"][0], "weight_dtype": "fp8_e4m3fn"},
+                 models=[FLUX_FILES["unet"]], size=(320, 110))
+    clip = g.add("DualCLIPLoader", (0, 160), {"clip_name1": FLUX_FILES["clip_l"][0], "clip_name2": FLUX_FILES["t5"][0],
+                                              "type": "flux"}, models=[FLUX_FILES["clip_l"], FLUX_FILES["t5"]],
+                 size=(320, 130))
+    vae = g.add("VAELoader", (0, 340), {"vae_name": FLUX_FILES["vae"][0]}, models=[FLUX_FILES["vae"]], size=(320, 80))
+    prompts = g.add("ProGRPOPromptList", (0, 470), {"text": "\n".join([
+        PROMPT, "a cozy cabin by a lake at dawn, highly detailed", "a bowl of ramen on a wooden table, studio light",
+        "portrait of an astronaut in a sunflower field"]), "file": ""}, size=(320, 180))
+    reward = reward_loader(g, (0, 700))
+    latent = g.add("EmptySD3LatentImage", (0, 880), {"width": 512, "height": 512, "batch_size": 1}, size=(320, 110))
+    trainer = g.add("ProGRPOLoraTrainer", (380, 0), {
+        "method": "pro-mixgrpo", "epochs": 100, "prompts_per_epoch": 1, "steps": 10, "group_size": 0,
+        "checkpoints": "", "keep": "", "sampler": "auto", "noise_level": -1.0, "cfg": 0.0,
+        "learning_rate": 0.0003, "rank": 16, "alpha": 16.0, "targets": "attention", "kl_beta": 0.0, "seed": 0,
+        "gradient_checkpointing": True, "run_name": "flux1dev_fp8_pickscore", "resume": False, "save_every": 5},
+        size=TRAINER_SIZE)
+    for src, slot, name in [(unet, 0, "model"), (vae, 0, "vae"), (reward, 0, "reward"), (prompts, 0, "prompts"),
+                            (latent, 0, "latent"), (clip, 0, "clip")]:
+        g.connect(src, slot, trainer, name)
+    save = g.add("ProGRPOSaveLoRA", (840, 0), {"filename": FLUX_LORA, "overwrite": True}, size=(440, 150))
+    g.connect(trainer, 1, save, "lora")
+    curves = g.add("PreviewImage", (840, 210), title="reward and loss curves", size=(440, 320))
+    g.connect(trainer, 2, curves, "images")
+    pos = g.add("CLIPTextEncode", (0, 1050), {"text": PROMPT}, size=(320, 120))
+    guided = g.add("FluxGuidance", (0, 1230), {"guidance": 3.5}, size=(320, 80))
+    neg = g.add("CLIPTextEncode", (0, 1370), {"text": ""}, title="negative (unused at cfg 1)", size=(320, 100))
+    g.connect(clip, 0, pos, "clip")
+    g.connect(pos, 0, guided, "conditioning")
+    g.connect(clip, 0, neg, "clip")
+    sample_widgets = {"seed": 42, "steps": 20, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+                      "denoise": 1.0}
+    for i, (model_src, title, prefix) in enumerate([(unet, "before: base model", "progrpo/flux_before"),
+                                                   (trainer, "after: with the trained LoRA", "progrpo/flux_after")]):
+        y = 590 + 350 * i
+        ks = g.add("KSampler", (840, y), sample_widgets, title=title, size=(320, 262))
+        g.connect(model_src, 0, ks, "model")
+        g.connect(guided, 0, ks, "positive")
+        g.connect(neg, 0, ks, "negative")
+        g.connect(latent, 0, ks, "latent_image")
+        dec = g.add("VAEDecode", (1200, y), size=(200, 50))
+        g.connect(ks, 0, dec, "samples")
+        g.connect(vae, 0, dec, "vae")
+        img = g.add("SaveImage", (1440, y), {"filename_prefix": prefix}, title=title, size=(300, 300))
+        g.connect(dec, 0, img, "images")
+    return g.to_json()
+
+
 WORKFLOWS = {
     "progrpo_train_lora.json": training,
     "progrpo_inspect_group.json": inspection,
     "progrpo_compare_lora.json": comparison,
+    "progrpo_train_flux_fp8.json": flux_fp8_training,
 }
 
 
@@ -340,12 +426,18 @@ def render() -> dict[str, str]:
     return {name: json.dumps(make(), indent=1) + "\n" for name, make in WORKFLOWS.items()}
 
 
-def thumbnails(shots: Path) -> None:
-    """``<name>.jpg`` (at most 512 px a side, well under 100 KB) from ``shots/<name>_after_run.png``."""
+def thumbnails(shots: Path, only: list[str] | None = None) -> None:
+    """``<name>.jpg`` (at most 512 px a side, well under 100 KB) from ``shots/<name>_after_run.png``, for
+    every workflow or those ``only`` names (with or without ``.json``)."""
     from PIL import Image
 
-    for name in WORKFLOWS:
-        stem = name.removesuffix(".json")
+    stems = [name.removesuffix(".json") for name in WORKFLOWS]
+    unknown = [n for n in only or [] if n.removesuffix(".json") not in stems]
+    if unknown:
+        raise SystemExit(f"no workflow named {', '.join(unknown)}; the workflows are {', '.join(stems)}")
+    for stem in stems:
+        if only and stem not in {n.removesuffix(".json") for n in only}:
+            continue
         image = Image.open(shots / f"{stem}_after_run.png").convert("RGB")
         image.thumbnail((512, 512), Image.LANCZOS)
         image.save(HERE / f"{stem}.jpg", "JPEG", quality=82, optimize=True, progressive=True)
@@ -354,7 +446,10 @@ def thumbnails(shots: Path) -> None:
 
 def main(argv: list[str]) -> int:
     if "--thumbnails" in argv:
-        thumbnails(Path(argv[argv.index("--thumbnails") + 1]))
+        i = argv.index("--thumbnails")
+        if i + 1 >= len(argv):
+            raise SystemExit("--thumbnails needs the folder of the screenshots")
+        thumbnails(Path(argv[i + 1]), argv[i + 2:])
         return 0
     files = render()
     if "--check" in argv:

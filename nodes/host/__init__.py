@@ -5,7 +5,9 @@ Everything that touches a ModelPatcher (MODEL), CONDITIONING, LATENT dicts, IMAG
 this package, and converts to the core's types at the boundary, once. By concern:
 
 * :mod:`.convert`       IMAGE/LATENT layouts ↔ the core's tensors (no ComfyUI needed)
-* :mod:`.model`         ``ComfyDenoiser``: a MODEL as the core's Denoiser; model family, LoRA targets
+* :mod:`.model`         ``ComfyDenoiser``: a MODEL as the core's Denoiser; model family
+* :mod:`.families`      the family table: defaults per architecture, LoRA targets from the structure
+* :mod:`.quantized`     fp8 and GGUF base weights (what they are stored as; GGUF under dispatch modes)
 * :mod:`.lora`          ``ComfyLoraAdapter``: a trainable LoRA through ComfyUI's weight wrappers
 * :mod:`.train_context` ``training_model``: the clone and inference-mode context
 * :mod:`.ui`            progress bars (the interrupt check), previews, status text

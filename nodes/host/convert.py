@@ -25,12 +25,14 @@ def core_to_image(images: torch.Tensor) -> torch.Tensor:
 
 
 def latent_samples(latent: dict, what: str = "LATENT") -> torch.Tensor:
-    """The ``samples`` tensor (B, C, H, W) of a LATENT dict."""
+    """The ``samples`` tensor of a LATENT dict: (B, C, H, W), or (B, C, T, H, W) for video models
+    (and image models whose latent format is 3-D, e.g. Qwen-Image's)."""
     if not isinstance(latent, dict) or not isinstance(latent.get("samples"), torch.Tensor):
         raise ValueError(f"{what}: expected a LATENT (a dict with 'samples'), got {type(latent).__name__}")
     s = latent["samples"]
-    if s.ndim != 4:
-        raise ValueError(f"{what}: only image latents (B, C, H, W) are supported, got shape {tuple(s.shape)}")
+    if s.ndim not in (4, 5) or getattr(s, "is_nested", False):
+        raise ValueError(f"{what}: expected image latents (B, C, H, W) or video latents (B, C, T, H, W), got shape "
+                         f"{tuple(s.shape)}")
     return s
 
 

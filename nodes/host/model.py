@@ -15,12 +15,12 @@ import hashlib
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
-from torch import nn
 
 from .convert import image_to_core
+from .families import TARGET_PRESETS, Family, family_of, target_modules  # noqa: F401  (re-exported)
+from .quantized import make_gguf_probeable, storage
 
 LORA_PREFIX = "diffusion_model."
-TARGET_PRESETS = ("attention", "all linear")
 SCHEDULER = "simple"  # ComfyUI's default for flow models; trailing DDIM spacing for ε models
 
 
@@ -35,33 +35,23 @@ def model_family(patcher) -> str:
                                                   "V_PREDICTION_DDPM") if hasattr(cms, n))
     if unsupported and isinstance(ms, unsupported):
         raise ValueError(f"the model {kind} uses a parameterisation ProGRPO's samplers do not handle; "
-                         "supported: flow matching (SD3.x, Flux) and eps/v-prediction diffusion (SD1.x, SDXL)")
+                         "supported: flow matching (SD3.x, Flux, …) and eps/v-prediction diffusion (SD1.x, SDXL)")
     if isinstance(ms, cms.CONST):
         return "flow"
     if isinstance(ms, cms.EPS):  # V_PREDICTION, EDM and X0 subclass EPS: all x = x0 + σε
         return "eps"
     raise ValueError(f"the model {kind} is neither flow matching nor eps/v-prediction diffusion; "
-                     "ProGRPO's samplers support SD3.x, Flux, SD1.x and SDXL-type models")
+                     "ProGRPO's samplers support flow-matching models (SD3.x, Flux, …) and eps/v-prediction "
+                     "diffusion (SD1.x, SDXL)")
 
 
-def target_modules(net: nn.Module, preset: str) -> list[str]:
-    """Module paths (relative to ``net``) of the Linear layers a LoRA preset adapts.
+def family_info(patcher) -> Family:
+    """The MODEL's entry in the family table (:mod:`.families`), or an unlisted one by structure."""
+    import comfy.model_sampling as cms
 
-    ``attention``: Linear layers inside attention blocks (paths containing ``attn``: SD1.x/SDXL
-    ``attn1/attn2.to_q…``, SD3 ``attn.qkv/proj``, Flux ``img_attn/txt_attn``) plus Flux single
-    blocks' fused ``linear1``/``linear2``; ``all linear``: every Linear layer."""
-    if preset not in TARGET_PRESETS:
-        raise ValueError(f"LoRA targets {preset!r} unknown; expected one of {', '.join(TARGET_PRESETS)}")
-    out = []
-    for name, m in net.named_modules():
-        if not isinstance(m, nn.Linear) or getattr(m, "weight", None) is None or m.weight.ndim != 2:
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        if preset == "all linear" or "attn" in name or ("single_blocks" in name and leaf in ("linear1", "linear2")):
-            out.append(name)
-    if not out:
-        raise ValueError(f"the model has no Linear layer matching LoRA targets {preset!r}; try 'all linear'")
-    return out
+    config = type(getattr(patcher.model, "model_config", None)).__name__
+    v_pred = isinstance(patcher.get_model_object("model_sampling"), getattr(cms, "V_PREDICTION", ()))
+    return family_of(config, v_pred)
 
 
 @contextlib.contextmanager
@@ -131,6 +121,7 @@ class ComfyDenoiser:
         self.patcher = patcher
         self.full_load = full_load  # load the whole model on the device for a session (training)
         self.family = model_family(patcher)
+        self.info = family_info(patcher)  # the family table's entry: defaults, fused layers, video
         self.architecture = type(getattr(patcher.model, "model_config", None)).__name__  # "SD15", "SDXL", "SD3", …
         self.latent_format = patcher.model.latent_format
         channels = int(getattr(self.latent_format, "latent_channels", latent_shape[0]))
@@ -139,16 +130,23 @@ class ComfyDenoiser:
                              f"({type(patcher.model).__name__}) works on {channels}-channel latents; make the latent "
                              f"with the node that belongs to this model (e.g. EmptySD3LatentImage for SD3/Flux, "
                              f"EmptyLatentImage for SD1.x/SDXL)")
+        latent_shape = tuple(int(s) for s in latent_shape)
+        if int(getattr(self.latent_format, "latent_dimensions", 2)) == 3 and len(latent_shape) == 3:
+            latent_shape = (latent_shape[0], 1, *latent_shape[1:])  # one frame, as ComfyUI's samplers make it (Qwen-Image)
+        check_latent_dims(self.info, latent_shape)
         for v, what in ((vae, "the VAE"), (proxy_vae, "the proxy_vae")):
             if v is not None:
                 check_vae(v, channels, what)
         self.proxy_vae = proxy_vae  # the pruning previews' decoder (TAESD); None: the VAE
-        self.latent_shape = tuple(int(s) for s in latent_shape)
+        self.latent_shape = latent_shape  # (C, H, W), or (C, T, H, W) for video and 3-D latent formats
         self.net = patcher.model.diffusion_model
-        self.lora_targets = target_modules(self.net, targets)
+        make_gguf_probeable(self.net)
+        self.storage = storage(self.net)  # "float32", "float8_e4m3fn", "GGUF Q8_0 ×…"
+        self.lora_targets = target_modules(self.net, targets, self.info)
         self.vae, self.clip = vae, clip
         self.name = name or type(patcher.model).__name__
         self.max_batch = int(max_batch)
+        self.frames: tuple[int, int] | None = None  # video: (count, stride) of the frames decode returns
         self._prompt_index: dict[str, int] = {}
         self._conds: list[tuple[list, list]] = []
         self._session: tuple[Any, dict, dict] | None = None
@@ -157,9 +155,25 @@ class ComfyDenoiser:
 
     @property
     def default_cfg(self) -> float:
-        """Guidance-distilled models (Flux) sample at cfg 1 (their guidance is a conditioning
-        input, e.g. FluxGuidance); the others at Flow-GRPO's 4.5."""
-        return 1.0 if "flux" in type(self.patcher.model).__name__.lower() else 4.5
+        """The guidance scale the family is used with (:mod:`.families`): 1 for guidance-distilled
+        and cfg-free models (Flux, Flux.2, Z-Image-Turbo), the family's own otherwise (4.5 for SD1.x,
+        SDXL, SD3 and families not in the table)."""
+        return self.info.cfg
+
+    def describe(self, targets: str) -> str:
+        """One line for the log: the family, its defaults and the LoRA's layers."""
+        from .families import summary
+
+        return (f"family {self.info.name} ({self.family}, ComfyUI {self.architecture}), weights {self.storage}, cfg "
+                f"{self.default_cfg:g} by default, LoRA targets {targets!r}: {summary(self.net, list(self.lora_targets))}")
+
+    def unlisted_note(self, targets: str) -> str:
+        """What a family outside the table gets: the structural path, said plainly."""
+        from .families import listed_families, summary
+
+        return (f"{self.architecture} is not in ProGRPO's family table ({listed_families()}): its LoRA targets "
+                f"{targets!r} were found by structure ({summary(self.net, list(self.lora_targets))}) and cfg "
+                f"{self.default_cfg:g} is a generic default; set cfg to what the model is used with")
 
     # -- device and precision -------------------------------------------------------------------
     @property
@@ -178,11 +192,14 @@ class ComfyDenoiser:
 
     # -- prompts --------------------------------------------------------------------------------
     def add_prompt(self, text: str, positive: list, negative: list | None = None) -> int:
-        """Register CONDITIONING for ``text`` (negative: an empty-prompt encoding or zeros)."""
+        """Register CONDITIONING for ``text`` (negative: an empty-prompt encoding or zeros). A
+        guidance-distilled family's conditioning without a guidance value gets the family's."""
         if self._session is not None:
             raise RuntimeError("prompts must be registered before the sampling session starts")
         if negative is None:
             negative = self._default_negative(positive)
+        if self.info.guidance is not None:
+            positive, negative = (with_guidance(c, self.info.guidance) for c in (positive, negative))
         self._prompt_index[text] = len(self._conds)
         self._conds.append((positive, negative))
         return self._prompt_index[text]
@@ -255,8 +272,7 @@ class ComfyDenoiser:
             guider.model_options = _fixed_attention(guider.model_options)
         if sigmas is None:
             sigmas = self.sigmas(1)
-        c, h, w = self.latent_shape
-        noise = torch.zeros((max(1, int(max_rows)), c, h, w))  # shapes memory estimates and cond encoding
+        noise = torch.zeros((max(1, int(max_rows)), *self.latent_shape))  # shapes memory estimates and cond encoding
 
         def session(model_wrap, extra_args):
             all_conds = model_wrap.conds
@@ -309,6 +325,10 @@ class ComfyDenoiser:
         return out.to(x.device)  # x0 is the same in both spaces; on the caller's device
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        """Latents to images (N, 3, H, W); a video family's latents (N, C, T, H, W) to the frames
+        its reward scores, (N, F, 3, H, W): ``frames = (count, stride)`` picks frames 0, stride, …
+        and only the latent frames they need are decoded (the video VAEs are causal in time, so a
+        prefix of the latent decodes to the same first frames as the whole)."""
         if self.vae is None:
             raise ValueError("decoding needs a VAE: connect the VAE that belongs to this model")
         return self._decode_with(self.vae, x0)
@@ -318,21 +338,37 @@ class ComfyDenoiser:
         return self.decode(x0) if self.proxy_vae is None else self._decode_with(self.proxy_vae, x0)
 
     def _decode_with(self, vae, x0: torch.Tensor) -> torch.Tensor:
+        video = self.info.video and x0.ndim == 5
         with torch.no_grad():
             samples = self.latent_format.process_out(x0.detach().float())
+            if video and self.frames is not None:
+                samples = samples[:, :, :latent_frames_for(self.frames, samples.shape[2])]
             images = vae.decode(samples)
-        if images.ndim == 5:  # video VAEs: (B, T, H, W, C); images have T = 1
-            images = images.reshape(-1, *images.shape[-3:])
-        return image_to_core(images, "decoded images")
+        if not video:
+            if images.ndim == 5:  # video VAEs: (B, T, H, W, C); images have T = 1
+                images = images.reshape(-1, *images.shape[-3:])
+            return image_to_core(images, "decoded images")
+        images = images.reshape(x0.shape[0], -1, *images.shape[-3:])  # (N, F_all, H, W, C)
+        if self.frames is not None:
+            count, stride = self.frames
+            images = images[:, ::stride][:, :count]
+        n, f = images.shape[:2]
+        return image_to_core(images.reshape(n * f, *images.shape[2:]), "decoded frames").reshape(n, f, 3,
+                                                                                               *images.shape[2:4])
 
     def fingerprint(self) -> str:
         """A short hash of the base network's names, shapes and a sample of its values."""
         if self._fingerprint is None:
             h = hashlib.sha256()
+            params = dict(self.net.named_parameters())
             with torch.no_grad():
                 for name, t in sorted(self.net.state_dict().items()):
                     if ".lora_" in name:  # adapters injected in place (peft) are not the base model
                         continue
+                    if t.is_meta:  # ComfyUI-GGUF's state_dict() is a size estimate on "meta": read the weight
+                        t = params.get(name, t)
+                        if t.is_meta:
+                            continue
                     name = name.replace(".base_layer.", ".")
                     h.update(f"{name}{tuple(t.shape)}".encode())
                     if t.numel() and t.is_floating_point():
@@ -370,12 +406,37 @@ def _key(kind: str, i: int) -> str:
     return kind if i == 0 else f"{kind}_{i}"
 
 
+def latent_frames_for(frames: tuple[int, int], available: int) -> int:
+    """Latent frames to decode for video frames 0, stride, …, (count−1)·stride: a causal video VAE
+    turns latent frame 0 into one frame and each later one into four (Wan, HunyuanVideo)."""
+    count, stride = frames
+    last = (count - 1) * stride
+    return max(1, min(available, 1 + -(-last // 4)))
+
+
+def check_latent_dims(info: Family, latent_shape: Sequence[int]) -> None:
+    """A video family needs a video latent (C, T, H, W); an image family an image latent (C, H, W)."""
+    if info.video and len(latent_shape) != 4:
+        raise ValueError(f"{info.name} is a video model: it needs a video LATENT (batch, channels, frames, height, "
+                         f"width), but this one is {len(latent_shape) + 1}-D; make it with EmptyHunyuanLatentVideo "
+                         "(Wan 2.1) or Wan22ImageToVideoLatent (Wan 2.2 5B)")
+    if not info.video and not (len(latent_shape) == 3 or (len(latent_shape) == 4 and latent_shape[1] == 1)):
+        raise ValueError(f"{info.name} is an image model but the LATENT has shape (batch, {', '.join(map(str, latent_shape))})"
+                         "; make an image latent (batch, channels, height, width)")
+
+
+def with_guidance(cond: list, guidance: float) -> list:
+    """CONDITIONING whose entries without a ``guidance`` value get ``guidance`` (FluxGuidance's key)."""
+    return [[t, d if "guidance" in d else {**d, "guidance": guidance}] for t, d in cond]
+
+
 def check_vae(vae, channels: int, what: str = "the VAE") -> None:
     got = getattr(vae, "latent_channels", None)
     if got is not None and int(got) != int(channels):
         raise ValueError(f"{what} works on {got}-channel latents but the model's latents have {channels} channels; "
-                         "connect the VAE that belongs to this model (SD3/Flux: a 16-channel VAE, SD1.x/SDXL: 4; "
-                         "its TAESD: taesd3/taef1 for SD3/Flux, taesd/taesdxl for SD1.x/SDXL)")
+                         "connect the VAE that belongs to this model (SD1.x/SDXL: 4 channels; SD3, Flux.1, Chroma, "
+                         "Z-Image, Lumina 2, Qwen-Image, HiDream, Wan 2.1: 16; Flux.2: 128, e.g. taef2; Wan 2.2 5B: 48; "
+                         "its TAESD: taesd3/taef1 for SD3/Flux.1, taesd/taesdxl for SD1.x/SDXL, taef2 for Flux.2)")
 
 
 def encode_text(clip, text: str) -> list:

@@ -4,10 +4,12 @@ from __future__ import annotations
 import torch
 
 from progrpo_core.config import SamplerConfig
+from progrpo_core.rewards import check_scores
 
 from ..trace import record_group
 from .convert import latent_samples
 from .model import ComfyDenoiser
+from .reward import for_model
 from .ui import Progress
 
 
@@ -34,8 +36,11 @@ def sample_expanded_group(model, positive, negative, latent, *, prompt: str, see
         if vae is None:
             raise ValueError("the prune schedule decodes proxies to score them: connect the model's VAE to 'vae'")
 
+        fitted = for_model(reward.reward, den)
+
         def score_fn(images, prompts):
-            return reward.total(images, prompts)[reward.reward.total_key]
+            out = fitted.evaluate(images, list(prompts))
+            return check_scores(out[fitted.total_key], f"reward {fitted.total_key!r}")
     den.add_prompt(prompt, positive, negative)
     progress = Progress(steps, node_id)
     trace = den.run(lambda: record_group(den, prompt, seed, steps, schedule, sampler, noise_level, cfg, score_fn,

@@ -15,7 +15,8 @@ from .. import train_driver as training
 from .convert import latent_samples, pil_of
 from .files import autosave_path, loras_dir, run_folder
 from .lora import ComfyLoraAdapter, apply_lora
-from .model import ComfyDenoiser, check_vae, clone_conditioning, encode_text, model_family
+from .model import ComfyDenoiser, check_latent_dims, check_vae, clone_conditioning, encode_text, family_info, model_family
+from .reward import for_model
 from .train_context import training_model
 from .ui import Progress
 
@@ -45,8 +46,12 @@ def train_lora(model, vae, clip, positive, negative, latent, prompts: list[str],
                             name=type(model.model).__name__, full_load=True, proxy_vae=proxy_vae)
         _register_prompts(den, clip, positive, negative, prompts)
         adapter = ComfyLoraAdapter(den, cfg.lora.rank, cfg.lora.alpha, seed=cfg.run.seed, copy_other_weights=shares)
-        recorder = training.RecordingReward(reward.reward)
+        recorder = training.RecordingReward(for_model(reward.reward, den, log.info))
         session = _Session(cfg, den, adapter, recorder, prompts, folder, run_name, node_id)
+        log.info("ProGRPO %s: %s", run_name, den.describe(targets))
+        if not den.info.listed:
+            log.warning("ProGRPO: %s", den.unlisted_note(targets))
+            session.progress.text(den.unlisted_note(targets))
         try:
             history, start = session.train(resume, overwrite)
             trainer = session.trainer
@@ -191,6 +196,7 @@ def _check_inputs(model, vae, clip, positive, samples: torch.Tensor, prompts: li
     if samples.shape[1] != channels:
         raise ValueError(f"the LATENT has {samples.shape[1]} channels but the model works on {channels}-channel "
                          "latents; make the latent with the node that belongs to this model")
+    check_latent_dims(family_info(model), samples.shape[1:])
     check_vae(vae, channels)
     if proxy_vae is not None:
         check_vae(proxy_vae, channels, "the proxy_vae")

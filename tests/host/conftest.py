@@ -7,7 +7,9 @@ reason shown by ``pytest -rs``, unless ``PROGRPO_COMFYUI`` is set (see README.md
 ``PROGRPO_COMFYUI_PYTHON``  python of ComfyUI's venv (default: the python running pytest).
 ``PROGRPO_TINY_MODELS``     cache directory for the tiny models (default: pytest's cache,
                             ``.pytest_cache/d/progrpo_tiny_models``, or ``~/.cache/progrpo/
-                            tiny_models`` without the cache plugin; ~580 MB, built once).
+                            tiny_models`` without the cache plugin; ~650 MB, built once).
+``PROGRPO_COMFYUI_GGUF``    a ComfyUI-GGUF checkout (city96; not on PyPI): linked into the server's
+                            custom_nodes like the pack; the GGUF tests are skipped without it.
 
 Fixtures (all session-scoped):
 
@@ -91,7 +93,7 @@ def comfy_models(comfy_env: HostEnv, request) -> Path:
 def comfy_server(comfy_env: HostEnv, comfy_models: Path, tmp_path_factory, request):
     """One ComfyUI server for the session: tiny models, this repo as a custom node pack."""
     server = ComfyServer(comfy_env.comfyui, comfy_env.python, tmp_path_factory.mktemp("comfyui"),
-                         comfy_models, pack=REPO_ROOT)
+                         comfy_models, pack=REPO_ROOT, extra_packs=extra_packs())
     try:
         client = server.start()
     except ComfyServerError as e:  # carries the log tail
@@ -102,6 +104,28 @@ def comfy_server(comfy_env: HostEnv, comfy_models: Path, tmp_path_factory, reque
     finally:
         server.stop()
         del request.config.stash[_SERVER]
+
+
+def gguf_checkout() -> Path | None:
+    """The ComfyUI-GGUF checkout named by ``PROGRPO_COMFYUI_GGUF`` (None: not set)."""
+    path = os.environ.get("PROGRPO_COMFYUI_GGUF")
+    if not path:
+        return None
+    root = Path(path).expanduser().resolve()
+    if not (root / "nodes.py").is_file() or not (root / "__init__.py").is_file():
+        pytest.fail(f"PROGRPO_COMFYUI_GGUF={path}: not a ComfyUI-GGUF checkout (no nodes.py/__init__.py)",
+                    pytrace=False)
+    return root
+
+
+def extra_packs() -> dict[str, Path]:
+    """Custom node packs the test server loads beside this one: the tests' own nodes (a tiny-model
+    loader and synthetic conditioning, host_test_nodes/) and ComfyUI-GGUF when it is given."""
+    packs = {"progrpo-host-test-nodes": HERE / "host_test_nodes"}
+    gguf = gguf_checkout()
+    if gguf is not None:
+        packs["ComfyUI-GGUF"] = gguf
+    return packs
 
 
 @pytest.fixture

@@ -7,12 +7,13 @@ Run with the *ComfyUI* venv's python from the repository root (it imports ComfyU
 ``DIR`` is the tiny-model tree of ``tiny_models.py``. Each check prints one JSON line; the host
 tests (``test_gpu_readiness.py``) run them and assert on the numbers. Checks:
 
-``precision KIND DTYPE``  KIND sd15 or sd3 loaded with weights in DTYPE (fp16, bf16, fp32) and
-                          trained in that precision (fp16 with loss scaling): after one optimizer
-                          step, the fraction of the LoRA's ``up`` entries that moved (Adam moves
-                          every entry with a non-zero gradient; compare with fp32, where a few are
-                          structurally zero, e.g. SD3's unused last context queries) and whether all
-                          are finite; then a short run's rewards, and the evaluation before and after.
+``precision KIND DTYPES [EPOCHS]``  KIND sd15, sdxl_v (a 64-channel v-prediction UNet) or sd3 loaded
+                          with weights in each of DTYPES (comma-separated: fp16, bf16, fp32) and trained
+                          in that precision (fp16 with loss scaling): after one optimizer step, the
+                          fraction of the LoRA's ``up`` entries that moved (Adam moves every entry with
+                          a non-zero gradient; compare with fp32, where a few are structurally zero,
+                          e.g. SD3's unused last context queries) and whether all are finite; then the
+                          run's rewards, and (EPOCHS > 1) the evaluation before and after.
 ``branch``                a ComfyUI Linear with bf16 weights and a LoRA delta of std 1e-5: the change
                           of the layer output against the float32 reference, computed in fp32 and in
                           bf16, for the branch and for the old weight merge.
@@ -62,10 +63,19 @@ def _tiny_trainer(kind: str, models: Path, dtype, precision: str, epochs: int = 
 
     host = pack_nodes("host").ComfyDenoiser  # the pack's adapter, as the CLI loads it
     opts = {"dtype": dtype}
+    cond = None
     if kind == "sd15":
         model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(models / T.FILES["sd15"]), output_vae=True,
                                                                     output_clip=True, model_options=opts)
         shape = (4, 8, 8)
+    elif kind == "sdxl_v":  # a UNet of 64 channels (v-prediction): SD1.5's tiny one has ComfyUI's 320
+        import torch
+        from host_test_nodes import load_tiny
+
+        model = load_tiny(str(models / T.FILES["sdxl_v"]), opts)
+        clip, vae, shape = None, comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(models / T.FILES["vae4"]))), (4, 8, 8)
+        g = torch.Generator().manual_seed(0)  # CLIP-L + CLIP-G's shapes: (1, 77, 2048) and pooled (1, 1280)
+        cond = [[torch.randn(1, 8, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]
     else:
         model = comfy.sd.load_diffusion_model(str(models / T.FILES["sd3"]), model_options=opts)
         clip = comfy.sd.load_clip([str(models / T.FILES["clip_l"])], clip_type=comfy.sd.CLIPType.SD3)
@@ -73,6 +83,8 @@ def _tiny_trainer(kind: str, models: Path, dtype, precision: str, epochs: int = 
         shape = (16, 8, 8)
     model.model.requires_grad_(False)
     den = host(model, shape, vae=vae, clip=clip, full_load=True)
+    if cond is not None:
+        den.add_prompt("a red apple", cond)
     cfg = build_config({
         "model": {"comfyui": "(test)", "checkpoint": kind},
         "sampler": {"steps": 4, "cfg": 1.0, "eval_steps": 2},
@@ -84,24 +96,31 @@ def _tiny_trainer(kind: str, models: Path, dtype, precision: str, epochs: int = 
     return Trainer.build(cfg, model=den, prompts=["a red apple"], log=lambda s: None)
 
 
-def check_precision(kind: str, dtype_name: str, models: Path) -> dict:
+def check_precision(kind: str, dtype_names: str, models: Path, epochs: int | None = None) -> dict:
+    """Each of ``dtype_names`` (comma-separated) in turn, in one process: see the module docstring.
+    With ``epochs`` 1 there is no evaluation (the gradient's reach is known after the first update)."""
     import torch
 
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
-    lr, epochs = (0.01, 10) if kind == "sd15" else (0.05, 8)  # a rate each tiny random model learns at
-    tr = _tiny_trainer(kind, models, dtype, dtype_name, epochs=epochs, lr=lr)
-    ups = [p for n, p in tr.adapter.named_parameters() if n.endswith("lora_B.default.weight")]
-    before = tr.evaluate()["reward"]
-    loop = tr.epochs()
-    first = next(loop)
-    moved = sum(int((p != 0).sum()) for p in ups) / sum(p.numel() for p in ups)
-    finite = all(bool(torch.isfinite(p).all()) for p in tr.adapter.parameters())
-    rewards = [first.reward_mean] + [r.reward_mean for r in loop]
-    after = tr.evaluate()["reward"]
-    return {"check": "precision", "kind": kind, "dtype": dtype_name, "weights": str(tr.model.patcher.model_dtype()),
-            "compute": str(tr.model.compute_dtype), "moved_fraction": moved, "finite": finite,
-            "scaler": tr.scaler is not None, "rewards": rewards, "steps": tr.optimizer_steps,
-            "eval_before": before, "eval_after": after}
+    lr, default_epochs = (0.01, 10) if kind == "sd15" else (0.05, 8)  # a rate each tiny random model learns at
+    epochs = epochs or default_epochs
+    runs = {}
+    for dtype_name in dtype_names.split(","):
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
+        tr = _tiny_trainer(kind, models, dtype, dtype_name, epochs=epochs, lr=lr)
+        ups = [p for n, p in tr.adapter.named_parameters() if n.endswith("lora_B.default.weight")]
+        before = tr.evaluate()["reward"] if epochs > 1 else None
+        loop = tr.epochs()
+        first = next(loop)
+        moved = sum(int((p != 0).sum()) for p in ups) / sum(p.numel() for p in ups)
+        finite = all(bool(torch.isfinite(p).all()) for p in tr.adapter.parameters())
+        rewards = [first.reward_mean] + [r.reward_mean for r in loop]
+        after = tr.evaluate()["reward"] if epochs > 1 else None
+        runs[dtype_name] = {"weights": str(tr.model.patcher.model_dtype()), "compute": str(tr.model.compute_dtype),
+                            "moved_fraction": moved, "finite": finite, "scaler": tr.scaler is not None,
+                            "rewards": rewards, "steps": tr.optimizer_steps, "eval_before": before,
+                            "eval_after": after}
+        tr.close()
+    return {"check": "precision", "kind": kind, "epochs": epochs, "runs": runs}
 
 
 def check_branch() -> dict:
@@ -312,7 +331,8 @@ def main(argv=None) -> int:
 
     torch.manual_seed(0)
     name, args = a.check[0], a.check[1:]
-    result = {"precision": lambda: check_precision(args[0], args[1], a.models), "branch": check_branch,
+    result = {"precision": lambda: check_precision(args[0], args[1], a.models, int(args[2]) if args[2:] else None),
+              "branch": check_branch,
               "checkpointing": lambda: check_checkpointing(args[0]), "rehome": lambda: check_rehome(a.models),
               "sliced_attention": lambda: check_sliced_attention(a.models),
               "dynamic": lambda: check_dynamic(a.models), "kept_loaded": lambda: check_kept_loaded(a.models)}[name]()

@@ -7,7 +7,8 @@ sqlite database, its log) under ``base``, and sees:
 - the tiny models: every file of ``models_src`` is symlinked into ``base/models/<folder>/``
   (real directories, so a test may add e.g. ``models/loras/x.safetensors`` without touching
   the shared cache);
-- the pack: ``base/custom_nodes/<pack_name>`` is a symlink to the repo root. With
+- the pack: ``base/custom_nodes/<pack_name>`` is a symlink to the repo root (and each of
+  ``extra_packs``, e.g. ComfyUI-GGUF and the tests' own nodes, is linked the same way). With
   ``--base-directory`` ComfyUI 0.33 looks for custom nodes only in ``<base>/custom_nodes``
   (and refuses to start if that directory is missing), imports each sub-directory's
   ``__init__.py`` as a package named after its full path, and does not put the pack
@@ -55,7 +56,7 @@ class ComfyServer:
 
     def __init__(self, comfyui: Path, python: str, base: Path, models_src: Path | None = None,
                  pack: Path | None = None, *, pack_name: str = PACK_NAME, port: int | None = None,
-                 extra_args: tuple[str, ...] = ()):
+                 extra_args: tuple[str, ...] = (), extra_packs: dict[str, Path] | None = None):
         self.comfyui = Path(comfyui)
         self.python = python
         self.base = Path(base)
@@ -64,6 +65,7 @@ class ComfyServer:
         self.pack_name = pack_name
         self.port = port or free_port()
         self.extra_args = tuple(extra_args)
+        self.extra_packs = {k: Path(v) for k, v in (extra_packs or {}).items()}  # more custom_nodes, linked too
         self.proc: subprocess.Popen | None = None
         self.client: ComfyClient | None = None
         self._log_mark = 0
@@ -93,10 +95,11 @@ class ComfyServer:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 if not dst.exists():
                     dst.symlink_to(src.resolve())
-        if self.pack is not None:
-            link = self.custom_nodes_dir / self.pack_name
+        packs = {**({self.pack_name: self.pack} if self.pack is not None else {}), **self.extra_packs}
+        for name, path in packs.items():
+            link = self.custom_nodes_dir / name
             if not link.exists():
-                link.symlink_to(self.pack.resolve(), target_is_directory=True)
+                link.symlink_to(path.resolve(), target_is_directory=True)
 
     def command(self) -> list[str]:
         """The server's command line: on the CPU, or — with ``PROGRPO_COMFYUI_GPU=1`` — as a user

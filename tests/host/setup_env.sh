@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Build the environment for host tests: a ComfyUI checkout and a python venv that runs it.
 #
-#   tests/host/setup_env.sh COMFYUI_DIR VENV_DIR [GIT_DIR]
+#   tests/host/setup_env.sh COMFYUI_DIR VENV_DIR [GIT_DIR] [GGUF_DIR]
 #
 # COMFYUI_DIR  ComfyUI checkout (kept if it already has main.py; else extracted from GIT_DIR,
 #              a git directory holding a ComfyUI snapshot, e.g. a bare clone).
 # VENV_DIR     venv to create (python3.11) with torch, ComfyUI's requirements and the pack's
 #              requirements.txt (as ComfyUI-Manager installs it).
+# GGUF_DIR     optional: a ComfyUI-GGUF checkout (city96, not on PyPI; tested at 795e451:
+#              git clone https://github.com/city96/ComfyUI-GGUF && git -C ComfyUI-GGUF checkout 795e451);
+#              its requirements (gguf) go into the venv and the GGUF host tests run.
 #
 # Idempotent: an existing checkout or venv is reused. Prints the env vars to export at the end.
 # Nothing is written inside the repo.
@@ -19,6 +22,7 @@ fi
 COMFYUI=$(realpath -m "$1")
 VENV=$(realpath -m "$2")
 GIT_DIR=${3:-}
+GGUF_DIR=${4:-}
 PY=${PYTHON:-python3.11}
 
 if [[ ! -f "$COMFYUI/main.py" ]]; then
@@ -70,6 +74,11 @@ grep -v -E '^(torch|torchvision|torchaudio)([<>=!~ ].*)?$' "$COMFYUI/requirement
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 "${PIP[@]}" -r "$REPO/requirements.txt"
 "${PIP[@]}" pytest requests
+if [[ -n "$GGUF_DIR" ]]; then
+    [[ -f "$GGUF_DIR/nodes.py" ]] || { echo "no ComfyUI-GGUF checkout in $GGUF_DIR (no nodes.py)" >&2; exit 2; }
+    "${PIP[@]}" -r "$GGUF_DIR/requirements.txt"
+fi
 
 echo "export PROGRPO_COMFYUI=$COMFYUI"
 echo "export PROGRPO_COMFYUI_PYTHON=$VENV/bin/python"
+[[ -z "$GGUF_DIR" ]] || echo "export PROGRPO_COMFYUI_GGUF=$(realpath "$GGUF_DIR")"

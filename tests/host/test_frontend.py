@@ -42,7 +42,7 @@ from test_nodes_host import tiny  # noqa: E402  (the shrinking used by the API r
 
 WORKFLOWS = REPO / "workflows"
 # Run order matters: the comparison loads the LoRA the training run saves.
-NAMES = ["progrpo_train_lora", "progrpo_inspect_group", "progrpo_compare_lora"]
+NAMES = ["progrpo_train_lora", "progrpo_inspect_group", "progrpo_compare_lora", "progrpo_train_flux_fp8"]
 VIEWPORT = {"width": 1920, "height": 1200}
 GAP = 10  # the least room between two nodes' boxes (graph units), title bars included
 
@@ -50,7 +50,8 @@ GAP = 10  # the least room between two nodes' boxes (graph units), title bars in
 # would on a user's machine (the runs use the tiny models instead).
 PLACEHOLDERS = ["checkpoints/sd3.5_medium.safetensors", "text_encoders/clip_l.safetensors",
                 "text_encoders/clip_g.safetensors", "text_encoders/t5xxl_fp8_e4m3fn.safetensors",
-                "reward_models/PickScore_v1/model.safetensors", "loras/progrpo/sd35m_pickscore.safetensors"]
+                "reward_models/PickScore_v1/model.safetensors", "loras/progrpo/sd35m_pickscore.safetensors",
+                "diffusion_models/flux1-dev.safetensors", "vae/ae.safetensors"]
 
 # Collects, from page load on, every toast / alert / dialog the frontend shows (some vanish quickly).
 WATCH = """
@@ -219,7 +220,7 @@ def fit_and_shoot(pg, path: Path) -> None:
 def run_in_page(pg, comfy_server, name: str, timeout: float = 600) -> dict:
     """Queue ``name`` on the tiny models under the page's client id; wait until the page shows it done."""
     ui = pg.evaluate("window.app.graph.serialize()")
-    api = tiny(ui_to_api(ui, comfy_server.object_info()), run_name="frontend_test")
+    api = tiny(ui_to_api(ui, comfy_server.object_info()), run_name=f"frontend_{name}")  # one run folder each
     client_id = pg.evaluate("window.app.api.clientId")
     answer = comfy_server.post("/prompt", {"prompt": api, "client_id": client_id,
                                            "extra_data": {"extra_pnginfo": {"workflow": ui}}})

@@ -2,8 +2,8 @@
 
 Every bundled workflow runs through the HTTP API (converted with ``ui_to_api``) with its model
 files swapped for the tiny ones and its sizes shrunk; the trained LoRA must load in the stock
-LoraLoaderModelOnly with no unloaded key and change its output; the sampler and trainer also run
-on Flux and SD1.5; bad inputs fail with a clear message from the pack and leave the MODEL as it
+LoraLoaderModelOnly with no unloaded key and change its output (every other family: test_families_host.py);
+bad inputs fail with a clear message from the pack and leave the MODEL as it
 was; an interrupted training keeps its LoRA and resumes. Skipped unless PROGRPO_COMFYUI is set.
 """
 from __future__ import annotations
@@ -31,7 +31,8 @@ from test_workflows import STOCK  # noqa: E402
 WORKFLOWS = REPO / "workflows"
 UNLOADED = ("lora key not loaded", "NOT LOADED")
 OURS = ("ProGRPOExpandedGroupSampler", "ProGRPOLatentProxyProjector", "ProGRPOOVFPruner", "ProGRPORewardModelLoader",
-        "ProGRPORewardScorer", "ProGRPOLoraTrainer", "ProGRPOPromptList", "ProGRPOSaveLoRA", "ProGRPOCombineRewards")
+        "ProGRPORewardScorer", "ProGRPOLoraTrainer", "ProGRPOPromptList", "ProGRPOSaveLoRA", "ProGRPOCombineRewards",
+        "ProGRPOVideoReward")
 
 
 def name(key: str) -> str:
@@ -56,8 +57,20 @@ def by_type(api: dict, kind: str) -> list[str]:
 
 
 def tiny(api: dict, **trainer) -> dict:
-    """The API prompt of an SD3.5 workflow, on the tiny SD3 and small sizes."""
+    """The API prompt of a bundled workflow on the tiny models and small sizes: SD3.5's checkpoint and
+    three text encoders become the tiny SD3 and CLIP-L; Flux.1-dev (UNETLoader, its weight_dtype kept),
+    its DualCLIPLoader and VAE become the tiny Flux, CLIP-L and a 16-channel TAESD."""
     api = json.loads(json.dumps(api))
+    tiny_names = {name(k) for k in tiny_models.FILES}
+    for nid in by_type(api, "UNETLoader"):
+        if api[nid]["inputs"]["unet_name"] not in tiny_names:
+            api[nid]["inputs"]["unet_name"] = name("flux")
+    for nid in by_type(api, "DualCLIPLoader"):
+        api[nid] = {"class_type": "CLIPLoader", "inputs": {"clip_name": name("clip_l"), "type": "stable_diffusion",
+                                                            "device": "default"}}
+    for nid in by_type(api, "VAELoader"):
+        if api[nid]["inputs"]["vae_name"] not in tiny_names:
+            api[nid]["inputs"]["vae_name"] = name("vae16")
     for nid in by_type(api, "CheckpointLoaderSimple"):  # → tiny MMDiT + a separate 16-channel TAESD
         api[nid] = {"class_type": "UNETLoader", "inputs": {"unet_name": name("sd3"), "weight_dtype": "default"}}
         api[nid + "vae"] = {"class_type": "VAELoader", "inputs": {"vae_name": name("vae16")}}
@@ -124,7 +137,7 @@ def test_pack_nodes_and_workflow_templates_are_served(comfy_server):
         assert info[kind]["category"] == "ProGRPO"
     templates = comfy_server.get("/workflow_templates")
     assert sorted(templates.get(PACK_NAME, [])) == ["progrpo_compare_lora", "progrpo_inspect_group",
-                                                    "progrpo_train_lora"], templates
+                                                    "progrpo_train_flux_fp8", "progrpo_train_lora"], templates
 
 
 def test_reward_loader_lists_the_reward_folder_and_combine_rewards_weights(comfy_server, comfy_dirs):
@@ -238,6 +251,27 @@ def test_inspection_workflow(comfy_server):
                       "reward histogram: kept vs dropped": 1, "kept proxies (OVF)": 4, "final survivors": 3}
 
 
+def test_flux_fp8_workflow_trains_over_fp8_weights(comfy_server):
+    """Workflow (d): Flux.1 loaded by UNETLoader with weight_dtype fp8_e4m3fn and its own text encoder
+    and VAE loaders (on the tiny Flux, CLIP-L and TAESD): the LoRA trains over the fp8 weights and changes
+    the image sampled with the same seed."""
+    api = workflow_prompt(comfy_server, "progrpo_train_flux_fp8.json", run_name="host_flux_fp8")
+    server = comfy_server.server
+    server.mark_log()
+    entry, seconds = run(comfy_server, api)
+    log = server.log_since_mark()
+    print(f"flux fp8 workflow: {seconds:.1f} s")
+    (tid,) = by_type(api, "ProGRPOLoraTrainer")
+    (uid,) = by_type(api, "UNETLoader")
+    assert api[uid]["inputs"]["weight_dtype"] == "fp8_e4m3fn"
+    assert texts(entry, tid).startswith("pro-mixgrpo: epochs 1–2/2"), texts(entry, tid)
+    assert "family Flux.1 (flow, ComfyUI Flux), weights float8_e4m3fn" in log, log[-3000:]
+    assert (server.models_dir / "loras" / "progrpo" / "flux1dev_fp8_pickscore.safetensors").is_file()
+    saved = {api[n]["_meta"]["title"]: comfy_server.images(entry, n)[0] for n in by_type(api, "SaveImage")}
+    before, after = saved["before: base model"], saved["after: with the trained LoRA"]
+    assert abs(pixels(comfy_server, before) - pixels(comfy_server, after)).max() > 0, "the trained MODEL changed nothing"
+
+
 # ---- other model families -------------------------------------------------------------------------
 
 def flux_or_sd15(kind: str) -> dict:
@@ -282,42 +316,6 @@ def trainer_node(b: dict, **over) -> dict:
 def decode_save(g: dict, latent, vae, prefix: str, nid: str) -> None:
     g[nid + "_dec"] = {"class_type": "VAEDecode", "inputs": {"samples": latent, "vae": vae}}
     g[nid] = {"class_type": "SaveImage", "inputs": {"images": [nid + "_dec", 0], "filename_prefix": prefix}}
-
-
-@pytest.mark.parametrize("kind", ["flux", "sd15"])
-def test_sampler_and_trainer_on_other_families(comfy_server, kind):
-    b = flux_or_sd15(kind)
-    g = dict(b["nodes"])
-    small = {"group_size": 3, "steps": 3, "checkpoints": "", "keep": ""} if kind == "sd15" else {}
-    g["group"] = sampler_node(b, **small)
-    decode_save(g, ["group", 0], b["vae"], f"host_{kind}_group", "save_group")
-    if kind == "sd15":
-        g["train"] = trainer_node(b, run_name="host_sd15", method="grpo", group_size=3, steps=3, checkpoints="",
-                                  keep="")
-    else:  # Flux: one prompt's CONDITIONING instead of a CLIP, and the KL to the reference policy
-        g["train"] = trainer_node(b, run_name="host_flux", kl_beta=0.01, positive=["pos", 0], negative=["neg", 0])
-        del g["train"]["inputs"]["clip"]
-    g["savelora"] = {"class_type": "ProGRPOSaveLoRA", "inputs": {"lora": ["train", 1], "filename": f"host/{kind}",
-                                                                 "overwrite": True}}
-    entry, seconds = run(comfy_server, g, timeout=900)
-    print(f"{kind}: sampler + trainer {seconds:.1f} s; {texts(entry, 'group')}; {texts(entry, 'train')}")
-    assert len(comfy_server.images(entry, "save_group")) == (3 if kind == "sd15" else 3)
-    # the saved LoRA in the stock loader: no unloaded key, a different image
-    g2 = dict(b["nodes"])
-    g2["lora"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": b["model"], "lora_name": f"host/{kind}.safetensors",
-                                                                  "strength_model": 1.0}}
-    for nid, model in (("base", b["model"]), ("with_lora", ["lora", 0])):
-        g2[nid + "_ks"] = {"class_type": "KSampler", "inputs": {
-            "seed": 5, "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0,
-            "model": model, "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0]}}
-        decode_save(g2, [nid + "_ks", 0], b["vae"], f"host_{kind}_{nid}", nid)
-    comfy_server.server.mark_log()
-    entry2, _ = run(comfy_server, g2, timeout=900)
-    log = comfy_server.server.log_since_mark()
-    assert not [ln for ln in log.splitlines() if any(u in ln for u in UNLOADED)], log
-    a = pixels(comfy_server, comfy_server.images(entry2, "base")[0])
-    c = pixels(comfy_server, comfy_server.images(entry2, "with_lora")[0])
-    assert abs(a - c).max() > 0, f"{kind}: the LoRA changed nothing"
 
 
 # ---- bad input ------------------------------------------------------------------------------------
