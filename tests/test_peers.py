@@ -60,3 +60,12 @@ def test_priced_curves_use_the_profile_and_keep_the_rewards():
     assert [p["reward"] for p in priced] == [0.1, 0.5]
     assert priced[1]["units"] == pytest.approx(2 * priced[0]["units"])
     assert priced[0]["units"] == pytest.approx(PROFILES["sd35m"].flops(counts(1)))
+
+
+def test_taesd_previews_are_priced_at_the_tiny_decoder():
+    c, p = curve(0.1, 0.5), PROFILES["sd35m"]
+    vae, taesd = peers.priced({"curve": c}, "sd35m"), peers.priced({"curve": c}, "sd35m+taesd")
+    n = counts(1)["proxy_decodes"]
+    assert n > 0 and vae[0]["units"] - taesd[0]["units"] == pytest.approx(n * (p.decode - p.decode_taesd))
+    assert p.decode_taesd < p.decode / 10  # TAESD: ~18x cheaper than the VAE at 512² (counted, cost_profiles.py)
+    assert set(peers.PRICES) >= {"units", "sd35m", "sd35m+taesd", "flux+taesd"}

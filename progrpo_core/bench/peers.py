@@ -122,10 +122,17 @@ def stable_reach(curve: list[dict], target: float, key: str = "units", tail: int
     return float(a[key] + (target - a["reward"]) / (b["reward"] - a["reward"]) * (b[key] - a[key]))
 
 
-def priced(run: dict, profile: str) -> list[dict]:
-    """The run's eval curve with ``units`` replaced by the FLOPs of its counts on a real model."""
+# how a run is priced: "units" (the built-in model's count), a profile ("sd35m": previews decoded by
+# the VAE) or a profile with the previews decoded by TAESD ("sd35m+taesd", the trainer's proxy_vae)
+PRICES = ("units", *PROFILES, *(f"{p}+taesd" for p in PROFILES))
+
+
+def priced(run: dict, price: str) -> list[dict]:
+    """The run's eval curve with ``units`` replaced by the FLOPs of its counts on a real model
+    (``price``: a profile, or ``"<profile>+taesd"``)."""
+    profile, _, decoder = price.partition("+")
     p = PROFILES[profile]
-    return [{**pt, "units": p.flops(pt["counts"])} for pt in run["curve"]]
+    return [{**pt, "units": p.flops(pt["counts"], decoder or "vae")} for pt in run["curve"]]
 
 
 def stable_final(run: dict, tail: int = 3) -> float:
@@ -195,12 +202,12 @@ def summarise(runs: list[dict], rates: dict) -> dict[str, Any]:
             row = {"lr": choice["lr"], "final": _mean([stable_final(r) for r in seeds]),
                    "gold": _mean([r["final"]["gold"] for r in seeds]),
                    "reach": {"units": _mean([stable_reach(r["curve"], target) for r in seeds])}}
-            for prof in PROFILES:
-                row["reach"][prof] = _mean([stable_reach(priced(r, prof), target) for r in seeds])
+            for price in PRICES[1:]:
+                row["reach"][price] = _mean([stable_reach(priced(r, price), target) for r in seeds])
             rows[m] = row
         budgets = {key: _mean([(r["units"] if key == "units" else priced(r, key)[-1]["units"])
                                for r in rs if r["base_method"] == "grpo"])["mean"]
-                   for key in ("units", *PROFILES)}
+                   for key in PRICES}
         for m, row in rows.items():
             row["of_grpo"] = {k: _ratio(row["reach"][k], budgets[k]) for k in budgets}
             peers = [rows[p]["reach"] for p in PEERS if p in rows and rows[p]["reach"]["units"]["n"] == len(FINAL_SEEDS)]
@@ -217,21 +224,24 @@ def _ratio(reach: dict, base: float | None) -> float | None:
 
 
 def report(rates: dict, summary: dict, profile: str = "sd35m") -> str:
+    taesd = f"{profile}+taesd"
     lines = [f"Each method at its best stable rate (seeds 11–12 chose it among {', '.join(f'{r:g}' for r in RATES)}); "
              f"seeds 0–4. \"Reaches\": the compute at which a seed's curve reaches GRPO's final for good "
              f"(mean ± std over the seeds that do, n/5), as the built-in model counts it and priced as "
-             f"{PROFILES[profile].name}.", ""]
+             f"{PROFILES[profile].name}, with the pruning previews decoded by its VAE or by TAESD.", ""]
     for task, s in summary.items():
         lines += [f"### {task} ({TASKS[task][0]}, {TASKS[task][1]:,.0f} units; GRPO's final {s['target']:.3f})", "",
                   "| method | lr | final | reaches GRPO's final (units) | of GRPO | of best peer | "
-                  f"{PROFILES[profile].name}: of GRPO | of best peer |", "|---|---|---|---|---|---|---|---|"]
+                  f"{PROFILES[profile].name}: of GRPO | of best peer | TAESD previews: of GRPO | of best peer |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for m, row in s["methods"].items():
             r, f = row["reach"]["units"], row["final"]
             reach = f"{r['mean'] / 1e3:.0f}k ± {r['std'] / 1e3:.0f}k ({r['n']}/{r['of']})" if r["mean"] else "never"
             edge = " (edge)" if rates[task]["methods"][m]["at_edge"] else ""
             lines.append(f"| {m} | {row['lr']:g}{edge} | {f['mean']:.3f} ± {f['std']:.3f} | {reach} | "
                          f"{_pct(row['of_grpo']['units'])} | {_pct(row['of_best_peer']['units'])} | "
-                         f"{_pct(row['of_grpo'][profile])} | {_pct(row['of_best_peer'][profile])} |")
+                         f"{_pct(row['of_grpo'][profile])} | {_pct(row['of_best_peer'][profile])} | "
+                         f"{_pct(row['of_grpo'][taesd])} | {_pct(row['of_best_peer'][taesd])} |")
         lines.append("")
     lines += ["### The rate grid (final reward of seeds 11–12; * = chosen)", ""]
     for task, info in rates.items():

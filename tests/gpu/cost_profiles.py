@@ -11,6 +11,8 @@ and HPSv2's tower) on ``meta`` — shapes only, nothing allocated or downloaded 
   recomputation under gradient checkpointing at depth 1 (how real models train);
 * ``decode``: the VAE decoding one latent at the image size; ``decode_224``: decoding the latent
   pooled to the reward model's 224² (the cheap proxy: pool the x0 latent, then decode);
+  ``decode_taesd``: ComfyUI's TAESD (taesd / taesdxl / taesd3 / taef1: one architecture) decoding it
+  at the image size (the trainer's ``proxy_vae``);
 * ``reward``: one CLIP-H image-tower call at 224² (the text tower runs once per prompt: left out).
 
 Run with ComfyUI's python from the repository root; prints one JSON object, which
@@ -110,7 +112,13 @@ def vae_costs(channels: int, res: int) -> dict:
         z = torch.zeros(1, channels, side, side, device="meta")
         return count(lambda: vae.decode(z))
 
-    return {"decode": decode(res // 8), "decode_224": decode(224 // 8)}
+    from comfy.taesd.taesd import TAESD
+
+    with torch.device("meta"):
+        tiny = TAESD(latent_channels=channels)
+    tiny.requires_grad_(False)
+    z = torch.zeros(1, channels, res // 8, res // 8, device="meta")
+    return {"decode": decode(res // 8), "decode_224": decode(224 // 8), "decode_taesd": count(lambda: tiny.decode(z))}
 
 
 def reward_costs() -> dict:

@@ -131,6 +131,20 @@ def build_vae(channels: int, dtype, device):
     return comfy.sd.VAE(sd=sd, device=device, dtype=dtype)
 
 
+def build_taesd(channels: int, dtype, device):
+    """A full-size TAESD (ComfyUI's tiny autoencoder, what VAELoader builds from ``taesd`` or
+    ``taesd3`` in models/vae_approx) with random weights: the cheap decoder for the previews."""
+    import comfy.sd
+    import torch
+    from comfy.taesd.taesd import TAESD
+
+    g = torch.Generator().manual_seed(2)
+    sd = {k: (torch.randn(v.shape, generator=g) / v[0].numel() ** 0.5 if v.ndim >= 2 else torch.zeros(v.shape))
+          for k, v in TAESD(latent_channels=channels).state_dict().items()}
+    sd["vae_scale"], sd["vae_shift"] = torch.tensor(0.18215 if channels == 4 else 1.5305), torch.tensor(0.0)
+    return comfy.sd.VAE(sd=sd, device=device, dtype=dtype)
+
+
 def conditioning(kind: str):
     """One prompt's CONDITIONING (positive, negative) of the right shapes, random."""
     import torch
@@ -168,6 +182,7 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     patcher, detected = build_patcher(args.model, precision.dtype, device)
     vae = build_vae(LATENT_CHANNELS[args.model], precision.dtype, device)
+    proxy_vae = build_taesd(LATENT_CHANNELS[args.model], precision.dtype, device) if args.proxy_vae == "taesd" else None
     build_s = time.perf_counter() - t0
     side = args.resolution // 8
     cfg = build_config({
@@ -182,12 +197,14 @@ def run(args) -> dict:
     pos, neg = conditioning(args.model)
     mm.in_training = True  # the patcher is this script's own: no copy of it is needed (the node makes one)
     with torch.inference_mode(False):
-        den = host(patcher, (LATENT_CHANNELS[args.model], side, side), vae=vae, name=args.model, full_load=True)
+        den = host(patcher, (LATENT_CHANNELS[args.model], side, side), vae=vae, name=args.model, full_load=True,
+                   proxy_vae=proxy_vae)
         den.add_prompt("a prompt", pos, neg)
         adapter = Adapter(den, 16, 16.0, seed=0)
         trainer = Trainer.build(cfg, model=den, reward=build_reward("stroke"), prompts=["a prompt"], adapter=adapter,
                           log=lambda s: None)
         result: dict = {"model": args.model, "method": args.method, "schedule": str(trainer.schedule),
+                        "proxy_vae": args.proxy_vae,
                         "detected": detected, "resolution": args.resolution,
                         "device": str(device), "precision": precision.name,
                         "parameters": sum(p.numel() for p in den.net.parameters()), "build_s": round(build_s, 1)}
@@ -282,7 +299,8 @@ def _measure(trainer, den, adapter, device, prompt: str = "a prompt") -> dict:
 def epoch_gflops(trainer, den, records, timed, prompt: str = "a prompt") -> dict:
     """GFLOPs of one timed epoch by phase, from the run's exact row counts and FLOPs counted on one
     row (``torch.utils.flop_counter``): sampling, training (forward + backward, the backward 2 forwards
-    plus 1 recomputed under gradient checkpointing), decodes; the reward (stroke) costs nothing."""
+    plus 1 recomputed under gradient checkpointing), decodes (the previews' at the proxy decoder's
+    price); the reward (stroke) costs nothing."""
     import torch
 
     from progrpo_core.compute import count_flops
@@ -293,11 +311,13 @@ def epoch_gflops(trainer, den, records, timed, prompt: str = "a prompt") -> dict
     cond = den.encode_prompts([prompt])
     fwd = count_flops(lambda: den.denoise(x, sigma, cond, 1.0))
     dec = count_flops(lambda: den.decode(x))
+    dec_proxy = count_flops(lambda: den.decode_proxy(x))
+    previews = sum(r.batch.rollout.compute.proxy_decodes for r in timed) / len(timed)
     first = records[-len(timed) - 1].compute if len(records) > len(timed) else {k: 0 for k in records[0].compute}
     d = {k: (records[-1].compute[k] - first[k]) / len(timed) for k in first}
     backward = 2.0 + (1.0 if trainer.cfg.run.gradient_checkpointing else 0.0)
     out = {"sampling": d["nfe"] * fwd, "training": (d["nfe_train_fwd"] + backward * d["nfe_train_bwd"]) * fwd,
-           "decodes": d["decodes"] * dec}
+           "decodes": (d["decodes"] - previews) * dec + previews * dec_proxy}
     out = {k: round(v / 1e9, 1) for k, v in out.items()}
     out["total"] = round(sum(out.values()), 1)
     out["rows"] = d
@@ -319,6 +339,8 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoints", help="checkpoints, e.g. 5,7 (default: the method's)")
     ap.add_argument("--keep", help="survivors per checkpoint, e.g. 24,12 (default: the method's)")
     ap.add_argument("--cfg", type=float, default=1.0)
+    ap.add_argument("--proxy-vae", choices=("none", "taesd"), default="none",
+                    help="decode the pruning previews with a full-size TAESD (random weights) instead of the VAE")
     ap.add_argument("--memory-gib", type=float)
     ap.add_argument("--gpus", help="only plan, for these GPUs (comma-separated names of progrpo_core.planner.GPUS), "
                                    "from memory measured here and FLOPs")
