@@ -304,6 +304,7 @@ def epoch_gflops(trainer, den, records, timed, prompt: str = "a prompt") -> dict
     import torch
 
     from progrpo_core.compute import count_flops
+    from progrpo_core.denoiser import proxy_decoder
 
     device = next(den.net.parameters()).device
     x = torch.randn((1, *den.latent_shape)).to(device)
@@ -311,7 +312,7 @@ def epoch_gflops(trainer, den, records, timed, prompt: str = "a prompt") -> dict
     cond = den.encode_prompts([prompt])
     fwd = count_flops(lambda: den.denoise(x, sigma, cond, 1.0))
     dec = count_flops(lambda: den.decode(x))
-    dec_proxy = count_flops(lambda: den.decode_proxy(x))
+    dec_proxy = count_flops(lambda: proxy_decoder(den)(x))  # the VAE where no proxy decoder is given (built-in models)
     previews = sum(r.batch.rollout.compute.proxy_decodes for r in timed) / len(timed)
     first = records[-len(timed) - 1].compute if len(records) > len(timed) else {k: 0 for k in records[0].compute}
     d = {k: (records[-1].compute[k] - first[k]) / len(timed) for k in first}
