@@ -525,9 +525,26 @@ def test_trainer_streams_progress_preview_and_reward_text(comfy_server):
 
 # ---- headless ---------------------------------------------------------------------------------------
 
+def installed_pack_env(site: Path) -> dict:
+    """The environment of a python in which the pack is installed, as far as the core can tell: its
+    distribution metadata with the entry points pyproject.toml declares (the ``comfyui`` model loader)
+    in ``site``, on PYTHONPATH. The ComfyUI venv is shared and not touched; a checkout has no metadata
+    of its own until ``pip install`` writes it."""
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    info = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+    (info / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()) + "\n"
+        for group, points in project["entry-points"].items()))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+
+
 def test_headless_training_of_a_checkpoint(comfy_env, comfy_models, comfy_server, tmp_path):
     """``python -m progrpo_core train --model.comfyui`` on the tiny SD1.5 checkpoint (ComfyUI's
-    library, no server); its LoRA then loads in the server's stock loader without unloaded keys."""
+    library, no server), with the pack's loader found through its entry point; its LoRA then loads
+    in the server's stock loader without unloaded keys."""
     import subprocess
 
     prompts = tmp_path / "prompts.txt"
@@ -539,7 +556,8 @@ def test_headless_training_of_a_checkpoint(comfy_env, comfy_models, comfy_server
            "--sampler.steps", "3", "--schedule.group_size", "3", "--grpo.method", "grpo", "--lora.rank", "2",
            "--grpo.prompts_per_epoch", "1", "--model.resolution", "64", "--run.out", str(out), "--no-progress"]
     t = time.perf_counter()
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env=installed_pack_env(tmp_path / "site"))
     print(f"headless: {time.perf_counter() - t:.1f} s; {done.stdout.strip().splitlines()[-1] if done.stdout else ''}")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
