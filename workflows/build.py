@@ -226,22 +226,29 @@ def training() -> dict:
     neg = g.add("CLIPTextEncode", (0, 1130), {"text": ""}, title="negative", size=(320, 100))
     for node in (pos, neg):
         g.connect(clip, 0, node, "clip")
-    sample_widgets = {"seed": 42, "steps": 20, "cfg": 4.5, "sampler_name": "euler", "scheduler": "simple",
+    before_and_after(g, (ckpt, 0), trainer, pos, neg, latent, (ckpt, 2), cfg=4.5, prefix="progrpo/")
+    return g.to_json()
+
+
+def before_and_after(g: Graph, base: tuple, trainer, positive, negative, latent, vae: tuple, cfg: float,
+                     prefix: str) -> None:
+    """The same seed sampled with the base MODEL (``base``: node, output) and with the trainer's
+    MODEL, decoded by ``vae`` (node, output) and saved side by side under ``prefix``."""
+    sample_widgets = {"seed": 42, "steps": 20, "cfg": cfg, "sampler_name": "euler", "scheduler": "simple",
                       "denoise": 1.0}
-    for i, (model_src, title, prefix) in enumerate([(ckpt, "before: base model", "progrpo/before"),
-                                                   (trainer, "after: with the trained LoRA", "progrpo/after")]):
+    for i, (model_src, title, name) in enumerate([(base, "before: base model", "before"),
+                                                  ((trainer, 0), "after: with the trained LoRA", "after")]):
         y = 590 + 350 * i
         ks = g.add("KSampler", (840, y), sample_widgets, title=title, size=(320, 262))
-        g.connect(model_src, 0, ks, "model")
-        g.connect(pos, 0, ks, "positive")
-        g.connect(neg, 0, ks, "negative")
+        g.connect(*model_src, ks, "model")
+        g.connect(positive, 0, ks, "positive")
+        g.connect(negative, 0, ks, "negative")
         g.connect(latent, 0, ks, "latent_image")
         dec = g.add("VAEDecode", (1200, y), size=(200, 50))
         g.connect(ks, 0, dec, "samples")
-        g.connect(ckpt, 2, dec, "vae")
-        img = g.add("SaveImage", (1440, y), {"filename_prefix": prefix}, title=title, size=(300, 300))
+        g.connect(*vae, dec, "vae")
+        img = g.add("SaveImage", (1440, y), {"filename_prefix": prefix + name}, title=title, size=(300, 300))
         g.connect(dec, 0, img, "images")
-    return g.to_json()
 
 
 def inspection() -> dict:
@@ -394,21 +401,7 @@ def flux_fp8_training() -> dict:
     g.connect(clip, 0, pos, "clip")
     g.connect(pos, 0, guided, "conditioning")
     g.connect(clip, 0, neg, "clip")
-    sample_widgets = {"seed": 42, "steps": 20, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
-                      "denoise": 1.0}
-    for i, (model_src, title, prefix) in enumerate([(unet, "before: base model", "progrpo/flux_before"),
-                                                   (trainer, "after: with the trained LoRA", "progrpo/flux_after")]):
-        y = 590 + 350 * i
-        ks = g.add("KSampler", (840, y), sample_widgets, title=title, size=(320, 262))
-        g.connect(model_src, 0, ks, "model")
-        g.connect(guided, 0, ks, "positive")
-        g.connect(neg, 0, ks, "negative")
-        g.connect(latent, 0, ks, "latent_image")
-        dec = g.add("VAEDecode", (1200, y), size=(200, 50))
-        g.connect(ks, 0, dec, "samples")
-        g.connect(vae, 0, dec, "vae")
-        img = g.add("SaveImage", (1440, y), {"filename_prefix": prefix}, title=title, size=(300, 300))
-        g.connect(dec, 0, img, "images")
+    before_and_after(g, (unet, 0), trainer, guided, neg, latent, (vae, 0), cfg=1.0, prefix="progrpo/flux_")
     return g.to_json()
 
 
