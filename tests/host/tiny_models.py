@@ -255,11 +255,11 @@ def make_sd3(m, seed: int) -> dict:
     return randomize(sd, seed, special={"pos_embed": pos})
 
 
-def make_flux(m, seed: int) -> dict:
-    """Tiny Flux: hidden 128 (1 head of 128 = 16+56+56 rope axes), 1 double + 1 single block."""
+def make_flux(m, seed: int, hidden: int = 128) -> dict:
+    """Tiny Flux: ``hidden`` 128 (heads of 128 = 16+56+56 rope axes), 1 double + 1 single block."""
     net = m["Flux"](
-        in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=768, hidden_size=128,
-        mlp_ratio=4.0, num_heads=1, depth=1, depth_single_blocks=1, axes_dim=[16, 56, 56],
+        in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=768, hidden_size=hidden,
+        mlp_ratio=4.0, num_heads=hidden // 128, depth=1, depth_single_blocks=1, axes_dim=[16, 56, 56],
         theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True, txt_ids_dims=[],
         device="cpu", operations=m["ops"],
     )
@@ -317,13 +317,7 @@ def make_wan_vae(m, seed: int) -> dict:
 
 def make_flux256(m, seed: int) -> dict:
     """Tiny Flux with hidden 256 (2 heads): its matrices' rows are multiples of 256, as Q4_K needs."""
-    net = m["Flux"](
-        in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=768, hidden_size=256,
-        mlp_ratio=4.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[16, 56, 56],
-        theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True, txt_ids_dims=[],
-        device="cpu", operations=m["ops"],
-    )
-    return randomize(net.state_dict(), seed)
+    return make_flux(m, seed, hidden=256)
 
 
 def quantize_q4_k(data):
