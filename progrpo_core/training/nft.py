@@ -28,7 +28,7 @@ from ..distributed import World
 from ..spec import RunSpec
 from .records import UpdateStats
 from .rollouts import RolloutBatch
-from .update import Hooks, Sums, _optimizer_step, _stats
+from .update import Hooks, Sums, _stats, step_optimizer
 
 if TYPE_CHECKING:
     from .learner import Learner
@@ -105,18 +105,9 @@ def nft_update(model: Denoiser, learner: "Learner", batch: RolloutBatch, spec: R
                 comp.model_calls += mult * forwards
                 sums[-1].add(len(part), loss, kl, {"clip_frac": 0.0, "approx_kl": 0.0})
         if (ci + 1) % g.grad_accum == 0 or ci == (n_total - 1) // g.train_batch_size:
-            with comp.phase("training"):
-                gn = _optimizer_step(learner.parameters(), learner.optimizer, learner.ema, world, g.grad_clip,
-                                     poisoned, learner.scaler)
+            done = step_optimizer(model, learner, world, g.grad_clip, poisoned, comp, hooks, grad_norms)
             poisoned = False
-            if gn is None:
-                model.net.eval()
-                hooks.on_skip("the loss or gradient is NaN or infinite")
-                model.net.train()
-            else:
-                hooks.on_update()
-                grad_norms.append(gn)
-            if hooks.max_updates is not None and len(grad_norms) >= hooks.max_updates:
+            if done:
                 break
     model.net.eval()
     return _stats(world, sums, grad_norms, list(range(k))), comp

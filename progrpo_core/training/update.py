@@ -143,21 +143,30 @@ def policy_update(model: Denoiser, learner: "Learner", batch: RolloutBatch, mask
             for sl in call_slices(len(trained), spec.micro.train, sampler.cfg):
                 poisoned |= _backward(model, learner, batch, trained[sl], j, len(chunk), per_row, spec, comp, sums[-1])
         if (ci + 1) % g.grad_accum == 0 or ci == len(chunks) - 1:
-            with comp.phase("training"):
-                gn = _optimizer_step(learner.parameters(), learner.optimizer, learner.ema, world, g.grad_clip,
-                                     poisoned, learner.scaler)
+            done = step_optimizer(model, learner, world, g.grad_clip, poisoned, comp, hooks, grad_norms)
             poisoned = False
-            if gn is None:
-                model.net.eval()
-                hooks.on_skip("the loss or gradient is NaN or infinite")  # may stop the run
-                model.net.train()
-            else:
-                hooks.on_update()
-                grad_norms.append(gn)
-            if hooks.max_updates is not None and len(grad_norms) >= hooks.max_updates:
+            if done:
                 break
     model.net.eval()
     return _stats(world, sums, grad_norms, steps), comp
+
+
+def step_optimizer(model: Denoiser, learner: "Learner", world: World, grad_clip: float, poisoned: bool,
+                   comp: Compute, hooks: Hooks, grad_norms: list[float]) -> bool:
+    """One optimizer step on the accumulated gradients (skipped, and reported to ``hooks``, when they
+    are not finite or ``poisoned``); its gradient norm joins ``grad_norms``. True when the hooks'
+    update cap is reached."""
+    with comp.phase("training"):
+        gn = _optimizer_step(learner.parameters(), learner.optimizer, learner.ema, world, grad_clip, poisoned,
+                             learner.scaler)
+    if gn is None:
+        model.net.eval()
+        hooks.on_skip("the loss or gradient is NaN or infinite")  # may stop the run
+        model.net.train()
+    else:
+        hooks.on_update()
+        grad_norms.append(gn)
+    return hooks.max_updates is not None and len(grad_norms) >= hooks.max_updates
 
 
 def _backward(model: Denoiser, learner: "Learner", batch: RolloutBatch, part: torch.Tensor, j: int, minibatch: int,
