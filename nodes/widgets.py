@@ -116,6 +116,10 @@ WIDGETS: tuple[Widget, ...] = (
            said="gradient_checkpointing / checkpoint_depth"),
     Widget("overwrite", "BOOLEAN", False, "start run_name over if it already holds a run (deletes that run's "
            "checkpoints); off: such a run_name is refused unless 'resume' is on", optional=True),
+    Widget("proxy_scale", "FLOAT", 1.0, "the pruning previews are decoded from the latent pooled to this fraction of "
+           "its size: 1 = full size; 0.5 at 512² (0.25 at 1024²) gives 256² previews for reward models that look at "
+           "224², about a quarter (a sixteenth) of the decode's cost", ("schedule.proxy_scale",), optional=True,
+           opts={"min": 0.05, "max": 1.0, "step": 0.05}),
 )
 BY_NAME = {w.name: w for w in WIDGETS}
 

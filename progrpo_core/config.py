@@ -144,17 +144,23 @@ class ScheduleConfig:
                                        "method's)")
     shared_noise: Optional[bool] = _help("a prompt's trajectories start from one noise, as MixGRPO's (default: the "
                                          "method's)")
+    proxy_scale: float = _help("the pruning previews are decoded from the x0 latent area-pooled to this fraction of "
+                               "its height and width (1 = full size; 0.5 at 512² gives 256² previews for a reward "
+                               "model that looks at 224², about a quarter of the decode's cost)", 1.0)
 
     def __post_init__(self):
         _need(self.selector in ovf.SELECTORS,
               f"schedule.selector={self.selector!r} unknown; expected one of {', '.join(ovf.SELECTORS)}")
+        _need(0.0 < self.proxy_scale <= 1.0,
+              f"schedule.proxy_scale={self.proxy_scale} must be in (0, 1]: the fraction of the latent's height and "
+              "width the pruning previews are decoded at (1 = full size, 0.5 = half)")
 
     def resolved(self, method: str, steps: int, family: str = "flow") -> PruneSchedule:
         """The method's preset for the model ``family`` (``methods.METHODS``, scaled to T steps) with
         this config's fields on top."""
         preset = METHODS[method].schedule(steps, self.selector, family)
         overrides = {f: getattr(self, f) for f in ("group_size", "checkpoints", "keep", "final_keep", "sde_window",
-                                                   "window_mode", "window_draw", "slide_every", "shared_noise")
+                                                   "window_mode", "window_draw", "slide_every", "shared_noise", "proxy_scale")
                      if getattr(self, f) is not None}
         if self.checkpoints is not None and self.keep is None and len(preset.keep) != len(self.checkpoints):
             raise ValueError(f"schedule.checkpoints={list(self.checkpoints)} given without schedule.keep; "

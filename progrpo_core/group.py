@@ -21,6 +21,7 @@ import dataclasses
 from typing import Any, Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from . import ovf
 from .compute import Compute
@@ -93,14 +94,33 @@ def denoise_rows(model: Denoiser, x: torch.Tensor, sigma: torch.Tensor, cond: An
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
+def pooled_size(n: int, scale: float) -> int:
+    """A latent side of ``n`` cells pooled to ``scale`` of it: at least 1, and even when ``n`` is (some
+    VAEs decode in 2×2 patches)."""
+    m = max(1, round(n * scale))
+    return max(2, m - m % 2) if n % 2 == 0 and n >= 2 else m
+
+
+def pool_latent(x0: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x0`` (A, C, H, W) or a video's (A, C, T, H, W) area-averaged to ``scale`` of its height and
+    width: a preview decoded from it costs about ``scale²`` of a full decode. ``scale = 1``: ``x0``."""
+    if scale == 1.0:
+        return x0
+    h, w = x0.shape[-2:]
+    flat = x0.reshape(x0.shape[0], -1, h, w).float()
+    pooled = F.interpolate(flat, size=(pooled_size(h, scale), pooled_size(w, scale)), mode="area")
+    return pooled.reshape(*x0.shape[:-2], *pooled.shape[-2:]).to(x0.dtype)
+
+
 def score_images_of(model: Denoiser, x0: torch.Tensor, prompts: Sequence[str], score_fn: ScoreFn,
-                    micro_batch: int | None) -> torch.Tensor:
-    """Decode the previews ``x0`` (A, C, H, W) with the model's proxy decoder and score the images,
-    ``micro_batch`` at a time → (A,) float32 on the CPU."""
+                    micro_batch: int | None, scale: float = 1.0) -> torch.Tensor:
+    """Decode the previews ``x0`` (A, C, H, W) with the model's proxy decoder — from the latent
+    pooled to ``scale`` of its size (:func:`pool_latent`) — and score the images, ``micro_batch``
+    at a time → (A,) float32 on the CPU."""
     decode, out = proxy_decoder(model), []
     with torch.no_grad():
         for sl in call_slices(len(x0), micro_batch):
-            out.append(score_fn(decode(x0[sl]), list(prompts[sl])).float().cpu())
+            out.append(score_fn(decode(pool_latent(x0[sl], scale)), list(prompts[sl])).float().cpu())
     return torch.cat(out)
 
 
@@ -151,7 +171,7 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
         if callback is not None:
             callback({"step": i, "active": a, "x0": x0, "row_prompt": row_prompt, "row_id": row_id})
         if i in keep_after:
-            kept_pos, record = _prune(model, x0, row_prompt, row_id, prompts, prompt_seeds, schedule.selector,
+            kept_pos, record = _prune(model, x0, row_prompt, row_id, prompts, prompt_seeds, schedule,
                                       keep_after[i], score_fn, select_generator, compute, i, float(sigma),
                                       decode_micro_batch)
             checkpoints.append(record)
@@ -204,7 +224,7 @@ def _step(family: str, sampler: str, x, x0, sigma, sigma_next, noise_level: floa
 
 
 def _prune(model: Denoiser, x0: torch.Tensor, row_prompt: torch.Tensor, row_id: torch.Tensor, prompts: Sequence[str],
-           prompt_seeds: Sequence[int], selector: str, k: int, score_fn: ScoreFn,
+           prompt_seeds: Sequence[int], schedule: PruneSchedule, k: int, score_fn: ScoreFn,
            select_generator: torch.Generator | None, compute: Compute, step: int,
            sigma: float, decode_micro_batch: int | None) -> tuple[torch.Tensor, dict]:
     """One checkpoint: decode and score the active rows' proxies ``x0`` (A, C, H, W), select ``k``
@@ -213,12 +233,12 @@ def _prune(model: Denoiser, x0: torch.Tensor, row_prompt: torch.Tensor, row_id: 
     a, B = x0.shape[0], len(prompts)
     with compute.phase("proxy"):
         proxy = score_images_of(model, x0, [prompts[b] for b in row_prompt.tolist()], score_fn,
-                                decode_micro_batch)  # (A,)
+                                decode_micro_batch, schedule.proxy_scale)  # (A,)
     compute.proxy_decodes += a
     compute.proxy_rewards += a
     per_prompt = proxy.view(B, -1)  # (B, K_prev)
     kept_pos = torch.cat([
-        ovf.select(selector, per_prompt[b], k, select_generator or _prompt_generator(prompt_seeds[b], step))
+        ovf.select(schedule.selector, per_prompt[b], k, select_generator or _prompt_generator(prompt_seeds[b], step))
         + b * per_prompt.shape[1] for b in range(B)])  # positions into the active batch, grouped by prompt
     record = {"step": step + 1, "sigma": sigma, "rewards": per_prompt, "row_id": row_id.view(B, -1).clone(),
               "kept": row_id[kept_pos].view(B, k).clone()}

@@ -42,6 +42,8 @@ class PruneSchedule:
     prune_after_window: bool = False     # the (single) checkpoint follows the window: prune right after it
     window_draw: str = "epoch"           # random: one window per epoch, or one per prompt (per sampling batch)
     shared_noise: bool = False           # every trajectory of a prompt starts from the same noise (MixGRPO)
+    proxy_scale: float = 1.0             # the previews are decoded from the x0 latent area-pooled to this fraction
+                                         # of its height and width (group.pool_latent); 1: full size
 
     @property
     def survivors(self) -> int:
@@ -100,6 +102,9 @@ class PruneSchedule:
                              "schedule that prunes, or a sliding or progressive window, draws one per epoch")
         if self.slide_every < 1:
             raise ValueError(f"slide_every={self.slide_every} must be >= 1 epoch")
+        if not 0.0 < self.proxy_scale <= 1.0:
+            raise ValueError(f"proxy_scale={self.proxy_scale} must be in (0, 1]: the fraction of the latent's height "
+                             "and width the pruning previews are decoded at (1 = full size, 0.5 = half)")
         if not 0 <= self.sde_window < steps:
             raise ValueError(f"sde_window={self.sde_window} must be in 0..T-1 = 0..{steps - 1} (0: SDE on every step)")
         if self.prune_after_window and (len(self.checkpoints) != 1 or not self.sde_window
@@ -178,6 +183,8 @@ class PruneSchedule:
             text += f"; SDE on {self.sde_window} step(s) {where}, ODE elsewhere"
         if self.shared_noise:
             text += "; one initial noise per prompt"
+        if self.checkpoints and self.proxy_scale != 1.0:
+            text += f"; previews decoded at {self.proxy_scale:g}× the size"
         return text
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from progrpo_core import ovf
-from progrpo_core.group import sample_group
+from progrpo_core.group import pool_latent, pooled_size, sample_group
 from progrpo_core.methods import PruneSchedule
 
 PROMPTS = ["a handwritten 3", "a handwritten 8"]
@@ -115,6 +115,39 @@ def test_ddim_last_step_is_deterministic(eps_model):
     assert (ro.stds[:, :-1] > 0).all() and (ro.stds[:, -1] == 0).all()
 
 
+def test_pooled_previews_are_decoded_from_the_area_mean_of_the_latent(flow_model, digit_reward):
+    """``proxy_scale`` < 1: every preview is decoded from the x0 latent area-pooled to that fraction
+    of its size (what the decoder receives is checked); the trajectories do not change and the
+    pruning decides on the pooled previews' rewards."""
+    class Sizes(Counting):
+        def __init__(self, inner):
+            super().__init__(inner)
+            self.preview_sizes = []
+
+        def decode_proxy(self, x0):
+            self.preview_sizes.append(tuple(x0.shape[-2:]))
+            return self.inner.decode(x0)
+
+    sched = PruneSchedule(group_size=8, checkpoints=(4,), keep=(3,))
+    full, half = Sizes(flow_model), Sizes(flow_model)
+    a = _run(full, sched, digit_reward)
+    b = _run(half, PruneSchedule(group_size=8, checkpoints=(4,), keep=(3,), proxy_scale=0.5), digit_reward)
+    assert set(full.preview_sizes) == {(8, 8)} and set(half.preview_sizes) == {(4, 4)}
+    assert not torch.equal(a.checkpoints[0]["rewards"], b.checkpoints[0]["rewards"])
+    # sampling never sees the scale: a row both runs keep has the same latents up to the checkpoint
+    common = [(i, j) for i in range(len(a.row_id)) for j in range(len(b.row_id))
+              if a.prompt_index[i] == b.prompt_index[j] and a.row_id[i] == b.row_id[j]]
+    assert common
+    assert all(torch.equal(a.latents[i, :5], b.latents[j, :5]) for i, j in common)
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    assert torch.equal(pool_latent(x, 0.5), torch.tensor([[[[2.5, 4.5], [10.5, 12.5]]]]))
+    assert pool_latent(x, 1.0) is x
+    video = torch.randn(2, 16, 3, 64, 64)  # (N, C, T, H, W): only height and width shrink
+    assert pool_latent(video, 0.4375).shape == (2, 16, 3, 28, 28)
+    assert [pooled_size(n, 0.5) for n in (1, 2, 3, 8, 9, 64)] == [1, 2, 2, 4, 4, 32]
+    assert pooled_size(128, 0.2) == 26  # even sides stay even (VAEs that decode 2×2 patches)
+
+
 @pytest.mark.parametrize("kwargs,steps,match", [
     (dict(group_size=8, checkpoints=(5,), keep=(10,)), 10, "K=10 exceeds the 8 trajectories"),
     (dict(group_size=8, checkpoints=(3, 5), keep=(4, 4)), 10, "does not shrink at K=4"),
@@ -126,6 +159,8 @@ def test_ddim_last_step_is_deterministic(eps_model):
     (dict(group_size=8, checkpoints=(5, 3), keep=(4, 2)), 10, "strictly increasing"),
     (dict(group_size=8, checkpoints=(5,), keep=()), 10, "one survivor count per checkpoint"),
     (dict(group_size=8, final_keep=8), 10, "final_keep=8 must be in 2..7"),
+    (dict(group_size=8, checkpoints=(5,), keep=(4,), proxy_scale=0.0), 10, r"proxy_scale=0.0 must be in \(0, 1\]"),
+    (dict(group_size=8, checkpoints=(5,), keep=(4,), proxy_scale=1.5), 10, r"proxy_scale=1.5 must be in \(0, 1\]"),
 ])
 def test_schedule_validation_messages(kwargs, steps, match):
     with pytest.raises(ValueError, match=match):

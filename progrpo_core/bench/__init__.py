@@ -4,6 +4,7 @@ Only the ``bench`` command imports this package (the library and the other comma
 
 * :mod:`.suite`      — the plan, the benchmarked methods, running them, aggregation, the command
 * :mod:`.peers`      — ``--peers``: every method at its best stable rate against the faithful peers
+* :mod:`.previews`   — ``--previews``: whether pooled (cheaper) pruning previews keep the proxy's ranking
 * :mod:`.profiles`   — what each operation costs on real models (FLOPs), to price the bench's counts
 * :mod:`.runs`       — budgeted training runs, driving the trainer's one loop
 * :mod:`.probe`      — proxy fidelity (Spearman) and funnel replay on recorded groups
@@ -20,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
         from .peers import main as peers
 
         return peers(argv)
+    if "--previews" in (argv or []):
+        from .previews import main as previews
+
+        return previews(argv)
     from .suite import main as run
 
     return run(argv)

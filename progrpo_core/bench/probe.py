@@ -27,7 +27,7 @@ import torch
 
 from .. import grpo, ovf
 from ..denoiser import Denoiser
-from ..group import sample_group
+from ..group import pool_latent, sample_group
 from ..methods import PruneSchedule
 from ..rewards import Reward
 
@@ -49,8 +49,10 @@ class Probe:
 
 
 def record_probe(model: Denoiser, reward: Reward, prompts: Sequence[str], seeds: Sequence[int], steps: int,
-                 group: int, sampler: str, noise_level: float, cfg: float = 1.0, lookahead: int = 0) -> Probe:
-    """Sample ``group`` trajectories per prompt without pruning; score the proxy at every step.
+                 group: int, sampler: str, noise_level: float, cfg: float = 1.0, lookahead: int = 0,
+                 proxy_scale: float = 1.0) -> Probe:
+    """Sample ``group`` trajectories per prompt without pruning; score the proxy at every step, decoded
+    from the x0 latent pooled to ``proxy_scale`` of its size as the trainer's previews are.
 
     With ``lookahead = k > 0`` also score a costlier candidate proxy: from each step's latent
     ``x_i``, ``k`` deterministic ODE steps to σ = 0 on the rollout's own remaining sigmas. The first
@@ -60,7 +62,7 @@ def record_probe(model: Denoiser, reward: Reward, prompts: Sequence[str], seeds:
     B = len(prompts)
 
     def record(info: dict) -> None:
-        images = model.decode(info["x0"])
+        images = model.decode(pool_latent(info["x0"], proxy_scale))
         rows = [prompts[b] for b in info["row_prompt"].tolist()]
         proxies[info["step"]] = reward.evaluate(images, rows)[reward.total_key].view(B, -1)
 
