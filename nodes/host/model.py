@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from .convert import image_to_core
+from . import packing
 from .families import TARGET_PRESETS, Family, family_of, target_modules  # noqa: F401  (re-exported)
 from .quantized import make_gguf_probeable, storage
 
@@ -152,6 +153,7 @@ class ComfyDenoiser:
         self._session: tuple[Any, dict, dict] | None = None
         self._fingerprint: str | None = None
         self.model_calls = 0
+        self.pack_prompts = True  # rows of several prompts share model calls where their conditionings allow
 
     @property
     def default_cfg(self) -> float:
@@ -312,17 +314,35 @@ class ComfyDenoiser:
         old_cfg = model_wrap.cfg
         try:
             model_wrap.cfg = float(cfg)
-            for g in index.unique().tolist():
-                rows = (index == g).nonzero().flatten().to(device)
-                model_wrap.conds = {"positive": all_conds[_key("positive", g)],
-                                    "negative": all_conds[_key("negative", g)]}
-                for chunk in (rows.split(self.max_batch) if self.max_batch > 0 else (rows,)):
-                    out[chunk] = model_wrap(x_c[chunk], sig[chunk], **extra_args).float()
-                    self.model_calls += 1
+            for chunk, conds in self._calls(index, all_conds):
+                model_wrap.conds = conds
+                rows = chunk.to(device)
+                out[rows] = model_wrap(x_c[rows], sig[rows], **extra_args).float()
+                self.model_calls += 1
         finally:
             model_wrap.conds = all_conds
             model_wrap.cfg = old_cfg
         return out.to(x.device)  # x0 is the same in both spaces; on the caller's device
+
+    def _calls(self, index: torch.Tensor, all_conds: dict) -> Iterator[tuple[torch.Tensor, dict]]:
+        """The model calls for rows whose prompts are ``index``: (rows, their conds). When the prompts'
+        conditionings can share a call (:mod:`.packing`), the rows, grouped by prompt, fill calls of up
+        to ``max_batch`` across prompts; otherwise each prompt's rows are called on their own."""
+        kinds = ("positive", "negative")
+        groups = index.unique().tolist()
+        per_prompt = [(index == g).nonzero().flatten() for g in groups]
+        cut = (lambda rows: rows.split(self.max_batch)) if self.max_batch > 0 else (lambda rows: (rows,))
+        packable = self.pack_prompts and len(groups) > 1 and all(
+            packing.pack([all_conds[_key(kind, g)] for g in groups], [1] * len(groups)) is not None for kind in kinds)
+        if not packable:
+            for g, rows in zip(groups, per_prompt):
+                for chunk in cut(rows):
+                    yield chunk, {kind: all_conds[_key(kind, g)] for kind in kinds}
+            return
+        for chunk in cut(torch.cat(per_prompt)):  # a subset of packable prompts packs too
+            present, counts = index[chunk].unique_consecutive(return_counts=True)
+            yield chunk, {kind: packing.pack([all_conds[_key(kind, g)] for g in present.tolist()], counts.tolist())
+                          for kind in kinds}
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         """Latents to images (N, 3, H, W); a video family's latents (N, C, T, H, W) to the frames
