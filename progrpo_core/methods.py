@@ -289,6 +289,14 @@ METHODS: dict[str, MethodPreset] = {p.name: p for p in (
                  summary="ours: MixGRPO's window and shared initial noise with 24 trajectories, then OVF keeps "
                          "MixGRPO's 12 on the proxy right after the window; the survivors finish and their "
                          "window is trained"),
+    MethodPreset("pro-grpo-fast-cps", 36, (0.5,), (18,), sde_window=0.3, window_mode="random",
+                 window_span=(0.0, 0.5), prune_after_window=True, defaults=_FAST_CPS,
+                 summary="ours, on flow-grpo-fast-cps (flow models): 36 trajectories, OVF keeps its 18 on the proxy "
+                         "right after the 3-step CPS window (one per epoch); its sampler and update settings"),
+    MethodPreset("pro-mixgrpo-cps", 24, (0.5,), (12,), sde_window=0.2, window_mode="progressive", slide_every=25,
+                 shared_noise=True, prune_after_window=True, defaults=_FAST_CPS,
+                 summary="ours, flow models: pro-mixgrpo sampling its window with CPS at noise 0.8 and updating with "
+                         "flow-grpo-fast-cps's clip range 1e-5 and the batch's reward std"),
     MethodPreset("pro-mixgrpo-sliding", 24, (0.5,), (12,), sde_window=0.2, window_mode="sliding",
                  window_span=(0.0, 0.5), prune_after_window=True,
                  summary="ours, on mixgrpo-sliding's window (independent noise): OVF halves the group on the "

@@ -38,7 +38,7 @@ SWEEP_SEEDS, FINAL_SEEDS = (11, 12), (0, 1, 2, 3, 4)
 TASKS = {"flow": ("digits-flow", 150_000.0), "eps": ("digits-eps", 150_000.0),
          "pair": ("digits-pair-flow", 600_000.0), "pair-eps": ("digits-pair-eps", 600_000.0)}
 PEERS = ("mixgrpo", "flow-grpo-fast", "flow-grpo-fast-cps", "nft")
-OURS = ("pro-grpo", "pro-grpo-fast", "pro-mixgrpo", "pro-nft")
+OURS = ("pro-grpo", "pro-grpo-fast", "pro-mixgrpo", "pro-nft", "pro-grpo-fast-cps", "pro-mixgrpo-cps")
 # control → (the method it controls, the method it runs, schedule settings): the same sampling
 # without expansion (G = the survivors), or a random cut in place of OVF
 CONTROLS = {
@@ -50,7 +50,7 @@ CONTROLS = {
     "pro-nft-random": ("pro-nft", "pro-nft", {"selector": "random"}),
 }
 # (mixgrpo is pro-mixgrpo's G = 12 control: the same window and shared noise, 12 trajectories)
-FLOW_ONLY = {"flow-grpo-fast-cps"}  # CPS is a flow sampler
+FLOW_ONLY = {"flow-grpo-fast-cps", "pro-grpo-fast-cps", "pro-mixgrpo-cps"}  # CPS is a flow sampler
 
 
 def methods_for(task: str, controls: bool = True) -> list[str]:
