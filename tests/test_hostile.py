@@ -610,7 +610,10 @@ def test_sweep_under_a_memory_limit(name, tmp_path):
 
 def test_sweep_ctrl_c_while_importing(tmp_path):
     """SIGINT while ``python -m progrpo_core`` imports torch: "interrupted", exit 130, no traceback."""
+    # a terminal's Ctrl-C: Python's own SIGINT handler, also when this suite runs in the background
+    # (a shell's background jobs start with SIGINT ignored, and then Python installs none)
     hook = ("import builtins, os, signal\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "_real = builtins.__import__\n"
             "def _hook(name, *a, **k):\n"
             "    if name == 'torch':\n"
