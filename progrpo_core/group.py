@@ -139,7 +139,8 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
     ``decode_micro_batch`` the images of one decode-and-score call; results do not depend on them.
     ``sde_steps``: the steps that draw noise (the SDE window) — one tuple for every row, or a list
     with one per prompt; the others take the deterministic step (noise level 0, std 0: not
-    trained). None: every step. With ``schedule.shared_noise`` a prompt's rows start from one noise."""
+    trained). None: every step. With ``schedule.shared_noise`` a prompt's rows start from one noise,
+    and until the first SDE step they are one latent: those model calls are made once per prompt."""
     schedule.validate(steps)
     check_sampler(model.family, sampler)
     if schedule.checkpoints and score_fn is None:
@@ -162,12 +163,23 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
     keep_after = {c - 1: k for c, k in zip(schedule.checkpoints, schedule.keep)}  # step index → K
     mult = cfg_rows(cfg)
 
+    # With shared noise a prompt's rows are one latent until the first SDE step: its model calls are
+    # made once per prompt and the x0 given to every row (exactly what each would get; no noise yet).
+    identical = schedule.shared_noise
     for i in range(T):
         a = x.shape[0]
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         with compute.phase("sampling"), torch.no_grad():
-            x0 = denoise_rows(model, x, sigma.expand(a).to(device), cond, cfg, micro_batch, compute)  # (A, C, H, W)
-        compute.nfe_sample += a * mult
+            if identical:
+                _, inverse = torch.unique(row_prompt, return_inverse=True)
+                first = torch.zeros(int(inverse.max()) + 1, dtype=torch.long).scatter_reduce(
+                    0, inverse, torch.arange(a), "amin", include_self=False)  # each prompt's first row
+                x0 = denoise_rows(model, x[first], sigma.expand(len(first)).to(device), model.select_cond(cond, first),
+                                  cfg, micro_batch, compute)[inverse.to(device)]
+                compute.nfe_sample += len(first) * mult
+            else:
+                x0 = denoise_rows(model, x, sigma.expand(a).to(device), cond, cfg, micro_batch, compute)  # (A, C, H, W)
+                compute.nfe_sample += a * mult
         if callback is not None:
             callback({"step": i, "active": a, "x0": x0, "row_prompt": row_prompt, "row_id": row_id})
         if i in keep_after:
@@ -183,9 +195,10 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
             hist_std = [h[kept_pos] for h in hist_std]
             hist_logp = [h[kept_pos] for h in hist_logp]
         eps = noise.draw()[(row_prompt * G + row_id).to(device)]  # (A, C, H, W): each row's own noise
+        sde = _sde_rows(sde_steps, i, row_prompt)
+        identical = identical and not (sde if isinstance(sde, bool) else bool(sde.any()))
         with compute.phase("sampling"):
-            prev, std, logp = _step(model.family, sampler, x, x0, sigma, sigma_next, noise_level, eps,
-                                    _sde_rows(sde_steps, i, row_prompt))
+            prev, std, logp = _step(model.family, sampler, x, x0, sigma, sigma_next, noise_level, eps, sde)
         hist_x.append(x)
         hist_std.append(std)
         hist_logp.append(logp)

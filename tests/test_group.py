@@ -115,6 +115,25 @@ def test_ddim_last_step_is_deterministic(eps_model):
     assert (ro.stds[:, :-1] > 0).all() and (ro.stds[:, -1] == 0).all()
 
 
+def test_shared_noise_makes_the_calls_before_the_first_sde_step_once_per_prompt(flow_model):
+    """MixGRPO's shared initial noise: a prompt's rows are one latent until the first SDE step, so
+    those model calls are made for one row per prompt and the x0 handed to all of them — the x0 each
+    row gets on its own, to rounding; from the first SDE step on every row is called."""
+    m, seen = Counting(flow_model), {}
+    sched = PruneSchedule(group_size=6, shared_noise=True)
+    ro = sample_group(m, PROMPTS, [11, 12], 10, sched, "flow_sde", 0.7, 1.0, sde_steps=(3, 4),
+                      callback=lambda info: seen.setdefault(info["step"], info["x0"].clone()))
+    B = len(PROMPTS)
+    assert m.calls == [B] * 4 + [B * 6] * 6  # steps 0–3 share one row per prompt; step 3 adds noise
+    assert ro.compute.nfe_sample == sum(m.calls)
+    lat = ro.latents.view(B, 6, *ro.latents.shape[1:])
+    assert torch.equal(lat[:, :, :4], lat[:, :1, :4].expand_as(lat[:, :, :4]))  # one latent per prompt
+    assert not torch.equal(lat[:, 0, 4], lat[:, 1, 4])  # the window's noise made them differ
+    for i in (0, 2, 3):
+        alone = flow_model.denoise(ro.latents[:, i], ro.sigmas[i].expand(B * 6), ro.cond)
+        torch.testing.assert_close(seen[i], alone, rtol=1e-5, atol=1e-5)
+
+
 def test_pooled_previews_are_decoded_from_the_area_mean_of_the_latent(flow_model, digit_reward):
     """``proxy_scale`` < 1: every preview is decoded from the x0 latent area-pooled to that fraction
     of its size (what the decoder receives is checked); the trajectories do not change and the
