@@ -293,6 +293,10 @@ METHODS: dict[str, MethodPreset] = {p.name: p for p in (
                  window_span=(0.0, 0.5), prune_after_window=True, defaults=_FAST_CPS,
                  summary="ours, on flow-grpo-fast-cps (flow models): 36 trajectories, OVF keeps its 18 on the proxy "
                          "right after the 3-step CPS window (one per epoch); its sampler and update settings"),
+    MethodPreset("pro-mixgrpo-8", 24, (0.5,), (8,), sde_window=0.2, window_mode="progressive", slide_every=25,
+                 shared_noise=True, prune_after_window=True,
+                 summary="ours: pro-mixgrpo with a deeper cut — OVF keeps 8 of the 24 window outcomes on the proxy "
+                         "right after the window; the 8 finish and their window is trained"),
     MethodPreset("pro-mixgrpo-cps", 24, (0.5,), (12,), sde_window=0.2, window_mode="progressive", slide_every=25,
                  shared_noise=True, prune_after_window=True, defaults=_FAST_CPS,
                  summary="ours, flow models: pro-mixgrpo sampling its window with CPS at noise 0.8 and updating with "

@@ -119,7 +119,7 @@ def test_sampling_is_deterministic_outside_the_window(flow_model):
     assert not torch.allclose(ro.latents[:, -1], ode.latents[:, -1])
 
 
-@pytest.mark.parametrize("method", ["flow-grpo-fast", "pro-grpo-fast", "pro-mixgrpo", "mixgrpo"])
+@pytest.mark.parametrize("method", ["flow-grpo-fast", "pro-grpo-fast", "pro-mixgrpo", "pro-mixgrpo-8", "mixgrpo"])
 def test_only_the_window_is_trained(tmp_path, method):
     from progrpo_core.training import Trainer
 
@@ -136,6 +136,8 @@ def test_only_the_window_is_trained(tmp_path, method):
         assert r["trained_steps"] == list(window)
         if method.startswith("pro-"):  # pruned after the model call that follows the window's last step
             assert [p["step"] for p in r["proxy"]] == [window[-1] + 2]
+            kept = r["proxy"][0]["kept"]  # per prompt: the survivors' row ids, as many as the preset keeps
+            assert [len(k) for k in kept] == [t.schedule.keep[-1]] * 2 and all(len(set(k)) == len(k) for k in kept)
     assert rows[-1]["optimizer_step"] > 0
 
 
