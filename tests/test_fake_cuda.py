@@ -93,6 +93,23 @@ def test_group_sampler_prunes_on_the_gpu(gpu, tmp_path):
     same(b.advantages, a.advantages, "advantages")
 
 
+def test_shared_noise_prefix_on_the_gpu(gpu, tmp_path):
+    """pro-mixgrpo's shared initial noise: until the window (steps 2–3 at epoch 50) each prompt's
+    model calls are made once and the x0 indexed back to its rows on the GPU; the same trajectories,
+    proxy and pruning as the CPU's."""
+    settings = {"grpo": {"method": "pro-mixgrpo", "prompts_per_epoch": 2, "train_batch_size": 8, "lr": 1e-2},
+                "schedule": {"group_size": 8, "keep": [4], "checkpoints": None}}
+    t = Trainer.build(table(tmp_path / "gpu", gpu, **settings), log=lambda s: None)
+    t.ensure_plan()
+    b = t.sample_epoch(50)
+    assert b.rollout.latents.device.type == "cuda" and [p["step"] for p in b.stats.proxy] == [5]
+    a = t.sample_epoch(50) if REAL_GPU else Trainer.build(table(tmp_path / "cpu", "cpu", **settings),
+                                                          log=lambda s: None).sample_epoch(50)
+    assert [p["kept"] for p in b.stats.proxy] == [p["kept"] for p in a.stats.proxy]
+    same(b.rollout.latents, a.rollout.latents, "trajectories")
+    same(b.advantages, a.advantages, "advantages")
+
+
 def test_the_planner_probes_the_gpu(gpu, tmp_path):
     t = Trainer.build(table(tmp_path / "run", gpu), log=lambda s: None)
     plan = t.ensure_plan()
