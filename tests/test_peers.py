@@ -43,6 +43,20 @@ def test_rates_are_chosen_by_stable_reach_and_controls_follow_the_method_they_co
     assert m["mixgrpo"]["lr"] == 1e-3 and not m["mixgrpo"]["reaches"]
     assert m["pro-mixgrpo-random"]["lr"] == 1e-3 and m["pro-mixgrpo-random"]["rate_of"] == "pro-mixgrpo"
     assert "pro-nft-random" not in m  # its method was not swept
+    text = peers.report({"flow": rates}, peers.summarise(runs, {"flow": rates}))
+    assert "task's grid: flow 0.001, 0.01)" in text  # the grid the sweep tried, not a constant
+    assert "pro-mixgrpo: 0.001* 0.700, 0.01 0.300" in text
+
+
+def test_the_best_peer_is_its_fastest_rate_that_reaches_on_every_seed():
+    runs = [run("flow", "grpo", 1e-2, seed, [0.3, 0.5, 0.6]) for seed in peers.FINAL_SEEDS]
+    runs += [run("flow", "mixgrpo", 2.5e-3, seed, [0.5, 0.7, 0.7, 0.7]) for seed in peers.FINAL_SEEDS]  # 15
+    runs += [run("flow", "mixgrpo", 3.5e-3, seed, [0.7, 0.7, 0.7] if seed else [0.7, 0.7, 0.2])  # 10, one slip
+             for seed in peers.FINAL_SEEDS]
+    runs += [run("flow", "nft", 5e-3, seed, [0.3, 0.4, 0.6, 0.6, 0.6]) for seed in peers.FINAL_SEEDS[1:]]  # 4 seeds
+    best = peers.best_peer(runs, 0.6, ["units"])["units"]
+    assert best == {"method": "mixgrpo", "lr": 2.5e-3, "reach": pytest.approx(15.0)}
+    assert peers.best_peer(runs, 0.95, ["units"])["units"] is None
 
 
 def test_controls_change_one_thing():

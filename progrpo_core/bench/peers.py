@@ -5,14 +5,16 @@ comes from, and the compute priced as real models price it.
 Two stages, so that choosing the rate never sees the seeds that are reported:
 
 1. ``--stage sweep`` — every method at every rate of ``RATES`` on seeds 11 and 12 (seeds the final
-   stage never uses). GRPO's best rate is the one with the highest final; its final is the task's
+   stage never uses; ``--rates`` extends a task's grid, for every method, while a best rate sits
+   at its edge). GRPO's best rate is the one with the highest final; its final is the task's
    target. Every other method's best rate is the one that reaches the target *stably* — from some
    evaluation on, every later one at or above it, the last three included — with the least
    compute; a method that never does takes the rate of its highest final.
 2. ``--stage final`` — every method at its best rate on seeds 0–4; the report gives each one's
    final reward, the compute at which each seed stably reaches GRPO's final (in the built-in model's
    units and priced as SD3.5-Medium, ``profiles.PROFILES``), its ratio to GRPO's whole budget and to
-   the best of the peers (faithful MixGRPO, Flow-GRPO-Fast in both published forms, DiffusionNFT).
+   the best of the peers (faithful MixGRPO, Flow-GRPO-Fast in both published forms, DiffusionNFT),
+   each peer at the fastest rate at which its final runs reach on every seed (``best_peer``).
 
 Controls: each pruning method against the same method without expansion (G = its survivors) and
 with a random cut in place of OVF, each at the rate chosen for the method it controls (so the
@@ -33,7 +35,7 @@ import numpy as np
 from .profiles import PROFILES
 from .runs import MethodSpec
 
-RATES = (1e-3, 2.5e-3, 5e-3, 1e-2, 2e-2)
+RATES = (1e-3, 2.5e-3, 3.5e-3, 5e-3, 7e-3, 1e-2, 2e-2)
 SWEEP_SEEDS, FINAL_SEEDS = (11, 12), (0, 1, 2, 3, 4)
 TASKS = {"flow": ("digits-flow", 150_000.0), "eps": ("digits-eps", 150_000.0),
          "pair": ("digits-pair-flow", 600_000.0), "pair-eps": ("digits-pair-eps", 600_000.0)}
@@ -210,12 +212,28 @@ def summarise(runs: list[dict], rates: dict) -> dict[str, Any]:
         budgets = {key: _mean([(r["units"] if key == "units" else priced(r, key)[-1]["units"])
                                for r in rs if r["base_method"] == "grpo"])["mean"]
                    for key in PRICES}
+        best = best_peer(rs, target, budgets)
         for m, row in rows.items():
             row["of_grpo"] = {k: _ratio(row["reach"][k], budgets[k]) for k in budgets}
-            peers = [rows[p]["reach"] for p in PEERS if p in rows and rows[p]["reach"]["units"]["n"] == len(FINAL_SEEDS)]
-            row["of_best_peer"] = {k: _ratio(row["reach"][k], min((p[k]["mean"] for p in peers if p[k]["mean"]),
-                                                                  default=None)) for k in budgets}
-        out[task] = {"target": target, "grpo_budget": budgets, "methods": rows}
+            row["of_best_peer"] = {k: _ratio(row["reach"][k], best[k]["reach"] if best[k] else None) for k in budgets}
+        out[task] = {"target": target, "grpo_budget": budgets, "methods": rows, "best_peer": best}
+    return out
+
+
+def best_peer(runs: list[dict], target: float, keys) -> dict[str, dict | None]:
+    """Per price: the peer and rate that reach ``target`` with the least mean compute on *every*
+    final seed, among all the rates the final runs hold for a peer — not only its chosen one, so a
+    peer whose chosen rate slips on one seed is still compared at the best rate it holds."""
+    out: dict[str, dict | None] = {k: None for k in keys}
+    for p in PEERS:
+        for lr in sorted({r["lr"] for r in runs if r["base_method"] == p}):
+            seeds = [r for r in runs if r["base_method"] == p and r["lr"] == lr]
+            if len(seeds) < len(FINAL_SEEDS):
+                continue
+            for k in keys:
+                reach = [stable_reach(r["curve"] if k == "units" else priced(r, k), target) for r in seeds]
+                if all(x is not None for x in reach) and (out[k] is None or np.mean(reach) < out[k]["reach"]):
+                    out[k] = {"method": p, "lr": lr, "reach": float(np.mean(reach))}
     return out
 
 
@@ -227,12 +245,14 @@ def _ratio(reach: dict, base: float | None) -> float | None:
 
 def report(rates: dict, summary: dict, profile: str = "sd35m") -> str:
     taesd = f"{profile}+taesd"
-    lines = [f"Each method at its best stable rate (seeds 11–12 chose it among {', '.join(f'{r:g}' for r in RATES)}); "
+    lines = [f"Each method at its best stable rate (seeds 11–12 chose it from the task's grid: {_grids(rates)}); "
              f"seeds 0–4. \"Reaches\": the compute at which a seed's curve reaches GRPO's final for good "
              f"(mean ± std over the seeds that do, n/5), as the built-in model counts it and priced as "
              f"{PROFILES[profile].name}, with the pruning previews decoded by its VAE or by TAESD.", ""]
     for task, s in summary.items():
-        lines += [f"### {task} ({TASKS[task][0]}, {TASKS[task][1]:,.0f} units; GRPO's final {s['target']:.3f})", "",
+        bp = s["best_peer"]["units"]
+        best = f"; best peer {bp['method']} at {bp['lr']:g}, {bp['reach'] / 1e3:.0f}k" if bp else "; no peer reaches it"
+        lines += [f"### {task} ({TASKS[task][0]}, {TASKS[task][1]:,.0f} units; GRPO's final {s['target']:.3f}{best})", "",
                   "| method | lr | final | reaches GRPO's final (units) | of GRPO | of best peer | "
                   f"{PROFILES[profile].name}: of GRPO | of best peer | TAESD previews: of GRPO | of best peer |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
@@ -252,6 +272,12 @@ def report(rates: dict, summary: dict, profile: str = "sd35m") -> str:
             for m, c in info["methods"].items() if c["grid"]))
     lines.append("- Controls run at the rate chosen for the method they control.")
     return "\n".join(lines) + "\n"
+
+
+def _grids(rates: dict) -> str:
+    """The rates each task's sweep tried (every method the same), e.g. ``flow 0.001, 0.0025``."""
+    tried = {t: sorted({float(k) for c in info["methods"].values() for k in c["grid"]}) for t, info in rates.items()}
+    return "; ".join(f"{t} {', '.join(f'{r:g}' for r in rs)}" for t, rs in tried.items())
 
 
 def _pct(x: float | None) -> str:

@@ -203,7 +203,8 @@ def run(args) -> dict:
         adapter = Adapter(den, 16, 16.0, seed=0)
         trainer = Trainer.build(cfg, model=den, reward=build_reward("stroke"), prompts=["a prompt"], adapter=adapter,
                           log=lambda s: None)
-        result: dict = {"model": args.model, "method": args.method, "schedule": str(trainer.schedule),
+        result: dict = {"model": args.model, "method": args.method, "prompts": args.prompts,
+                        "schedule": str(trainer.schedule),
                         "proxy_vae": args.proxy_vae,
                         "detected": detected, "resolution": args.resolution,
                         "device": str(device), "precision": precision.name,
@@ -290,17 +291,18 @@ def _measure(trainer, den, adapter, device, prompt: str = "a prompt") -> dict:
     phases["training"] = round(sum(epochs) / len(epochs) - sum(phases.values()), 2)  # the rest of the epoch
     return {"measured": {"peak_bytes": int(peak), "epoch_s": sum(epochs) / len(epochs),
                          "epochs_s": [r.epoch_wall_s for r in records], "seconds": phases,
-                         "gflops": epoch_gflops(trainer, den, records, timed, prompt),
+                         "gflops": epoch_gflops(trainer, den, adapter, records, timed, prompt),
                          "grad_reached_fraction": reached, "grad_finite": finite,
                          "lora_changed_output": float((out - base).abs().max()),
                          "optimizer_steps": trainer.optimizer_steps}}
 
 
-def epoch_gflops(trainer, den, records, timed, prompt: str = "a prompt") -> dict:
+def epoch_gflops(trainer, den, adapter, records, timed, prompt: str = "a prompt") -> dict:
     """GFLOPs of one timed epoch by phase, from the run's exact row counts and FLOPs counted on one
-    row (``torch.utils.flop_counter``): sampling, training (forward + backward, the backward 2 forwards
-    plus 1 recomputed under gradient checkpointing), decodes (the previews' at the proxy decoder's
-    price); the reward (stroke) costs nothing."""
+    row (``torch.utils.flop_counter``): sampling, training (one row's forward and backward as the
+    trainer runs them, counted: the base weights are frozen, so the backward computes activation
+    gradients and the LoRA's, not weight gradients, and gradient checkpointing recomputes the
+    blocks), decodes (the previews' at the proxy decoder's price); the reward (stroke) costs nothing."""
     import torch
 
     from progrpo_core.compute import count_flops
@@ -311,18 +313,33 @@ def epoch_gflops(trainer, den, records, timed, prompt: str = "a prompt") -> dict
     sigma = den.sigmas(4)[1:2].to(device)
     cond = den.encode_prompts([prompt])
     fwd = count_flops(lambda: den.denoise(x, sigma, cond, 1.0))
+    train_row = _train_row_flops(den, adapter, x, sigma, cond)
     dec = count_flops(lambda: den.decode(x))
     dec_proxy = count_flops(lambda: proxy_decoder(den)(x))  # the VAE where no proxy decoder is given (built-in models)
     previews = sum(r.batch.rollout.compute.proxy_decodes for r in timed) / len(timed)
     first = records[-len(timed) - 1].compute if len(records) > len(timed) else {k: 0 for k in records[0].compute}
     d = {k: (records[-1].compute[k] - first[k]) / len(timed) for k in first}
-    backward = 2.0 + (1.0 if trainer.cfg.run.gradient_checkpointing else 0.0)
-    out = {"sampling": d["nfe"] * fwd, "training": (d["nfe_train_fwd"] + backward * d["nfe_train_bwd"]) * fwd,
+    out = {"sampling": d["nfe"] * fwd, "training": (d["nfe_train_fwd"] - d["nfe_train_bwd"]) * fwd
+           + d["nfe_train_bwd"] * train_row,  # reference forwards (KL) have no backward
            "decodes": (d["decodes"] - previews) * dec + previews * dec_proxy}
     out = {k: round(v / 1e9, 1) for k, v in out.items()}
     out["total"] = round(sum(out.values()), 1)
     out["rows"] = d
+    out["train_row_in_forwards"] = round(train_row / fwd, 3)
     return out
+
+
+def _train_row_flops(den, adapter, x, sigma, cond) -> float:
+    """FLOPs of one trained row: the forward through the LoRA with gradients, the blocks'
+    recomputation and the backward, counted while the trainer's gradient checkpointing is on."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+        den.denoise(x, sigma, cond, 1.0).float().sum().backward()
+    for p in adapter.parameters():
+        p.grad = None
+    return float(counter.get_total_flops())
 
 
 def main(argv=None) -> int:
