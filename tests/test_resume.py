@@ -21,6 +21,7 @@ from progrpo_core import io
 from progrpo_core.cli import main
 from progrpo_core.rewards import Reward, build_reward
 from progrpo_core.training import Trainer
+from progrpo_core.training.run_folder import RunFolder
 
 from helpers import config_with, metrics_rows
 
@@ -153,8 +154,9 @@ class InterruptingReward(Reward):
         return self.inner.evaluate(images, prompts)
 
 
-@pytest.mark.parametrize("where", ["reward-during-sampling", "ctrl-c-after-an-update"])
-def test_interrupt_saves_a_checkpoint_and_resume_is_exact(tmp_path, reference, where):
+@pytest.mark.parametrize("where", ["reward-during-sampling", "ctrl-c-after-an-update",
+                                   "ctrl-c-right-after-a-metrics-row"])
+def test_interrupt_saves_a_checkpoint_and_resume_is_exact(tmp_path, reference, where, monkeypatch):
     run = tmp_path / "run"
     cfg = make_cfg(run, checkpoint_every=0)  # the only checkpoint is the one the interrupt writes
     holder = {}
@@ -162,6 +164,17 @@ def test_interrupt_saves_a_checkpoint_and_resume_is_exact(tmp_path, reference, w
         reward = InterruptingReward(lambda: "t" in holder and holder["t"].epoch == 3, InterruptProcessingException())
         t = holder["t"] = Trainer.build(cfg, reward=reward, log=lambda s: None)
         expected = InterruptProcessingException
+    elif where == "ctrl-c-right-after-a-metrics-row":  # metrics.jsonl shows epoch 2: epoch 2 is saved
+        t = Trainer.build(cfg, log=lambda s: None)
+        append = RunFolder.append_metrics
+
+        def append_then_stop(folder, row):
+            append(folder, row)
+            if row["epoch"] == 2:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(RunFolder, "append_metrics", append_then_stop)
+        expected = KeyboardInterrupt
     else:
         t = Trainer.build(cfg, log=lambda s: None)
         real_step, calls = t.optimizer.step, []

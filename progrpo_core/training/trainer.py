@@ -285,15 +285,17 @@ class Trainer(RunFiles):
             epoch_wall_s=round(time.perf_counter() - t0, 4), wall_s=round(self.elapsed(), 3), batch=batch, cpu_s=cpu)
 
     def _write_epoch(self, folder: RunFolder, row: dict[str, Any]) -> None:
-        """The epoch's files: its metrics row, the LoRA and a checkpoint when they are due."""
+        """The epoch's files: its metrics row, the LoRA and a checkpoint when they are due. The
+        epoch becomes the one an interrupt saves *before* its row is written, so a run stopped once
+        ``metrics.jsonl`` shows an epoch never saves an earlier one."""
         c = self.cfg
+        self._boundary = self.state_dict(self.elapsed()) if self.world.is_main else None
         if self.world.is_main:
             folder.append_metrics(row)
             if c.run.save_every and self.epoch % c.run.save_every == 0:
                 self.save_lora(folder.lora_path)
         if c.run.checkpoint_every and self.epoch % c.run.checkpoint_every == 0:
-            self.save_checkpoint(folder)
-        self._boundary = self.state_dict(self.elapsed()) if self.world.is_main else None
+            self.save_checkpoint(folder, self._boundary)
 
     # -- the command line's run ------------------------------------------------------------------
     def run(self, progress: bool = True, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
