@@ -43,7 +43,9 @@ def test_rates_are_chosen_by_stable_reach_and_controls_follow_the_method_they_co
     assert m["mixgrpo"]["lr"] == 1e-3 and not m["mixgrpo"]["reaches"]
     assert m["pro-mixgrpo-random"]["lr"] == 1e-3 and m["pro-mixgrpo-random"]["rate_of"] == "pro-mixgrpo"
     assert "pro-nft-random" not in m  # its method was not swept
-    text = peers.report({"flow": rates}, peers.summarise(runs, {"flow": rates}))
+    summary = peers.summarise(runs, {"flow": rates})
+    assert summary["flow"]["target"] == pytest.approx(0.6)  # GRPO at its chosen rate only, not every rate run
+    text = peers.report({"flow": rates}, summary)
     assert "task's grid: flow 0.001, 0.01)" in text  # the grid the sweep tried, not a constant
     assert "pro-mixgrpo: 0.001* 0.700, 0.01 0.300" in text
 

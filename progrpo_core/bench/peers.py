@@ -197,7 +197,8 @@ def summarise(runs: list[dict], rates: dict) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for task, info in rates.items():
         rs = [r for r in runs if r["task"] == task]
-        target = float(np.mean([stable_final(r) for r in rs if r["base_method"] == "grpo"])) if rs else None
+        grpo_runs = [r for r in rs if r["base_method"] == "grpo" and r["lr"] == info["methods"]["grpo"]["lr"]]
+        target = float(np.mean([stable_final(r) for r in grpo_runs])) if grpo_runs else None  # GRPO at its rate
         rows: dict[str, Any] = {}
         for m, choice in info["methods"].items():
             seeds = [r for r in rs if r["base_method"] == m and r["lr"] == choice["lr"]]
@@ -210,7 +211,7 @@ def summarise(runs: list[dict], rates: dict) -> dict[str, Any]:
                 row["reach"][price] = _mean([stable_reach(priced(r, price), target) for r in seeds])
             rows[m] = row
         budgets = {key: _mean([(r["units"] if key == "units" else priced(r, key)[-1]["units"])
-                               for r in rs if r["base_method"] == "grpo"])["mean"]
+                               for r in grpo_runs])["mean"]
                    for key in PRICES}
         best = best_peer(rs, target, budgets)
         for m, row in rows.items():
