@@ -213,7 +213,7 @@ def summarise(runs: list[dict], rates: dict) -> dict[str, Any]:
         budgets = {key: _mean([(r["units"] if key == "units" else priced(r, key)[-1]["units"])
                                for r in grpo_runs])["mean"]
                    for key in PRICES}
-        best = best_peer(rs, target, budgets)
+        best = best_peer(rs, target, budgets) if target is not None else dict.fromkeys(budgets)
         for m, row in rows.items():
             row["of_grpo"] = {k: _ratio(row["reach"][k], budgets[k]) for k in budgets}
             row["of_best_peer"] = {k: _ratio(row["reach"][k], best[k]["reach"] if best[k] else None) for k in budgets}
