@@ -133,7 +133,9 @@ PRICES = ("units", *PROFILES, *(f"{p}+taesd" for p in PROFILES))
 
 def priced(run: dict, price: str) -> list[dict]:
     """The run's eval curve with ``units`` replaced by the FLOPs of its counts on a real model
-    (``price``: a profile, or ``"<profile>+taesd"``)."""
+    (``price``: a profile, or ``"<profile>+taesd"``; ``"units"``: the curve as it is)."""
+    if price == "units":
+        return run["curve"]
     profile, _, decoder = price.partition("+")
     p = PROFILES[profile]
     return [{**pt, "units": p.flops(pt["counts"], decoder or "vae")} for pt in run["curve"]]
@@ -206,9 +208,7 @@ def summarise(runs: list[dict], rates: dict) -> dict[str, Any]:
                 continue
             row = {"lr": choice["lr"], "final": _mean([stable_final(r) for r in seeds]),
                    "gold": _mean([r["final"]["gold"] for r in seeds]),
-                   "reach": {"units": _mean([stable_reach(r["curve"], target) for r in seeds])}}
-            for price in PRICES[1:]:
-                row["reach"][price] = _mean([stable_reach(priced(r, price), target) for r in seeds])
+                   "reach": {price: _mean([stable_reach(priced(r, price), target) for r in seeds]) for price in PRICES}}
             rows[m] = row
         budgets = {key: _mean([(r["units"] if key == "units" else priced(r, key)[-1]["units"])
                                for r in grpo_runs])["mean"]
@@ -232,7 +232,7 @@ def best_peer(runs: list[dict], target: float, keys) -> dict[str, dict | None]:
             if len(seeds) < len(FINAL_SEEDS):
                 continue
             for k in keys:
-                reach = [stable_reach(r["curve"] if k == "units" else priced(r, k), target) for r in seeds]
+                reach = [stable_reach(priced(r, k), target) for r in seeds]
                 if all(x is not None for x in reach) and (out[k] is None or np.mean(reach) < out[k]["reach"]):
                     out[k] = {"method": p, "lr": lr, "reach": float(np.mean(reach))}
     return out
@@ -253,7 +253,8 @@ def report(rates: dict, summary: dict, profile: str = "sd35m") -> str:
     for task, s in summary.items():
         bp = s["best_peer"]["units"]
         best = f"; best peer {bp['method']} at {bp['lr']:g}, {bp['reach'] / 1e3:.0f}k" if bp else "; no peer reaches it"
-        lines += [f"### {task} ({TASKS[task][0]}, {TASKS[task][1]:,.0f} units; GRPO's final {s['target']:.3f}{best})", "",
+        name, budget = TASKS[task]
+        lines += [f"### {task} ({name}, {budget:,.0f} units; GRPO's final {s['target']:.3f}{best})", "",
                   "| method | lr | final | reaches GRPO's final (units) | of GRPO | of best peer | "
                   f"{PROFILES[profile].name}: of GRPO | of best peer | TAESD previews: of GRPO | of best peer |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
