@@ -1,5 +1,8 @@
 """The peers bench's rules: a reward reached for good, rates chosen on other seeds, controls at the
 rate of the method they control, compute priced as a real model prices it."""
+import math
+
+import numpy as np
 import pytest
 
 from progrpo_core.bench import peers
@@ -57,8 +60,21 @@ def test_the_best_peer_is_its_fastest_rate_that_reaches_on_every_seed():
              for seed in peers.FINAL_SEEDS]
     runs += [run("flow", "nft", 5e-3, seed, [0.3, 0.4, 0.6, 0.6, 0.6]) for seed in peers.FINAL_SEEDS[1:]]  # 4 seeds
     best = peers.best_peer(runs, 0.6, ["units"])["units"]
-    assert best == {"method": "mixgrpo", "lr": 2.5e-3, "reach": pytest.approx(15.0)}
+    assert best == {"method": "mixgrpo", "lr": 2.5e-3, "reach": pytest.approx(15.0), "std": 0.0, "n": 5}
     assert peers.best_peer(runs, 0.95, ["units"])["units"] is None
+
+
+def test_a_ratio_to_the_best_peer_carries_the_seeds_uncertainty():
+    # ours 20k ± 2k (sample sd) over 5 seeds, the peer 30k ± 3k over 5: the delta method's standard error
+    ours_vals, peer_vals = [17.0, 19.0, 20.0, 21.0, 23.0], [26.0, 28.0, 30.0, 32.0, 34.0]
+    ours = {"mean": 20.0, "std": float(np.std(ours_vals)), "n": 5, "of": 5}
+    peer = {"method": "mixgrpo", "lr": 1e-3, "reach": 30.0, "std": float(np.std(peer_vals)), "n": 5}
+    want = (20 / 30) * math.sqrt(np.var(ours_vals, ddof=1) / 5 / 20**2 + np.var(peer_vals, ddof=1) / 5 / 30**2)
+    assert peers._ratio_se(ours, peer) == pytest.approx(want)
+    assert peers._pct(20 / 30, want) == "67 % ± 5"
+    # no spread on either side: exact; a side that misses on a seed, or no peer: no ratio at all
+    assert peers._ratio_se({**ours, "std": 0.0}, {**peer, "std": 0.0}) == 0.0
+    assert peers._ratio_se({**ours, "n": 4}, peer) is None and peers._ratio_se(ours, None) is None
 
 
 def test_controls_change_one_thing():

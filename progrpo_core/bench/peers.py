@@ -217,6 +217,7 @@ def summarise(runs: list[dict], rates: dict) -> dict[str, Any]:
         for m, row in rows.items():
             row["of_grpo"] = {k: _ratio(row["reach"][k], budgets[k]) for k in budgets}
             row["of_best_peer"] = {k: _ratio(row["reach"][k], best[k]["reach"] if best[k] else None) for k in budgets}
+            row["of_best_peer_se"] = {k: _ratio_se(row["reach"][k], best[k]) for k in budgets}
         out[task] = {"target": target, "grpo_budget": budgets, "methods": rows, "best_peer": best}
     return out
 
@@ -234,7 +235,8 @@ def best_peer(runs: list[dict], target: float, keys) -> dict[str, dict | None]:
             for k in keys:
                 reach = [stable_reach(priced(r, k), target) for r in seeds]
                 if all(x is not None for x in reach) and (out[k] is None or np.mean(reach) < out[k]["reach"]):
-                    out[k] = {"method": p, "lr": lr, "reach": float(np.mean(reach))}
+                    out[k] = {"method": p, "lr": lr, "reach": float(np.mean(reach)), "std": float(np.std(reach)),
+                              "n": len(reach)}
     return out
 
 
@@ -244,12 +246,29 @@ def _ratio(reach: dict, base: float | None) -> float | None:
     return reach["mean"] / base
 
 
+def _ratio_se(reach: dict, base: dict | None) -> float | None:
+    """The standard error of ``reach / base`` (two means over independent seeds), by the delta
+    method with each side's sample standard deviation: what a ratio's seeds leave uncertain, so a
+    difference inside it is not read as a win. ``base`` without a spread is exact (GRPO's budget)."""
+    ratio = _ratio(reach, base["reach"] if base else None)
+    if ratio is None:
+        return None
+    rel2 = 0.0
+    for side in (reach, {"mean": base["reach"], "std": base.get("std", 0.0), "n": base.get("n", 1)}):
+        n = side["n"]
+        sample_var = side["std"] ** 2 * n / (n - 1) if n > 1 else 0.0
+        rel2 += sample_var / n / side["mean"] ** 2
+    return ratio * rel2 ** 0.5
+
+
 def report(rates: dict, summary: dict, profile: str = "sd35m") -> str:
     taesd = f"{profile}+taesd"
     lines = [f"Each method at its best stable rate (seeds 11–12 chose it from the task's grid: {_grids(rates)}); "
              f"seeds 0–4. \"Reaches\": the compute at which a seed's curve reaches GRPO's final for good "
              f"(mean ± std over the seeds that do, n/5), as the built-in model counts it and priced as "
-             f"{PROFILES[profile].name}, with the pruning previews decoded by its VAE or by TAESD.", ""]
+             f"{PROFILES[profile].name}, with the pruning previews decoded by its VAE or by TAESD. \"Of best "
+             f"peer\": the ratio of the two means ± its standard error over the seeds (a difference inside "
+             f"it is not a win).", ""]
     for task, s in summary.items():
         bp = s["best_peer"]["units"]
         best = f"; best peer {bp['method']} at {bp['lr']:g}, {bp['reach'] / 1e3:.0f}k" if bp else "; no peer reaches it"
@@ -262,10 +281,11 @@ def report(rates: dict, summary: dict, profile: str = "sd35m") -> str:
             r, f = row["reach"]["units"], row["final"]
             reach = f"{r['mean'] / 1e3:.0f}k ± {r['std'] / 1e3:.0f}k ({r['n']}/{r['of']})" if r["mean"] else "never"
             edge = " (edge)" if rates[task]["methods"][m]["at_edge"] else ""
+            peer = {k: _pct(row["of_best_peer"][k], row["of_best_peer_se"][k]) for k in ("units", profile, taesd)}
             lines.append(f"| {m} | {row['lr']:g}{edge} | {f['mean']:.3f} ± {f['std']:.3f} | {reach} | "
-                         f"{_pct(row['of_grpo']['units'])} | {_pct(row['of_best_peer']['units'])} | "
-                         f"{_pct(row['of_grpo'][profile])} | {_pct(row['of_best_peer'][profile])} | "
-                         f"{_pct(row['of_grpo'][taesd])} | {_pct(row['of_best_peer'][taesd])} |")
+                         f"{_pct(row['of_grpo']['units'])} | {peer['units']} | "
+                         f"{_pct(row['of_grpo'][profile])} | {peer[profile]} | "
+                         f"{_pct(row['of_grpo'][taesd])} | {peer[taesd]} |")
         lines.append("")
     lines += ["### The rate grid (final reward of seeds 11–12; * = chosen)", ""]
     for task, info in rates.items():
@@ -282,8 +302,10 @@ def _grids(rates: dict) -> str:
     return "; ".join(f"{t} {', '.join(f'{r:g}' for r in rs)}" for t, rs in tried.items())
 
 
-def _pct(x: float | None) -> str:
-    return f"{100 * x:.0f} %" if x is not None else "—"
+def _pct(x: float | None, se: float | None = None) -> str:
+    if x is None:
+        return "—"
+    return f"{100 * x:.0f} %" + (f" ± {100 * se:.0f}" if se is not None else "")
 
 
 def main(argv: list[str] | None = None) -> int:
