@@ -377,7 +377,8 @@ def make_plan(costs: Costs, cfg, schedule, sampler, prompts_per_rank: int, eval_
     sample_mb = given.get("sample") or largest(storage, costs.sample, B * G * mult, mult, "sampling")
     decode_mb = given.get("decode") or largest(storage + (costs.reward_weights if offload else 0), costs.decode,
                                                B * G, 1, "decoding and scoring")
-    train_cap = min(cfg.grpo.train_batch_size, trained_rows) * mult
+    # a training call holds (row, step) pairs of one minibatch, across its steps (update.trained_pairs)
+    train_cap = min(cfg.grpo.train_batch_size, trained_rows) * _trained_steps(cfg, schedule, sampler) * mult
     train_mb = given.get("train") or largest(storage, Linear(costs.train.fixed, costs.train.per / mult), train_cap,
                                              mult, "training")
     peaks = {
@@ -429,15 +430,20 @@ def _epoch_seconds(costs: Costs, cfg, schedule, sampler, B: int, sample_mb: int,
                 scoring += _time(costs.decode_s, costs.flops["decode"], _calls(B * alive, decode_mb), target, ops["decode"])
                 alive = k
     scoring += _time(costs.decode_s, costs.flops["decode"], _calls(B * alive, decode_mb), target, ops["decode"])
-    stochastic = schedule.sde_window or sampler.steps - 1  # a windowed method trains only its window's steps
-    steps = max(1, round(cfg.grpo.timestep_fraction * stochastic))
-    rows = B * schedule.trained
+    steps = _trained_steps(cfg, schedule, sampler)
     per_call = max(1, train_mb // mult)
-    training = steps * _time(costs.train_s, costs.flops["train"], _calls(rows, per_call), target, ops["train"])
-    if cfg.grpo.kl_beta > 0:  # the reference policy's forward
-        training += steps * _time(costs.sample_s, costs.flops["sample"], _calls(rows * mult, sample_mb), target,
-                                  ops["sample"])
+    # each minibatch's (row, step) pairs, cut into calls of up to the micro-batch across steps
+    calls = [c for mb in _calls(B * schedule.trained, cfg.grpo.train_batch_size) for c in _calls(mb * steps, per_call)]
+    training = _time(costs.train_s, costs.flops["train"], calls, target, ops["train"])
+    if cfg.grpo.kl_beta > 0:  # the reference policy's forward, on the same pairs
+        training += _time(costs.sample_s, costs.flops["sample"], [c * mult for c in calls], target, ops["sample"])
     return {"sampling": sampling, "scoring": scoring, "training": training}
+
+
+def _trained_steps(cfg, schedule, sampler) -> int:
+    """The steps each trained row trains: its SDE window's, or Flow-GRPO's share of all."""
+    stochastic = schedule.sde_window or sampler.steps - 1  # a windowed method trains only its window's steps
+    return max(1, round(cfg.grpo.timestep_fraction * stochastic))
 
 
 def _eval_seconds(costs: Costs, sampler, images: int, sample_mb: int, decode_mb: int, target: Target) -> float:

@@ -129,11 +129,12 @@ def test_devices_and_precisions_resolve_or_say_what_exists():
 
 def test_the_planner_picks_smaller_micro_batches_for_less_memory_and_refuses_what_cannot_fit(tmp_path):
     roomy = make(tmp_path / "a").make_plan()
-    assert (roomy.sample_micro_batch, roomy.train_micro_batch) == (16, 8)  # whole batches: 2 prompts x 8; 8 rows
+    # whole batches: sampling 2 prompts x 8 rows; training a minibatch's 8 rows x their 8 trained steps in one call
+    assert (roomy.sample_micro_batch, roomy.train_micro_batch) == (16, 64)
     assert max(roomy.peaks, key=roomy.peaks.get) == "training"
     tight_gib = (roomy.peak_bytes - 4 * roomy.costs.train.per) / 2**30  # four training rows less
     tight = make(tmp_path / "b", run={"memory_gib": tight_gib}, reward={"offload": False}).make_plan()
-    assert 1 <= tight.train_micro_batch < 8 and tight.fits and tight.peak_bytes <= tight.budget_bytes
+    assert 1 <= tight.train_micro_batch < 64 and tight.fits and tight.peak_bytes <= tight.budget_bytes
     with pytest.raises(ValueError, match="does not fit in memory: .*budget"):  # refused when the trainer is built
         make(tmp_path / "c", run={"memory_gib": 1e-6})
 

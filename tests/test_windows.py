@@ -169,3 +169,41 @@ def test_auto_learning_rate_follows_the_method_on_builtin_models_and_is_recorded
     assert auto_lr(method, builtin=False) == MODEL_LR
     given = C.build_config({"grpo": {"method": method, "lr": 2e-3}, "run": {"out": str(tmp_path / "run2")}})
     assert Trainer.build(given, log=lambda s: None).optimizer.param_groups[0]["lr"] == 2e-3
+
+
+def test_a_training_call_holds_several_steps_of_the_window_and_trains_the_same(tmp_path, monkeypatch):
+    """Packing (row, step) pairs across the window's steps: the planner's training call takes a
+    minibatch's 24 survivors × 2 window steps at once (a call per step would hold 24), and the
+    gradient is the one of calls of 5 rows (one of them straddling the two steps), to float rounding."""
+    from progrpo_core.training import Trainer, update
+
+    calls: list[tuple[int, tuple[int, ...]]] = []
+    backward = update._backward
+
+    def counting(model, learner, batch, part, j, *a, **k):
+        calls.append((len(part), tuple(sorted(set(j.tolist())))))
+        return backward(model, learner, batch, part, j, *a, **k)
+
+    monkeypatch.setattr(update, "_backward", counting)
+    grads = {}
+    for name, micro in (("auto", None), ("five", 5)):
+        calls.clear()
+        cfg = C.build_config({"grpo": {"method": "pro-mixgrpo", "prompts_per_epoch": 2},
+                              "run": {"epochs": 1, "out": str(tmp_path / name), "eval_seeds": 1, "eval_every": 0,
+                                      "train_micro_batch": micro}})
+        t = Trainer.build(cfg, log=lambda s: None)
+        grads[name], step = [], t.optimizer.step
+
+        def recording(*a, _step=step, _into=grads[name], **k):
+            _into.append([p.grad.detach().clone() for p in t.adapter.parameters()])
+            return _step(*a, **k)
+
+        t.optimizer.step = recording
+        t.run(progress=False)
+        if micro is None:
+            assert t.micro["train"] == 48 and calls == [(48, (0, 1))]  # 2 prompts × 12 survivors × 2 steps
+        else:
+            assert [n for n, _ in calls] == [5] * 9 + [3] and (5, (0, 1)) in calls  # one call straddles the steps
+    assert len(grads["auto"]) == len(grads["five"]) == 1
+    for a, b in zip(grads["auto"][0], grads["five"][0]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)

@@ -56,20 +56,21 @@ def train_steps(rollout: Rollout, fraction: float, seed: int, order: str = "firs
     return train_mask(rollout, fraction, seed, order).any(0).nonzero().flatten().tolist()
 
 
-def step_loss(model: Denoiser, adapter: LoraWeights, ro: Rollout, rows: torch.Tensor, cond, j: int,
+def step_loss(model: Denoiser, adapter: LoraWeights, ro: Rollout, rows: torch.Tensor, cond, j: int | torch.Tensor,
               adv: torch.Tensor, s: SamplerConfig, g: GRPOConfig, comp: Compute) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """The clipped objective (plus ``kl_beta``·KL) of trained step ``j`` for ``rows``:
+    """The clipped objective (plus ``kl_beta``·KL) of trained step ``j`` for ``rows`` — one step for
+    all, or a step per row (``j`` shaped like ``rows``), so one call can hold several steps:
     ``(loss, kl, stats)``. Counts the reference forward in ``comp``."""
+    j = torch.as_tensor(j, dtype=torch.long).expand(len(rows))
     x, prev = ro.latents[rows, j], ro.latents[rows, j + 1]
-    sig, sig_next = ro.sigmas[j], ro.sigmas[j + 1]
-    sig_rows = sig.expand(len(rows)).to(x.device)
-    x0 = model.denoise(x, sig_rows, cond, s.cfg)
+    sig, sig_next = ro.sigmas[j], ro.sigmas[j + 1]  # (n,): each row's own step
+    x0 = model.denoise(x, sig.to(x.device), cond, s.cfg)
     _, mean, std, logp = step_from_x0(model.family, s.sampler, x, x0, sig, sig_next, s.noise_level, prev_sample=prev)
     loss, stats = grpo.clipped_loss(logp, ro.log_probs[rows, j], adv[rows].to(logp), g.clip_range, g.adv_clip)
     kl = torch.zeros(())
     if g.kl_beta > 0:
         with torch.no_grad(), adapter.disabled():
-            x0_ref = model.denoise(x, sig_rows, cond, s.cfg)
+            x0_ref = model.denoise(x, sig.to(x.device), cond, s.cfg)
         mean_ref = step_from_x0(model.family, s.sampler, x, x0_ref, sig, sig_next, s.noise_level, prev_sample=prev)[1]
         per_unit_time = g.kl_form == "flow-grpo" and SAMPLER_SPECS[s.sampler].kl_per_unit_time
         dt = (sig - sig_next).abs() if per_unit_time else None
@@ -92,9 +93,10 @@ class Hooks:
 
 @dataclasses.dataclass
 class Sums:
-    """One (minibatch, step)'s row-sums on this rank, and the rows of the whole minibatch."""
+    """One minibatch's sums over its trained (row, step) pairs on this rank, and how many pairs the
+    whole minibatch trains."""
 
-    rows: int                   # rows of the minibatch over all ranks
+    rows: int                   # trained (row, step) pairs of the minibatch over all ranks
     loss: float = 0.0
     kl: float = 0.0
     clip_frac: float = 0.0
@@ -116,7 +118,8 @@ def policy_update(model: Denoiser, learner: "Learner", batch: RolloutBatch, mask
     The minibatches (``grpo.train_batch_size`` rows) are cut from one seeded permutation of the
     *whole* batch's rows, and each rank's loss is weighted by its share of the minibatch, so the
     gradients summed over ranks are the one-process gradient. Within a minibatch, forward and
-    backward passes take ``micro.train`` network rows at a time (a guided row counts two) and
+    backward passes take ``micro.train`` network rows at a time (a guided row counts two), each row
+    one trained (row, step) pair — a call may hold several steps (:func:`trained_pairs`) — and
     accumulate: the sum is the minibatch's gradient whatever the micro-batch. With fp16 the loss is
     scaled (``learner.scaler``) so the small policy gradients survive the half-precision backward.
     ``mask`` (N, T) says which steps of which rows are trained (:func:`train_mask`)."""
@@ -129,7 +132,7 @@ def policy_update(model: Denoiser, learner: "Learner", batch: RolloutBatch, mask
     perm = torch.randperm(n_total, generator=torch.Generator().manual_seed(perm_seed))
     chunks = list(perm.split(g.train_batch_size))  # global row ids per minibatch
     comp = Compute()
-    sums: list[Sums] = []  # per (minibatch, step)
+    sums: list[Sums] = []  # per minibatch
     grad_norms: list[float] = []
     model.net.train()
     learner.optimizer.zero_grad(set_to_none=True)
@@ -137,11 +140,11 @@ def policy_update(model: Denoiser, learner: "Learner", batch: RolloutBatch, mask
     for ci, chunk in enumerate(chunks):
         mine = (chunk >= batch.row_offset) & (chunk < batch.row_offset + n_local)
         rows = chunk[mine] - batch.row_offset  # this rank's rows of the minibatch, in minibatch order
-        for j in steps:
-            sums.append(Sums(len(chunk)))
-            trained = rows[mask[rows, j]] if len(rows) else rows
-            for sl in call_slices(len(trained), spec.micro.train, sampler.cfg):
-                poisoned |= _backward(model, learner, batch, trained[sl], j, len(chunk), per_row, spec, comp, sums[-1])
+        pair_rows, pair_steps = trained_pairs(rows, mask, steps)
+        sums.append(Sums(len(chunk) * per_row))
+        for sl in call_slices(len(pair_rows), spec.micro.train, sampler.cfg):
+            poisoned |= _backward(model, learner, batch, pair_rows[sl], pair_steps[sl], len(chunk), per_row, spec,
+                                  comp, sums[-1])
         if (ci + 1) % g.grad_accum == 0 or ci == len(chunks) - 1:
             done = step_optimizer(model, learner, world, g.grad_clip, poisoned, comp, hooks, grad_norms)
             poisoned = False
@@ -149,6 +152,16 @@ def policy_update(model: Denoiser, learner: "Learner", batch: RolloutBatch, mask
                 break
     model.net.eval()
     return _stats(world, sums, grad_norms, steps), comp
+
+
+def trained_pairs(rows: torch.Tensor, mask: torch.Tensor, steps: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every trained ``(row, step)`` of ``rows``, step by step: ``(rows (P,), steps (P,))``. The
+    update cuts them into calls of up to the micro-batch across steps, so a small group's window
+    (12 survivors × 2 steps) fills one call of 24 rows where a call per step would hold 12."""
+    per_step = [rows[mask[rows, j]] if len(rows) else rows for j in steps]
+    if not per_step:
+        return rows[:0], rows[:0]
+    return torch.cat(per_step), torch.cat([torch.full_like(r, j) for r, j in zip(per_step, steps)])
 
 
 def step_optimizer(model: Denoiser, learner: "Learner", world: World, grad_clip: float, poisoned: bool,
@@ -169,10 +182,11 @@ def step_optimizer(model: Denoiser, learner: "Learner", world: World, grad_clip:
     return hooks.max_updates is not None and len(grad_norms) >= hooks.max_updates
 
 
-def _backward(model: Denoiser, learner: "Learner", batch: RolloutBatch, part: torch.Tensor, j: int, minibatch: int,
-              n_steps: int, spec: RunSpec, comp: Compute, sums: Sums) -> bool:
-    """Forward and backward of step ``j`` for the rows ``part``, accumulating their share of the
-    minibatch's gradient; their sums go into ``sums``. Returns whether the loss was not finite."""
+def _backward(model: Denoiser, learner: "Learner", batch: RolloutBatch, part: torch.Tensor, j: torch.Tensor,
+              minibatch: int, n_steps: int, spec: RunSpec, comp: Compute, sums: Sums) -> bool:
+    """Forward and backward of the rows ``part``, each at its step ``j`` (shaped like ``part``),
+    accumulating their share of the minibatch's gradient; their sums go into ``sums``. Returns
+    whether the loss was not finite."""
     mult = cfg_rows(spec.sampler.cfg)
     with comp.phase("training"):
         cond = model.select_cond(batch.rollout.cond, part)
@@ -219,7 +233,7 @@ def _optimizer_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Opt
 
 
 def _stats(world: World, sums: list[Sums], grad_norms: list[float], steps: Sequence[int]) -> UpdateStats:
-    """Per-(minibatch, step) means over the whole batch, averaged."""
+    """Per-minibatch means over the whole batch's trained (row, step) pairs, averaged."""
     totals = world.sum([getattr(x, f) for x in sums for f in Sums.FIELDS])  # whole-batch row-sums
     k = len(Sums.FIELDS)
     per_step = [[totals[k * i + f] / x.rows for f in range(k)] for i, x in enumerate(sums)]
