@@ -46,7 +46,7 @@ def test_rates_are_chosen_by_stable_reach_and_controls_follow_the_method_they_co
     assert m["mixgrpo"]["lr"] == 1e-3 and not m["mixgrpo"]["reaches"]
     assert m["pro-mixgrpo-random"]["lr"] == 1e-3 and m["pro-mixgrpo-random"]["rate_of"] == "pro-mixgrpo"
     assert "pro-nft-random" not in m  # its method was not swept
-    summary = peers.summarise(runs, {"flow": rates})
+    summary = peers.summarise(runs, {"flow": rates}, peers.SWEEP_SEEDS)  # (these runs are on the sweep seeds)
     assert summary["flow"]["target"] == pytest.approx(0.6)  # GRPO at its chosen rate only, not every rate run
     text = peers.report({"flow": rates}, summary)
     assert "task's grid: flow 0.001, 0.01)" in text  # the grid the sweep tried, not a constant
@@ -62,6 +62,32 @@ def test_the_best_peer_is_its_fastest_rate_that_reaches_on_every_seed():
     best = peers.best_peer(runs, 0.6, ["units"])["units"]
     assert best == {"method": "mixgrpo", "lr": 2.5e-3, "reach": pytest.approx(15.0), "std": 0.0, "n": 5}
     assert peers.best_peer(runs, 0.95, ["units"])["units"] is None
+
+
+def test_more_final_seeds_are_added_to_the_kept_runs_and_the_report_uses_exactly_those():
+    assert peers.parse_seeds("0-9") == tuple(range(10))
+    assert peers.parse_seeds("0-4, 7,3") == (0, 1, 2, 3, 4, 7)
+    for bad in ("", "a-3", "11-13", "-1"):
+        with pytest.raises(SystemExit, match="--seeds"):
+            peers.parse_seeds(bad)
+    rates = {"target": 0.6, "grpo_lr": 1e-2,
+             "methods": {m: {"lr": lr, "at_edge": False, "reaches": True, "grid": {}}
+                         for m, lr in (("grpo", 1e-2), ("mixgrpo", 2.5e-3), ("pro-mixgrpo", 1e-3))}}
+    ten = tuple(range(10))
+    runs = [run("flow", "grpo", 1e-2, seed, [0.6, 0.6, 0.6]) for seed in ten]  # target 0.6
+    runs += [run("flow", "mixgrpo", 2.5e-3, seed, [0.5, 0.7, 0.7, 0.7]) for seed in ten]      # 15 on every seed
+    runs += [run("flow", "mixgrpo", 3.5e-3, seed, [0.7, 0.7, 0.7]) for seed in peers.FINAL_SEEDS]  # 10, seeds 0-4 only
+    runs += [run("flow", "pro-mixgrpo", 1e-3, seed, [0.7, 0.7, 0.7] if seed < 5 else [0.5, 0.5, 0.7, 0.7, 0.7])
+             for seed in ten]                                                                   # 10, then 25
+    five = peers.summarise(runs, {"flow": rates})["flow"]
+    assert five["best_peer"]["units"]["lr"] == 3.5e-3 and five["methods"]["pro-mixgrpo"]["reach"]["units"]["n"] == 5
+    assert five["methods"]["pro-mixgrpo"]["of_best_peer"]["units"] == pytest.approx(1.0)
+    s10 = peers.summarise(runs, {"flow": rates}, ten)
+    best = s10["flow"]["best_peer"]["units"]  # the 3.5e-3 runs lack seeds 5-9: not a candidate
+    assert best["lr"] == 2.5e-3 and best["n"] == 10
+    assert s10["flow"]["methods"]["pro-mixgrpo"]["of_best_peer"]["units"] == pytest.approx(17.5 / 15)
+    text = peers.report({"flow": rates}, s10)
+    assert "seeds 0–9." in text and "n/10" in text and "(10/10)" in text
 
 
 def test_a_ratio_to_the_best_peer_carries_the_seeds_uncertainty():

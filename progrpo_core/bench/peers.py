@@ -10,7 +10,8 @@ Two stages, so that choosing the rate never sees the seeds that are reported:
    target. Every other method's best rate is the one that reaches the target *stably* — from some
    evaluation on, every later one at or above it, the last three included — with the least
    compute; a method that never does takes the rate of its highest final.
-2. ``--stage final`` — every method at its best rate on seeds 0–4; the report gives each one's
+2. ``--stage final`` — every method at its best rate on seeds 0–4 (``--seeds`` for more: ``0-9``
+   adds seeds 5–9 to the runs kept; the report then uses those ten); the report gives each one's
    final reward, the compute at which each seed stably reaches GRPO's final (in the built-in model's
    units and priced as SD3.5-Medium, ``profiles.PROFILES``), its ratio to GRPO's whole budget and to
    the best of the peers (faithful MixGRPO, Flow-GRPO-Fast in both published forms, DiffusionNFT),
@@ -193,47 +194,50 @@ def best_rates(runs: list[dict]) -> dict[str, dict[str, Any]]:
 
 # -- the final stage ------------------------------------------------------------------------------
 
-def summarise(runs: list[dict], rates: dict) -> dict[str, Any]:
-    """Per task and method (at its chosen rate, seeds 0–4): final, stable reach of GRPO's final in
-    units and in each profile's FLOPs, and the ratios to GRPO and to the best peer."""
+def summarise(runs: list[dict], rates: dict, seeds: tuple[int, ...] = FINAL_SEEDS) -> dict[str, Any]:
+    """Per task and method (at its chosen rate, on ``seeds`` — runs of other seeds are left out):
+    final, stable reach of GRPO's final in units and in each profile's FLOPs, and the ratios to GRPO
+    and to the best peer."""
     out: dict[str, Any] = {}
     for task, info in rates.items():
-        rs = [r for r in runs if r["task"] == task]
+        rs = [r for r in runs if r["task"] == task and r["seed"] in seeds]
         grpo_runs = [r for r in rs if r["base_method"] == "grpo" and r["lr"] == info["methods"]["grpo"]["lr"]]
         target = float(np.mean([stable_final(r) for r in grpo_runs])) if grpo_runs else None  # GRPO at its rate
         rows: dict[str, Any] = {}
         for m, choice in info["methods"].items():
-            seeds = [r for r in rs if r["base_method"] == m and r["lr"] == choice["lr"]]
-            if not seeds or target is None:
+            held = [r for r in rs if r["base_method"] == m and r["lr"] == choice["lr"]]
+            if not held or target is None:
                 continue
-            row = {"lr": choice["lr"], "final": _mean([stable_final(r) for r in seeds]),
-                   "gold": _mean([r["final"]["gold"] for r in seeds]),
-                   "reach": {price: _mean([stable_reach(priced(r, price), target) for r in seeds]) for price in PRICES}}
+            row = {"lr": choice["lr"], "final": _mean([stable_final(r) for r in held]),
+                   "gold": _mean([r["final"]["gold"] for r in held]),
+                   "reach": {price: _mean([stable_reach(priced(r, price), target) for r in held]) for price in PRICES}}
             rows[m] = row
         budgets = {key: _mean([(r["units"] if key == "units" else priced(r, key)[-1]["units"])
                                for r in grpo_runs])["mean"]
                    for key in PRICES}
-        best = best_peer(rs, target, budgets) if target is not None else dict.fromkeys(budgets)
+        best = best_peer(rs, target, budgets, seeds) if target is not None else dict.fromkeys(budgets)
         for m, row in rows.items():
             row["of_grpo"] = {k: _ratio(row["reach"][k], budgets[k]) for k in budgets}
             row["of_best_peer"] = {k: _ratio(row["reach"][k], best[k]["reach"] if best[k] else None) for k in budgets}
             row["of_best_peer_se"] = {k: _ratio_se(row["reach"][k], best[k]) for k in budgets}
-        out[task] = {"target": target, "grpo_budget": budgets, "methods": rows, "best_peer": best}
+        out[task] = {"target": target, "grpo_budget": budgets, "methods": rows, "best_peer": best,
+                     "seeds": list(seeds)}
     return out
 
 
-def best_peer(runs: list[dict], target: float, keys) -> dict[str, dict | None]:
-    """Per price: the peer and rate that reach ``target`` with the least mean compute on *every*
-    final seed, among all the rates the final runs hold for a peer — not only its chosen one, so a
+def best_peer(runs: list[dict], target: float, keys, seeds: tuple[int, ...] = FINAL_SEEDS
+              ) -> dict[str, dict | None]:
+    """Per price: the peer and rate that reach ``target`` with the least mean compute on *every* one
+    of ``seeds``, among all the rates the final runs hold for a peer — not only its chosen one, so a
     peer whose chosen rate slips on one seed is still compared at the best rate it holds."""
     out: dict[str, dict | None] = {k: None for k in keys}
     for p in PEERS:
         for lr in sorted({r["lr"] for r in runs if r["base_method"] == p}):
-            seeds = [r for r in runs if r["base_method"] == p and r["lr"] == lr]
-            if len(seeds) < len(FINAL_SEEDS):
+            held = [r for r in runs if r["base_method"] == p and r["lr"] == lr and r["seed"] in seeds]
+            if {r["seed"] for r in held} != set(seeds):
                 continue
             for k in keys:
-                reach = [stable_reach(priced(r, k), target) for r in seeds]
+                reach = [stable_reach(priced(r, k), target) for r in held]
                 if all(x is not None for x in reach) and (out[k] is None or np.mean(reach) < out[k]["reach"]):
                     out[k] = {"method": p, "lr": lr, "reach": float(np.mean(reach)), "std": float(np.std(reach)),
                               "n": len(reach)}
@@ -263,9 +267,10 @@ def _ratio_se(reach: dict, base: dict | None) -> float | None:
 
 def report(rates: dict, summary: dict, profile: str = "sd35m") -> str:
     taesd = f"{profile}+taesd"
+    seeds = next(iter(summary.values()), {}).get("seeds", list(FINAL_SEEDS))
     lines = [f"Each method at its best stable rate (seeds 11–12 chose it from the task's grid: {_grids(rates)}); "
-             f"seeds 0–4. \"Reaches\": the compute at which a seed's curve reaches GRPO's final for good "
-             f"(mean ± std over the seeds that do, n/5), as the built-in model counts it and priced as "
+             f"seeds {_seed_list(seeds)}. \"Reaches\": the compute at which a seed's curve reaches GRPO's final "
+             f"for good (mean ± std over the seeds that do, n/{len(seeds)}), as the built-in model counts it and priced as "
              f"{PROFILES[profile].name}, with the pruning previews decoded by its VAE or by TAESD. \"Of best "
              f"peer\": the ratio of the two means ± its standard error over the seeds (a difference inside "
              f"it is not a win).", ""]
@@ -296,6 +301,29 @@ def report(rates: dict, summary: dict, profile: str = "sd35m") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _seed_list(seeds) -> str:
+    """``0–4`` for a run of consecutive seeds, else ``0, 2, 5``."""
+    seeds = sorted(seeds)
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}–{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``--seeds``: ``0-9`` or ``0,1,2`` (or both: ``0-4,7``), each seed once, in order."""
+    seeds: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            lo, _, hi = part.partition("-")
+            seeds += range(int(lo), int(hi or lo) + 1)
+    except ValueError:
+        raise SystemExit(f"--seeds {text!r}: expected seeds like 0-9 or 0,1,2 (non-negative integers)") from None
+    if not seeds or any(s < 0 for s in seeds) or set(seeds) & set(SWEEP_SEEDS):
+        raise SystemExit(f"--seeds {text!r}: expected at least one non-negative seed, none of the sweep's "
+                         f"{', '.join(map(str, SWEEP_SEEDS))} (they chose the rates), e.g. 0-9")
+    return tuple(dict.fromkeys(seeds))
+
+
 def _grids(rates: dict) -> str:
     """The rates each task's sweep tried (every method the same), e.g. ``flow 0.001, 0.0025``."""
     tried = {t: sorted({float(k) for c in info["methods"].values() for k in c["grid"]}) for t, info in rates.items()}
@@ -319,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--evals", type=int, default=10)
     ap.add_argument("--eval-seeds", type=int, default=32)
+    ap.add_argument("--seeds", default="0-4", help="the final stage's seeds and the report's (default 0-4; "
+                    "e.g. 0-9 adds five seeds to the runs kept)")
     a = ap.parse_args(argv)
     out = Path(a.out)
     log = lambda s: print(s, flush=True)  # noqa: E731
@@ -332,17 +362,18 @@ def main(argv: list[str] | None = None) -> int:
         runs = run_jobs(jobs, out / "sweep", a.evals, a.eval_seeds, a.jobs, log)
         (out / "rates.json").write_text(json.dumps(best_rates(runs), indent=1))
         return 0
+    seeds = parse_seeds(a.seeds)
     rates = json.loads((out / "rates.json").read_text())
     rates = {t: {**v, "methods": {m: {**c, "lr": float(c["lr"])} for m, c in v["methods"].items()}}
              for t, v in rates.items() if t in tasks}
     if a.stage == "final":
         jobs = [(spec_for(t, m, c["lr"]), seed) for t, info in rates.items() for m, c in info["methods"].items()
-                if only is None or m in only for seed in FINAL_SEEDS]
+                if only is None or m in only for seed in seeds]
         (out / "final").mkdir(parents=True, exist_ok=True)
         run_jobs(jobs, out / "final", a.evals, a.eval_seeds, a.jobs, log)
     path = out / "final" / "runs.jsonl"
     runs = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-    summary = summarise(runs, rates)
+    summary = summarise(runs, rates, seeds)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "report.md").write_text(report(rates, summary))
     log((out / "report.md").read_text())
