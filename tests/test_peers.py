@@ -72,13 +72,14 @@ def test_more_final_seeds_are_added_to_the_kept_runs_and_the_report_uses_exactly
             peers.parse_seeds(bad)
     rates = {"target": 0.6, "grpo_lr": 1e-2,
              "methods": {m: {"lr": lr, "at_edge": False, "reaches": True, "grid": {}}
-                         for m, lr in (("grpo", 1e-2), ("mixgrpo", 2.5e-3), ("pro-mixgrpo", 1e-3))}}
+                         for m, lr in (("grpo", 1e-2), ("mixgrpo", 2.5e-3), ("pro-mixgrpo", 1e-3), ("nft", 5e-3))}}
     ten = tuple(range(10))
     runs = [run("flow", "grpo", 1e-2, seed, [0.6, 0.6, 0.6]) for seed in ten]  # target 0.6
     runs += [run("flow", "mixgrpo", 2.5e-3, seed, [0.5, 0.7, 0.7, 0.7]) for seed in ten]      # 15 on every seed
     runs += [run("flow", "mixgrpo", 3.5e-3, seed, [0.7, 0.7, 0.7]) for seed in peers.FINAL_SEEDS]  # 10, seeds 0-4 only
     runs += [run("flow", "pro-mixgrpo", 1e-3, seed, [0.7, 0.7, 0.7] if seed < 5 else [0.5, 0.5, 0.7, 0.7, 0.7])
              for seed in ten]                                                                   # 10, then 25
+    runs += [run("flow", "nft", 5e-3, seed, [0.7, 0.7, 0.7]) for seed in peers.FINAL_SEEDS]  # seeds 0-4 only
     five = peers.summarise(runs, {"flow": rates})["flow"]
     assert five["best_peer"]["units"]["lr"] == 3.5e-3 and five["methods"]["pro-mixgrpo"]["reach"]["units"]["n"] == 5
     assert five["methods"]["pro-mixgrpo"]["of_best_peer"]["units"] == pytest.approx(1.0)
@@ -88,6 +89,9 @@ def test_more_final_seeds_are_added_to_the_kept_runs_and_the_report_uses_exactly
     assert s10["flow"]["methods"]["pro-mixgrpo"]["of_best_peer"]["units"] == pytest.approx(17.5 / 15)
     text = peers.report({"flow": rates}, s10)
     assert "seeds 0–9." in text and "n/10" in text and "(10/10)" in text
+    assert "nft" in five["methods"] and "| nft |" in peers.report({"flow": rates}, {"flow": five})
+    assert "nft" not in s10["flow"]["methods"] and s10["flow"]["incomplete"] == {"nft": [0, 1, 2, 3, 4]}
+    assert "| nft |" not in text and "Not run on every seed, so left out: nft (seeds 0–4)." in text
 
 
 def test_a_ratio_to_the_best_peer_carries_the_seeds_uncertainty():

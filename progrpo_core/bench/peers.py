@@ -197,16 +197,21 @@ def best_rates(runs: list[dict]) -> dict[str, dict[str, Any]]:
 def summarise(runs: list[dict], rates: dict, seeds: tuple[int, ...] = FINAL_SEEDS) -> dict[str, Any]:
     """Per task and method (at its chosen rate, on ``seeds`` — runs of other seeds are left out):
     final, stable reach of GRPO's final in units and in each profile's FLOPs, and the ratios to GRPO
-    and to the best peer."""
+    and to the best peer. A method not run on every one of ``seeds`` gets no row; ``incomplete``
+    lists it with the seeds it has."""
     out: dict[str, Any] = {}
     for task, info in rates.items():
         rs = [r for r in runs if r["task"] == task and r["seed"] in seeds]
         grpo_runs = [r for r in rs if r["base_method"] == "grpo" and r["lr"] == info["methods"]["grpo"]["lr"]]
         target = float(np.mean([stable_final(r) for r in grpo_runs])) if grpo_runs else None  # GRPO at its rate
         rows: dict[str, Any] = {}
+        incomplete: dict[str, list[int]] = {}
         for m, choice in info["methods"].items():
             held = [r for r in rs if r["base_method"] == m and r["lr"] == choice["lr"]]
             if not held or target is None:
+                continue
+            if {r["seed"] for r in held} != set(seeds):
+                incomplete[m] = sorted({r["seed"] for r in held})
                 continue
             row = {"lr": choice["lr"], "final": _mean([stable_final(r) for r in held]),
                    "gold": _mean([r["final"]["gold"] for r in held]),
@@ -221,7 +226,7 @@ def summarise(runs: list[dict], rates: dict, seeds: tuple[int, ...] = FINAL_SEED
             row["of_best_peer"] = {k: _ratio(row["reach"][k], best[k]["reach"] if best[k] else None) for k in budgets}
             row["of_best_peer_se"] = {k: _ratio_se(row["reach"][k], best[k]) for k in budgets}
         out[task] = {"target": target, "grpo_budget": budgets, "methods": rows, "best_peer": best,
-                     "seeds": list(seeds)}
+                     "seeds": list(seeds), "incomplete": incomplete}
     return out
 
 
@@ -291,6 +296,9 @@ def report(rates: dict, summary: dict, profile: str = "sd35m") -> str:
                          f"{_pct(row['of_grpo']['units'])} | {peer['units']} | "
                          f"{_pct(row['of_grpo'][profile])} | {peer[profile]} | "
                          f"{_pct(row['of_grpo'][taesd])} | {peer[taesd]} |")
+        if s.get("incomplete"):
+            lines += ["", "Not run on every seed, so left out: " + "; ".join(
+                f"{m} (seeds {_seed_list(held)})" for m, held in s["incomplete"].items()) + "."]
         lines.append("")
     lines += ["### The rate grid (final reward of seeds 11–12; * = chosen)", ""]
     for task, info in rates.items():
