@@ -25,12 +25,15 @@ if __name__ == "__main__":
     ap.add_argument("--methods", default="", help="comma-separated methods (default: every one run there)")
     args = ap.parse_args()
     tasks, methods = set(args.tasks.split(",")), set(filter(None, args.methods.split(",")))
-    runs = [json.loads(line) for line in (args.out / "final" / "runs.jsonl").read_text().splitlines()]
+    path = args.out / "final" / "runs.jsonl"
+    if not path.is_file():
+        sys.exit(f"more_seeds: no {path}; expected the final runs there (unpack final_runs.jsonl.gz into it)")
+    runs = [json.loads(line) for line in path.read_text().splitlines()]
     held = sorted({(r["task"], r["base_method"], r["lr"]) for r in runs
                    if r["task"] in tasks and (not methods or r["base_method"] in methods)})
     missing = sorted(tasks - {t for t, _, _ in held}) + sorted(methods - {m for _, m, _ in held})
     if missing:
-        sys.exit(f"more_seeds: {', '.join(missing)} not in {args.out / 'final' / 'runs.jsonl'}; "
+        sys.exit(f"more_seeds: {', '.join(missing)} not in {path}; "
                  "expected tasks and methods its runs hold")
     jobs = [(peers.spec_for(t, m, lr), seed) for t, m, lr in held for seed in range(5, 10)]
     peers.run_jobs(jobs, args.out / "final", 10, 32, 2, lambda s: print(s, flush=True))
