@@ -31,7 +31,7 @@ if __name__ == "__main__":
     runs = [json.loads(line) for line in path.read_text().splitlines()]
     held = sorted({(r["task"], r["base_method"], r["lr"]) for r in runs
                    if r["task"] in tasks and (not methods or r["base_method"] in methods)})
-    missing = sorted(tasks - {t for t, _, _ in held}) + sorted(methods - {m for _, m, _ in held})
+    missing = sorted(tasks - {r["task"] for r in runs}) + sorted(methods - {m for _, m, _ in held})
     if missing:
         sys.exit(f"more_seeds: {', '.join(missing)} not in {path}; "
                  "expected tasks and methods its runs hold")
