@@ -9,8 +9,9 @@ for real (``.item()``, comparisons, selections and training all work), while eve
 checks its operands' devices exactly as the CUDA backend does:
 
 * tensors of an operation must share a device — except 0-dim CPU tensors (CUDA takes them as
-  scalars) and the index tensors of indexing ops (CUDA moves them) — else
-  ``RuntimeError: Expected all tensors to be on the same device …``, the error a GPU raises;
+  scalars) and CPU index tensors of indexing ops on a CUDA tensor (CUDA moves them) — else
+  ``RuntimeError: Expected all tensors to be on the same device …``, the error a GPU raises; a CUDA
+  index (or mask) into a CPU tensor fails as on a GPU ("indices should be either on cpu or …");
 * a generator must be on the device of the tensor it fills;
 * ``numpy()`` of a CUDA tensor fails as on a GPU ("use Tensor.cpu()");
 * pickling a CUDA tensor (``torch.save``) fails: a file saved from a GPU would need a GPU to load.
@@ -250,6 +251,10 @@ class _FunctionLevel(TorchFunctionMode):
 def _check_devices(func, args, tensors: list[torch.Tensor]) -> None:
     if func in _MIXED_OK:
         if func in _INDEXING:  # the indexed tensor and the values share a device; indices may be on the CPU
+            indices = args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else []
+            if _device_of(args[0]).type == "cpu" and any(isinstance(i, CudaTensor) for i in indices):
+                raise RuntimeError("indices should be either on cpu or on the same device as the indexed tensor "
+                                   f"(cpu) (fake CUDA, in {func})")
             main = [args[0]] + ([args[2]] if len(args) > 2 and isinstance(args[2], torch.Tensor) else [])
             tensors = [t for t in main if isinstance(t, torch.Tensor)]
         else:

@@ -158,6 +158,7 @@ def trained_pairs(rows: torch.Tensor, mask: torch.Tensor, steps: Sequence[int]) 
     """Every trained ``(row, step)`` of ``rows``, step by step: ``(rows (P,), steps (P,))``. The
     update cuts them into calls of up to the micro-batch across steps, so a small group's window
     (12 survivors × 2 steps) fills one call of 24 rows where a call per step would hold 12."""
+    mask = mask.to(rows.device)  # a mask on the GPU cannot select from CPU row ids
     per_step = [rows[mask[rows, j]] if len(rows) else rows for j in steps]
     if not per_step:
         return rows[:0], rows[:0]

@@ -10,6 +10,9 @@ Steps (each a subprocess; a step that fails or times out is reported and the nex
 * ``sd15 512``     real-size SD1.5 with random weights at 512², two epochs (tests/gpu/real_size.py):
                    plan against measurement, the gradient's reach, the LoRA's change of the output.
 * ``sd3.5m 512``   the same for SD3.5-Medium.
+* ``wall sd15``    real-size SD1.5 (TAESD previews): the epoch and wall per GFLOP of pro-grpo (the
+                   paper's ε funnel and its flow funnel) and the default method against GRPO's.
+* ``wall sd35m``   the same on SD3.5-Medium.
 * ``comfyui node`` the training and comparison workflows through a ComfyUI server started as a user
                    starts it (``main.py`` without ``--cpu``: ComfyUI picks the GPU and dynamic VRAM),
                    on the host tests' tiny models; the LoRA loads in the stock LoraLoader.
@@ -169,6 +172,39 @@ class Check:
                     + f"; grad reach {m['grad_reached_fraction']:.2f}, LoRA changes the output by "
                     f"{m['lora_changed_output']:.2g}", s, text)
 
+    def wall(self, model: str, runs: list[tuple[str, list[str]]], cap: float) -> None:
+        """Epoch wall-clock and wall per GFLOP of several methods on one real-size model (TAESD
+        previews, two epochs each, the second timed), each against the GRPO run before it."""
+        name = f"wall {model} {self.args.resolution}"
+        if not self.args.comfyui:
+            self.record(name, None, "no ComfyUI checkout (--comfyui)", 0.0)
+            return
+        start, logs, parts, ok = time.monotonic(), [], [], True
+        base = None
+        for method, extra in runs:
+            cmd = [self.py, "tests/gpu/real_size.py", "--comfyui", self.args.comfyui, "--model", model,
+                   "--resolution", str(self.args.resolution), "--epochs", "2", "--proxy-vae", "taesd",
+                   "--method", method, *extra]
+            if self.args.cpu:  # a dry run: few steps
+                cmd += ["--device", "cpu", "--steps", "4"]
+            code, text, s = _run(cmd, self.budget(cap - (time.monotonic() - start)))
+            logs.append(" ".join(cmd) + "\n" + text)
+            r = _last_json(text)
+            label = " ".join([method, *extra])
+            if code or r is None:
+                ok = False
+                parts.append(f"{label}: failed ({text.strip().splitlines()[-1][:80] if text.strip() else 'no output'})")
+                continue
+            with open(self.out / f"wall_{model}.jsonl", "a") as f:
+                f.write(json.dumps(r) + "\n")
+            m = r["measured"]
+            ms_per_gf = 1000 * m["epoch_s"] / max(m["gflops"]["total"], 1e-9)
+            if method == "grpo" or base is None:  # each method against the GRPO run before it
+                base = (m["epoch_s"], ms_per_gf)
+            parts.append(f"{label}: {m['epoch_s']:.2f} s/epoch ({m['epoch_s'] / base[0]:.2f} x), "
+                         f"{m['gflops']['total'] / 1000:.1f} TFLOP, wall/compute {ms_per_gf / base[1]:.2f} x")
+        self.record(name, ok, "; ".join(parts), time.monotonic() - start, "\n\n".join(logs))
+
     def comfyui_node(self) -> None:
         if not self.args.comfyui:
             self.record("comfyui node", None, "no ComfyUI checkout (--comfyui)", 0.0)
@@ -198,10 +234,19 @@ class Check:
         return "\n".join(lines)
 
     def run(self) -> int:
+        from progrpo_core.methods import DEFAULT_METHOD as DEFAULT
+
         slow = 4 if self.args.cpu else 1  # a dry run on a CPU gets longer caps
         steps = {"cuda": self.cuda_tests, "builtin": self.builtin, "lora": self.lora_effect,
                  "sd15": lambda: self.real_size("sd15", 150 * slow), "sd35m": lambda: self.real_size("sd35m", 180 * slow),
-                 "comfyui": self.comfyui_node}
+                 "comfyui": self.comfyui_node,
+                 # epoch wall-clock and wall/compute against GRPO (TAESD previews): the paper's funnel
+                 # (pro-grpo) and the default; SD3.5-M priced too
+                 "wall15": lambda: self.wall("sd15", [("grpo", []), ("pro-grpo", []), (DEFAULT, []),
+                                                      ("grpo", ["--group", "24"]),
+                                                      ("pro-grpo", ["--group", "48", "--checkpoints", "5,7",
+                                                                    "--keep", "24,12"])], 200 * slow),
+                 "wall35": lambda: self.wall("sd35m", [("grpo", []), ("pro-grpo", []), (DEFAULT, [])], 200 * slow)}
         for name in (self.args.only.split(",") if self.args.only else steps):
             steps[name]()
         text = self.table()
@@ -219,7 +264,8 @@ def main(argv=None) -> int:
     ap.add_argument("--resolution", type=int, default=512)
     ap.add_argument("--epochs", type=int, default=30, help="epochs of the lora-effect run")
     ap.add_argument("--cpu", action="store_true", help="a dry run on this machine's CPU")
-    ap.add_argument("--only", help="run only these steps (comma-separated: cuda, builtin, lora, sd15, sd35m, comfyui)")
+    ap.add_argument("--only", help="run only these steps, in this order (comma-separated: cuda, builtin, lora, sd15, "
+                                   "sd35m, comfyui, wall15, wall35)")
     ap.add_argument("--builtin-step", choices=("cuda", "fake"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.builtin_step:
