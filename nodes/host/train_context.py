@@ -48,7 +48,8 @@ def _clone_for_training(model) -> tuple[Any, bool]:
     dynamic = bool(getattr(model, "is_dynamic", lambda: False)())
     for kwargs in ({"disable_dynamic": True, "force_deepcopy": True}, {"force_deepcopy": True}):
         try:  # reload the weights outside inference mode, as a plain patcher
-            return model.clone(**kwargs), False
+            with _legacy_layer_loading():
+                return model.clone(**kwargs), False
         except TypeError:  # an older ComfyUI without these arguments
             continue
         except RuntimeError as e:  # a MODEL not made by a standard loader cannot be reloaded
@@ -61,3 +62,25 @@ def _clone_for_training(model) -> tuple[Any, bool]:
             log.info("ProGRPO: cannot deep-copy the MODEL (%s); training on a weight-sharing clone", e)
             break
     return model.clone(), True
+
+
+@contextlib.contextmanager
+def _legacy_layer_loading() -> Iterator[None]:
+    """Build and load layers as ComfyUI does without dynamic VRAM. Under dynamic VRAM (its global
+    ``aimdo_enabled``) ComfyUI creates Linear, Conv and Embedding layers empty and adopts each
+    weight from the file as it is, in the file's dtype; only the dynamic patcher casts them per
+    call. A plain patcher reloaded so would hold float32 weights of a float32 file where ComfyUI
+    computes in fp16 (seen on an H200: "mat1 and mat2 must have the same dtype, but got Half and
+    Float" at the first forward). With the flag off for the reload, every layer is built in the
+    model's dtype and the weights are cast into it, as with ``--disable-dynamic-vram``."""
+    try:
+        import comfy.memory_management as mem
+    except ImportError:  # an older ComfyUI: no dynamic VRAM
+        yield
+        return
+    old = getattr(mem, "aimdo_enabled", False)
+    mem.aimdo_enabled = False
+    try:
+        yield
+    finally:
+        mem.aimdo_enabled = old

@@ -34,7 +34,7 @@ pins=$(grep -E '^(comfy-kitchen|comfy-aimdo)==' "$COMFY/requirements.txt" | tr '
     --platform manylinux2010_x86_64 --platform manylinux1_x86_64 -d .gpu/wheels \
     $pins 'av>=16.0.0' torchsde trampoline alembic Mako 'SQLAlchemy>=2.0.0' greenlet 'simpleeval>=1.0' blake3 \
     'kornia>=0.7.1' kornia_rs spandrel 'pydantic~=2.0' pydantic-core annotated-types typing-inspection \
-    'pydantic-settings~=2.0' python-dotenv
+    'pydantic-settings~=2.0' python-dotenv gguf
 
 # cut every wheel into pieces of at most 24 MiB and deal them into folders of at most 48 MiB
 (cd .gpu/wheels && for w in *.whl; do split -b 24M -d -a 2 "$w" "$w.part-"; rm "$w"; done)

@@ -267,8 +267,10 @@ def check_rehome(models: Path) -> dict:
 
 
 def check_dynamic(models: Path) -> dict:
+    import comfy.memory_management
     import comfy.model_patcher
     import comfy.sd
+    import comfy.utils
     import comfy_aimdo.host_buffer
     import tiny_models as T
     import torch
@@ -281,17 +283,37 @@ def check_dynamic(models: Path) -> dict:
         def __init__(self, *a, **k):
             pass
 
+    def read_safetensors(path):  # comfy-aimdo's file mapping needs its GPU library: read as without it
+        import safetensors
+
+        with safetensors.safe_open(path, framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+
     comfy_aimdo.host_buffer.HostBuffer = HostBuffer
-    loaded = comfy.sd.load_diffusion_model(str(models / T.FILES["sd3"]))  # a standard loader: it can reload
-    with torch.inference_mode():  # as the executor runs every node
-        given = comfy.model_patcher.ModelPatcherDynamic(loaded.model, load_device=torch.device("meta"),
-                                                        offload_device=torch.device("cpu"))
-        given.cached_patcher_init = loaded.cached_patcher_init
-    with training_model(given) as (mp, shares):
-        weight = next(mp.model.diffusion_model.parameters())
-        out = {"check": "dynamic", "given_class": type(given).__name__, "given_dynamic": given.is_dynamic(),
-               "class": type(mp).__name__, "dynamic": mp.is_dynamic(), "shares_weights": shares,
-               "inference_weights": weight.is_inference(), "same_model": mp.model is given.model}
+    comfy.utils.load_safetensors = read_safetensors
+    path, options = str(models / T.FILES["sd3"]), {"dtype": torch.float16}  # a float32 file, computed in fp16
+    legacy = comfy.sd.load_diffusion_model(path, options)  # as ComfyUI loads without dynamic VRAM
+    want = {n: str(p.dtype) for n, p in legacy.model.diffusion_model.named_parameters()}
+    comfy.memory_management.aimdo_enabled = True  # what main.py sets on NVIDIA: layers load lazily
+    try:
+        loaded = comfy.sd.load_diffusion_model(path, options)  # a standard loader: it can reload
+        with torch.inference_mode():  # as the executor runs every node
+            given = comfy.model_patcher.ModelPatcherDynamic(loaded.model, load_device=torch.device("meta"),
+                                                            offload_device=torch.device("cpu"))
+            given.cached_patcher_init = loaded.cached_patcher_init
+        with training_model(given) as (mp, shares):
+            weight = next(mp.model.diffusion_model.parameters())
+            have = {n: str(p.dtype) for n, p in mp.model.diffusion_model.named_parameters()}
+            out = {"check": "dynamic", "given_class": type(given).__name__, "given_dynamic": given.is_dynamic(),
+                   "class": type(mp).__name__, "dynamic": mp.is_dynamic(), "shares_weights": shares,
+                   "inference_weights": weight.is_inference(), "same_model": mp.model is given.model,
+                   "given_dtypes": sorted({str(p.dtype) for p in loaded.model.diffusion_model.parameters()}),
+                   "dtypes_as_legacy": have == want, "dtypes": sorted(set(have.values())),
+                   "legacy_dtypes": sorted(set(want.values())),
+                   "dynamic_flag_during": comfy.memory_management.aimdo_enabled}
+        out["dynamic_flag_after"] = comfy.memory_management.aimdo_enabled
+    finally:
+        comfy.memory_management.aimdo_enabled = False
     return out
 
 

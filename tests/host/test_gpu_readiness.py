@@ -76,6 +76,12 @@ def test_the_training_copy_of_a_dynamic_vram_model_is_a_plain_fully_loaded_patch
     assert r["given_class"] == "ModelPatcherDynamic" and r["given_dynamic"], r
     assert r["class"] == "ModelPatcher" and not r["dynamic"], r
     assert not r["shares_weights"] and not r["same_model"] and not r["inference_weights"], r
+    # dynamic VRAM loads a float32 file's layers as float32 (it casts per call); the plain copy is
+    # loaded as without dynamic VRAM, every weight in the model's dtype (an H200 crashed on fp32
+    # weights in an fp16 forward), and dynamic VRAM stays on for everything else
+    assert "torch.float32" in r["given_dtypes"], r
+    assert r["dtypes_as_legacy"] and r["dtypes"] == r["legacy_dtypes"], r
+    assert r["dynamic_flag_during"] and r["dynamic_flag_after"], r
 
 
 def test_the_trained_model_stays_loaded_while_comfyui_frees_memory_mid_session(comfy_env, comfy_models):
