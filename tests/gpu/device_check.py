@@ -11,7 +11,7 @@ Steps (each a subprocess; a step that fails or times out is reported and the nex
                    plan against measurement, the gradient's reach, the LoRA's change of the output.
 * ``sd3.5m 512``   the same for SD3.5-Medium.
 * ``wall sd15``    real-size SD1.5 (TAESD previews): the epoch and wall per GFLOP of pro-grpo (the
-                   paper's ε funnel and its flow funnel) and the default method against GRPO's.
+                   paper's ε funnel) and the default method against GRPO's, at one and eight prompts.
 * ``wall sd35m``   the same on SD3.5-Medium.
 * ``comfyui node`` the training and comparison workflows through a ComfyUI server started as a user
                    starts it (``main.py`` without ``--cpu``: ComfyUI picks the GPU and dynamic VRAM),
@@ -240,12 +240,13 @@ class Check:
         steps = {"cuda": self.cuda_tests, "builtin": self.builtin, "lora": self.lora_effect,
                  "sd15": lambda: self.real_size("sd15", 150 * slow), "sd35m": lambda: self.real_size("sd35m", 180 * slow),
                  "comfyui": self.comfyui_node,
-                 # epoch wall-clock and wall/compute against GRPO (TAESD previews): the paper's funnel
-                 # (pro-grpo) and the default; SD3.5-M priced too
-                 "wall15": lambda: self.wall("sd15", [("grpo", []), ("pro-grpo", []), (DEFAULT, []),
-                                                      ("grpo", ["--group", "24"]),
-                                                      ("pro-grpo", ["--group", "48", "--checkpoints", "5,7",
-                                                                    "--keep", "24,12"])], 200 * slow),
+                 # epoch wall-clock and wall/compute against GRPO (TAESD previews): the paper's ε funnel
+                 # (pro-grpo; also with 256² previews) and the default, with one prompt per epoch and with the default's eight
+                 # (rows packed across prompts); on SD3.5-M the paper's flow funnel
+                 "wall15": lambda: self.wall("sd15", [("grpo", []), ("pro-grpo", []),
+                                                      ("pro-grpo", ["--proxy-scale", "0.5"]), (DEFAULT, []),
+                                                      ("grpo", ["--prompts", "8"]), (DEFAULT, ["--prompts", "8"])],
+                                             300 * slow),
                  "wall35": lambda: self.wall("sd35m", [("grpo", []), ("pro-grpo", []), (DEFAULT, [])], 200 * slow)}
         for name in (self.args.only.split(",") if self.args.only else steps):
             steps[name]()

@@ -189,7 +189,7 @@ def run(args) -> dict:
         "model": {"comfyui": args.comfyui, "checkpoint": args.model},
         "sampler": {"steps": args.steps, "cfg": args.cfg, "eval_steps": 2},
         "schedule": {k: v for k, v in (("group_size", args.group), ("checkpoints", args.checkpoints),
-                                       ("keep", args.keep)) if v is not None},
+                                       ("keep", args.keep), ("proxy_scale", args.proxy_scale)) if v is not None},
         "grpo": {"method": args.method, "prompts_per_epoch": args.prompts, "lr": 3e-4, "ema": True},
         "lora": {"rank": 16, "alpha": 16.0}, "reward": {"name": "stroke", "offload": False},
         "run": {"epochs": args.epochs, "eval_every": 0, "precision": precision.name, "gradient_checkpointing": 1,
@@ -205,7 +205,7 @@ def run(args) -> dict:
                           log=lambda s: None)
         result: dict = {"model": args.model, "method": args.method, "prompts": args.prompts,
                         "schedule": str(trainer.schedule),
-                        "proxy_vae": args.proxy_vae,
+                        "proxy_vae": args.proxy_vae, "proxy_scale": trainer.cfg.schedule.proxy_scale,
                         "detected": detected, "resolution": args.resolution,
                         "device": str(device), "precision": precision.name,
                         "parameters": sum(p.numel() for p in den.net.parameters()), "build_s": round(build_s, 1)}
@@ -359,6 +359,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cfg", type=float, default=1.0)
     ap.add_argument("--proxy-vae", choices=("none", "taesd"), default="none",
                     help="decode the pruning previews with a full-size TAESD (random weights) instead of the VAE")
+    ap.add_argument("--proxy-scale", type=float,
+                    help="decode the previews from the x0 latent pooled to this fraction (schedule.proxy_scale)")
     ap.add_argument("--memory-gib", type=float)
     ap.add_argument("--gpus", help="only plan, for these GPUs (comma-separated names of progrpo_core.planner.GPUS), "
                                    "from memory measured here and FLOPs")
