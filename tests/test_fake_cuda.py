@@ -93,6 +93,19 @@ def test_group_sampler_prunes_on_the_gpu(gpu, tmp_path):
     same(b.advantages, a.advantages, "advantages")
 
 
+@pytest.mark.parametrize("method", ["nft", "mixgrpo", "flow-grpo-fast-cps"])
+def test_other_objectives_and_samplers_train_on_the_gpu(gpu, tmp_path, method):
+    """DiffusionNFT's objective (its own training code), MixGRPO's shared noise and progressive
+    window, and the CPS sampler with per-batch windows: an epoch of each on the GPU changes the LoRA."""
+    t = Trainer.build(table(tmp_path / "run", gpu, run={"epochs": 1}, grpo={"method": method},
+                            schedule={"group_size": 8, "keep": [], "checkpoints": []}), log=lambda s: None)
+    before = lora_of(t)
+    record = next(t.epochs())
+    assert record.optimizer_step > 0
+    assert any(not torch.equal(before[k], v) for k, v in lora_of(t).items())
+    assert all(p.device.type == "cuda" for p in t.adapter.parameters())
+
+
 def test_shared_noise_prefix_on_the_gpu(gpu, tmp_path):
     """pro-mixgrpo's shared initial noise: until the window (steps 2–3 at epoch 50) each prompt's
     model calls are made once and the x0 indexed back to its rows on the GPU; the same trajectories,
