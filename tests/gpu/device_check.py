@@ -87,6 +87,11 @@ def _last_json(text: str) -> dict | None:
     return None
 
 
+def _last_line(text: str, width: int = 160) -> str:
+    """The last line a failed step printed (its error), or "no output"."""
+    return text.strip().splitlines()[-1][:width] if text.strip() else "no output"
+
+
 def _gib(n: float) -> str:
     return f"{n / GiB:.2f} GiB"
 
@@ -127,7 +132,7 @@ class Check:
                               "--out", str(self.out)], self.budget(150))
         r = _last_json(text)
         if code or r is None:
-            self.record("built-in", False, text.strip().splitlines()[-1][:160] if text.strip() else "no output", s, text)
+            self.record("built-in", False, _last_line(text), s, text)
             return
         m = r["measured"]
         self.record("built-in", True, f"{r['precision']}, micro {r['micro'] if 'micro' in r else r['plan']['micro']}; "
@@ -143,27 +148,30 @@ class Check:
         except (OSError, json.JSONDecodeError):
             summary = None
         if code or summary is None:
-            self.record("lora effect", False, text.strip().splitlines()[-1][:160] if text.strip() else "no output", s,
-                        text)
+            self.record("lora effect", False, _last_line(text), s, text)
             return
         before, after = summary["eval_reward_before"], summary["eval_reward_after"]
         self.record("lora effect", after > before,
                     f"built-in eval reward {before:.3f} -> {after:.3f} in {summary['epochs']} epochs "
                     f"({summary['optimizer_steps']} steps, {summary['wall_s']:.0f} s)", s, text)
 
+    def real_size_cmd(self, model: str) -> list[str]:
+        """``tests/gpu/real_size.py`` for ``model`` at the check's resolution, two epochs."""
+        return [self.py, "tests/gpu/real_size.py", "--comfyui", self.args.comfyui, "--model", model,
+                "--resolution", str(self.args.resolution), "--epochs", "2"]
+
     def real_size(self, model: str, cap: float) -> None:
         name = f"{model} {self.args.resolution}"
         if not self.args.comfyui:
             self.record(name, None, "no ComfyUI checkout (--comfyui)", 0.0)
             return
-        cmd = [self.py, "tests/gpu/real_size.py", "--comfyui", self.args.comfyui, "--model", model,
-               "--resolution", str(self.args.resolution), "--epochs", "2"]
+        cmd = self.real_size_cmd(model)
         if self.args.cpu:  # a dry run: a small funnel
             cmd += ["--device", "cpu", "--steps", "4", "--group", "8", "--checkpoints", "2,3", "--keep", "6,4"]
         code, text, s = _run(cmd, self.budget(cap))
         r = _last_json(text)
         if code or r is None:
-            self.record(name, False, text.strip().splitlines()[-1][:160] if text.strip() else "no output", s, text)
+            self.record(name, False, _last_line(text), s, text)
             return
         m = r["measured"]
         ok = m["grad_finite"] and m["grad_reached_fraction"] > 0.5 and m["lora_changed_output"] > 0 and r["plan"]["fits"]
@@ -182,9 +190,7 @@ class Check:
         start, logs, parts, ok = time.monotonic(), [], [], True
         base = None
         for method, extra in runs:
-            cmd = [self.py, "tests/gpu/real_size.py", "--comfyui", self.args.comfyui, "--model", model,
-                   "--resolution", str(self.args.resolution), "--epochs", "2", "--proxy-vae", "taesd",
-                   "--method", method, *extra]
+            cmd = self.real_size_cmd(model) + ["--proxy-vae", "taesd", "--method", method, *extra]
             if self.args.cpu:  # a dry run: few steps
                 cmd += ["--device", "cpu", "--steps", "4"]
             code, text, s = _run(cmd, self.budget(cap - (time.monotonic() - start)))
@@ -193,7 +199,7 @@ class Check:
             label = " ".join([method, *extra])
             if code or r is None:
                 ok = False
-                parts.append(f"{label}: failed ({text.strip().splitlines()[-1][:80] if text.strip() else 'no output'})")
+                parts.append(f"{label}: failed ({_last_line(text, 80)})")
                 continue
             with open(self.out / f"wall_{model}.jsonl", "a") as f:
                 f.write(json.dumps(r) + "\n")
@@ -241,14 +247,19 @@ class Check:
                  "sd15": lambda: self.real_size("sd15", 150 * slow), "sd35m": lambda: self.real_size("sd35m", 180 * slow),
                  "comfyui": self.comfyui_node,
                  # epoch wall-clock and wall/compute against GRPO (TAESD previews): the paper's ε funnel
-                 # (pro-grpo; also with 256² previews) and the default, with one prompt per epoch and with the default's eight
-                 # (rows packed across prompts); on SD3.5-M the paper's flow funnel
+                 # (pro-grpo; also with 256² previews) and the default, at one prompt per epoch and at
+                 # the default's eight (rows packed across prompts); on SD3.5-M the paper's flow funnel
                  "wall15": lambda: self.wall("sd15", [("grpo", []), ("pro-grpo", []),
                                                       ("pro-grpo", ["--proxy-scale", "0.5"]), (DEFAULT, []),
                                                       ("grpo", ["--prompts", "8"]), (DEFAULT, ["--prompts", "8"])],
                                              300 * slow),
                  "wall35": lambda: self.wall("sd35m", [("grpo", []), ("pro-grpo", []), (DEFAULT, [])], 200 * slow)}
-        for name in (self.args.only.split(",") if self.args.only else steps):
+        names = self.args.only.split(",") if self.args.only else list(steps)
+        unknown = [n for n in names if n not in steps]
+        if unknown:
+            raise SystemExit(f"--only {self.args.only!r}: no step {', '.join(unknown)}; the steps are "
+                             f"{', '.join(steps)}")
+        for name in names:
             steps[name]()
         text = self.table()
         print(text, flush=True)
