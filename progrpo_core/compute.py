@@ -34,10 +34,16 @@ class Compute:
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
+    def phase(self, name: str, device=None) -> Iterator[None]:
+        """Add the seconds of the work inside to ``wall[name]``. A GPU runs its work after the Python
+        call that queued it returns: give the ``device`` and the clock starts once the work queued
+        before has run and stops once the phase's own has (else a phase's kernels are paid by
+        whichever later code waits for the GPU first, another phase or none)."""
+        wait_for(device)
         t0 = time.perf_counter()
         try:
             yield
+            wait_for(device)
         finally:
             self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - t0
 
@@ -84,6 +90,14 @@ class FlopCosts:
             raise ValueError(f"model_fwd={self.model_fwd} FLOPs must be > 0 to express costs in model rows")
         return {"backward_weight": self.backward_weight, "decode_cost": self.decode / self.model_fwd,
                 "reward_cost": self.reward / self.model_fwd}
+
+
+def wait_for(device) -> None:
+    """Wait for the work queued on ``device`` if it is a GPU (CUDA): timing it needs this."""
+    if device is not None and getattr(device, "type", str(device).split(":")[0]) == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
 
 
 def count_flops(fn: Callable[[], object]) -> float:

@@ -149,7 +149,7 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
         raise ValueError(f"{len(prompts)} prompts but {len(prompt_seeds)} seeds; pass one seed per prompt")
     B, G, T = len(prompts), schedule.group_size, steps
     compute = Compute()
-    device = _device_of(model)
+    device = device_of(model)
     sigmas = model.sigmas(T)  # (T+1,)
     noise = GroupNoise(prompt_seeds, G, model.latent_shape, device)
     row_prompt = torch.arange(B).repeat_interleave(G)  # (B·G,)
@@ -169,7 +169,7 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
     for i in range(T):
         a = x.shape[0]
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        with compute.phase("sampling"), torch.no_grad():
+        with compute.phase("sampling", device), torch.no_grad():
             if identical:
                 _, inverse = torch.unique(row_prompt, return_inverse=True)
                 first = torch.zeros(int(inverse.max()) + 1, dtype=torch.long).scatter_reduce(
@@ -197,7 +197,7 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
         eps = noise.draw()[(row_prompt * G + row_id).to(device)]  # (A, C, H, W): each row's own noise
         sde = _sde_rows(sde_steps, i, row_prompt)
         identical = identical and not (sde if isinstance(sde, bool) else bool(sde.any()))
-        with compute.phase("sampling"):
+        with compute.phase("sampling", device):
             prev, std, logp = _step(model.family, sampler, x, x0, sigma, sigma_next, noise_level, eps, sde)
         hist_x.append(x)
         hist_std.append(std)
@@ -244,7 +244,7 @@ def _prune(model: Denoiser, x0: torch.Tensor, row_prompt: torch.Tensor, row_id: 
     per prompt. Returns the kept positions into the active batch (grouped by prompt) and the
     checkpoint's record."""
     a, B = x0.shape[0], len(prompts)
-    with compute.phase("proxy"):
+    with compute.phase("proxy", x0.device):
         proxy = score_images_of(model, x0, [prompts[b] for b in row_prompt.tolist()], score_fn,
                                 decode_micro_batch, schedule.proxy_scale)  # (A,)
     compute.proxy_decodes += a
@@ -267,7 +267,8 @@ def select_rows(model: Denoiser, rollout: Rollout, index: torch.Tensor) -> Rollo
         cond=model.select_cond(rollout.cond, index))
 
 
-def _device_of(model: Denoiser) -> torch.device:
+def device_of(model: Denoiser) -> torch.device:
+    """Where ``model`` computes: its own ``device``, else its first parameter's, else the CPU."""
     device = getattr(model, "device", None)
     if device is not None:
         return torch.device(device)

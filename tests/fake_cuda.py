@@ -16,14 +16,21 @@ checks its operands' devices exactly as the CUDA backend does:
 * ``numpy()`` of a CUDA tensor fails as on a GPU ("use Tensor.cpu()");
 * pickling a CUDA tensor (``torch.save``) fails: a file saved from a GPU would need a GPU to load.
 
+``FakeCuda(kernel_s=s)`` also emulates CUDA's asynchrony on a clock of its own: every operation on
+the GPU queues ``s`` seconds of work and returns at once; the host waits for the queue (and
+``time.perf_counter`` moves on by it) only where a GPU would make it wait — ``synchronize``, and
+reading GPU memory (``item``, ``bool``, ``tolist``, a copy to the CPU). So code that times GPU work
+without waiting for it is caught, whatever the real kernels cost.
+
 What it cannot show: kernels that exist only on CUDA (their CPU twins run), CUDA's numerics and
 random streams, real memory limits (``memory_allocated`` counts the bytes of live CUDA tensors),
-streams and asynchrony. ``tests/gpu/device_check.sh`` runs the same tests on a real GPU.
+several streams. ``tests/gpu/device_check.sh`` runs the same tests on a real GPU.
 """
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import types
 import weakref
 from typing import Any
@@ -203,6 +210,9 @@ class _Mode(TorchDispatchMode):
         unwrap = lambda x: x.elem if isinstance(x, CudaTensor) else x  # noqa: E731
         uargs, ukwargs = tree_map(unwrap, args), tree_map(unwrap, kwargs)
         out = func(*uargs, **ukwargs)
+        fake = FakeCuda.active
+        if fake is not None and fake.kernel_s:
+            fake.account(func, args, tensors, to_cuda)
         if not to_cuda:
             return out
         # an in-place op returns its (wrapped) input itself
@@ -226,6 +236,8 @@ class _FunctionLevel(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in (torch.Tensor.tolist, torch.Tensor.__array__) and isinstance(args[0], CudaTensor):
             if func is torch.Tensor.tolist:  # a CUDA tensor copies to a list; torch refuses it for subclasses
+                if FakeCuda.active is not None:
+                    FakeCuda.active.wait()
                 return args[0].elem.tolist()
             args[0].numpy()
         if kwargs.get("device") is not None and torch.device(kwargs["device"]).type == "meta":
@@ -274,12 +286,19 @@ def _props() -> Any:
 
 class FakeCuda(contextlib.AbstractContextManager):
     """Emulate one CUDA device on the CPU (see the module docstring). ``bf16=False`` makes it a
-    pre-Ampere card (T4/V100): ``is_bf16_supported(including_emulation=False)`` is False."""
+    pre-Ampere card (T4/V100): ``is_bf16_supported(including_emulation=False)`` is False.
+    ``kernel_s`` > 0 emulates asynchrony: each GPU operation queues that many seconds of work
+    (``launched`` counts them), paid on the host's clock where it waits (``wait``)."""
 
     active: "FakeCuda | None" = None
 
-    def __init__(self, bf16: bool = True, capability: tuple[int, int] = (9, 0), devices: int = 1):
+    def __init__(self, bf16: bool = True, capability: tuple[int, int] = (9, 0), devices: int = 1,
+                 kernel_s: float = 0.0):
         self.bf16 = bf16
+        self.kernel_s = kernel_s
+        self.launched = 0           # GPU operations queued
+        self.queued = 0.0           # seconds of queued work the host has not waited for
+        self.waited = 0.0           # seconds the host's clock has moved on waiting for the GPU
         self.capability = capability
         self.devices = devices      # torch.cuda.device_count(); every tensor still sits on cuda:0
         self.current = 0            # torch.cuda.current_device()
@@ -303,7 +322,10 @@ class FakeCuda(contextlib.AbstractContextManager):
         patch(c, "device_count", lambda: self.devices)
         patch(c, "current_device", lambda: self.current)
         patch(c, "set_device", self._set_device)
-        patch(c, "synchronize", lambda device=None: None)
+        patch(c, "synchronize", lambda device=None: self.wait())
+        if self.kernel_s:
+            real = time.perf_counter
+            patch(time, "perf_counter", lambda: real() + self.waited)
         patch(c, "empty_cache", lambda: None)
         patch(c, "mem_get_info", lambda device=None: (TOTAL_MEMORY - _MEMORY.allocated() - self.cached, TOTAL_MEMORY))
         patch(c, "memory_allocated", lambda device=None: _MEMORY.allocated())
@@ -327,6 +349,23 @@ class FakeCuda(contextlib.AbstractContextManager):
         FakeCuda.active = self
         _MEMORY.peak = _MEMORY.allocated()
         return self
+
+    def account(self, func, args, tensors, to_cuda: bool) -> None:
+        """An operation as the GPU's queue sees it: the host reading GPU memory waits for the queue
+        (a scalar read, a copy to the CPU); any other operation on the GPU joins the queue."""
+        from_gpu = any(isinstance(t, CudaTensor) for t in tensors)
+        reads = func is torch.ops.aten._local_scalar_dense.default or (from_gpu and not to_cuda) or (
+            func is torch.ops.aten.copy_.default and from_gpu and not isinstance(args[0], CudaTensor))
+        if reads:
+            self.wait()
+        elif to_cuda:
+            self.launched += 1
+            self.queued += self.kernel_s
+
+    def wait(self) -> None:
+        """The host waits until the GPU has run everything queued."""
+        self.waited += self.queued
+        self.queued = 0.0
 
     def _set_device(self, device: Any) -> None:
         index = device if isinstance(device, int) else torch.device(device).index

@@ -25,6 +25,7 @@ import torch
 from ..compute import Compute
 from ..denoiser import Denoiser, alpha_bar, call_slices, cfg_rows
 from ..distributed import World
+from ..group import device_of
 from ..spec import RunSpec
 from .records import UpdateStats
 from .rollouts import RolloutBatch
@@ -78,6 +79,7 @@ def nft_update(model: Denoiser, learner: "Learner", batch: RolloutBatch, spec: R
     r_all = optimality(batch.advantages, g.adv_clip).to(x0_all)
     mult = cfg_rows(sampler.cfg)
     comp, sums, grad_norms = Compute(), [], []
+    device = device_of(model)
     model.net.train()
     learner.optimizer.zero_grad(set_to_none=True)
     poisoned = False
@@ -91,7 +93,7 @@ def nft_update(model: Denoiser, learner: "Learner", batch: RolloutBatch, spec: R
             for sl in call_slices(len(rows), spec.micro.train, sampler.cfg):
                 part = rows[sl]
                 sigma = ro.sigmas[levels[chunk[mine][sl], j]]  # (n,) each image's own level
-                with comp.phase("training"):
+                with comp.phase("training", device):
                     loss, kl = _part_loss(model, learner, ro, part, x0_all, r_all, sigma, noise[sl], spec)
                     bad = not bool(torch.isfinite(loss))
                     poisoned |= bad

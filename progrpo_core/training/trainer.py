@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from .. import distributed
+from ..compute import wait_for
 from ..config import TrainConfig
 from ..denoiser import Denoiser
 from ..devices import resolve_device
@@ -265,6 +266,7 @@ class Trainer(RunFiles):
     def _one_epoch(self, epoch: int, on_sample_step: Callable[[dict], None] | None) -> EpochRecord:
         c = self.cfg
         self.state.epoch = epoch + 1
+        wait_for(self.device)  # the clock times this epoch's GPU work, not what was queued before
         t0, c0 = time.perf_counter(), time.process_time()
         batch = self.sample_epoch(epoch, on_sample_step)
         self.state.compute.add(self.world.reduce_compute(batch.rollout.compute))
@@ -276,6 +278,7 @@ class Trainer(RunFiles):
         self.guards.divergence(self.learner.norm(), self.state)
         self.guards.flat(batch, epoch)
         comp = self.state.compute
+        wait_for(self.device)
         return EpochRecord(
             epoch=self.epoch, optimizer_step=self.optimizer_steps, sample=batch.stats, update=stats,
             skipped_updates=self.state.skipped_updates, bad_updates_in_row=self.state.bad_in_row,

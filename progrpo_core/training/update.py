@@ -17,7 +17,7 @@ from ..compute import Compute
 from ..config import GRPOConfig, SamplerConfig
 from ..denoiser import Denoiser, call_slices, cfg_rows
 from ..distributed import World
-from ..group import Rollout
+from ..group import Rollout, device_of
 from ..lora import LoraWeights
 from ..samplers import SAMPLER_SPECS, step_from_x0
 from ..spec import RunSpec
@@ -170,7 +170,7 @@ def step_optimizer(model: Denoiser, learner: "Learner", world: World, grad_clip:
     """One optimizer step on the accumulated gradients (skipped, and reported to ``hooks``, when they
     are not finite or ``poisoned``); its gradient norm joins ``grad_norms``. True when the hooks'
     update cap is reached."""
-    with comp.phase("training"):
+    with comp.phase("training", device_of(model)):
         gn = _optimizer_step(learner.parameters(), learner.optimizer, learner.ema, world, grad_clip, poisoned,
                              learner.scaler)
     if gn is None:
@@ -189,7 +189,7 @@ def _backward(model: Denoiser, learner: "Learner", batch: RolloutBatch, part: to
     accumulating their share of the minibatch's gradient; their sums go into ``sums``. Returns
     whether the loss was not finite."""
     mult = cfg_rows(spec.sampler.cfg)
-    with comp.phase("training"):
+    with comp.phase("training", device_of(model)):
         cond = model.select_cond(batch.rollout.cond, part)
         loss, kl, st = step_loss(model, learner.adapter, batch.rollout, part, cond, j, batch.advantages, spec.sampler,
                                  spec.grpo, comp)
