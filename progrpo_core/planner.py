@@ -78,6 +78,15 @@ class Costs:
     flops: dict[str, float]  # per sampling network row, per trained row (fwd+bwd), per image
     ops: dict[str, float] = dataclasses.field(default_factory=dict)  # operations one call launches, per phase
     weights_fp32: int = 0   # the same parameters in float32 (what quantized weights, fp8 or GGUF, save)
+    proxy: Linear | None = None    # a pruning preview's decode + reward call, per image (None: a decode's)
+    proxy_s: Linear | None = None
+
+    def preview(self) -> tuple[Linear, Linear, str]:
+        """A pruning preview's memory and seconds per image, and the key of its FLOPs and operations:
+        its own where the previews have a cheaper decoder or a smaller latent, else a decode's."""
+        if self.proxy is None or self.proxy_s is None:
+            return self.decode, self.decode_s, "decode"
+        return self.proxy, self.proxy_s, "proxy"
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -87,9 +96,14 @@ def _param_bytes(module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters()) if module is not None else 0
 
 
-def _phase_calls(model, adapter, reward, sampler, device: torch.device, prompt: str) -> dict:
+def _phase_calls(model, adapter, reward, sampler, device: torch.device, prompt: str,
+                 proxy_scale: float | None = None) -> dict:
     """``{phase: make(n)}``: ``make(n)`` returns a call doing that phase's work on ``n`` rows —
-    a sampling call, a forward and backward of one trained step, a decode and reward call."""
+    a sampling call, a forward and backward of one trained step, a decode and reward call, and
+    (``proxy_scale`` given) a pruning preview's: the model's preview decoder (:func:`proxy_decoder`)
+    on the latent pooled to that scale, and the reward call."""
+    from .denoiser import proxy_decoder
+    from .group import pool_latent
     from .samplers import step_from_x0
 
     sig = model.sigmas(sampler.steps)
@@ -122,7 +136,22 @@ def _phase_calls(model, adapter, reward, sampler, device: torch.device, prompt: 
         x, _, _ = inputs(n)
         return lambda: _no_grad(lambda: reward.evaluate(model.decode(x), prompt * n))
 
-    return {"sample": sample_call, "train": train_call, "decode": decode_call}
+    def proxy_call(n):
+        x, _, _ = inputs(n)
+        return lambda: _no_grad(lambda: reward.evaluate(proxy_decoder(model)(pool_latent(x, proxy_scale)), prompt * n))
+
+    calls = {"sample": sample_call, "train": train_call, "decode": decode_call}
+    if has_own_preview(model, proxy_scale):
+        calls["proxy"] = proxy_call
+    return calls
+
+
+def has_own_preview(model, proxy_scale: float | None) -> bool:
+    """Whether a run's pruning previews cost other than a decode: it prunes (``proxy_scale`` is
+    given) and its previews are decoded by a cheaper decoder or from a pooled latent."""
+    from .denoiser import proxy_decoder
+
+    return proxy_scale is not None and (proxy_scale != 1.0 or proxy_decoder(model) != model.decode)
 
 
 @contextlib.contextmanager
@@ -138,13 +167,14 @@ def _train_mode(net):
 
 
 def measure_costs(model, adapter, reward, sampler, device: torch.device, precision: str, prompt: str,
-                  timed: bool = True) -> Costs:
+                  timed: bool = True, proxy_scale: float | None = None) -> Costs:
     """Probe the model, the LoRA and the reward with 1 and 2 rows per phase (see the module
-    docstring). ``timed=False`` measures memory and FLOPs only (planning for another device)."""
+    docstring). ``timed=False`` measures memory and FLOPs only (planning for another device).
+    ``proxy_scale``: the run prunes, with previews pooled to this scale (None: it does not)."""
     device = torch.device(device)
     mult = cfg_rows(sampler.cfg)
     lora = adapter.parameters()
-    phases = _phase_calls(model, adapter, reward, sampler, device, prompt)
+    phases = _phase_calls(model, adapter, reward, sampler, device, prompt, proxy_scale)
     mem, sec, flops, ops = {}, {}, {}, {}
     with _train_mode(model.net):
         for name, make in phases.items():
@@ -168,10 +198,11 @@ def measure_costs(model, adapter, reward, sampler, device: torch.device, precisi
                  latent=4 * math.prod(model.latent_shape), cfg_rows=mult,
                  sample=mem["sample"], train=mem["train"], decode=mem["decode"],
                  sample_s=sec["sample"], train_s=sec["train"], decode_s=sec["decode"], flops=flops, ops=ops,
-                 weights_fp32=weights_fp32)
+                 weights_fp32=weights_fp32, proxy=mem.get("proxy"), proxy_s=sec.get("proxy"))
 
 
-def retime(costs: Costs, plan: "Plan", model, adapter, reward, sampler, device: torch.device, prompt: str) -> Costs:
+def retime(costs: Costs, plan: "Plan", model, adapter, reward, sampler, device: torch.device, prompt: str,
+           proxy_scale: float | None = None) -> Costs:
     """``costs`` with each phase's seconds refitted through its 1-row time and one call at the
     plan's micro-batch. A line through 1 and 2 rows extrapolates badly to a micro-batch of 16 or
     more (on a real-size SD1.5 on the CPU it put GRPO's training at 46 s against 105 s measured);
@@ -181,8 +212,11 @@ def retime(costs: Costs, plan: "Plan", model, adapter, reward, sampler, device: 
     rows = {"sample": max(1, plan.sample_micro_batch // mult), "train": max(1, plan.train_micro_batch // mult),
             "decode": plan.decode_micro_batch}
     old = {"sample": costs.sample_s, "train": costs.train_s, "decode": costs.decode_s}
+    if costs.proxy_s is not None:
+        rows["proxy"], old["proxy"] = plan.decode_micro_batch, costs.proxy_s  # previews go by the decode micro-batch
     new = dict(old)
-    phases = _phase_calls(model, adapter, reward, sampler, device, prompt)
+    phases = _phase_calls(model, adapter, reward, sampler, device, prompt,
+                          proxy_scale if costs.proxy_s is not None else None)
     with _train_mode(model.net):
         for name, n in rows.items():
             if n <= 2:  # the 1- and 2-row fit already covers it
@@ -197,7 +231,8 @@ def retime(costs: Costs, plan: "Plan", model, adapter, reward, sampler, device: 
             fixed = t_one - per * unit
             # a row in a large call dearer than one alone (no fixed cost left): keep the micro-batch's time exact
             new[name] = Linear(fixed, per) if fixed >= 0 else Linear(0.0, t / (n * unit))
-    return dataclasses.replace(costs, sample_s=new["sample"], train_s=new["train"], decode_s=new["decode"])
+    return dataclasses.replace(costs, sample_s=new["sample"], train_s=new["train"], decode_s=new["decode"],
+                               proxy_s=new.get("proxy"))
 
 
 def _no_grad(fn, *args):
@@ -375,7 +410,9 @@ def make_plan(costs: Costs, cfg, schedule, sampler, prompts_per_rank: int, eval_
         return n
 
     sample_mb = given.get("sample") or largest(storage, costs.sample, B * G * mult, mult, "sampling")
-    decode_mb = given.get("decode") or largest(storage + (costs.reward_weights if offload else 0), costs.decode,
+    scoring = costs.decode if not schedule.checkpoints else Linear(max(costs.decode.fixed, costs.preview()[0].fixed),
+                                                                   max(costs.decode.per, costs.preview()[0].per))
+    decode_mb = given.get("decode") or largest(storage + (costs.reward_weights if offload else 0), scoring,
                                                B * G, 1, "decoding and scoring")
     # a training call holds (row, step) pairs of one minibatch, across its steps (update.trained_pairs)
     train_cap = min(cfg.grpo.train_batch_size, trained_rows) * _trained_steps(cfg, schedule, sampler) * mult
@@ -384,7 +421,7 @@ def make_plan(costs: Costs, cfg, schedule, sampler, prompts_per_rank: int, eval_
     peaks = {
         "sampling": int(resident + storage + costs.sample.at(min(sample_mb, B * G * mult))),
         "scoring": int(resident + storage + (costs.reward_weights if offload else 0)
-                       + costs.decode.at(min(decode_mb, B * G))),
+                       + scoring.at(min(decode_mb, B * G))),
         "training": int(resident + storage + costs.train.at(max(1, min(train_mb, train_cap) // mult))),
         "evaluation": int(resident + costs.sample.at(min(sample_mb, eval_images * mult))
                           + eval_images * costs.latent * 3),
@@ -421,13 +458,14 @@ def _time(cost_s: Linear, flops_per_row: float, rows: list[int], target: Target,
 def _epoch_seconds(costs: Costs, cfg, schedule, sampler, B: int, sample_mb: int, train_mb: int, decode_mb: int,
                    target: Target) -> dict[str, float]:
     mult = costs.cfg_rows
-    ops = {k: costs.ops.get(k, 0.0) for k in ("sample", "train", "decode")}
-    alive, sampling, scoring = schedule.group_size, 0.0, 0.0
+    ops = {k: costs.ops.get(k, 0.0) for k in ("sample", "train", "decode", "proxy")}
+    _, preview_s, preview = costs.preview()
+    alive, sampling, scoring, proxy = schedule.group_size, 0.0, 0.0, 0.0
     for i in range(sampler.steps):
         sampling += _time(costs.sample_s, costs.flops["sample"], _calls(B * alive * mult, sample_mb), target, ops["sample"])
         for c, k in zip(schedule.checkpoints, schedule.keep):
             if c - 1 == i:
-                scoring += _time(costs.decode_s, costs.flops["decode"], _calls(B * alive, decode_mb), target, ops["decode"])
+                proxy += _time(preview_s, costs.flops[preview], _calls(B * alive, decode_mb), target, ops[preview])
                 alive = k
     scoring += _time(costs.decode_s, costs.flops["decode"], _calls(B * alive, decode_mb), target, ops["decode"])
     steps = _trained_steps(cfg, schedule, sampler)
@@ -437,7 +475,7 @@ def _epoch_seconds(costs: Costs, cfg, schedule, sampler, B: int, sample_mb: int,
     training = _time(costs.train_s, costs.flops["train"], calls, target, ops["train"])
     if cfg.grpo.kl_beta > 0:  # the reference policy's forward, on the same pairs
         training += _time(costs.sample_s, costs.flops["sample"], [c * mult for c in calls], target, ops["sample"])
-    return {"sampling": sampling, "scoring": scoring, "training": training}
+    return {"sampling": sampling, "proxy": proxy, "scoring": scoring, "training": training}
 
 
 def _trained_steps(cfg, schedule, sampler) -> int:

@@ -202,6 +202,56 @@ def test_the_planner_times_only_the_steps_a_windowed_method_trains(tmp_path):
     assert window["training"] == pytest.approx(full["training"] * 2 / 8)  # 2 window steps against 0.9 x 9
 
 
+def test_the_planner_prices_pruning_previews_at_their_own_decoder(tmp_path):
+    """Previews decoded by a cheaper decoder (in ComfyUI a TAESD) or from a pooled latent cost what
+    that decoder costs, not a full decode: the planner probes them as a phase of their own. (On an
+    H200 the plan of pro-grpo with TAESD previews priced them at the VAE's cost, 1.34 s an epoch.)"""
+    from progrpo_core import planner
+    from progrpo_core.compute import count_flops
+
+    t = make(tmp_path / "p")
+    vae = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.Conv2d(32, 3, 3, padding=1), torch.nn.Sigmoid())
+
+    class WithVae:
+        """The built-in model with a decoder that costs something, and ``cheap`` previews: the
+        built-in decoder (as TAESD beside a VAE), else the same decoder."""
+
+        def __init__(self, inner, cheap: bool):
+            self.inner, self.cheap = inner, cheap
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def decode(self, x0):
+            return vae(self.inner.decode(x0))
+
+        def decode_proxy(self, x0):
+            return self.inner.decode(x0) if self.cheap else self.decode(x0)
+
+    def costs(model, scale):
+        return planner.measure_costs(model, t.adapter, t.reward, t.sampler, t.device, "fp32", "a handwritten 3",
+                                     timed=False, proxy_scale=scale)
+
+    x = torch.zeros(1, *t.model.latent_shape)
+    vae_flops = count_flops(lambda: vae(t.model.decode(x)))
+    assert vae_flops > 0
+    plain, own, pooled = costs(t.model, 1.0), costs(WithVae(t.model, True), 1.0), costs(WithVae(t.model, False), 0.5)
+    assert plain.proxy is None and plain.preview()[2] == "decode"  # previews decoded as the final images
+    assert costs(WithVae(t.model, True), None).proxy is None       # a run that does not prune: no previews
+    assert own.flops["decode"] - own.flops["proxy"] == pytest.approx(vae_flops)
+    assert own.proxy.per < own.decode.per
+    assert pooled.flops["proxy"] == pytest.approx(pooled.flops["decode"] - vae_flops * 3 / 4, rel=0.05)
+    # the plan's epoch prices each preview at its decoder's FLOPs (a slow GPU: arithmetic, not launches)
+    target = planner.Target("gpu", 10 * 2**30, tflops=1e-6)
+    sched, B = t.schedule, 2
+    previews = B * (sched.group_size + sum(sched.keep[:-1]))
+    rate = target.tflops * 1e12 * planner.MFU
+    for c in (plain, own):
+        s = planner._epoch_seconds(c, t.cfg, sched, t.sampler, B, 48, 8, 48, target)
+        assert s["proxy"] == pytest.approx(previews * c.flops[c.preview()[2]] / rate)
+        assert s["scoring"] == pytest.approx(B * sched.keep[-1] * c.flops["decode"] / rate)
+
+
 def test_retime_refits_each_phase_through_one_row_and_its_micro_batch(tmp_path, monkeypatch):
     """The 2-row line extrapolates badly; the refit passes through the 1-row time and a call timed
     at the plan's micro-batch (here a fake clock: 0.5 s + 0.25 s per row)."""

@@ -15,9 +15,11 @@ def plan_for(spec: RunSpec, parts: RunParts, world: World, target: Target | None
     """The plan of this run on ``target`` (default: its device and memory budget), from ``costs``
     or from costs measured now (memory and FLOPs only when the target has its own speed)."""
     measured = costs is None
+    proxy_scale = preview_scale(spec)
     if costs is None:
         costs = planner.measure_costs(parts.model, parts.adapter, parts.reward, spec.sampler, spec.device,
-                                      spec.precision.name, parts.prompts[0], timed=target is None or not target.tflops)
+                                      spec.precision.name, parts.prompts[0], timed=target is None or not target.tflops,
+                                      proxy_scale=proxy_scale)
     if target is None:
         check_memory_budget(spec.run.memory_gib, spec.device)
         budget = (spec.run.memory_gib * planner.GiB if spec.run.memory_gib
@@ -33,8 +35,13 @@ def plan_for(spec: RunSpec, parts: RunParts, world: World, target: Target | None
     first = plan(costs)
     if measured and not target.tflops and first.fits:  # time each phase at its chosen micro-batch
         return plan(planner.retime(costs, first, parts.model, parts.adapter, parts.reward, spec.sampler, spec.device,
-                                   parts.prompts[0]))
+                                   parts.prompts[0], proxy_scale))
     return first
+
+
+def preview_scale(spec: RunSpec) -> float | None:
+    """The scale of the run's pruning previews, None when it does not prune."""
+    return spec.schedule.proxy_scale if spec.schedule.checkpoints else None
 
 
 def planned(spec: RunSpec, parts: RunParts, world: World, refuse: bool = True) -> RunSpec:

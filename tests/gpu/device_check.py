@@ -97,8 +97,9 @@ def _gib(n: float) -> str:
 
 
 def _plan_vs(plan: dict, measured: dict) -> str:
-    phases = ", ".join(f"{k} {plan['seconds'].get(k, 0):.1f}/{measured['seconds'].get(k, 0):.1f}"
-                       for k in ("sampling", "training"))
+    # the run times its final decodes and rewards as "final_scoring", the plan as "scoring"
+    pairs = (("sampling", "sampling"), ("proxy", "proxy"), ("scoring", "final_scoring"), ("training", "training"))
+    phases = ", ".join(f"{k} {plan['seconds'].get(k, 0):.1f}/{measured['seconds'].get(m, 0):.1f}" for k, m in pairs)
     return (f"peak {_gib(plan['peak_bytes'])} planned / {_gib(measured['peak_bytes'])} measured; "
             f"s/epoch {plan['epoch_s']:.1f}/{measured['epoch_s']:.1f} ({phases})")
 

@@ -212,10 +212,11 @@ def run(args) -> dict:
 
         def plans_for_gpus():
             from progrpo_core.planner import GPUS, GiB, Target, measure_costs
+            from progrpo_core.training.planning import preview_scale
 
             t = time.perf_counter()
             costs = measure_costs(den, adapter, trainer.reward, trainer.sampler, device, precision.name, "a prompt",
-                                  timed=False)
+                                  timed=False, proxy_scale=preview_scale(trainer.spec))
             result["plan_s"] = round(time.perf_counter() - t, 1)
             result["gpus"] = {}
             for name in args.gpus.split(","):
