@@ -234,12 +234,13 @@ def run(args) -> dict:
             result["plan"] = {k: getattr(plan, k) for k in ("sample_micro_batch", "train_micro_batch",
                                                             "decode_micro_batch", "peak_bytes", "peaks", "seconds",
                                                             "epoch_s", "fits", "problems")}
-            result.update(_measure(trainer, den, adapter, device))
+            if not args.plan_only:
+                result.update(_measure(trainer, den, adapter, device))
 
         den.run(body, sigmas=den.sigmas(args.steps))
         trainer.close()
         adapter.remove()
-    if not args.gpus:
+    if "measured" in result:
         measured, planned = result["measured"], result["plan"]
         result["ratio"] = {"peak_bytes": planned["peak_bytes"] / measured["peak_bytes"],
                            "epoch_s": planned["epoch_s"] / measured["epoch_s"]}
@@ -365,6 +366,7 @@ def main(argv=None) -> int:
     ap.add_argument("--memory-gib", type=float)
     ap.add_argument("--gpus", help="only plan, for these GPUs (comma-separated names of progrpo_core.planner.GPUS), "
                                    "from memory measured here and FLOPs")
+    ap.add_argument("--plan-only", action="store_true", help="plan for this device, train nothing")
     args = ap.parse_args(argv)
     print(json.dumps(run(args)))
     return 0
