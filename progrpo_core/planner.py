@@ -8,6 +8,10 @@ allocator's peak, on the CPU the bytes of the tensors the work allocates
 micro-batches that fit the memory budget (``run.memory_gib``, default 0.9 × what is free), the peak
 memory of every phase, and the seconds per epoch and for the whole run.
 
+The seconds are the run's average epoch: where epochs differ (a checkpoint that follows a moving
+SDE window, shared initial noise that runs the calls before the window once per prompt) they are
+averaged over the run's epochs.
+
 Once the micro-batches are chosen, :func:`retime` times one call of each phase at its micro-batch
 (known to fit) and refits the seconds through that and the 1-row time: the 2-row line extrapolates
 badly to large micro-batches.
@@ -430,7 +434,7 @@ def make_plan(costs: Costs, cfg, schedule, sampler, prompts_per_rank: int, eval_
     fits = peak <= target.budget and not problems
     if peak > target.budget and not problems:
         problems.append(f"peak {_gib(peak)} exceeds the budget {_gib(target.budget)}")
-    seconds = _epoch_seconds(costs, cfg, schedule, sampler, B, sample_mb, train_mb, decode_mb, target)
+    seconds = _mean_epoch_seconds(costs, cfg, schedule, sampler, B, sample_mb, train_mb, decode_mb, target)
     epoch_s = sum(seconds.values())
     eval_s = _eval_seconds(costs, sampler, eval_images, sample_mb, decode_mb, target)
     n_evals = 2 + (cfg.run.epochs // cfg.run.eval_every if cfg.run.eval_every else 0)
@@ -455,14 +459,48 @@ def _time(cost_s: Linear, flops_per_row: float, rows: list[int], target: Target,
     return sum(cost_s.at(r) for r in rows)
 
 
+def _mean_epoch_seconds(costs: Costs, cfg, schedule, sampler, B: int, sample_mb: int, train_mb: int,
+                        decode_mb: int, target: Target, most: int = 64) -> dict[str, float]:
+    """The run's average epoch. Where epochs differ in cost — the checkpoint follows a moving SDE
+    window (``prune_after_window``), or shared initial noise makes the model calls up to the
+    window's first step once per prompt — the average of its epochs' (``most`` of them at most,
+    evenly spread); else the one epoch's."""
+    if not (schedule.prune_after_window or schedule.shared_noise):
+        return _epoch_seconds(costs, cfg, schedule, sampler, B, sample_mb, train_mb, decode_mb, target)
+    n = max(1, cfg.run.epochs)
+    epochs = sorted({round(i * (n - 1) / (most - 1)) for i in range(most)}) if n > most else range(n)
+    total: dict[str, float] = {}
+    for e in epochs:
+        sched, sde = schedule.for_epoch(sampler.steps, e, cfg.run.seed)
+        s = _epoch_seconds(costs, cfg, sched, sampler, B, sample_mb, train_mb, decode_mb, target,
+                           once=once_per_prompt(sched, sde, sampler.steps))
+        for k, v in s.items():
+            total[k] = total.get(k, 0.0) + v
+    return {k: v / len(epochs) for k, v in total.items()}
+
+
+def once_per_prompt(schedule, sde, steps: int) -> int:
+    """The leading model calls a sampling round makes once per prompt: with shared initial noise a
+    prompt's rows are one latent until the first SDE step has drawn its noise (that step's call
+    included; :func:`progrpo_core.group.sample_group`)."""
+    if not schedule.shared_noise:
+        return 0
+    if sde is None:                      # every step draws noise: only the first call is shared
+        return 1
+    firsts = [w[0] for w in (sde if sde and not isinstance(sde[0], int) else [sde]) if w]
+    return min(steps, min(firsts) + 1) if firsts else steps
+
+
 def _epoch_seconds(costs: Costs, cfg, schedule, sampler, B: int, sample_mb: int, train_mb: int, decode_mb: int,
-                   target: Target) -> dict[str, float]:
+                   target: Target, once: int = 0) -> dict[str, float]:
+    """One epoch's seconds by phase; its first ``once`` model calls run one row per prompt."""
     mult = costs.cfg_rows
     ops = {k: costs.ops.get(k, 0.0) for k in ("sample", "train", "decode", "proxy")}
     _, preview_s, preview = costs.preview()
     alive, sampling, scoring, proxy = schedule.group_size, 0.0, 0.0, 0.0
     for i in range(sampler.steps):
-        sampling += _time(costs.sample_s, costs.flops["sample"], _calls(B * alive * mult, sample_mb), target, ops["sample"])
+        rows = B * (1 if i < once else alive) * mult
+        sampling += _time(costs.sample_s, costs.flops["sample"], _calls(rows, sample_mb), target, ops["sample"])
         for c, k in zip(schedule.checkpoints, schedule.keep):
             if c - 1 == i:
                 proxy += _time(preview_s, costs.flops[preview], _calls(B * alive, decode_mb), target, ops[preview])

@@ -252,6 +252,26 @@ def test_the_planner_prices_pruning_previews_at_their_own_decoder(tmp_path):
         assert s["scoring"] == pytest.approx(B * sched.keep[-1] * c.flops["decode"] / rate)
 
 
+def test_the_planner_averages_the_epochs_of_a_window_with_shared_noise(tmp_path):
+    """pro-mixgrpo (the default): with one initial noise per prompt the model calls up to the
+    window's first step run once per prompt, and the checkpoint follows the window as it moves, so
+    epochs differ in cost. The plan's sampling is the run's average epoch: FLOP-exact against the
+    rows a run of those epochs sampled. (On the H200 an epoch sampled 133 rows where the plan
+    counted 180.)"""
+    from progrpo_core import planner
+
+    t = make(tmp_path / "m", run={"epochs": 4}, grpo={"method": "pro-mixgrpo"},
+             schedule={"group_size": 8, "keep": "4", "slide_every": 1})
+    assert t.schedule.shared_noise and t.schedule.prune_after_window
+    nfe = [r.compute["nfe"] for r in t.epochs()]  # cumulative
+    per_epoch = [b - a for a, b in zip([0] + nfe, nfe)]
+    assert len(set(per_epoch)) > 1  # the window moved: the epochs differ
+    target = planner.Target("gpu", 10 * 2**30, tflops=1e-6)  # timed from FLOPs: exact
+    plan = t.make_plan(target)
+    rate = target.tflops * 1e12 * planner.MFU
+    assert plan.seconds["sampling"] * rate / plan.costs.flops["sample"] == pytest.approx(sum(per_epoch) / 4)
+
+
 def test_retime_refits_each_phase_through_one_row_and_its_micro_batch(tmp_path, monkeypatch):
     """The 2-row line extrapolates badly; the refit passes through the 1-row time and a call timed
     at the plan's micro-batch (here a fake clock: 0.5 s + 0.25 s per row)."""
