@@ -414,8 +414,9 @@ def make_plan(costs: Costs, cfg, schedule, sampler, prompts_per_rank: int, eval_
         return n
 
     sample_mb = given.get("sample") or largest(storage, costs.sample, B * G * mult, mult, "sampling")
-    scoring = costs.decode if not schedule.checkpoints else Linear(max(costs.decode.fixed, costs.preview()[0].fixed),
-                                                                   max(costs.decode.per, costs.preview()[0].per))
+    preview = costs.preview()[0]  # a decode-and-score call holds final images or previews: room for the dearer
+    scoring = costs.decode if not schedule.checkpoints else Linear(max(costs.decode.fixed, preview.fixed),
+                                                                   max(costs.decode.per, preview.per))
     decode_mb = given.get("decode") or largest(storage + (costs.reward_weights if offload else 0), scoring,
                                                B * G, 1, "decoding and scoring")
     # a training call holds (row, step) pairs of one minibatch, across its steps (update.trained_pairs)

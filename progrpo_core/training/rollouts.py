@@ -17,7 +17,7 @@ from ..compute import Compute
 from ..config import GRPOConfig, SamplerConfig
 from ..denoiser import Denoiser, call_slices
 from ..distributed import World
-from ..group import Rollout, sample_group, select_rows
+from ..group import Rollout, device_of, sample_group, select_rows
 from ..methods import PruneSchedule, Windows
 from ..rewards import Reward, check_scores
 from .records import SampleStats
@@ -75,7 +75,7 @@ def decode_and_score(model: Denoiser, reward: Reward, latents: torch.Tensor, pro
     """Decode and score, ``micro_batch`` images at a time; ``check`` refuses NaN/inf scores (the
     trainer counts them instead)."""
     parts = []
-    with compute.phase(f"{phase}_scoring", latents.device), torch.no_grad():
+    with compute.phase(f"{phase}_scoring", device_of(model)), torch.no_grad():
         for sl in call_slices(len(latents), micro_batch):
             parts.append(score_finite(reward, model.decode(latents[sl]), list(prompts[sl])))
     out = parts[0] if len(parts) == 1 else {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
