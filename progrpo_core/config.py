@@ -144,6 +144,10 @@ class ScheduleConfig:
                                        "method's)")
     shared_noise: Optional[bool] = _help("a prompt's trajectories start from one noise, as MixGRPO's (default: the "
                                          "method's)")
+    preview_reward: Optional[int] = _help("train on a preview's reward instead of the final image's: the survivors "
+                                          "stop this many model calls after the last checkpoint and their one-step "
+                                          "preview there is decoded and scored (0: the checkpoint's own preview; "
+                                          "default: the method's, most finish)")
     proxy_scale: float = _help("the pruning previews are decoded from the x0 latent area-pooled to this fraction of "
                                "its height and width (1 = full size; 0.5 at 512² gives 256² previews for a reward "
                                "model that looks at 224², about a quarter of the decode's cost)", 1.0)
@@ -160,7 +164,8 @@ class ScheduleConfig:
         this config's fields on top."""
         preset = METHODS[method].schedule(steps, self.selector, family)
         overrides = {f: getattr(self, f) for f in ("group_size", "checkpoints", "keep", "final_keep", "sde_window",
-                                                   "window_mode", "window_draw", "slide_every", "shared_noise", "proxy_scale")
+                                                   "window_mode", "window_draw", "slide_every", "shared_noise", "proxy_scale",
+                                                   "preview_reward")
                      if getattr(self, f) is not None}
         if self.checkpoints is not None and self.keep is None and len(preset.keep) != len(self.checkpoints):
             raise ValueError(f"schedule.checkpoints={list(self.checkpoints)} given without schedule.keep; "

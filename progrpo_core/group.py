@@ -7,7 +7,10 @@ active latent's one-step x0 projection (the *latent proxy*); it is decoded and s
 prompt keeps the selector's subset of its survivors (OVF by default). Pruned rows leave the batch
 at once — the next model call is smaller — and their stored history is dropped with them.
 Survivors finish; their per-step latents, stds and log-probs are returned for training (what the
-policy update re-scores; nothing else is kept).
+policy update re-scores; nothing else is kept). With ``schedule.preview_reward`` they stop instead
+a given number of model calls after the last checkpoint, where their previews are scored (at the
+checkpoint itself the pruning's scores serve): the rollout ends there and the trainer takes those
+scores as the rewards.
 
 Noise: each prompt has its own generator on the model's device, seeded from the prompt's seed;
 every step draws the noise of its whole group (``G`` rows, one call per prompt) and the active
@@ -40,12 +43,15 @@ class Rollout:
     prompt_index: torch.Tensor      # (N,) which prompt each row belongs to
     row_id: torch.Tensor            # (N,) the row's index 0..G_max-1 in its original group
     sigmas: torch.Tensor            # (T+1,)
-    latents: torch.Tensor           # (N, T+1, C, H, W): x at every step, the last is the final latent
-    stds: torch.Tensor              # (N, T)
-    log_probs: torch.Tensor         # (N, T), mean over latent elements
+    latents: torch.Tensor           # (N, S+1, C, H, W): x at every step, the last is the final latent (S = T), or
+                                    # the latent the survivors stopped at (preview_reward: S = the scored step)
+    stds: torch.Tensor              # (N, S)
+    log_probs: torch.Tensor         # (N, S), mean over latent elements
     cond: Any                       # the survivors' conditioning (rows aligned with N)
     checkpoints: list[dict]         # per checkpoint: step c, sigma, proxy rewards (B, K_prev), kept row ids (B, K_next)
     compute: Compute
+    preview: dict | None = None     # preview_reward: the scored step, its rows' count and the survivors' positions
+                                    # among them ({"step", "scored", "pos"}); None when the survivors finished
 
     @property
     def group(self) -> int:
@@ -161,6 +167,8 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
     hist_logp: list[torch.Tensor] = []
     checkpoints: list[dict] = []
     keep_after = {c - 1: k for c, k in zip(schedule.checkpoints, schedule.keep)}  # step index → K
+    stop = schedule.preview_step(T) if schedule.preview_reward is not None else None
+    preview = None
     mult = cfg_rows(cfg)
 
     # With shared noise a prompt's rows are one latent until the first SDE step: its model calls are
@@ -194,6 +202,11 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
             hist_x = [h[kept_pos] for h in hist_x]
             hist_std = [h[kept_pos] for h in hist_std]
             hist_logp = [h[kept_pos] for h in hist_logp]
+        if i == stop:  # preview_reward: the survivors are scored here and stop
+            preview = {"step": i + 1, "scored": a, "pos": kept_pos if i in keep_after else torch.arange(a)}
+            if i not in keep_after:
+                _score_previews(model, x0, row_prompt, prompts, schedule, score_fn, compute, decode_micro_batch)
+            break
         eps = noise.draw()[(row_prompt * G + row_id).to(device)]  # (A, C, H, W): each row's own noise
         sde = _sde_rows(sde_steps, i, row_prompt)
         identical = identical and not (sde if isinstance(sde, bool) else bool(sde.any()))
@@ -204,11 +217,11 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
         hist_logp.append(logp)
         x = prev
 
-    latents = torch.stack(hist_x + [x], dim=1)  # (N, T+1, C, H, W)
+    latents = torch.stack(hist_x + [x], dim=1)  # (N, S+1, C, H, W)
     return Rollout(
         prompts=list(prompts), prompt_index=row_prompt, row_id=row_id, sigmas=sigmas, latents=latents,
         stds=torch.stack(hist_std, 1), log_probs=torch.stack(hist_logp, 1),
-        cond=cond, checkpoints=checkpoints, compute=compute)
+        cond=cond, checkpoints=checkpoints, compute=compute, preview=preview)
 
 
 def _sde_rows(sde_steps: Windows, i: int, row_prompt: torch.Tensor) -> torch.Tensor | bool:
@@ -243,12 +256,8 @@ def _prune(model: Denoiser, x0: torch.Tensor, row_prompt: torch.Tensor, row_id: 
     """One checkpoint: decode and score the active rows' proxies ``x0`` (A, C, H, W), select ``k``
     per prompt. Returns the kept positions into the active batch (grouped by prompt) and the
     checkpoint's record."""
-    a, B = x0.shape[0], len(prompts)
-    with compute.phase("proxy", x0.device):
-        proxy = score_images_of(model, x0, [prompts[b] for b in row_prompt.tolist()], score_fn,
-                                decode_micro_batch, schedule.proxy_scale)  # (A,)
-    compute.proxy_decodes += a
-    compute.proxy_rewards += a
+    B = len(prompts)
+    proxy = _score_previews(model, x0, row_prompt, prompts, schedule, score_fn, compute, decode_micro_batch)
     per_prompt = proxy.view(B, -1)  # (B, K_prev)
     kept_pos = torch.cat([
         ovf.select(schedule.selector, per_prompt[b], k, select_generator or _prompt_generator(prompt_seeds[b], step))
@@ -256,6 +265,18 @@ def _prune(model: Denoiser, x0: torch.Tensor, row_prompt: torch.Tensor, row_id: 
     record = {"step": step + 1, "sigma": sigma, "rewards": per_prompt, "row_id": row_id.view(B, -1).clone(),
               "kept": row_id[kept_pos].view(B, k).clone()}
     return kept_pos, record
+
+
+def _score_previews(model: Denoiser, x0: torch.Tensor, row_prompt: torch.Tensor, prompts: Sequence[str],
+                    schedule: PruneSchedule, score_fn: ScoreFn, compute: Compute,
+                    decode_micro_batch: int | None) -> torch.Tensor:
+    """The active rows' previews ``x0`` (A, C, H, W) decoded and scored, counted in ``compute`` → (A,)."""
+    with compute.phase("proxy", x0.device):
+        scores = score_images_of(model, x0, [prompts[b] for b in row_prompt.tolist()], score_fn,
+                                 decode_micro_batch, schedule.proxy_scale)
+    compute.proxy_decodes += len(x0)
+    compute.proxy_rewards += len(x0)
+    return scores
 
 
 def select_rows(model: Denoiser, rollout: Rollout, index: torch.Tensor) -> Rollout:

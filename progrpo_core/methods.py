@@ -44,6 +44,10 @@ class PruneSchedule:
     shared_noise: bool = False           # every trajectory of a prompt starts from the same noise (MixGRPO)
     proxy_scale: float = 1.0             # the previews are decoded from the x0 latent area-pooled to this fraction
                                          # of its height and width (group.pool_latent); 1: full size
+    preview_reward: int | None = None    # train on a preview's reward: the survivors stop this many model calls
+                                         # after the last checkpoint and their preview there is scored (0: the
+                                         # checkpoint's own; at most the last call's); None: they finish and the final
+                                         # images are scored
 
     @property
     def survivors(self) -> int:
@@ -55,14 +59,25 @@ class PruneSchedule:
         """Trajectories per prompt that are trained on."""
         return self.final_keep if self.final_keep is not None else self.survivors
 
+    def sampled_steps(self, steps: int) -> int:
+        """The model calls a survivor makes: ``T``, or with ``preview_reward`` the call whose preview
+        is scored (:meth:`preview_step` + 1)."""
+        return steps if self.preview_reward is None else self.preview_step(steps) + 1
+
+    def preview_step(self, steps: int) -> int:
+        """With ``preview_reward``: the step index (0-based) whose model output gives the survivors'
+        scored preview, ``t_I − 1 + preview_reward``, at most the last step ``T − 1`` (a checkpoint
+        that follows a moving window comes nearer the end)."""
+        return min(steps - 1, self.checkpoints[-1] - 1 + int(self.preview_reward or 0))
+
     def sampling_nfe(self, steps: int) -> int:
         """Model evaluations per prompt while sampling (rows, without CFG):
-        ``G·t_1 + K_1·(t_2 − t_1) + … + K_I·(T − t_I)``."""
+        ``G·t_1 + K_1·(t_2 − t_1) + … + K_I·(S − t_I)``, ``S`` = :meth:`sampled_steps`."""
         alive, done, total = self.group_size, 0, 0
         for c, k in zip(self.checkpoints, self.keep):
             total += alive * (c - done)
             alive, done = k, c
-        return total + alive * (steps - done)
+        return total + alive * (self.sampled_steps(steps) - done)
 
     def validate(self, steps: int) -> None:
         """Raise ``ValueError`` naming the bad value and the fix."""
@@ -117,10 +132,32 @@ class PruneSchedule:
                 and self.checkpoints[-1] + self.sde_window > steps:
             raise ValueError(f"an SDE window of {self.sde_window} step(s) after the last checkpoint "
                              f"{self.checkpoints[-1]} does not fit in T={steps} steps")
+        if self.preview_reward is not None:
+            self._validate_preview_reward(steps)
         if self.final_keep is not None:
             if not 2 <= self.final_keep < self.survivors:
                 raise ValueError(f"final_keep={self.final_keep} must be in 2..{self.survivors - 1} "
                                  f"(fewer than the {self.survivors} finished trajectories, at least 2)")
+
+    def _validate_preview_reward(self, steps: int) -> None:
+        if not self.checkpoints:
+            raise ValueError(f"preview_reward={self.preview_reward} scores the survivors' preview after the last "
+                             "checkpoint, but this schedule has no checkpoint; use a method that prunes (e.g. "
+                             "pro-mixgrpo) or leave preview_reward unset")
+        if not 0 <= self.preview_reward < steps - 1:
+            raise ValueError(f"preview_reward={self.preview_reward} must be in 0..{steps - 2}: the model calls after "
+                             f"the last checkpoint (of T={steps}) before the scored preview, which is at most the "
+                             "last call's")
+        if self.preview_step(steps) < 1:
+            raise ValueError(f"preview_reward={self.preview_reward} after a checkpoint at step 1 scores the first "
+                             "model call's preview, before any sampling step to train; use preview_reward >= 1")
+        if self.final_keep is not None:
+            raise ValueError(f"preview_reward={self.preview_reward} and final_keep={self.final_keep}: a static "
+                             "selection needs the final images; leave one of them unset")
+        if self.sde_window and self.window_mode == "after-pruning":
+            raise ValueError(f"preview_reward={self.preview_reward} stops the survivors near the checkpoint, but "
+                             "this SDE window comes after it; use a window before the checkpoint (e.g. "
+                             "pro-mixgrpo) or leave preview_reward unset")
 
     def sde_steps(self, steps: int, epoch: int, seed: int, prompt_seed: int | None = None) -> tuple[int, ...] | None:
         """The steps sampled with the SDE this epoch (the others are deterministic ODE steps and are
@@ -185,6 +222,9 @@ class PruneSchedule:
             text += "; one initial noise per prompt"
         if self.checkpoints and self.proxy_scale != 1.0:
             text += f"; previews decoded at {self.proxy_scale:g}× the size"
+        if self.preview_reward is not None:
+            text += ("; trained on the checkpoint preview's reward" if not self.preview_reward else
+                     f"; trained on the reward of a preview {self.preview_reward} model call(s) after the checkpoint")
         return text
 
 
@@ -221,6 +261,7 @@ class MethodPreset:
     window_draw: str = "epoch"
     slide_every: int = 5
     shared_noise: bool = False
+    preview_reward: int | None = None   # PruneSchedule.preview_reward
     objective: str = "grpo"             # grpo (clipped policy gradient on stored steps) or nft (DiffusionNFT)
     defaults: tuple[tuple[str, object], ...] = ()   # ("section.field", value): what the method sets where the
                                                    # user leaves a setting on auto
@@ -235,7 +276,7 @@ class MethodPreset:
         return PruneSchedule(p.group_size, checkpoint_steps(steps, p.fractions), p.keep, p.final_keep, selector,
                              sde_window=window_steps(steps, p.sde_window), window_mode=p.window_mode, window_span=span,
                              prune_after_window=p.prune_after_window, window_draw=p.window_draw,
-                             slide_every=p.slide_every, shared_noise=p.shared_noise)
+                             slide_every=p.slide_every, shared_noise=p.shared_noise, preview_reward=p.preview_reward)
 
     def default(self, setting: str, fallback=None):
         """The value this method gives ``setting`` ("section.field") when the user leaves it on auto."""

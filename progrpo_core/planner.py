@@ -499,14 +499,19 @@ def _epoch_seconds(costs: Costs, cfg, schedule, sampler, B: int, sample_mb: int,
     ops = {k: costs.ops.get(k, 0.0) for k in ("sample", "train", "decode", "proxy")}
     _, preview_s, preview = costs.preview()
     alive, sampling, scoring, proxy = schedule.group_size, 0.0, 0.0, 0.0
-    for i in range(sampler.steps):
+    last = schedule.sampled_steps(sampler.steps) - 1  # the survivors' last model call
+    pruned_at = {c - 1 for c in schedule.checkpoints}
+    for i in range(last + 1):
         rows = B * (1 if i < once else alive) * mult
         sampling += _time(costs.sample_s, costs.flops["sample"], _calls(rows, sample_mb), target, ops["sample"])
         for c, k in zip(schedule.checkpoints, schedule.keep):
             if c - 1 == i:
                 proxy += _time(preview_s, costs.flops[preview], _calls(B * alive, decode_mb), target, ops[preview])
                 alive = k
-    scoring += _time(costs.decode_s, costs.flops["decode"], _calls(B * alive, decode_mb), target, ops["decode"])
+    if schedule.preview_reward is None:
+        scoring += _time(costs.decode_s, costs.flops["decode"], _calls(B * alive, decode_mb), target, ops["decode"])
+    elif last not in pruned_at:  # the survivors' own previews, later than the checkpoint's
+        proxy += _time(preview_s, costs.flops[preview], _calls(B * alive, decode_mb), target, ops[preview])
     steps = _trained_steps(cfg, schedule, sampler)
     per_call = max(1, train_mb // mult)
     # each minibatch's (row, step) pairs, cut into calls of up to the micro-batch across steps
@@ -519,7 +524,8 @@ def _epoch_seconds(costs: Costs, cfg, schedule, sampler, B: int, sample_mb: int,
 
 def _trained_steps(cfg, schedule, sampler) -> int:
     """The steps each trained row trains: its SDE window's, or Flow-GRPO's share of all."""
-    stochastic = schedule.sde_window or sampler.steps - 1  # a windowed method trains only its window's steps
+    # a windowed method trains only its window's steps; survivors that stop at a preview, the steps before it
+    stochastic = schedule.sde_window or schedule.sampled_steps(sampler.steps) - 1
     return max(1, round(cfg.grpo.timestep_fraction * stochastic))
 
 

@@ -153,6 +153,10 @@ def resolve(cfg: TrainConfig, model, device: torch.device | str | None = None,
         raise ValueError(f"sampler.sampler={sampler.sampler}, sampler.noise_level={sampler.noise_level:g}: every "
                          "sampling step is deterministic, so there is no policy to train; use a noise level > 0 with "
                          "an exploration sampler (the default noise when you leave it out)")
+    schedule = cfg.prune_schedule(family)
+    if method.objective == "nft" and schedule.preview_reward is not None:
+        raise ValueError(f"schedule.preview_reward={schedule.preview_reward} with grpo.method={cfg.grpo.method!r}: NFT "
+                         "trains on the finished images, so its survivors must finish; leave preview_reward unset")
     r = cfg.reward
     reward_device = str(device if r.device == "auto" else resolve_device(r.device, "reward.device"))
     reward_dtype = dtype_name(r.dtype) if r.dtype != "auto" else auto_reward_dtype(reward_device)
@@ -162,7 +166,7 @@ def resolve(cfg: TrainConfig, model, device: torch.device | str | None = None,
     ev_prompts, ev_seeds = eval_set(prompts, seeds, cfg.run.eval_prompts) if prompts else ([], [])
     return RunSpec(
         config=cfg, device=device, family=family, builtin=builtin, sampler=sampler,
-        schedule=cfg.prune_schedule(family), grpo=grpo, objective=method.objective,
+        schedule=schedule, grpo=grpo, objective=method.objective,
         precision=resolve_precision(cfg.run.precision, device), reward_device=reward_device, reward_dtype=reward_dtype,
         gradient_checkpointing=(0 if builtin else 1) if depth is None else depth,
         eval_prompts=tuple(ev_prompts), eval_seeds=tuple(ev_seeds),

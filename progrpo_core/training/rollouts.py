@@ -97,10 +97,14 @@ def collect(model: Denoiser, reward: Reward, prompts: list[str], seeds: list[int
     lo, hi = world.shard(B)  # this rank's prompts
     sel_gen = torch.Generator().manual_seed(select_seed)
     proxy_nonfinite = 0
+    previews: list[dict[str, torch.Tensor]] = []  # every preview's components (preview_reward takes the last)
 
     def proxy_score(images, row_prompts):
         nonlocal proxy_nonfinite
-        scores = score_finite(reward, images, row_prompts)[reward.total_key]
+        parts = score_finite(reward, images, row_prompts)
+        if schedule.preview_reward is not None:
+            previews.append(parts)
+        scores = parts[reward.total_key]
         bad = ~torch.isfinite(scores)
         if bad.any():  # this epoch's update is skipped; a finite stand-in lets sampling finish
             proxy_nonfinite += int(bad.sum())
@@ -114,10 +118,14 @@ def collect(model: Denoiser, reward: Reward, prompts: list[str], seeds: list[int
                            sde_steps=sde_steps[lo:hi] if isinstance(sde_steps, list) else sde_steps)
     comp = rollout.compute
     row_prompts = [rollout.prompts[b] for b in rollout.prompt_index.tolist()]
-    local = decode_and_score(model, reward, rollout.latents[:, -1], row_prompts, comp, check=False,
-                             micro_batch=micro.get("decode"))
-    comp.final_decodes += rollout.latents.shape[0]
-    comp.final_rewards += rollout.latents.shape[0]
+    if rollout.preview is not None:  # the survivors' rewards are their previews' (scored while sampling)
+        local = {k: torch.cat([p[k] for p in previews])[-rollout.preview["scored"]:][rollout.preview["pos"]]
+                 for k in previews[0]}
+    else:
+        local = decode_and_score(model, reward, rollout.latents[:, -1], row_prompts, comp, check=False,
+                                 micro_batch=micro.get("decode"))
+        comp.final_decodes += rollout.latents.shape[0]
+        comp.final_rewards += rollout.latents.shape[0]
     scores = {k: world.gather_rows(v) for k, v in local.items()}  # component → (B·K_finished,) prompt order
     finite = torch.stack([torch.isfinite(v) for v in scores.values()]).all(0)  # (B·K_finished,)
     nonfinite = int(world.sum([proxy_nonfinite])[0]) + int((~finite).sum())
