@@ -338,6 +338,14 @@ METHODS: dict[str, MethodPreset] = {p.name: p for p in (
                  shared_noise=True, prune_after_window=True,
                  summary="ours: pro-mixgrpo with a deeper cut — OVF keeps 8 of the 24 window outcomes on the proxy "
                          "right after the window; the 8 finish and their window is trained"),
+    MethodPreset("pro-mixgrpo-8-preview", 24, (0.5,), (8,), sde_window=0.2, window_mode="progressive", slide_every=25,
+                 shared_noise=True, prune_after_window=True, preview_reward=0,
+                 summary="ours, flow models: pro-mixgrpo-8 trained on the previews' rewards — the 8 survivors stop at "
+                         "the checkpoint right after the window, where their one-step previews were already scored "
+                         "for the cut (no finishing, no final decode); on ε-models they finish, as pro-mixgrpo-8's "
+                         "(there the window's previews are too poor to train on)",
+                 eps=MethodPreset("pro-mixgrpo-8-preview", 24, (0.5,), (8,), sde_window=0.2, window_mode="progressive",
+                                  slide_every=25, shared_noise=True, prune_after_window=True)),
     MethodPreset("pro-mixgrpo-cps", 24, (0.5,), (12,), sde_window=0.2, window_mode="progressive", slide_every=25,
                  shared_noise=True, prune_after_window=True, defaults=_FAST_CPS,
                  summary="ours, flow models: pro-mixgrpo sampling its window with CPS at noise 0.8 and updating with "

@@ -41,7 +41,8 @@ SWEEP_SEEDS, FINAL_SEEDS = (11, 12), (0, 1, 2, 3, 4)
 TASKS = {"flow": ("digits-flow", 150_000.0), "eps": ("digits-eps", 150_000.0),
          "pair": ("digits-pair-flow", 600_000.0), "pair-eps": ("digits-pair-eps", 600_000.0)}
 PEERS = ("mixgrpo", "flow-grpo-fast", "flow-grpo-fast-cps", "nft")
-OURS = ("pro-grpo", "pro-grpo-fast", "pro-mixgrpo", "pro-mixgrpo-8", "pro-nft", "pro-grpo-fast-cps", "pro-mixgrpo-cps")
+OURS = ("pro-grpo", "pro-grpo-fast", "pro-mixgrpo", "pro-mixgrpo-8", "pro-nft", "pro-grpo-fast-cps", "pro-mixgrpo-cps",
+        "pro-mixgrpo-8-preview")
 # control → (the method it controls, the method it runs, schedule settings): the same sampling
 # without expansion (G = the survivors), or a random cut in place of OVF
 CONTROLS = {
@@ -55,7 +56,8 @@ CONTROLS = {
     "pro-mixgrpo-8-random": ("pro-mixgrpo-8", "pro-mixgrpo-8", {"selector": "random"}),
 }
 # (mixgrpo is pro-mixgrpo's G = 12 control: the same window and shared noise, 12 trajectories)
-FLOW_ONLY = {"flow-grpo-fast-cps", "pro-grpo-fast-cps", "pro-mixgrpo-cps"}  # CPS is a flow sampler
+# CPS is a flow sampler; pro-mixgrpo-8-preview on ε-models is pro-mixgrpo-8
+FLOW_ONLY = {"flow-grpo-fast-cps", "pro-grpo-fast-cps", "pro-mixgrpo-cps", "pro-mixgrpo-8-preview"}
 
 
 def methods_for(task: str, controls: bool = True) -> list[str]:
