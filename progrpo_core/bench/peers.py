@@ -54,10 +54,13 @@ CONTROLS = {
     "pro-nft-random": ("pro-nft", "pro-nft", {"selector": "random"}),
     "mixgrpo-g8": ("pro-mixgrpo-8", "mixgrpo", {"group_size": 8}),
     "pro-mixgrpo-8-random": ("pro-mixgrpo-8", "pro-mixgrpo-8", {"selector": "random"}),
+    # (a random 8 of 24 window outcomes trained on their previews is, in distribution, MixGRPO at G = 8 on previews)
+    "pro-mixgrpo-8-preview-random": ("pro-mixgrpo-8-preview", "pro-mixgrpo-8-preview", {"selector": "random"}),
 }
 # (mixgrpo is pro-mixgrpo's G = 12 control: the same window and shared noise, 12 trajectories)
 # CPS is a flow sampler; pro-mixgrpo-8-preview on ε-models is pro-mixgrpo-8
-FLOW_ONLY = {"flow-grpo-fast-cps", "pro-grpo-fast-cps", "pro-mixgrpo-cps", "pro-mixgrpo-8-preview"}
+FLOW_ONLY = {"flow-grpo-fast-cps", "pro-grpo-fast-cps", "pro-mixgrpo-cps", "pro-mixgrpo-8-preview",
+             "pro-mixgrpo-8-preview-random"}
 
 
 def methods_for(task: str, controls: bool = True) -> list[str]:

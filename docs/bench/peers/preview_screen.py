@@ -1,0 +1,69 @@
+"""Screens for training on the previews' rewards (``schedule.preview_reward``), on the sweep seeds
+(docs/BENCHMARKS.md, "2026-12-04, night"): each run is the peers bench's job (``peers._job``: one
+thread, its budget, 10 evaluations on 32 seeds) with schedule settings on top of a method's; the runs
+are appended to OUT as JSON lines, and the table printed is the compute at which each seed reaches
+the sweep's GRPO final for good (``peers.stable_reach``).
+
+    python docs/bench/peers/preview_screen.py OUT --over '{"schedule": {"preview_reward": 0}}'
+    python docs/bench/peers/preview_screen.py OUT --tasks eps --rates 0.0025,0.0035 --over '{"schedule": {"preview_reward": 2}}'
+    python docs/bench/peers/preview_screen.py OUT --methods pro-mixgrpo-8 --tasks flow --rates 0.001,0.00175 \\
+        --over '{"schedule": {"preview_reward": 0, "sde_window": 1}}'
+    python docs/bench/peers/preview_screen.py OUT --report
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing
+import sys
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+
+from progrpo_core.bench import peers  # noqa: E402
+
+SWEEP_TARGET = {"flow": 0.759, "eps": 0.926}  # the sweep's GRPO finals on seeds 11-12 (rates.json)
+
+
+def job(task: str, method: str, lr: float, seed: int, overrides: dict) -> dict:
+    spec = peers.spec_for(task, method, lr)
+    for section, values in overrides.items():
+        spec.table.setdefault(section, {}).update(values)
+    tag = "".join(f"+{k}={v}" for d in overrides.values() for k, v in d.items())
+    return peers._job(dataclasses.replace(spec, name=spec.name + tag), seed, peers.TASKS[task][1], 10, 32)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--methods", default="pro-mixgrpo-8,pro-mixgrpo")
+    ap.add_argument("--rates", default="0.0025,0.0035,0.005,0.007")
+    ap.add_argument("--tasks", default="flow,eps")
+    ap.add_argument("--seeds", default=",".join(map(str, peers.SWEEP_SEEDS)))
+    ap.add_argument("--over", default='{"schedule": {"preview_reward": 0}}', help="settings on top, as JSON")
+    ap.add_argument("--report", action="store_true", help="only print the table of the runs in OUT")
+    a = ap.parse_args()
+    if not a.report:
+        over = json.loads(a.over)
+        jobs = [(t, m, float(lr), int(s), over) for t in a.tasks.split(",") for m in a.methods.split(",")
+                for lr in a.rates.split(",") for s in a.seeds.split(",")]
+        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool, a.out.open("a") as f:
+            for r in pool.map(job, *zip(*jobs)):
+                f.write(json.dumps(r) + "\n")
+    runs = defaultdict(list)
+    for line in a.out.read_text().splitlines():
+        r = json.loads(line)
+        runs[r["method"]].append(r)
+    for name, rs in sorted(runs.items()):
+        reach = [peers.stable_reach(r["curve"], SWEEP_TARGET[r["task"]]) for r in rs]
+        ok = [x for x in reach if x is not None]
+        mean = f"{sum(ok) / len(ok) / 1000:.1f}k" if ok else "-"
+        print(f"{name:60s} reaches {len(ok)}/{len(rs)} {mean:>7s}  final "
+              f"{sum(r['final']['reward'] for r in rs) / len(rs):.3f}  units/epoch {rs[0]['units'] / rs[0]['epochs']:.0f}")
+
+
+if __name__ == "__main__":
+    main()
