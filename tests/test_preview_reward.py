@@ -102,3 +102,31 @@ def test_bad_preview_rewards_name_the_fix(kw, match):
 def test_nft_refuses_to_stop_its_survivors(tmp_path):
     with pytest.raises(ValueError, match="NFT trains on the finished images"):
         make(tmp_path / "n", grpo={"method": "pro-nft"}, schedule={"preview_reward": 0})
+
+
+def test_a_nan_preview_skips_the_update_and_is_counted_once(tmp_path):
+    """A survivor's reward is its preview's score: a NaN there poisons the epoch once, not once as
+    a preview and again as a reward."""
+    from progrpo_core.rewards import build_reward
+    from progrpo_core.rewards.base import Reward
+
+    class NaNAtTheCut(Reward):
+        def __init__(self):
+            self.inner = build_reward("digit")
+            self.name = self.inner.name
+
+        def score(self, images, prompts):
+            return self.inner.score(images, prompts)
+
+        def evaluate(self, images, prompts):
+            out = {k: v.clone() for k, v in self.inner.evaluate(images, prompts).items()}
+            if images.shape[0] == 2 * 8:  # the cut's previews of both prompts' 8 rows
+                out[self.name][:] = float("nan")
+            return out
+
+    t = Trainer.build(make(tmp_path / "n", schedule={"preview_reward": 0}).cfg, reward=NaNAtTheCut(),
+                      log=lambda s: None)
+    batch = t.sample_epoch(0)
+    assert batch.nonfinite == 16
+    with pytest.warns(RuntimeWarning, match="16 reward.s. are NaN or infinite; update skipped"):
+        assert t.train_on(batch, 0).updates == 0

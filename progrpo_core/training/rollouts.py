@@ -128,7 +128,8 @@ def collect(model: Denoiser, reward: Reward, prompts: list[str], seeds: list[int
         comp.final_rewards += rollout.latents.shape[0]
     scores = {k: world.gather_rows(v) for k, v in local.items()}  # component → (B·K_finished,) prompt order
     finite = torch.stack([torch.isfinite(v) for v in scores.values()]).all(0)  # (B·K_finished,)
-    nonfinite = int(world.sum([proxy_nonfinite])[0]) + int((~finite).sum())
+    # (a preview's non-finite scores were counted when it was scored)
+    nonfinite = int(world.sum([proxy_nonfinite])[0]) + (0 if rollout.preview is not None else int((~finite).sum()))
     total = scores[reward.total_key].view(B, -1)  # (B, K_finished)
     if nonfinite:
         return _poisoned(rollout, local, scores, reward.total_key, prompts, nonfinite, lo)
