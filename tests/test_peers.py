@@ -1,5 +1,6 @@
 """The peers bench's rules: a reward reached for good, rates chosen on other seeds, controls at the
 rate of the method they control, compute priced as a real model prices it."""
+import json
 import math
 
 import numpy as np
@@ -131,3 +132,19 @@ def test_taesd_previews_are_priced_at_the_tiny_decoder():
     assert n > 0 and vae[0]["units"] - taesd[0]["units"] == pytest.approx(n * (p.decode - p.decode_taesd))
     assert p.decode_taesd < p.decode / 10  # TAESD: ~18x cheaper than the VAE at 512² (counted, cost_profiles.py)
     assert set(peers.PRICES) >= {"units", "sd35m", "sd35m+taesd", "flux+taesd"}
+
+
+def test_a_screen_reports_each_variant_against_the_sweeps_grpo_final(tmp_path):
+    out = tmp_path / "screen.jsonl"
+    hi, lo = peers.SWEEP_FINALS["flow"] + 0.01, peers.SWEEP_FINALS["flow"] - 0.01
+    runs = [run("flow", "a", 1e-3, 11, [0.1, hi, hi, hi]), run("flow", "a", 1e-3, 12, [0.1, 0.1, hi, hi, hi]),
+            run("flow", "b", 1e-3, 11, [0.1, hi, hi, lo])]
+    for r in runs:
+        r["curve"] = [{**p, "units": p["units"] * 1000} for p in r["curve"]]
+        r["units"], r["epochs"] = r["units"] * 1000, 4
+    out.write_text("".join(json.dumps(r) + "\n" for r in runs))
+    a, b = peers.screen(None, [], out)  # no jobs: the table of the runs OUT holds
+    reach = [peers.stable_reach(r["curve"], peers.SWEEP_FINALS["flow"]) for r in runs[:2]]
+    assert a.split() == ["flow/a@0.001", "reaches", "2/2", f"{sum(reach) / 2000:.1f}k", "final",
+                         f"{hi:.3f}", "units/epoch", "10000"]
+    assert b.split() == ["flow/b@0.001", "reaches", "0/1", "-", "final", f"{lo:.3f}", "units/epoch", "10000"]

@@ -160,6 +160,33 @@ def _mean(vals: list[float | None]) -> dict:
 
 # -- choosing the rates ---------------------------------------------------------------------------
 
+# GRPO's finals on the sweep seeds (rates.json): what a screen of a variant on those seeds reaches for
+SWEEP_FINALS = {"flow": 0.759, "eps": 0.926}
+
+
+def screen(job, jobs: list[tuple], out: Path) -> list[str]:
+    """A screen of variants on the sweep seeds: run ``job(*args)`` for every tuple of ``jobs`` (two
+    processes; ``job`` returns a run as :func:`_job` does), append the runs to ``out`` as JSON lines,
+    and return one line per method of every run ``out`` holds: how many of its runs reach the
+    sweep's GRPO final for good, their mean compute there, the mean final and the units per epoch."""
+    if jobs:
+        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool, out.open("a") as f:
+            for r in pool.map(job, *zip(*jobs)):
+                f.write(json.dumps(r) + "\n")
+    runs: dict[str, list[dict]] = {}
+    for line in out.read_text().splitlines():
+        r = json.loads(line)
+        runs.setdefault(r["method"], []).append(r)
+    lines = []
+    for name, rs in sorted(runs.items()):
+        ok = [x for x in (stable_reach(r["curve"], SWEEP_FINALS[r["task"]]) for r in rs) if x is not None]
+        mean = f"{sum(ok) / len(ok) / 1000:.1f}k" if ok else "-"
+        lines.append(f"{name:60s} reaches {len(ok)}/{len(rs)} {mean:>7s}  final "
+                     f"{sum(r['final']['reward'] for r in rs) / len(rs):.3f}  units/epoch "
+                     f"{rs[0]['units'] / rs[0]['epochs']:.0f}")
+    return lines
+
+
 def best_rates(runs: list[dict]) -> dict[str, dict[str, Any]]:
     """Per task: GRPO's target and every method's best stable rate, with the grid behind it."""
     out: dict[str, dict[str, Any]] = {}

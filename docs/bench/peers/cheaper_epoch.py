@@ -18,11 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import multiprocessing
 import sys
-from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
@@ -30,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from progrpo_core import methods  # noqa: E402
 from progrpo_core.bench import peers  # noqa: E402
 
-SWEEP_TARGET = {"flow": 0.759, "eps": 0.926}  # the sweep's GRPO finals on seeds 11-12 (rates.json)
 _for_epoch = methods.PruneSchedule.for_epoch
 
 
@@ -61,21 +56,9 @@ def main() -> None:
     ap.add_argument("--rates", default="0.0025,0.0035,0.005")
     a = ap.parse_args()
     over = {"grpo": {"timestep_fraction": 0.5, "train_step_order": "random"}} if a.half else {}
-    jobs = [(t, m, float(lr), s, a.prune_call == "window", over) for t in SWEEP_TARGET
+    jobs = [(t, m, float(lr), s, a.prune_call == "window", over) for t in peers.SWEEP_FINALS
             for m in a.methods.split(",") for lr in a.rates.split(",") for s in peers.SWEEP_SEEDS]
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool, a.out.open("a") as f:
-        for r in pool.map(job, *zip(*jobs)):
-            f.write(json.dumps(r) + "\n")
-    runs = defaultdict(list)
-    for line in a.out.read_text().splitlines():
-        r = json.loads(line)
-        runs[r["method"]].append(r)
-    for name, rs in sorted(runs.items()):
-        reach = [peers.stable_reach(r["curve"], SWEEP_TARGET[r["task"]]) for r in rs]
-        ok = [x for x in reach if x is not None]
-        mean = f"{sum(ok) / len(ok) / 1000:.1f}k" if ok else "-"
-        print(f"{name:60s} reaches {len(ok)}/{len(rs)} {mean:>7s}  final "
-              f"{sum(r['final']['reward'] for r in rs) / len(rs):.3f}  units/epoch {rs[0]['units'] / rs[0]['epochs']:.0f}")
+    print("\n".join(peers.screen(job, jobs, a.out)))
 
 
 if __name__ == "__main__":

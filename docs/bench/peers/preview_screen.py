@@ -15,17 +15,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import multiprocessing
 import sys
-from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from progrpo_core.bench import peers  # noqa: E402
-
-SWEEP_TARGET = {"flow": 0.759, "eps": 0.926}  # the sweep's GRPO finals on seeds 11-12 (rates.json)
 
 
 def job(task: str, method: str, lr: float, seed: int, overrides: dict) -> dict:
@@ -46,23 +41,10 @@ def main() -> None:
     ap.add_argument("--over", default='{"schedule": {"preview_reward": 0}}', help="settings on top, as JSON")
     ap.add_argument("--report", action="store_true", help="only print the table of the runs in OUT")
     a = ap.parse_args()
-    if not a.report:
-        over = json.loads(a.over)
-        jobs = [(t, m, float(lr), int(s), over) for t in a.tasks.split(",") for m in a.methods.split(",")
-                for lr in a.rates.split(",") for s in a.seeds.split(",")]
-        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool, a.out.open("a") as f:
-            for r in pool.map(job, *zip(*jobs)):
-                f.write(json.dumps(r) + "\n")
-    runs = defaultdict(list)
-    for line in a.out.read_text().splitlines():
-        r = json.loads(line)
-        runs[r["method"]].append(r)
-    for name, rs in sorted(runs.items()):
-        reach = [peers.stable_reach(r["curve"], SWEEP_TARGET[r["task"]]) for r in rs]
-        ok = [x for x in reach if x is not None]
-        mean = f"{sum(ok) / len(ok) / 1000:.1f}k" if ok else "-"
-        print(f"{name:60s} reaches {len(ok)}/{len(rs)} {mean:>7s}  final "
-              f"{sum(r['final']['reward'] for r in rs) / len(rs):.3f}  units/epoch {rs[0]['units'] / rs[0]['epochs']:.0f}")
+    over = json.loads(a.over)
+    jobs = [] if a.report else [(t, m, float(lr), int(s), over) for t in a.tasks.split(",")
+                                for m in a.methods.split(",") for lr in a.rates.split(",") for s in a.seeds.split(",")]
+    print("\n".join(peers.screen(job, jobs, a.out)))
 
 
 if __name__ == "__main__":
