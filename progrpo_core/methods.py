@@ -343,7 +343,7 @@ METHODS: dict[str, MethodPreset] = {p.name: p for p in (
                  summary="ours, flow models: pro-mixgrpo-8 trained on the previews' rewards — the 8 survivors stop at "
                          "the checkpoint right after the window, where their one-step previews were already scored "
                          "for the cut (no finishing, no final decode); on ε-models they finish, as pro-mixgrpo-8's "
-                         "(there the window's previews are too poor to train on)",
+                         "(on the built-in ε model the window's previews trained worse than the final images)",
                  eps=MethodPreset("pro-mixgrpo-8-preview", 24, (0.5,), (8,), sde_window=0.2, window_mode="progressive",
                                   slide_every=25, shared_noise=True, prune_after_window=True)),
     MethodPreset("pro-mixgrpo-cps", 24, (0.5,), (12,), sde_window=0.2, window_mode="progressive", slide_every=25,
