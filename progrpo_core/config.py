@@ -199,6 +199,10 @@ class GRPOConfig:
     train_batch_size: int = _help("rows per backward pass", 48)
     grad_accum: int = _help("backward passes accumulated per optimizer step", 1)
     grad_clip: float = _help("gradient-norm clip (0 = off)", 1.0)
+    saturated_lr: Optional[float] = _help("the learning rate is multiplied by this, once, when the policy has "
+                                          "saturated the reward: the trained rewards' spread below 5 % of the first "
+                                          "epoch's for 3 epochs in a row at a mean above the first epoch's (1 = off; "
+                                          "auto: the method's, else 1)")
     ema: bool = _help("keep an EMA of the LoRA weights for evaluation and saving", True)
     ema_decay: float = _help("EMA decay per optimizer step", 0.9)
     separate_reward_norm: bool = _help("normalise each reward's advantages separately before weighting", False)
@@ -210,6 +214,9 @@ class GRPOConfig:
         _need(self.adv_norm is None or self.adv_norm in ADV_NORMS,
               f"grpo.adv_norm={self.adv_norm!r} unknown; expected one of {ADV_NORMS}")
         _need(self.prompts_per_epoch >= 1, f"grpo.prompts_per_epoch={self.prompts_per_epoch} must be >= 1")
+        _need(self.saturated_lr is None or isinstance(self.saturated_lr, (int, float)) and 0 < self.saturated_lr <= 1,
+              f"grpo.saturated_lr={self.saturated_lr!r} must be in (0, 1]: the factor the learning rate is multiplied "
+              "by once the reward has saturated (1 = off; 0.1 lowers it tenfold)")
         for name in ("lr", "clip_range", "adv_clip"):
             v = getattr(self, name)
             _need(v is None and name != "adv_clip" or isinstance(v, (int, float)) and math.isfinite(v) and v > 0,

@@ -339,11 +339,12 @@ METHODS: dict[str, MethodPreset] = {p.name: p for p in (
                  summary="ours: pro-mixgrpo with a deeper cut — OVF keeps 8 of the 24 window outcomes on the proxy "
                          "right after the window; the 8 finish and their window is trained"),
     MethodPreset("pro-mixgrpo-8-preview", 24, (0.5,), (8,), sde_window=0.2, window_mode="progressive", slide_every=25,
-                 shared_noise=True, prune_after_window=True, preview_reward=0,
+                 shared_noise=True, prune_after_window=True, preview_reward=0, defaults=(("grpo.saturated_lr", 0.1),),
                  summary="ours, flow models: pro-mixgrpo-8 trained on the previews' rewards — the 8 survivors stop at "
                          "the checkpoint right after the window, where their one-step previews were already scored "
-                         "for the cut (no finishing, no final decode); on ε-models they finish, as pro-mixgrpo-8's "
-                         "(on the built-in ε model the window's previews trained worse than the final images)",
+                         "for the cut (no finishing, no final decode) — with the learning rate lowered tenfold once "
+                         "the reward saturates; on ε-models they finish, as pro-mixgrpo-8's (on the built-in ε model "
+                         "the window's previews trained worse than the final images)",
                  eps=MethodPreset("pro-mixgrpo-8-preview", 24, (0.5,), (8,), sde_window=0.2, window_mode="progressive",
                                   slide_every=25, shared_noise=True, prune_after_window=True)),
     MethodPreset("pro-mixgrpo-cps", 24, (0.5,), (12,), sde_window=0.2, window_mode="progressive", slide_every=25,

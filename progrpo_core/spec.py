@@ -105,6 +105,9 @@ class RunSpec:
         d["schedule"] = {k: (list(v) if isinstance(v, tuple) else v)
                          for k, v in dataclasses.asdict(self.schedule).items() if v is not None}
         d["grpo"].update(lr=self.grpo.lr, clip_range=self.grpo.clip_range, adv_norm=self.grpo.adv_norm)
+        d["grpo"].pop("saturated_lr", None)  # recorded when on, so runs from before the setting existed resume
+        if self.grpo.saturated_lr != 1:
+            d["grpo"]["saturated_lr"] = self.grpo.saturated_lr
         d["run"].update(device=str(self.device), precision=self.precision.name,
                         gradient_checkpointing=self.gradient_checkpointing, eval_seeds=self.eval_seeds_per_prompt,
                         **{f"{k}_micro_batch": v for k, v in self.micro.as_dict().items() if v is not None})
@@ -148,7 +151,9 @@ def resolve(cfg: TrainConfig, model, device: torch.device | str | None = None,
     g = cfg.grpo
     grpo = dataclasses.replace(g, lr=g.lr if g.lr is not None else auto_lr(g.method, builtin),
                                clip_range=g.clip_range if g.clip_range is not None else method.default("grpo.clip_range", 1e-4),
-                               adv_norm=g.adv_norm or method.default("grpo.adv_norm", "group"))
+                               adv_norm=g.adv_norm or method.default("grpo.adv_norm", "group"),
+                               saturated_lr=g.saturated_lr if g.saturated_lr is not None
+                               else method.for_family(family).default("grpo.saturated_lr", 1.0))
     if method.objective == "grpo" and (sampler.sampler == "ode" or not sampler.noise_level):
         raise ValueError(f"sampler.sampler={sampler.sampler}, sampler.noise_level={sampler.noise_level:g}: every "
                          "sampling step is deterministic, so there is no policy to train; use a noise level > 0 with "

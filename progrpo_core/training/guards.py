@@ -13,8 +13,9 @@ digits, one digit whatever the prompt — over several epochs. Two signs, measur
   draws the same (poor) image, so there is nothing left to learn from.
 
 A run reaching the top of its reward also loses its spread, but with a mean above the start, so it
-is left alone. The spread of the first epoch sets the scale, so the guard works for any reward's
-units; without a spread (a constant reward) it stays silent."""
+is left alone: :func:`saturated` names that case, where ``grpo.saturated_lr`` lowers the learning
+rate (the trainer's ``_on_saturation``). The spread of the first epoch sets the scale, so both work
+for any reward's units; without a spread (a constant reward) they stay silent."""
 from __future__ import annotations
 
 import math
@@ -133,6 +134,25 @@ def evidence(rows: Sequence[dict[str, Any]], before: float | None,
                 f"mean of {_mean(tail[-1]):.4g}, below the first epoch's {start:.4g}: the policy has collapsed onto "
                 "one output", True)
     return None
+
+
+def saturated(rows: Sequence[dict[str, Any]]) -> str | None:
+    """What shows that the policy has saturated the reward, or None: for ``FLAT_EPOCHS`` epochs in a
+    row the trained rewards' spread was below ``FLAT`` × the first epoch's at a mean above the first
+    epoch's by the collapse's tolerance — every image of every group gets the top reward, so what is
+    left to learn from is the reward's noise."""
+    first = next((r for r in rows if _num(r.get("reward_std"))), None)
+    if first is None:
+        return None
+    scale, start = float(first["reward_std"]), _mean(first)
+    tail = rows[-FLAT_EPOCHS:]
+    if start is None or len(tail) < FLAT_EPOCHS or not all(
+            _num(r.get("reward_std")) is not None and r["reward_std"] < FLAT * scale
+            and _mean(r) is not None and _mean(r) > start + TOLERANCE * scale for r in tail):
+        return None
+    return (f"for {FLAT_EPOCHS} epochs in a row (to epoch {tail[-1]['epoch']}) the trained rewards' spread was "
+            f"{tail[-1]['reward_std']:.3g} against {scale:.3g} in epoch {first['epoch']}, at a mean of "
+            f"{_mean(tail[-1]):.4g} (the first epoch's: {start:.4g})")
 
 
 def check_collapse(rows: Sequence[dict[str, Any]], before: dict[str, Any] | None, lr: float, out: str | None,

@@ -36,6 +36,7 @@ from ..rewards import Reward
 from ..spec import RunSpec, resolve
 from . import evaluation, nft, rollouts, state, update
 from .averages import ema_applied
+from . import guards
 from .guards import Guards, check_collapse
 from .learner import Learner
 from .parts import RunParts, assemble
@@ -245,6 +246,7 @@ class Trainer(RunFiles):
                 if folder is not None:  # (the bench, which keeps no folder, measures collapses instead)
                     check_collapse(self.state.rows + [row], self.state.before, self.spec.lr, str(folder.out), self.words)
                 self.state.rows.append(row)
+                self._on_saturation()
                 if folder is not None:
                     self._write_epoch(folder, row)
                 yield record
@@ -259,6 +261,15 @@ class Trainer(RunFiles):
                 self.save_on_interrupt(folder)
                 disk_full(e, folder, self.words)
             raise
+
+    def _on_saturation(self) -> None:
+        """``grpo.saturated_lr``: lower the learning rate once the policy has saturated the reward."""
+        factor = self.spec.grpo.saturated_lr
+        groups = self.learner.optimizer.param_groups
+        if factor == 1 or groups[0]["lr"] != self.spec.lr or guards.saturated(self.state.rows) is None:
+            return
+        for g in groups:
+            g["lr"] = self.spec.lr * factor
 
     def _steps_done(self) -> bool:
         return self.cfg.run.max_steps is not None and self.optimizer_steps >= self.cfg.run.max_steps

@@ -8,6 +8,8 @@ the sweep's GRPO final for good (``peers.stable_reach``).
     python docs/bench/peers/preview_screen.py OUT --tasks eps --rates 0.0025,0.0035 --over '{"schedule": {"preview_reward": 2}}'
     python docs/bench/peers/preview_screen.py OUT --methods pro-mixgrpo-8 --tasks flow --rates 0.001,0.00175 \\
         --over '{"schedule": {"preview_reward": 0, "sde_window": 1}}'
+    python docs/bench/peers/preview_screen.py OUT --methods pro-mixgrpo-8-preview --tasks flow --rates 0.0025 \\
+        --seeds 13,14,15,16,17,18 --over '{"grpo": {"saturated_lr": 0.1}}'
     python docs/bench/peers/preview_screen.py OUT --report
 """
 from __future__ import annotations
@@ -23,11 +25,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from progrpo_core.bench import peers  # noqa: E402
 
 
-def job(task: str, method: str, lr: float, seed: int, overrides: dict) -> dict:
+def job(task: str, method: str, lr: float, seed: int, overrides: dict, std_floor: float = 0.0) -> dict:
     spec = peers.spec_for(task, method, lr)
     for section, values in overrides.items():
         spec.table.setdefault(section, {}).update(values)
     tag = "".join(f"+{k}={v}" for d in overrides.values() for k, v in d.items())
+    if std_floor:  # a screen, not a setting: this worker's group advantages divide by max(std, floor)
+        from progrpo_core import grpo
+
+        plain = grpo.advantages
+
+        def floored(rewards, norm="group", eps=1e-4):
+            if norm != "group":
+                return plain(rewards, norm, eps)
+            r = rewards.double()
+            std = r.std(dim=1, unbiased=False, keepdim=True).clamp_min(std_floor)
+            return ((r - r.mean(dim=1, keepdim=True)) / (std + eps)).float()
+
+        grpo.advantages = floored
+        tag += f"+std_floor={std_floor}"
     return peers._job(dataclasses.replace(spec, name=spec.name + tag), seed, peers.TASKS[task][1], 10, 32)
 
 
@@ -39,10 +55,12 @@ def main() -> None:
     ap.add_argument("--tasks", default="flow,eps")
     ap.add_argument("--seeds", default=",".join(map(str, peers.SWEEP_SEEDS)))
     ap.add_argument("--over", default='{"schedule": {"preview_reward": 0}}', help="settings on top, as JSON")
+    ap.add_argument("--std-floor", type=float, default=0.0, help="a screen: group advantages divided by "
+                    "max(the group's reward std, this), in reward units (0: as the trainer does)")
     ap.add_argument("--report", action="store_true", help="only print the table of the runs in OUT")
     a = ap.parse_args()
     over = json.loads(a.over)
-    jobs = [] if a.report else [(t, m, float(lr), int(s), over) for t in a.tasks.split(",")
+    jobs = [] if a.report else [(t, m, float(lr), int(s), over, a.std_floor) for t in a.tasks.split(",")
                                 for m in a.methods.split(",") for lr in a.rates.split(",") for s in a.seeds.split(",")]
     print("\n".join(peers.screen(job, jobs, a.out)))
 
