@@ -11,6 +11,8 @@ the sweep's GRPO final for good (``peers.stable_reach``).
     python docs/bench/peers/preview_screen.py OUT --methods pro-mixgrpo-8-preview --tasks flow --rates 0.0025 \\
         --seeds 13,14,15,16,17,18 --over '{"grpo": {"saturated_lr": 0.1}}'
     python docs/bench/peers/preview_screen.py OUT --report
+    python docs/bench/peers/preview_screen.py - --trace --methods pro-mixgrpo-8-preview --tasks flow --rates 0.0025 \\
+        --seeds 6 --over '{"grpo": {"saturated_lr": 1}}'
 """
 from __future__ import annotations
 
@@ -47,6 +49,25 @@ def job(task: str, method: str, lr: float, seed: int, overrides: dict, std_floor
     return peers._job(dataclasses.replace(spec, name=spec.name + tag), seed, peers.TASKS[task][1], 10, 32)
 
 
+def trace(task: str, method: str, lr: float, seed: int, overrides: dict) -> None:
+    """One run with 30 evaluations, printed with the mean trained reward of the epochs before each
+    (a diagnosis: what the epochs trained on against what held-out evaluation saw)."""
+    import torch
+
+    from progrpo_core.bench.runs import run_method
+
+    torch.set_num_threads(1)
+    spec = peers.spec_for(task, method, lr)
+    for section, values in overrides.items():
+        spec.table.setdefault(section, {}).update(values)
+    out = run_method(spec, seed, peers.TASKS[task][1], n_evals=30, eval_seeds=32)
+    trained = {e["epoch"]: e["reward_mean"] for e in out["epoch_metrics"]}
+    for point in out["curve"]:
+        last = [trained[e] for e in range(point["epoch"] - 5, point["epoch"] + 1) if e in trained]
+        print(f"epoch {point['epoch']:4d}  held-out {point['reward']:.3f}"
+              + (f"  trained, last {len(last)} epochs: " + " ".join(f"{v:.3f}" for v in last) if last else ""))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path)
@@ -58,8 +79,13 @@ def main() -> None:
     ap.add_argument("--std-floor", type=float, default=0.0, help="a screen: group advantages divided by "
                     "max(the group's reward std, this), in reward units (0: as the trainer does)")
     ap.add_argument("--report", action="store_true", help="only print the table of the runs in OUT")
+    ap.add_argument("--trace", action="store_true", help="run the first task, method, rate and seed once with "
+                    "30 evaluations and print them beside the epochs' trained rewards (OUT is not written)")
     a = ap.parse_args()
     over = json.loads(a.over)
+    if a.trace:
+        first = lambda v: v.split(",")[0]  # noqa: E731
+        return trace(first(a.tasks), first(a.methods), float(first(a.rates)), int(first(a.seeds)), over)
     jobs = [] if a.report else [(t, m, float(lr), int(s), over, a.std_floor) for t in a.tasks.split(",")
                                 for m in a.methods.split(",") for lr in a.rates.split(",") for s in a.seeds.split(",")]
     print("\n".join(peers.screen(job, jobs, a.out)))
