@@ -161,7 +161,7 @@ def _mean(vals: list[float | None]) -> dict:
 # -- choosing the rates ---------------------------------------------------------------------------
 
 # GRPO's finals on the sweep seeds (rates.json): what a screen of a variant on those seeds reaches for
-SWEEP_FINALS = {"flow": 0.759, "eps": 0.926}
+SWEEP_FINALS = {"flow": 0.759, "eps": 0.926, "pair": 0.215, "pair-eps": 0.555}
 
 
 def screen(job, jobs: list[tuple], out: Path) -> list[str]:
