@@ -36,8 +36,7 @@ from ..rewards import Reward
 from ..spec import RunSpec, resolve
 from . import evaluation, nft, rollouts, state, update
 from .averages import ema_applied
-from . import guards
-from .guards import Guards, check_collapse
+from .guards import Guards, check_collapse, saturated
 from .learner import Learner
 from .parts import RunParts, assemble
 from .planning import plan_for, planned
@@ -266,7 +265,7 @@ class Trainer(RunFiles):
         """``grpo.saturated_lr``: lower the learning rate once the policy has saturated the reward."""
         factor = self.spec.grpo.saturated_lr
         groups = self.learner.optimizer.param_groups
-        if factor == 1 or groups[0]["lr"] != self.spec.lr or guards.saturated(self.state.rows) is None:
+        if factor == 1 or groups[0]["lr"] != self.spec.lr or saturated(self.state.rows) is None:
             return
         for g in groups:
             g["lr"] = self.spec.lr * factor
