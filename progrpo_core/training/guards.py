@@ -105,11 +105,25 @@ def _mean(row: dict[str, Any]) -> float | None:
     return _num(row.get("reward_group_mean", row.get("reward_mean")))
 
 
+def _first_spread(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first epoch whose trained rewards had a spread: it sets the scale of both signs."""
+    return next((r for r in rows if _num(r.get("reward_std"))), None)
+
+
+def _flat_tail(rows: Sequence[dict[str, Any]], scale: float) -> Sequence[dict[str, Any]]:
+    """The last ``FLAT_EPOCHS`` rows when each had a spread below ``FLAT`` × ``scale`` and a mean,
+    else nothing."""
+    tail = rows[-FLAT_EPOCHS:]
+    ok = len(tail) == FLAT_EPOCHS and all(_num(r.get("reward_std")) is not None and r["reward_std"] < FLAT * scale
+                                          and _mean(r) is not None for r in tail)
+    return tail if ok else ()
+
+
 def evidence(rows: Sequence[dict[str, Any]], before: float | None,
              after: tuple[int, float] | None = None) -> tuple[str, bool] | None:
     """``(what was seen, firm)`` when the rows (and the evaluation ``after`` training) show a
     collapse; ``firm`` is False for a single evaluation below the start (a warning, not a stop)."""
-    first = next((r for r in rows if _num(r.get("reward_std"))), None)
+    first = _first_spread(rows)
     if first is None:
         return None
     scale, start = float(first["reward_std"]), _mean(first)
@@ -124,10 +138,8 @@ def evidence(rows: Sequence[dict[str, Any]], before: float | None,
             trail = " → ".join(f"{v:.4g} at epoch {e}" for e, v in evals[-EVALS:])
             return (f"the evaluation reward fell from {before:.4g} before training to {trail} (more than "
                     f"{tol:.3g}, a quarter of the first epoch's reward spread, below the start)", len(low) == EVALS)
-    tail = rows[-FLAT_EPOCHS:]
-    if start is not None and len(tail) == FLAT_EPOCHS and all(
-            _num(r.get("reward_std")) is not None and r["reward_std"] < FLAT * scale
-            and _mean(r) is not None and _mean(r) < start - tol for r in tail):
+    tail = _flat_tail(rows, scale)
+    if start is not None and tail and all(_mean(r) < start - tol for r in tail):
         last = tail[-1]
         return (f"for {FLAT_EPOCHS} epochs in a row (to epoch {last['epoch']}) every trained image got nearly the "
                 f"same reward (spread {last['reward_std']:.3g}, against {scale:.3g} in epoch {first['epoch']}) at a "
@@ -141,14 +153,12 @@ def saturated(rows: Sequence[dict[str, Any]]) -> str | None:
     row the trained rewards' spread was below ``FLAT`` × the first epoch's at a mean above the first
     epoch's by the collapse's tolerance — every image of every group gets the top reward, so what is
     left to learn from is the reward's noise."""
-    first = next((r for r in rows if _num(r.get("reward_std"))), None)
+    first = _first_spread(rows)
     if first is None:
         return None
     scale, start = float(first["reward_std"]), _mean(first)
-    tail = rows[-FLAT_EPOCHS:]
-    if start is None or len(tail) < FLAT_EPOCHS or not all(
-            _num(r.get("reward_std")) is not None and r["reward_std"] < FLAT * scale
-            and _mean(r) is not None and _mean(r) > start + TOLERANCE * scale for r in tail):
+    tail = _flat_tail(rows, scale)
+    if start is None or not tail or not all(_mean(r) > start + TOLERANCE * scale for r in tail):
         return None
     return (f"for {FLAT_EPOCHS} epochs in a row (to epoch {tail[-1]['epoch']}) the trained rewards' spread was "
             f"{tail[-1]['reward_std']:.3g} against {scale:.3g} in epoch {first['epoch']}, at a mean of "
