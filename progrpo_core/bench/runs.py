@@ -191,7 +191,9 @@ class _BudgetedRun:
             m = record.sample
             self.epochs.append({"epoch": epoch, "units": spent, "reward_mean": m.reward_mean,
                                 "clustered_trained": m.clustered_trained, "clustered_finished": m.clustered_finished,
-                                "clustered_expanded": m.clustered_expanded})
+                                "clustered_expanded": m.clustered_expanded, "reward_std": m.reward_std,
+                                "proxy_std": m.proxy[0]["std"] if m.proxy else None,
+                                "lr": tr.learner.optimizer.param_groups[0]["lr"]})
             if spent >= budget * next_eval / n_evals - 1e-9:
                 curve.append(self.eval_point(epoch))
                 while next_eval <= n_evals and spent >= budget * next_eval / n_evals - 1e-9:

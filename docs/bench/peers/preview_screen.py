@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from progrpo_core.bench import peers  # noqa: E402
 
 
-def job(task: str, method: str, lr: float, seed: int, overrides: dict, std_floor: float = 0.0) -> dict:
+def job(task: str, method: str, lr: float, seed: int, overrides: dict, std_floor: float = 0.0,
+        flat_top: tuple[float, float] | None = None) -> dict:
     spec = peers.spec_for(task, method, lr)
     for section, values in overrides.items():
         spec.table.setdefault(section, {}).update(values)
@@ -46,6 +47,19 @@ def job(task: str, method: str, lr: float, seed: int, overrides: dict, std_floor
 
         grpo.advantages = floored
         tag += f"+std_floor={std_floor}"
+    if flat_top:  # a screen: a group whose rewards' std is below flat_top[0] at a mean above flat_top[1] teaches nothing
+        from progrpo_core import grpo
+
+        plain_adv = grpo.advantages
+
+        def gated(rewards, norm="group", eps=1e-4):
+            adv = plain_adv(rewards, norm, eps)
+            r = rewards.double()
+            flat = (r.std(dim=1, unbiased=False) < flat_top[0]) & (r.mean(dim=1) > flat_top[1])
+            return adv.masked_fill(flat[:, None], 0.0)
+
+        grpo.advantages = gated
+        tag += f"+flat_top={flat_top[0]},{flat_top[1]}"
     return peers._job(dataclasses.replace(spec, name=spec.name + tag), seed, peers.TASKS[task][1], 10, 32)
 
 
@@ -78,6 +92,8 @@ def main() -> None:
     ap.add_argument("--over", default='{"schedule": {"preview_reward": 0}}', help="settings on top, as JSON")
     ap.add_argument("--std-floor", type=float, default=0.0, help="a screen: group advantages divided by "
                     "max(the group's reward std, this), in reward units (0: as the trainer does)")
+    ap.add_argument("--flat-top", help="a screen: 'STD,MEAN' — a group whose rewards' std is below STD at a mean "
+                    "above MEAN (reward units) gets zero advantages")
     ap.add_argument("--report", action="store_true", help="only print the table of the runs in OUT")
     ap.add_argument("--trace", action="store_true", help="run the first task, method, rate and seed once with "
                     "30 evaluations and print them beside the epochs' trained rewards (OUT is not written)")
@@ -86,7 +102,8 @@ def main() -> None:
     if a.trace:
         first = lambda v: v.split(",")[0]  # noqa: E731
         return trace(first(a.tasks), first(a.methods), float(first(a.rates)), int(first(a.seeds)), over)
-    jobs = [] if a.report else [(t, m, float(lr), int(s), over, a.std_floor) for t in a.tasks.split(",")
+    flat_top = tuple(float(x) for x in a.flat_top.split(",")) if a.flat_top else None
+    jobs = [] if a.report else [(t, m, float(lr), int(s), over, a.std_floor, flat_top) for t in a.tasks.split(",")
                                 for m in a.methods.split(",") for lr in a.rates.split(",") for s in a.seeds.split(",")]
     print("\n".join(peers.screen(job, jobs, a.out)))
 
