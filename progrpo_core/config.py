@@ -148,6 +148,10 @@ class ScheduleConfig:
                                           "stop this many model calls after the last checkpoint and their one-step "
                                           "preview there is decoded and scored (0: the checkpoint's own preview; "
                                           "default: the method's, most finish)")
+    preview_model: Optional[str] = _help("whose one-step prediction the scored previews are: policy (the model being "
+                                         "trained) or reference (the frozen model, its LoRA off, which training "
+                                         "cannot move; a checkpoint the survivors go on from then costs one more "
+                                         "call for them) (default: the method's)")
     proxy_scale: float = _help("the pruning previews are decoded from the x0 latent area-pooled to this fraction of "
                                "its height and width (1 = full size; 0.5 at 512² gives 256² previews for a reward "
                                "model that looks at 224², about a quarter of the decode's cost)", 1.0)
@@ -165,7 +169,7 @@ class ScheduleConfig:
         preset = METHODS[method].schedule(steps, self.selector, family)
         overrides = {f: getattr(self, f) for f in ("group_size", "checkpoints", "keep", "final_keep", "sde_window",
                                                    "window_mode", "window_draw", "slide_every", "shared_noise", "proxy_scale",
-                                                   "preview_reward")
+                                                   "preview_reward", "preview_model")
                      if getattr(self, f) is not None}
         if self.checkpoints is not None and self.keep is None and len(preset.keep) != len(self.checkpoints):
             raise ValueError(f"schedule.checkpoints={list(self.checkpoints)} given without schedule.keep; "

@@ -10,7 +10,10 @@ Survivors finish; their per-step latents, stds and log-probs are returned for tr
 policy update re-scores; nothing else is kept). With ``schedule.preview_reward`` they stop instead
 a given number of model calls after the last checkpoint, where their previews are scored (at the
 checkpoint itself the pruning's scores serve): the rollout ends there and the trainer takes those
-scores as the rewards.
+scores as the rewards. With ``schedule.preview_model = "reference"`` the scored previews are the
+frozen model's (the trainer's LoRA off, ``reference``): the policy being trained cannot move the
+judge of its own latents; where rows go on after such a checkpoint, the survivors' next step takes
+one more call, the policy's.
 
 Noise: each prompt has its own generator on the model's device, seeded from the prompt's seed;
 every step draws the noise of its whole group (``G`` rows, one call per prompt) and the active
@@ -21,6 +24,7 @@ the micro-batch size.
 from __future__ import annotations
 
 import dataclasses
+from contextlib import AbstractContextManager
 from typing import Any, Callable, Sequence
 
 import torch
@@ -134,7 +138,8 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
                  schedule: PruneSchedule, sampler: str, noise_level: float, cfg: float = 1.0,
                  score_fn: ScoreFn | None = None, select_generator: torch.Generator | None = None,
                  callback: Callable[[dict], None] | None = None, micro_batch: int | None = None,
-                 decode_micro_batch: int | None = None, sde_steps: Windows = None) -> Rollout:
+                 decode_micro_batch: int | None = None, sde_steps: Windows = None,
+                 reference: Callable[[], AbstractContextManager] | None = None) -> Rollout:
     """Sample ``G_max`` trajectories for each prompt, pruning at the schedule's checkpoints.
 
     ``score_fn(images, prompts) -> (A,)`` scores the decoded proxies (needed when the schedule has
@@ -146,7 +151,10 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
     ``sde_steps``: the steps that draw noise (the SDE window) — one tuple for every row, or a list
     with one per prompt; the others take the deterministic step (noise level 0, std 0: not
     trained). None: every step. With ``schedule.shared_noise`` a prompt's rows start from one noise,
-    and until the first SDE step they are one latent: those model calls are made once per prompt."""
+    and until the first SDE step they are one latent: those model calls are made once per prompt.
+    ``reference``: a context inside which ``model`` is the frozen reference (the trainer's LoRA
+    off); with ``schedule.preview_model = "reference"`` the scored previews are made inside it.
+    None: the model is its own reference (nothing is being trained)."""
     schedule.validate(steps)
     check_sampler(model.family, sampler)
     if schedule.checkpoints and score_fn is None:
@@ -174,20 +182,32 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
     # With shared noise a prompt's rows are one latent until the first SDE step: its model calls are
     # made once per prompt and the x0 given to every row (exactly what each would get; no noise yet).
     identical = schedule.shared_noise
-    for i in range(T):
+    judged = {c - 1 for c in schedule.checkpoints} | ({stop} if stop is not None else set())
+    if schedule.preview_model != "reference" or reference is None:
+        judged = set()  # the steps whose previews the frozen reference makes
+
+    def predict(sigma: torch.Tensor) -> torch.Tensor:
+        """The active rows' x0 (A, C, H, W) at ``sigma``: one call per prompt while its rows are one latent."""
         a = x.shape[0]
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
         with compute.phase("sampling", device), torch.no_grad():
             if identical:
                 _, inverse = torch.unique(row_prompt, return_inverse=True)
                 first = torch.zeros(int(inverse.max()) + 1, dtype=torch.long).scatter_reduce(
                     0, inverse, torch.arange(a), "amin", include_self=False)  # each prompt's first row
-                x0 = denoise_rows(model, x[first], sigma.expand(len(first)).to(device), model.select_cond(cond, first),
-                                  cfg, micro_batch, compute)[inverse.to(device)]
                 compute.nfe_sample += len(first) * mult
-            else:
-                x0 = denoise_rows(model, x, sigma.expand(a).to(device), cond, cfg, micro_batch, compute)  # (A, C, H, W)
-                compute.nfe_sample += a * mult
+                return denoise_rows(model, x[first], sigma.expand(len(first)).to(device),
+                                    model.select_cond(cond, first), cfg, micro_batch, compute)[inverse.to(device)]
+            compute.nfe_sample += a * mult
+            return denoise_rows(model, x, sigma.expand(a).to(device), cond, cfg, micro_batch, compute)
+
+    for i in range(T):
+        a = x.shape[0]
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        if i in judged:
+            with reference():
+                x0 = predict(sigma)  # the frozen model's previews
+        else:
+            x0 = predict(sigma)  # (A, C, H, W)
         if callback is not None:
             callback({"step": i, "active": a, "x0": x0, "row_prompt": row_prompt, "row_id": row_id})
         if i in keep_after:
@@ -207,6 +227,8 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
             if i not in keep_after:
                 _score_previews(model, x0, row_prompt, prompts, schedule, score_fn, compute, decode_micro_batch)
             break
+        if i in judged:  # the previews were the reference's; the survivors step on with the policy's own x0
+            x0 = predict(sigma)
         eps = noise.draw()[(row_prompt * G + row_id).to(device)]  # (A, C, H, W): each row's own noise
         sde = _sde_rows(sde_steps, i, row_prompt)
         identical = identical and not (sde if isinstance(sde, bool) else bool(sde.any()))

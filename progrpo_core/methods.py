@@ -22,6 +22,7 @@ from . import ovf
 
 WINDOW_MODES = ("random", "sliding", "progressive", "after-pruning")
 WINDOW_DRAWS = ("epoch", "prompt")
+PREVIEW_MODELS = ("policy", "reference")
 Windows = tuple[int, ...] | list[tuple[int, ...]] | None  # one window for all rows, one per prompt, or none
 
 
@@ -48,6 +49,9 @@ class PruneSchedule:
                                          # after the last checkpoint and their preview there is scored (0: the
                                          # checkpoint's own; at most the last call's); None: they finish and the final
                                          # images are scored
+    preview_model: str = "policy"        # whose one-step prediction the scored previews are: the policy being
+                                         # trained, or the frozen reference (its LoRA off), which the policy cannot
+                                         # move; a checkpoint that rows go on from then takes one more call
 
     @property
     def survivors(self) -> int:
@@ -72,11 +76,16 @@ class PruneSchedule:
 
     def sampling_nfe(self, steps: int) -> int:
         """Model evaluations per prompt while sampling (rows, without CFG):
-        ``G·t_1 + K_1·(t_2 − t_1) + … + K_I·(S − t_I)``, ``S`` = :meth:`sampled_steps`."""
+        ``G·t_1 + K_1·(t_2 − t_1) + … + K_I·(S − t_I)``, ``S`` = :meth:`sampled_steps`; with the
+        reference's previews, ``K_i`` more at each checkpoint the survivors step on from (the policy's
+        own call after the reference's)."""
         alive, done, total = self.group_size, 0, 0
         for c, k in zip(self.checkpoints, self.keep):
             total += alive * (c - done)
             alive, done = k, c
+        if self.preview_model == "reference":
+            stop = self.preview_step(steps) if self.preview_reward is not None else None
+            total += sum(k for c, k in zip(self.checkpoints, self.keep) if c - 1 != stop)
         return total + alive * (self.sampled_steps(steps) - done)
 
     def validate(self, steps: int) -> None:
@@ -117,6 +126,12 @@ class PruneSchedule:
                              "schedule that prunes, or a sliding or progressive window, draws one per epoch")
         if self.slide_every < 1:
             raise ValueError(f"slide_every={self.slide_every} must be >= 1 epoch")
+        if self.preview_model not in PREVIEW_MODELS:
+            raise ValueError(f"preview_model {self.preview_model!r} unknown; expected one of {', '.join(PREVIEW_MODELS)} "
+                             "(policy: the model being trained makes the scored previews; reference: the frozen model)")
+        if self.preview_model == "reference" and not self.checkpoints and self.preview_reward is None:
+            raise ValueError("preview_model='reference' judges the scored previews, but this schedule scores none (no "
+                             "checkpoints, no preview_reward): drop it, or give checkpoints")
         if not 0.0 < self.proxy_scale <= 1.0:
             raise ValueError(f"proxy_scale={self.proxy_scale} must be in (0, 1]: the fraction of the latent's height "
                              "and width the pruning previews are decoded at (1 = full size, 0.5 = half)")
@@ -225,6 +240,8 @@ class PruneSchedule:
         if self.preview_reward is not None:
             text += ("; trained on the checkpoint preview's reward" if not self.preview_reward else
                      f"; trained on the reward of a preview {self.preview_reward} model call(s) after the checkpoint")
+        if self.preview_model == "reference":
+            text += "; the scored previews are the frozen model's (LoRA off)"
         return text
 
 
@@ -262,6 +279,7 @@ class MethodPreset:
     slide_every: int = 5
     shared_noise: bool = False
     preview_reward: int | None = None   # PruneSchedule.preview_reward
+    preview_model: str = "policy"       # PruneSchedule.preview_model
     objective: str = "grpo"             # grpo (clipped policy gradient on stored steps) or nft (DiffusionNFT)
     defaults: tuple[tuple[str, object], ...] = ()   # ("section.field", value): what the method sets where the
                                                    # user leaves a setting on auto
@@ -276,7 +294,8 @@ class MethodPreset:
         return PruneSchedule(p.group_size, checkpoint_steps(steps, p.fractions), p.keep, p.final_keep, selector,
                              sde_window=window_steps(steps, p.sde_window), window_mode=p.window_mode, window_span=span,
                              prune_after_window=p.prune_after_window, window_draw=p.window_draw,
-                             slide_every=p.slide_every, shared_noise=p.shared_noise, preview_reward=p.preview_reward)
+                             slide_every=p.slide_every, shared_noise=p.shared_noise, preview_reward=p.preview_reward,
+                             preview_model=p.preview_model)
 
     def default(self, setting: str, fallback=None):
         """The value this method gives ``setting`` ("section.field") when the user leaves it on auto."""
@@ -339,14 +358,12 @@ METHODS: dict[str, MethodPreset] = {p.name: p for p in (
                  summary="ours: pro-mixgrpo with a deeper cut — OVF keeps 8 of the 24 window outcomes on the proxy "
                          "right after the window; the 8 finish and their window is trained"),
     MethodPreset("pro-mixgrpo-8-preview", 24, (0.5,), (8,), sde_window=0.2, window_mode="progressive", slide_every=25,
-                 shared_noise=True, prune_after_window=True, preview_reward=0, defaults=(("grpo.saturated_lr", 0.1),),
-                 summary="ours, flow models: pro-mixgrpo-8 trained on the previews' rewards — the 8 survivors stop at "
-                         "the checkpoint right after the window, where their one-step previews were already scored "
-                         "for the cut (no finishing, no final decode) — with the learning rate lowered tenfold once "
-                         "the reward saturates; on ε-models they finish, as pro-mixgrpo-8's (on the built-in ε model "
-                         "the window's previews trained worse than the final images)",
-                 eps=MethodPreset("pro-mixgrpo-8-preview", 24, (0.5,), (8,), sde_window=0.2, window_mode="progressive",
-                                  slide_every=25, shared_noise=True, prune_after_window=True)),
+                 shared_noise=True, prune_after_window=True, preview_reward=0, preview_model="reference",
+                 defaults=(("grpo.saturated_lr", 0.1),),
+                 summary="ours: pro-mixgrpo-8 trained on the previews' rewards — the 8 survivors stop at the "
+                         "checkpoint right after the window, where their one-step previews were scored for the cut "
+                         "(no finishing, no final decode); the previews are the frozen model's (LoRA off), which "
+                         "training cannot move, and the learning rate drops tenfold once the reward saturates"),
     MethodPreset("pro-mixgrpo-cps", 24, (0.5,), (12,), sde_window=0.2, window_mode="progressive", slide_every=25,
                  shared_noise=True, prune_after_window=True, defaults=_FAST_CPS,
                  summary="ours, flow models: pro-mixgrpo sampling its window with CPS at noise 0.8 and updating with "

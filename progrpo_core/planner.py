@@ -508,6 +508,10 @@ def _epoch_seconds(costs: Costs, cfg, schedule, sampler, B: int, sample_mb: int,
             if c - 1 == i:
                 proxy += _time(preview_s, costs.flops[preview], _calls(B * alive, decode_mb), target, ops[preview])
                 alive = k
+                if schedule.preview_model == "reference" and i != last:  # the reference judged; the survivors'
+                    rows = B * (1 if i < once else alive) * mult       # own call to step on
+                    sampling += _time(costs.sample_s, costs.flops["sample"], _calls(rows, sample_mb), target,
+                                      ops["sample"])
     if schedule.preview_reward is None:
         scoring += _time(costs.decode_s, costs.flops["decode"], _calls(B * alive, decode_mb), target, ops["decode"])
     elif last not in pruned_at:  # the survivors' own previews, later than the checkpoint's

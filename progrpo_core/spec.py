@@ -104,6 +104,8 @@ class RunSpec:
         d["sampler"].update(sampler=self.sampler.sampler, noise_level=self.sampler.noise_level, cfg=self.sampler.cfg)
         d["schedule"] = {k: (list(v) if isinstance(v, tuple) else v)
                          for k, v in dataclasses.asdict(self.schedule).items() if v is not None}
+        if d["schedule"].get("preview_model") == "policy":  # recorded when not, so older runs resume
+            del d["schedule"]["preview_model"]
         d["grpo"].update(lr=self.grpo.lr, clip_range=self.grpo.clip_range, adv_norm=self.grpo.adv_norm)
         d["grpo"].pop("saturated_lr", None)  # recorded when on, so runs from before the setting existed resume
         if self.grpo.saturated_lr != 1:

@@ -61,7 +61,7 @@ def test_the_rate_drops_once_after_three_saturated_epochs(tmp_path, then, lowere
     assert t.state.rows[0]["reward_std"] > 0.01 and t.state.rows[-1]["reward_std"] < 1e-4
 
 
-def test_off_unless_asked_and_on_for_the_preview_preset_on_flow_models(tmp_path):
+def test_off_unless_asked_and_on_for_the_preview_preset(tmp_path):
     reward = Phased()
     t = make(tmp_path / "grpo", reward)
     assert t.spec.grpo.saturated_lr == 1 and "saturated_lr" not in t.spec.settled()["grpo"]
@@ -71,8 +71,10 @@ def test_off_unless_asked_and_on_for_the_preview_preset_on_flow_models(tmp_path)
     preview = {"method": "pro-mixgrpo-8-preview", "lr": None}
     flow = Trainer.build(C.build_config({"grpo": preview}), log=lambda s: None)
     eps = Trainer.build(C.build_config({"grpo": preview, "model": {"name": "digits-eps"}}), log=lambda s: None)
-    assert flow.spec.grpo.saturated_lr == 0.1 and flow.spec.settled()["grpo"]["saturated_lr"] == 0.1
-    assert eps.spec.grpo.saturated_lr == 1  # on ε-models the preset is pro-mixgrpo-8
+    for t in (flow, eps):
+        assert t.spec.grpo.saturated_lr == 0.1 and t.spec.settled()["grpo"]["saturated_lr"] == 0.1
+    eight = Trainer.build(C.build_config({"grpo": {"method": "pro-mixgrpo-8"}}), log=lambda s: None)
+    assert eight.spec.grpo.saturated_lr == 1
 
 
 def test_a_resumed_run_keeps_the_lowered_rate_and_may_not_change_the_setting(tmp_path):

@@ -58,9 +58,8 @@ CONTROLS = {
     "pro-mixgrpo-8-preview-random": ("pro-mixgrpo-8-preview", "pro-mixgrpo-8-preview", {"selector": "random"}),
 }
 # (mixgrpo is pro-mixgrpo's G = 12 control: the same window and shared noise, 12 trajectories)
-# CPS is a flow sampler; pro-mixgrpo-8-preview on ε-models is pro-mixgrpo-8
-FLOW_ONLY = {"flow-grpo-fast-cps", "pro-grpo-fast-cps", "pro-mixgrpo-cps", "pro-mixgrpo-8-preview",
-             "pro-mixgrpo-8-preview-random"}
+# CPS is a flow sampler
+FLOW_ONLY = {"flow-grpo-fast-cps", "pro-grpo-fast-cps", "pro-mixgrpo-cps"}
 
 
 def methods_for(task: str, controls: bool = True) -> list[str]:

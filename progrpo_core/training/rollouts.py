@@ -8,6 +8,7 @@ are computed on the same ``(B, K)`` tensor as on one process.
 from __future__ import annotations
 
 import dataclasses
+from contextlib import AbstractContextManager
 from typing import Any, Callable, Sequence
 
 import torch
@@ -88,10 +89,13 @@ def decode_and_score(model: Denoiser, reward: Reward, latents: torch.Tensor, pro
 def collect(model: Denoiser, reward: Reward, prompts: list[str], seeds: list[int], schedule: PruneSchedule,
             sampler: SamplerConfig, grpo_cfg: GRPOConfig, world: World, select_seed: int,
             callback: Callable[[dict], None] | None = None,
-            micro: dict[str, int | None] | None = None, sde_steps: Windows = None) -> RolloutBatch:
+            micro: dict[str, int | None] | None = None, sde_steps: Windows = None,
+            reference: Callable[[], AbstractContextManager] | None = None) -> RolloutBatch:
     """Sample, score and select one epoch's trajectories for the global batch ``prompts``; no
     gradient step. This rank samples its share; advantages and stats are those of the whole batch.
-    ``micro`` holds the ``sample`` and ``decode`` micro-batches (None: everything at once)."""
+    ``micro`` holds the ``sample`` and ``decode`` micro-batches (None: everything at once);
+    ``reference``: the context in which the model is the frozen reference (the LoRA off), for a
+    schedule whose previews the reference makes (``group.sample_group``)."""
     micro = micro or {}
     B = len(prompts)
     lo, hi = world.shard(B)  # this rank's prompts
@@ -115,7 +119,8 @@ def collect(model: Denoiser, reward: Reward, prompts: list[str], seeds: list[int
     rollout = sample_group(model, prompts[lo:hi], seeds[lo:hi], sampler.steps, schedule, sampler.sampler,
                            sampler.noise_level, sampler.cfg, score_fn=proxy_score, callback=callback,
                            micro_batch=micro.get("sample"), decode_micro_batch=micro.get("decode"),
-                           sde_steps=sde_steps[lo:hi] if isinstance(sde_steps, list) else sde_steps)
+                           sde_steps=sde_steps[lo:hi] if isinstance(sde_steps, list) else sde_steps,
+                           reference=reference)
     comp = rollout.compute
     row_prompts = [rollout.prompts[b] for b in rollout.prompt_index.tolist()]
     if rollout.preview is not None:  # the survivors' rewards are their previews' (scored while sampling)

@@ -169,7 +169,8 @@ class Trainer(RunFiles):
         schedule, sde_steps = self.schedule.for_epoch(self.sampler.steps, epoch, self.cfg.run.seed, seeds)
         with self.learner.sampling_weights():
             return rollouts.collect(self.model, self.reward, prompts, seeds, schedule, self.sampler, self.spec.grpo,
-                                    self.world, self.cfg.run.seed * 31 + epoch, callback, self.micro, sde_steps)
+                                    self.world, self.cfg.run.seed * 31 + epoch, callback, self.micro, sde_steps,
+                                    reference=self.adapter.disabled)
 
     def train_on(self, batch: RolloutBatch, epoch: int, max_updates: int | None = None) -> UpdateStats:
         """The policy update on one epoch's trajectories (skipped, and counted, when its rewards
