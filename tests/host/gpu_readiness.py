@@ -27,6 +27,10 @@ tests (``test_gpu_readiness.py``) run them and assert on the numbers. Checks:
 ``dynamic``               a MODEL under dynamic VRAM (a real ``ModelPatcherDynamic`` on a non-CPU load
                           device; comfy-aimdo's host buffers, which need a GPU, stubbed): the class of
                           the training copy the node makes, and whether its weights are inference tensors.
+``judge``                 an epoch of the tiny SD3 trained on the cut's previews made by the frozen model
+                          (``schedule.preview_model reference``, a LoRA with non-zero weights): how far
+                          the previews at the cut are from the model's prediction with the LoRA off
+                          (the host adapter's ``disabled``) and with it on.
 ``kept_loaded``           a training session in which ComfyUI frees memory for another model (as a VAE
                           or reward load does when memory is tight): whether the trained model stays
                           loaded during the session, and is unloadable again after it.
@@ -51,7 +55,8 @@ def _comfy(comfyui: str):
     import_comfyui(comfyui, "cpu")
 
 
-def _tiny_trainer(kind: str, models: Path, dtype, precision: str, epochs: int = 1, lr: float = 0.05):
+def _tiny_trainer(kind: str, models: Path, dtype, precision: str, epochs: int = 1, lr: float = 0.05,
+                  schedule: dict | None = None):
     """A Trainer on the tiny model ``kind`` with weights stored in ``dtype``."""
     import comfy.sd
     import comfy.utils
@@ -88,7 +93,7 @@ def _tiny_trainer(kind: str, models: Path, dtype, precision: str, epochs: int = 
     cfg = build_config({
         "model": {"comfyui": "(test)", "checkpoint": kind},
         "sampler": {"steps": 4, "cfg": 1.0, "eval_steps": 2},
-        "schedule": {"group_size": 4, "checkpoints": [2], "keep": [3]},
+        "schedule": {"group_size": 4, "checkpoints": [2], "keep": [3], **(schedule or {})},
         "grpo": {"method": "pro-grpo", "prompts_per_epoch": 1, "lr": lr, "ema": True},
         "lora": {"rank": 4, "alpha": 4.0}, "reward": {"name": "stroke"},
         "run": {"epochs": epochs, "eval_every": 0, "eval_seeds": 4, "precision": precision, "device": "cpu",
@@ -317,6 +322,40 @@ def check_dynamic(models: Path) -> dict:
     return out
 
 
+def check_judge(models: Path) -> dict:
+    import torch
+
+    tr = _tiny_trainer("sd3", models, torch.float32, "fp32", schedule={"preview_reward": 0, "preview_model": "reference"})
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # a trained LoRA: the policy's prediction differs from the frozen model's
+        for p in tr.adapter.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    seen: dict = {}
+
+    def record(ev):
+        seen[ev["step"]] = (ev["x0"].detach().float().clone(), ev["row_id"].clone())
+
+    ro = tr.sample_epoch(0, callback=record).rollout
+    step = ro.preview["step"] - 1
+    x0, ids = seen[step]
+    got = torch.stack([x0[int((ids == r).nonzero()[0, 0])] for r in ro.row_id.tolist()])  # the survivors'
+    den, out = tr.model, {"check": "judge", "step": step, "survivors": len(ro.row_id)}
+
+    def body():
+        cond = den.encode_prompts([ro.prompts[p] for p in ro.prompt_index.tolist()])
+        sigma = ro.sigmas[step].expand(len(ro.row_id))
+        with torch.no_grad():
+            policy = den.denoise(ro.latents[:, step], sigma, cond, 1.0).float()
+            with tr.adapter.disabled():
+                reference = den.denoise(ro.latents[:, step], sigma, cond, 1.0).float()
+        out.update(to_reference=float((got - reference).abs().max()), to_policy=float((got - policy).abs().max()),
+                   scale=float(reference.abs().mean()))
+
+    den.run(body)
+    tr.close()
+    return out
+
+
 def check_kept_loaded(models: Path) -> dict:
     import comfy.model_management as mm
     import torch
@@ -357,7 +396,8 @@ def main(argv=None) -> int:
               "branch": check_branch,
               "checkpointing": lambda: check_checkpointing(args[0]), "rehome": lambda: check_rehome(a.models),
               "sliced_attention": lambda: check_sliced_attention(a.models),
-              "dynamic": lambda: check_dynamic(a.models), "kept_loaded": lambda: check_kept_loaded(a.models)}[name]()
+              "dynamic": lambda: check_dynamic(a.models), "kept_loaded": lambda: check_kept_loaded(a.models),
+              "judge": lambda: check_judge(a.models)}[name]()
     print(json.dumps(result))
     return 0
 

@@ -88,3 +88,12 @@ def test_the_trained_model_stays_loaded_while_comfyui_frees_memory_mid_session(c
     r = readiness(comfy_env, comfy_models, "kept_loaded")
     assert r["before"] and r["during"] and r["finite"], r
     assert not r["after"], r  # after the session ComfyUI may unload it again
+
+
+def test_on_comfyui_the_cut_is_judged_with_the_lora_off(comfy_env, comfy_models):
+    """``schedule.preview_model reference`` through the host adapter: the previews the cut scored
+    are the prediction of the model with the trained LoRA off, not with it on."""
+    r = readiness(comfy_env, comfy_models, "judge")
+    assert r["survivors"] == 3
+    assert r["to_reference"] <= 1e-4 * max(1.0, r["scale"]), r
+    assert r["to_policy"] > 1e-2 * r["scale"], r
