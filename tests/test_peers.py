@@ -65,6 +65,30 @@ def test_the_best_peer_is_its_fastest_rate_that_reaches_on_every_seed():
     assert peers.best_peer(runs, 0.95, ["units"])["units"] is None
 
 
+def test_ours_are_compared_by_the_best_peers_rule_too():
+    """A rate of ours that slips on one seed gives no ratio; the fastest rate the final runs hold
+    that reaches on every seed does, exactly as the best peer is chosen."""
+    rates = {"target": 0.6, "grpo_lr": 1e-2,
+             "methods": {m: {"lr": lr, "at_edge": False, "reaches": True, "grid": {}}
+                         for m, lr in (("grpo", 1e-2), ("mixgrpo", 2.5e-3), ("pro-mixgrpo-8-preview", 5e-3))}}
+    runs = [run("flow", "grpo", 1e-2, seed, [0.6, 0.6, 0.6]) for seed in peers.FINAL_SEEDS]  # target 0.6
+    runs += [run("flow", "mixgrpo", 2.5e-3, seed, [0.5, 0.7, 0.7, 0.7]) for seed in peers.FINAL_SEEDS]  # 15
+    runs += [run("flow", "pro-mixgrpo-8-preview", 5e-3, seed, [0.7, 0.7, 0.7] if seed else [0.7, 0.7, 0.2])
+             for seed in peers.FINAL_SEEDS]                                                       # 10, one slip
+    runs += [run("flow", "pro-mixgrpo-8-preview", 3.5e-3, seed, [0.55, 0.7, 0.7, 0.7])          # 10 + 5/15·10
+             for seed in peers.FINAL_SEEDS]
+    runs += [run("flow", "pro-mixgrpo", 1e-3, seed, [0.5, 0.7, 0.7, 0.7]) for seed in peers.FINAL_SEEDS]  # 15
+    s = peers.summarise(runs, {"flow": rates})["flow"]
+    assert s["methods"]["pro-mixgrpo-8-preview"]["of_best_peer"]["units"] is None  # 4 of 5 at its chosen rate
+    ours = s["best_ours"]["units"]
+    assert (ours["method"], ours["lr"]) == ("pro-mixgrpo-8-preview", 3.5e-3)
+    assert ours["reach"] == pytest.approx(10 + 10 / 3) and ours["of_best_peer"] == pytest.approx((10 + 10 / 3) / 15)
+    assert ours["of_best_peer_se"] == pytest.approx(0.0)  # no spread on either side
+    text = peers.report({"flow": rates}, {"flow": s})
+    assert "Ours by the best peer's rule" in text and "built-in units: pro-mixgrpo-8-preview at 0.0035, 0k ± 0k, 89 % ± 0 of the best peer; SD3.5" in text
+    assert peers.fastest_complete(runs, 0.95, ["units"], peers.OURS)["units"] is None
+
+
 def test_more_final_seeds_are_added_to_the_kept_runs_and_the_report_uses_exactly_those():
     assert peers.parse_seeds("0-9") == tuple(range(10))
     assert peers.parse_seeds("0-4, 7,3") == (0, 1, 2, 3, 4, 7)

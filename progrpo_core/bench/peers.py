@@ -252,11 +252,17 @@ def summarise(runs: list[dict], rates: dict, seeds: tuple[int, ...] = FINAL_SEED
                                for r in grpo_runs])["mean"]
                    for key in PRICES}
         best = best_peer(rs, target, budgets, seeds) if target is not None else dict.fromkeys(budgets)
+        ours = fastest_complete(rs, target, budgets, OURS, seeds) if target is not None else dict.fromkeys(budgets)
+        for k, o in ours.items():
+            if o is not None:
+                reach = {"mean": o["reach"], "std": o["std"], "n": o["n"], "of": o["n"]}
+                o.update(of_best_peer=_ratio(reach, best[k]["reach"] if best[k] else None),
+                         of_best_peer_se=_ratio_se(reach, best[k]))
         for m, row in rows.items():
             row["of_grpo"] = {k: _ratio(row["reach"][k], budgets[k]) for k in budgets}
             row["of_best_peer"] = {k: _ratio(row["reach"][k], best[k]["reach"] if best[k] else None) for k in budgets}
             row["of_best_peer_se"] = {k: _ratio_se(row["reach"][k], best[k]) for k in budgets}
-        out[task] = {"target": target, "grpo_budget": budgets, "methods": rows, "best_peer": best,
+        out[task] = {"target": target, "grpo_budget": budgets, "methods": rows, "best_peer": best, "best_ours": ours,
                      "seeds": list(seeds), "incomplete": incomplete}
     return out
 
@@ -266,8 +272,16 @@ def best_peer(runs: list[dict], target: float, keys, seeds: tuple[int, ...] = FI
     """Per price: the peer and rate that reach ``target`` with the least mean compute on *every* one
     of ``seeds``, among all the rates the final runs hold for a peer — not only its chosen one, so a
     peer whose chosen rate slips on one seed is still compared at the best rate it holds."""
+    return fastest_complete(runs, target, keys, PEERS, seeds)
+
+
+def fastest_complete(runs: list[dict], target: float, keys, methods, seeds: tuple[int, ...] = FINAL_SEEDS
+                     ) -> dict[str, dict | None]:
+    """Per price: which of ``methods``, at which rate the final runs hold, reaches ``target`` with
+    the least mean compute on every one of ``seeds`` (None: none does) — :func:`best_peer`'s rule,
+    which the report applies to our methods too, so both sides are compared alike."""
     out: dict[str, dict | None] = {k: None for k in keys}
-    for p in PEERS:
+    for p in methods:
         for lr in sorted({r["lr"] for r in runs if r["base_method"] == p}):
             held = [r for r in runs if r["base_method"] == p and r["lr"] == lr and r["seed"] in seeds]
             if {r["seed"] for r in held} != set(seeds):
@@ -327,6 +341,7 @@ def report(rates: dict, summary: dict, profile: str = "sd35m") -> str:
                          f"{_pct(row['of_grpo']['units'])} | {peer['units']} | "
                          f"{_pct(row['of_grpo'][profile])} | {peer[profile]} | "
                          f"{_pct(row['of_grpo'][taesd])} | {peer[taesd]} |")
+        lines += ["", _best_ours_line(s, profile, taesd)]
         if s.get("incomplete"):
             lines += ["", "Not run on every seed, so left out: " + "; ".join(
                 f"{m} (seeds {_seed_list(held)})" for m, held in s["incomplete"].items()) + "."]
@@ -338,6 +353,22 @@ def report(rates: dict, summary: dict, profile: str = "sd35m") -> str:
             for m, c in info["methods"].items() if c["grid"]))
     lines.append("- Controls run at the rate chosen for the method they control.")
     return "\n".join(lines) + "\n"
+
+
+def _best_ours_line(s: dict, profile: str, taesd: str) -> str:
+    """Our fastest method and rate that the final runs hold reaching on every seed, per price — the
+    rule the best peer is chosen by."""
+    parts = []
+    for k, what in (("units", "built-in units"), (profile, PROFILES[profile].name), (taesd, "TAESD previews")):
+        o = (s.get("best_ours") or {}).get(k)
+        if o is None:
+            parts.append(f"{what}: none")
+            continue
+        reach = f"{o['reach'] / 1e3:.0f}k ± {o['std'] / 1e3:.0f}k, " if k == "units" else ""
+        parts.append(f"{what}: {o['method']} at {o['lr']:g}, {reach}"
+                     f"{_pct(o['of_best_peer'], o['of_best_peer_se'])} of the best peer")
+    return ("Ours by the best peer's rule (the fastest of our methods at any rate the final runs hold that "
+            "reaches on every seed): " + "; ".join(parts) + ".")
 
 
 def _seed_list(seeds) -> str:
