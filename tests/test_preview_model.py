@@ -10,17 +10,13 @@ from progrpo_core.denoiser import proxy_decoder
 from progrpo_core.methods import METHODS, PruneSchedule
 from progrpo_core.training import Trainer
 
+from helpers import cut_trainer
+
 T = 10
 
 
 def make(tmp_path, **sections) -> Trainer:
-    table = {"run": {"out": str(tmp_path), "epochs": 3, "eval_seeds": 1, "eval_every": 0, "save_every": 0,
-                     "checkpoint_every": 0},
-             "grpo": {"method": "pro-mixgrpo-8", "prompts_per_epoch": 2, "lr": 1e-2},
-             "schedule": {"group_size": 8, "keep": "4"}, "sampler": {"steps": T}}
-    for k, v in sections.items():
-        table.setdefault(k, {}).update(v)
-    t = Trainer.build(C.build_config(table), log=lambda s: None)
+    t = cut_trainer(tmp_path, **sections)
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():  # a trained LoRA: the policy's predictions differ from the frozen model's
         for p in t.adapter.parameters():

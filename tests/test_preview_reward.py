@@ -6,21 +6,16 @@ import json
 import pytest
 import torch
 
-from progrpo_core import config as C
 from progrpo_core.methods import PruneSchedule
 from progrpo_core.training import Trainer
+
+from helpers import cut_trainer
 
 T = 10
 
 
 def make(tmp_path, **sections) -> Trainer:
-    table = {"run": {"out": str(tmp_path), "epochs": 3, "eval_seeds": 1, "eval_every": 0, "save_every": 0,
-                     "checkpoint_every": 0},
-             "grpo": {"method": "pro-mixgrpo-8", "prompts_per_epoch": 2, "lr": 1e-2},
-             "schedule": {"group_size": 8, "keep": "4"}, "sampler": {"steps": T}}
-    for k, v in sections.items():
-        table.setdefault(k, {}).update(v)
-    return Trainer.build(C.build_config(table), log=lambda s: None)
+    return cut_trainer(tmp_path, **sections)
 
 
 @pytest.mark.parametrize("after", [0, 2])
