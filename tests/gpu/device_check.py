@@ -249,12 +249,14 @@ class Check:
                  "comfyui": self.comfyui_node,
                  # epoch wall-clock and wall/compute against GRPO (TAESD previews): the paper's ε funnel
                  # (pro-grpo; also with 256² previews) and the default, at one prompt per epoch and at
-                 # the default's eight (rows packed across prompts); on SD3.5-M the paper's flow funnel
+                 # the default's eight (rows packed across prompts); on SD3.5-M the paper's flow funnel, the
+                 # default and the preview preset (trained on the cut's previews, the frozen model's)
                  "wall15": lambda: self.wall("sd15", [("grpo", []), ("pro-grpo", []),
                                                       ("pro-grpo", ["--proxy-scale", "0.5"]), (DEFAULT, []),
                                                       ("grpo", ["--prompts", "8"]), (DEFAULT, ["--prompts", "8"])],
                                              300 * slow),
-                 "wall35": lambda: self.wall("sd35m", [("grpo", []), ("pro-grpo", []), (DEFAULT, [])], 200 * slow)}
+                 "wall35": lambda: self.wall("sd35m", [("grpo", []), ("pro-grpo", []), (DEFAULT, []),
+                                                      ("pro-mixgrpo-8-preview", [])], 250 * slow)}
         names = self.args.only.split(",") if self.args.only else list(steps)
         unknown = [n for n in names if n not in steps]
         if unknown:
