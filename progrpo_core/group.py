@@ -182,9 +182,9 @@ def sample_group(model: Denoiser, prompts: Sequence[str], prompt_seeds: Sequence
     # With shared noise a prompt's rows are one latent until the first SDE step: its model calls are
     # made once per prompt and the x0 given to every row (exactly what each would get; no noise yet).
     identical = schedule.shared_noise
-    judged = {c - 1 for c in schedule.checkpoints} | ({stop} if stop is not None else set())
-    if schedule.preview_model != "reference" or reference is None:
-        judged = set()  # the steps whose previews the frozen reference makes
+    judged: set[int] = set()  # the steps whose previews the frozen reference makes
+    if schedule.preview_model == "reference" and reference is not None:
+        judged = {c - 1 for c in schedule.checkpoints} | ({stop} if stop is not None else set())
 
     def predict(sigma: torch.Tensor) -> torch.Tensor:
         """The active rows' x0 (A, C, H, W) at ``sigma``: one call per prompt while its rows are one latent."""
